@@ -1,0 +1,207 @@
+"""The per-request context every layer reads instead of re-deriving facts from the scope.
+
+`RequestContext` is created once, by the classifier or lazily by the first layer that needs it, and
+stored at ``scope["llmguard.context"]``: not in ``scope["state"]``, which some servers and test
+transports share between requests or leave out.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Iterator
+
+import msgspec
+
+from asgi_llmguard.routes import MethodNotAllowed, Route, RouteNotFound, classify
+from asgi_llmguard.types import Message, Receive, Scope
+
+SCOPE_KEY = "llmguard.context"
+
+# Request ids: a random per-process prefix and a counter, unique across processes and restarts
+# with overwhelming probability, and far cheaper than a uuid4 per request.
+_PREFIX = "req_" + os.urandom(8).hex()
+_counter: Iterator[int] = itertools.count(1)
+
+
+def new_request_id() -> str:
+    return f"{_PREFIX}{next(_counter):x}"
+
+
+class StreamOptions(msgspec.Struct):
+    include_usage: bool | None = None
+
+
+class Tool(msgspec.Struct):
+    type: str | None = None
+
+
+class RequestFields(msgspec.Struct):
+    """The few request-body fields the gateway acts on; all other fields are skipped unread."""
+
+    model: str | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    max_output_tokens: int | None = None
+    tools: list[Tool] | None = None
+    background: bool | None = None
+
+    @property
+    def max_output(self) -> int | None:
+        """The output-token cap, whichever of the providers' names carries it."""
+        for value in (self.max_completion_tokens, self.max_tokens, self.max_output_tokens):
+            if value is not None:
+                return value
+        return None
+
+
+_EMPTY_FIELDS = RequestFields()
+_decoder = msgspec.json.Decoder(RequestFields)
+
+
+class InvalidBody(Exception):
+    """The request body is not the JSON object the endpoint takes. The message is safe to show."""
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the request body was complete."""
+
+
+class RequestContext:
+    """What the gateway knows about one request. Layers add to it; none re-derives it."""
+
+    __slots__ = (
+        "_fields",
+        "body",
+        "method",
+        "path",
+        "request_id",
+        "route",
+        "route_error",
+        "start",
+        "started_at",
+    )
+
+    def __init__(self, method: str, path: str, request_id: str | None = None) -> None:
+        self.method = method
+        #: The route path: the ASGI ``path`` with the ``root_path`` of a mount removed.
+        self.path = path
+        self.request_id = request_id or new_request_id()
+        #: ``perf_counter()`` at arrival, for latencies; ``started_at`` is wall time, for records.
+        self.start = time.perf_counter()
+        self.started_at = time.time()
+        #: The request body once a layer has read it; later layers and the forwarder replay it.
+        self.body: bytes | None = None
+        self._fields: RequestFields | None = None
+        self.route: Route | None = None
+        self.route_error: RouteNotFound | MethodNotAllowed | None = None
+        try:
+            self.route = classify(method, path)
+        except (RouteNotFound, MethodNotAllowed) as exc:
+            self.route_error = exc
+
+    @classmethod
+    def from_scope(cls, scope: Scope) -> RequestContext:
+        return cls(scope["method"], route_path(scope))
+
+    def fields(self) -> RequestFields:
+        """The decoded request fields; decoded at most once, from the body a layer has read.
+
+        Raises `InvalidBody` for a body that is not a JSON object with fields of the right types.
+        Endpoints that take no JSON body get empty fields.
+        """
+        fields = self._fields
+        if fields is None:
+            route = self.route
+            if self.body is None:
+                raise RuntimeError("fields() needs the body: await read_body(ctx, receive) first")
+            if route is None or not route.endpoint.json_body or not self.body:
+                fields = _EMPTY_FIELDS
+            else:
+                try:
+                    fields = _decoder.decode(self.body)
+                except msgspec.ValidationError as exc:
+                    raise InvalidBody(f"Invalid request body: {exc}") from None
+                except msgspec.DecodeError:
+                    raise InvalidBody(
+                        "We could not parse the JSON body of your request. The body must be a "
+                        "JSON object encoded as UTF-8."
+                    ) from None
+            self._fields = fields
+        return fields
+
+    @property
+    def model(self) -> str | None:
+        """The model asked for: the Azure deployment for deployment paths, else the body's."""
+        route = self.route
+        if route is not None and route.deployment is not None:
+            return route.deployment
+        return self.fields().model if self.body is not None else None
+
+    def __repr__(self) -> str:
+        return f"<RequestContext {self.request_id} {self.method} {self.path}>"
+
+
+def route_path(scope: Scope) -> str:
+    """The path the routes are matched against: ``path`` minus the ``root_path`` of a mount."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :] or "/"
+    return path
+
+
+def get_context(scope: Scope) -> RequestContext:
+    """The request's context, created (and stored) here when no classifier ran in front."""
+    ctx: RequestContext | None = scope.get(SCOPE_KEY)
+    if ctx is None:
+        ctx = RequestContext.from_scope(scope)
+        scope[SCOPE_KEY] = ctx
+    return ctx
+
+
+async def read_body(ctx: RequestContext, receive: Receive) -> bytes:
+    """Read the whole request body once and keep it on the context.
+
+    Raises `ClientDisconnected` if the client leaves first. Size limits are enforced by whatever
+    wraps ``receive`` (the size-limit layer), so this never reads past them.
+    """
+    body = ctx.body
+    if body is not None:
+        return body
+    message = await receive()
+    if message["type"] != "http.request":
+        raise ClientDisconnected
+    body = message.get("body", b"")
+    if message.get("more_body", False):
+        parts = [body]
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise ClientDisconnected
+            parts.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(parts)
+    ctx.body = body
+    return body
+
+
+def replay_receive(ctx: RequestContext, receive: Receive) -> Receive:
+    """A ``receive`` that hands the already-read body to the next app, then defers to the server.
+
+    Only needed when the next app is not the gateway's own (which reads ``ctx.body`` directly).
+    """
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": ctx.body or b"", "more_body": False}
+        return await receive()
+
+    return replay

@@ -1,0 +1,1 @@
+"""Forwarding to upstreams: the app, its HTTP engines and their configuration."""

@@ -1,0 +1,1 @@
+"""The gateway's middlewares, one concept per module, each usable alone."""

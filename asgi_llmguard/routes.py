@@ -1,0 +1,185 @@
+"""The endpoint table and `classify(method, path)`.
+
+Pure functions over strings: no ASGI, no I/O. The table is compiled once at import into a dict of
+exact paths plus a short list of patterns for paths with ids in them, so classifying the common
+routes (chat completions, responses, messages) is one dict lookup.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+#: The API dialect a route speaks. It decides the error shape and which upstream may serve it.
+Api = Literal["openai", "azure", "anthropic"]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """What a request is, independent of who serves it."""
+
+    api: Api
+    #: The operation, e.g. ``chat.completions``, ``responses``, ``messages``.
+    operation: str
+    #: Costs money at the provider: metered and charged.
+    billable: bool = False
+    #: Can answer with a server-sent event stream (``stream: true``).
+    streamable: bool = False
+    #: Reads state only (model lists, count_tokens, retrieving a file): recorded, never billed.
+    read_only: bool = False
+    #: The request body is JSON that the gateway may decode (model, stream, max tokens, ...).
+    json_body: bool = False
+
+    @property
+    def anthropic_errors(self) -> bool:
+        return self.api == "anthropic"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A classified request: its endpoint and, for Azure deployment paths, the deployment."""
+
+    endpoint: Endpoint
+    #: The Azure deployment named in the path (``/openai/deployments/{deployment}/...``).
+    deployment: str | None = None
+
+
+class RouteNotFound(Exception):
+    """No endpoint has this path."""
+
+
+class MethodNotAllowed(Exception):
+    """The path exists but not with this method."""
+
+    def __init__(self, allowed: tuple[str, ...]) -> None:
+        super().__init__(", ".join(allowed))
+        self.allowed = allowed
+
+
+def _e(api: Api, operation: str, **flags: bool) -> Endpoint:
+    return Endpoint(api, operation, **flags)
+
+
+_LLM = {"billable": True, "streamable": True, "json_body": True}
+_BILL = {"billable": True, "json_body": True}
+_UPLOAD = {"billable": True}
+_READ = {"read_only": True}
+
+# path -> {method: endpoint}. OpenAI-style paths live under /v1 as the SDKs send them when their
+# base URL is "<gateway>/v1"; Anthropic's SDK uses "<gateway>" as base URL and adds /v1/messages.
+_EXACT: dict[str, dict[str, Endpoint]] = {
+    "/v1/chat/completions": {"POST": _e("openai", "chat.completions", **_LLM)},
+    "/v1/responses": {"POST": _e("openai", "responses", **_LLM)},
+    "/v1/completions": {"POST": _e("openai", "completions", **_LLM)},
+    "/v1/embeddings": {"POST": _e("openai", "embeddings", **_BILL)},
+    "/v1/moderations": {"POST": _e("openai", "moderations", json_body=True)},
+    "/v1/images/generations": {"POST": _e("openai", "images.generations", **_BILL)},
+    "/v1/images/edits": {"POST": _e("openai", "images.edits", **_UPLOAD)},
+    "/v1/images/variations": {"POST": _e("openai", "images.variations", **_UPLOAD)},
+    "/v1/audio/speech": {"POST": _e("openai", "audio.speech", **_BILL)},
+    "/v1/audio/transcriptions": {"POST": _e("openai", "audio.transcriptions", **_UPLOAD)},
+    "/v1/audio/translations": {"POST": _e("openai", "audio.translations", **_UPLOAD)},
+    "/v1/models": {"GET": _e("openai", "models.list", **_READ)},
+    "/v1/files": {
+        "GET": _e("openai", "files.list", **_READ),
+        "POST": _e("openai", "files.create"),
+    },
+    "/v1/batches": {
+        "GET": _e("openai", "batches.list", **_READ),
+        "POST": _e("openai", "batches.create", json_body=True),
+    },
+    "/v1/messages": {"POST": _e("anthropic", "messages", **_LLM)},
+    "/v1/messages/count_tokens": {
+        "POST": _e("anthropic", "messages.count_tokens", read_only=True, json_body=True)
+    },
+}
+
+_ID = r"[A-Za-z0-9_.:\-]{1,256}"
+_PATTERNS: list[tuple[re.Pattern[str], dict[str, Endpoint]]] = [
+    (
+        re.compile(rf"/v1/models/(?P<id>{_ID}(?:/{_ID})?)"),
+        {"GET": _e("openai", "models.retrieve", **_READ)},
+    ),
+    (
+        re.compile(rf"/v1/responses/(?P<id>{_ID})"),
+        {
+            "GET": _e("openai", "responses.retrieve", **_READ),
+            "DELETE": _e("openai", "responses.delete"),
+        },
+    ),
+    (
+        re.compile(rf"/v1/responses/(?P<id>{_ID})/cancel"),
+        {"POST": _e("openai", "responses.cancel")},
+    ),
+    (
+        re.compile(rf"/v1/files/(?P<id>{_ID})"),
+        {"GET": _e("openai", "files.retrieve", **_READ), "DELETE": _e("openai", "files.delete")},
+    ),
+    (
+        re.compile(rf"/v1/files/(?P<id>{_ID})/content"),
+        {"GET": _e("openai", "files.content", **_READ)},
+    ),
+    (
+        re.compile(rf"/v1/batches/(?P<id>{_ID})"),
+        {"GET": _e("openai", "batches.retrieve", **_READ)},
+    ),
+    (
+        re.compile(rf"/v1/batches/(?P<id>{_ID})/cancel"),
+        {"POST": _e("openai", "batches.cancel")},
+    ),
+]
+
+# Azure OpenAI data-plane paths: /openai/deployments/{deployment}/{operation}?api-version=...
+_AZURE_OPERATIONS: dict[str, Endpoint] = {
+    "chat/completions": _e("azure", "chat.completions", **_LLM),
+    "completions": _e("azure", "completions", **_LLM),
+    "embeddings": _e("azure", "embeddings", **_BILL),
+    "images/generations": _e("azure", "images.generations", **_BILL),
+    "audio/speech": _e("azure", "audio.speech", **_BILL),
+    "audio/transcriptions": _e("azure", "audio.transcriptions", **_UPLOAD),
+    "audio/translations": _e("azure", "audio.translations", **_UPLOAD),
+}
+_AZURE = re.compile(rf"/openai/deployments/(?P<deployment>{_ID})/(?P<op>[a-z/]+)")
+
+
+def classify(method: str, path: str) -> Route:
+    """Map a request to its route.
+
+    ``path`` is the route path (the ASGI ``path`` minus ``root_path``), already percent-decoded by
+    the server. Matching is exact and case-sensitive, as the providers' own APIs are: ``//v1``,
+    a trailing slash or ``/V1`` are unknown routes, so nothing can slip past a check by spelling a
+    path differently.
+
+    Raises `RouteNotFound` or `MethodNotAllowed`.
+    """
+    methods = _EXACT.get(path)
+    deployment: str | None = None
+    if methods is None:
+        if path.startswith("/openai/deployments/"):
+            m = _AZURE.fullmatch(path)
+            if m is None or (azure := _AZURE_OPERATIONS.get(m["op"])) is None:
+                raise RouteNotFound(path)
+            methods = {"POST": azure}
+            deployment = m["deployment"]
+        else:
+            for pattern, candidate in _PATTERNS:
+                if pattern.fullmatch(path):
+                    methods = candidate
+                    break
+            else:
+                raise RouteNotFound(path)
+    endpoint = methods.get(method)
+    if endpoint is None:
+        raise MethodNotAllowed(tuple(methods))
+    return Route(endpoint, deployment)
+
+
+def passthrough_route(api: Api) -> Route:
+    """The route given to unknown paths when passthrough is configured: forwarded, not billed."""
+    return _PASSTHROUGH[api]
+
+
+_PASSTHROUGH: dict[Api, Route] = {
+    api: Route(Endpoint(api, "passthrough")) for api in ("openai", "azure", "anthropic")
+}
