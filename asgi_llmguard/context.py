@@ -121,11 +121,20 @@ class RequestContext:
             if route is None or not route.endpoint.json_body or not self.body:
                 fields = _EMPTY_FIELDS
             else:
+                body = self.body
                 try:
-                    fields = _decoder.decode(self.body)
+                    # msgspec checks UTF-8 only in the fields it decodes; the upstream must not
+                    # get a body that is not UTF-8 anywhere (isascii is a fast pre-check).
+                    if not body.isascii():
+                        body.decode("utf-8")
+                    fields = _decoder.decode(body)
                 except msgspec.ValidationError as exc:
                     raise InvalidBody(f"Invalid request body: {exc}") from None
-                except msgspec.DecodeError:
+                except RecursionError:
+                    raise InvalidBody(
+                        "The JSON body of your request is nested too deeply."
+                    ) from None
+                except (msgspec.DecodeError, UnicodeDecodeError):
                     raise InvalidBody(
                         "We could not parse the JSON body of your request. The body must be a "
                         "JSON object encoded as UTF-8."

@@ -1,0 +1,169 @@
+"""``asgi-llmguard``: serve the gateway, or run the fake upstream.
+
+Together with `asgi_llmguard.config` this is the one place that reads files and the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator, Sequence
+
+from asgi_llmguard.config import (
+    GatewayConfig,
+    load_config,
+    resolve_upstreams,
+    stack_kwargs,
+)
+from asgi_llmguard.errors import ConfigurationError
+from asgi_llmguard.providers.base import Upstream
+from asgi_llmguard.stack import Gateway, build_stack
+
+# How `serve` hands its decisions to the app factory, which uvicorn imports in each worker.
+ENV_CONFIG = "ASGI_LLMGUARD_CONFIG"
+ENV_FAKE_UPSTREAM = "ASGI_LLMGUARD_FAKE_UPSTREAM"
+FAKE_UPSTREAM_KEY = "fake-upstream-key"
+
+
+def fake_upstreams(url: str) -> list[Upstream]:
+    """Upstreams pointing at a running fake provider (see `asgi_llmguard.testing`)."""
+    return [
+        Upstream("openai", f"{url}/v1", api_key=FAKE_UPSTREAM_KEY, name="fake-openai"),
+        Upstream("anthropic", url, api_key=FAKE_UPSTREAM_KEY, name="fake-anthropic"),
+    ]
+
+
+def create_app() -> Gateway:
+    """The app factory uvicorn calls in each worker (``--factory asgi_llmguard.cli:create_app``).
+
+    Reads the config file named by ``ASGI_LLMGUARD_CONFIG`` (embedded defaults when unset).
+    """
+    config = load_config(os.environ.get(ENV_CONFIG) or None)
+    fake = os.environ.get(ENV_FAKE_UPSTREAM)
+    upstreams = fake_upstreams(fake) if fake else resolve_upstreams(config)
+    if not upstreams:
+        raise ConfigurationError(
+            "No upstream is configured: add [[upstreams]] to the config file or set "
+            "OPENAI_API_KEY / ANTHROPIC_API_KEY"
+        )
+    return build_stack(**stack_kwargs(config, upstreams))
+
+
+@contextlib.contextmanager
+def _fake_upstream(host: str) -> Iterator[str]:
+    from asgi_llmguard.testing import FakeProvider, serve
+
+    with serve(FakeProvider(api_key=FAKE_UPSTREAM_KEY), host=host, port=0) as server:
+        yield server.url
+
+
+def _banner(config: GatewayConfig, upstreams: Sequence[Upstream], fake: str | None) -> str:
+    s = config.server
+    base = f"http://{s.host}:{s.port}"
+    lines = [f"asgi-llmguard listening on {base}"]
+    if fake:
+        lines += [
+            "",
+            "  No provider key is configured, so the gateway forwards to the built-in FAKE",
+            f"  upstream at {fake}: its answers are canned, nothing reaches a real provider.",
+            "  Set OPENAI_API_KEY / ANTHROPIC_API_KEY, or add [[upstreams]] to a config file",
+            "  passed with --config, to front real providers.",
+            "",
+        ]
+    for upstream in upstreams:
+        lines.append(
+            f"  upstream {upstream.credential_id}: {upstream.provider} {upstream.base_url}"
+        )
+    lines += [
+        f"  OpenAI SDK:    OpenAI(base_url='{base}/v1', api_key=...)",
+        f"  Anthropic SDK: Anthropic(base_url='{base}', api_key=...)",
+    ]
+    return "\n".join(lines)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        print("serve needs uvicorn: pip install 'asgi-llmguard[server]'", file=sys.stderr)
+        return 2
+    config = load_config(args.config)
+    s = config.server
+    if args.host is not None:
+        s.host = args.host
+    if args.port is not None:
+        s.port = args.port
+    if args.workers is not None:
+        s.workers = args.workers
+    upstreams = resolve_upstreams(config)
+    with contextlib.ExitStack() as stack:
+        fake = None
+        if not upstreams:
+            fake = stack.enter_context(_fake_upstream("127.0.0.1"))
+            os.environ[ENV_FAKE_UPSTREAM] = fake
+            upstreams = fake_upstreams(fake)
+        if args.config:
+            os.environ[ENV_CONFIG] = os.path.abspath(args.config)
+        print(_banner(config, upstreams, fake), file=sys.stderr, flush=True)
+        uvicorn.run(
+            "asgi_llmguard.cli:create_app",
+            factory=True,
+            host=s.host,
+            port=s.port,
+            workers=s.workers,
+            log_level=s.log_level,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=(
+                int(s.timeout_graceful_shutdown) if s.timeout_graceful_shutdown else None
+            ),
+        )
+    return 0
+
+
+def _mock_upstream(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from asgi_llmguard.testing import FakeProvider
+
+    app = FakeProvider(api_key=args.api_key, latency=args.latency, chunk_delay=args.chunk_delay)
+    print(f"fake upstream on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asgi-llmguard", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway under uvicorn")
+    serve.add_argument("--config", "-c", help="TOML config file (default: embedded defaults)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8080)")
+    serve.add_argument("--workers", type=int, help="uvicorn worker processes (default 1)")
+    serve.set_defaults(func=_serve)
+
+    mock = sub.add_parser("mock-upstream", help="run the fake OpenAI/Anthropic upstream")
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, default=8090)
+    mock.add_argument("--api-key", help="require this key from callers")
+    mock.add_argument("--latency", type=float, default=0.0, help="seconds before headers")
+    mock.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between chunks")
+    mock.set_defaults(func=_mock_upstream)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigurationError as exc:
+        print(f"asgi-llmguard: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
