@@ -1,0 +1,74 @@
+"""The import rules of the design: arrows point down the stack, never back up."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parent.parent / "asgi_llmguard"
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {m for m in found if m.startswith("asgi_llmguard")}
+
+
+def _modules(sub: str) -> list[Path]:
+    target = PKG / sub
+    return sorted(target.rglob("*.py")) if target.is_dir() else [target.with_suffix(".py")]
+
+
+FORBIDDEN = {
+    "testing": (
+        "asgi_llmguard.providers",
+        "asgi_llmguard.usage",
+        "asgi_llmguard.forward",
+        "asgi_llmguard.middleware",
+        "asgi_llmguard.stack",
+        "asgi_llmguard.cli",
+    ),
+    "providers": (
+        "asgi_llmguard.middleware",
+        "asgi_llmguard.forward",
+        "asgi_llmguard.usage",
+        "asgi_llmguard.stack",
+        "asgi_llmguard.cli",
+    ),
+    "forward": (
+        "asgi_llmguard.middleware",
+        "asgi_llmguard.usage",
+        "asgi_llmguard.stack",
+        "asgi_llmguard.cli",
+    ),
+    "middleware": ("asgi_llmguard.forward", "asgi_llmguard.stack", "asgi_llmguard.cli"),
+    "usage": (
+        "asgi_llmguard.middleware",
+        "asgi_llmguard.forward",
+        "asgi_llmguard.stack",
+        "asgi_llmguard.cli",
+    ),
+    "context": (
+        "asgi_llmguard.middleware",
+        "asgi_llmguard.forward",
+        "asgi_llmguard.providers",
+        "asgi_llmguard.usage",
+    ),
+    "routes": ("asgi_llmguard.",),
+    "types": ("asgi_llmguard.",),
+}
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_no_import_points_back_up_the_stack(package):
+    bad = []
+    for path in _modules(package):
+        for module in _imports(path):
+            if module.startswith(FORBIDDEN[package]):
+                bad.append(f"{path.relative_to(PKG)} imports {module}")
+    assert not bad, bad
