@@ -1,0 +1,175 @@
+"""The standalone server, run as a user would: the console script in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anthropic
+import openai
+import pytest
+
+SCRIPT = shutil.which("asgi-llmguard") or str(Path(sys.executable).with_name("asgi-llmguard"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
+    env.update(extra)
+    return env
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[str], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.communicate()[1]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("server did not start")
+
+
+def test_serve_with_no_key_runs_on_the_fake_upstream_and_says_so():
+    port = _free_port()
+    proc = subprocess.Popen(
+        [SCRIPT, "serve", "--port", str(port)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for_port(port, proc)
+        out = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="anything", max_retries=0
+        ).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        msg = anthropic.Anthropic(
+            base_url=f"http://127.0.0.1:{port}", api_key="anything", max_retries=0
+        ).messages.create(
+            model="claude-sonnet-4-6", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert out.choices[0].message.content
+    assert msg.content[0].type == "text"
+    assert "FAKE" in err
+    assert f"listening on http://127.0.0.1:{port}" in err
+    assert proc.returncode == 0
+
+
+def test_serve_binds_loopback_by_default():
+    port = _free_port()
+    proc = subprocess.Popen(
+        [SCRIPT, "serve", "--port", str(port)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for_port(port, proc)
+        listening = subprocess.run(
+            ["ss", "-Htln", f"sport = :{port}"], capture_output=True, text=True, check=False
+        ).stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    local = [line.split()[3] for line in listening.splitlines() if line.strip()]
+    if local:  # ss is there: every listening address on this port is loopback
+        assert local == [f"127.0.0.1:{port}"]
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[server]\nport = 'eighty'\n", "Expected `int`, got `str` - at `$.server.port`"),
+        ("[server]\nprot = 1\n", "unknown field `prot` - at `$.server`"),
+        ("[[upstreams]]\nprovider = 'opnai'\nbase_url = 'http://x'\n", "$.upstreams[0].provider"),
+        (
+            "[[upstreams]]\nprovider = 'openai'\nbase_url = 'http://x'\napi_key_env = 'NOPE_KEY'\n",
+            "environment variable NOPE_KEY is not set",
+        ),
+        (
+            "[[upstreams]]\nprovider = 'openai'\nbase_url = 'ftp://x'\n",
+            "absolute http(s) URL",
+        ),
+        (
+            "[[upstreams]]\nprovider = 'openai'\nbase_url = 'http://x'\n"
+            "api_key = 'sk-REPLACE-ME'\n",
+            "placeholder",
+        ),
+        ("[server\n", "not valid TOML"),
+    ],
+)
+def test_config_errors_name_the_bad_field(tmp_path, toml, message):
+    path = tmp_path / "llmguard.toml"
+    path.write_text(toml)
+    proc = subprocess.run(
+        [SCRIPT, "serve", "--config", str(path), "--port", str(_free_port())],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_config_file_upstreams_and_key_from_env(tmp_path):
+    from asgi_llmguard.testing import FakeProvider, serve
+
+    fake = FakeProvider(api_key="sk-from-env-123")
+    with serve(fake) as upstream:
+        port = _free_port()
+        path = tmp_path / "llmguard.toml"
+        path.write_text(
+            f"""
+[server]
+port = {port}
+
+[forward.timeouts]
+first_byte = 30
+
+[[upstreams]]
+provider = "openai"
+base_url = "{upstream.url}/v1"
+api_key_env = "MY_UPSTREAM_KEY"
+name = "primary"
+"""
+        )
+        proc = subprocess.Popen(
+            [SCRIPT, "serve", "--config", str(path)],
+            env=_env(MY_UPSTREAM_KEY="sk-from-env-123"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            _wait_for_port(port, proc)
+            out = openai.OpenAI(
+                base_url=f"http://127.0.0.1:{port}/v1", api_key="c", max_retries=0
+            ).chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=20)
+    assert out.choices[0].message.content
+    assert fake.requests[-1].header("authorization") == "Bearer sk-from-env-123"
+    assert "FAKE" not in err
+    assert "upstream primary: openai" in err
+    assert "sk-from-env-123" not in err

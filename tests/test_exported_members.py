@@ -1,0 +1,38 @@
+"""The public API is what __all__ says: adding or removing a name must be a deliberate change."""
+
+import asgi_llmguard
+import asgi_llmguard.testing
+
+PUBLIC = [
+    "ClassifyMiddleware",
+    "ConfigurationError",
+    "Endpoint",
+    "ForwardingApp",
+    "Gateway",
+    "PoolLimits",
+    "RequestContext",
+    "RequestFields",
+    "Route",
+    "Timeouts",
+    "Upstream",
+    "__version__",
+    "build_stack",
+    "classify",
+    "get_context",
+    "read_body",
+]
+
+
+def test_public_api_is_locked_and_sorted():
+    assert asgi_llmguard.__all__ == PUBLIC
+    assert sorted(asgi_llmguard.__all__) == asgi_llmguard.__all__
+    for name in PUBLIC:
+        assert getattr(asgi_llmguard, name) is not None
+
+
+def test_testing_api_is_sorted_and_importable():
+    names = asgi_llmguard.testing.__all__
+    assert sorted(names) == names
+    assert {"FakeProvider", "serve"} <= set(names)
+    for name in names:
+        assert getattr(asgi_llmguard.testing, name) is not None
