@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import msgspec
 
+from asgi_llmguard.policy import KeyPolicy
 from asgi_llmguard.routes import MethodNotAllowed, Route, RouteNotFound, classify
 from asgi_llmguard.types import Message, Receive, Scope
 
@@ -76,6 +77,7 @@ class RequestContext:
     __slots__ = (
         "_fields",
         "body",
+        "key",
         "method",
         "path",
         "request_id",
@@ -96,6 +98,8 @@ class RequestContext:
         #: The request body once a layer has read it; later layers and the forwarder replay it.
         self.body: bytes | None = None
         self._fields: RequestFields | None = None
+        #: The caller's key policy once the key layer has resolved it.
+        self.key: KeyPolicy | None = None
         self.route: Route | None = None
         self.route_error: RouteNotFound | MethodNotAllowed | None = None
         try:
