@@ -40,6 +40,19 @@ class RateLimit(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_de
     on_error: FailurePolicy = "closed"
 
 
+class Budget(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Spending limits in US dollars; each ``None`` means no limit of that kind.
+
+    ``total`` never resets; ``hourly``, ``daily`` and ``monthly`` reset at the start of each UTC
+    hour, day and calendar month.
+    """
+
+    total: float | None = None
+    hourly: float | None = None
+    daily: float | None = None
+    monthly: float | None = None
+
+
 class KeyPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """What one virtual key may do. ``None`` for an allow-list means "no restriction".
 
@@ -64,6 +77,8 @@ class KeyPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_de
     max_concurrency: int | None = None
     #: A lower request-body limit than the route's for this key.
     max_body_bytes: int | None = None
+    #: Spending limits for this key (see `Budget`).
+    budget: Budget | None = None
     #: Capture this key's request and response bodies (see `CaptureMiddleware`).
     capture: bool = False
     #: Free-form labels (team, user, environment), copied to usage records.

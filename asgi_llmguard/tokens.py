@@ -1,0 +1,31 @@
+"""Token counts in one provider-neutral shape. A leaf module: every layer may import it."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class TokenUsage(msgspec.Struct, omit_defaults=True):
+    """The tokens one upstream answer used, normalised across providers.
+
+    - ``input_tokens``: the whole prompt, cached parts included (OpenAI's ``prompt_tokens``;
+      Anthropic's ``input_tokens + cache_read_input_tokens + cache_creation_input_tokens``).
+    - ``cached_input_tokens``: the part of the prompt read from the provider's cache.
+    - ``cache_creation_tokens``: the part of the prompt written to the cache (Anthropic).
+    - ``output_tokens``: everything generated, reasoning included (OpenAI's
+      ``completion_tokens``; Anthropic's ``output_tokens``).
+    - ``reasoning_tokens``: the part of the output spent on reasoning.
+
+    So ``cached_input_tokens + cache_creation_tokens <= input_tokens`` and
+    ``reasoning_tokens <= output_tokens``; pricing must not count a part twice.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_creation_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens

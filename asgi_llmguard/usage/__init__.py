@@ -1,0 +1,1 @@
+"""Usage accounting: events, prices, budgets and the sinks that keep the ledger."""

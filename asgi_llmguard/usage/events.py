@@ -1,0 +1,57 @@
+"""`UsageEvent`: one record per upstream attempt, the unit of the usage ledger."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+Outcome = Literal["ok", "cancelled", "upstream_error", "upstream_truncated", "rejected", "warmup"]
+
+
+class UsageEvent(msgspec.Struct, kw_only=True, omit_defaults=False):
+    """One upstream attempt (or one request refused before any attempt: ``rejected``).
+
+    ``(request_id, attempt)`` identifies it: sinks write it idempotently under that pair, so a
+    replayed or re-queued event is stored once. Cost is in nano-dollars (1e-9 USD), an integer so
+    that sums are exact; ``cost_usd`` converts.
+    """
+
+    request_id: str
+    attempt: int = 0
+    #: Wall-clock start of the request, seconds since the epoch.
+    started_at: float
+    #: The key's id (a hash prefix or the operator's name), never the key.
+    key_id: str | None = None
+    #: The model the caller asked for, and the one the upstream says it served.
+    model: str | None = None
+    served_model: str | None = None
+    #: The route's API (``openai``, ``azure``, ``anthropic``) and operation.
+    provider: str
+    endpoint: str
+    #: The upstream credential that served the attempt (its configured name or hash prefix).
+    credential_id: str | None = None
+    status: int = 0
+    outcome: Outcome = "ok"
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_creation_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_nanos: int = 0
+    #: Seconds from arrival to the end of the response, and to its first byte.
+    latency: float = 0.0
+    ttfb: float | None = None
+    stream: bool = False
+    #: Some token counts were estimated by the gateway, not reported by the provider.
+    estimated: bool = False
+    #: Free-form labels from the key's policy (team, user, ...).
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+
+    @property
+    def cost_usd(self) -> float:
+        return self.cost_nanos / 1e9
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
