@@ -1,0 +1,30 @@
+"""Test helpers: a fake LLM provider and a way to serve any ASGI app on a real socket.
+
+:class:`FakeProvider` is an ASGI app that speaks the OpenAI, Azure OpenAI and Anthropic wire
+formats, built from the providers' documented formats only (it imports nothing else from
+``asgi_llmguard``), so it can serve as an independent upstream for the gateway, or for any app
+that calls these APIs::
+
+    from asgi_llmguard.testing import FakeProvider, serve
+
+    fake = FakeProvider(api_key="sk-test", chunk_delay=0.01)
+    with serve(fake) as upstream:
+        client = openai.OpenAI(base_url=f"{upstream.url}/v1", api_key="sk-test")
+        ...
+    assert fake.requests[0].header("authorization") == "Bearer sk-test"
+"""
+
+from asgi_llmguard.testing._wait import wait_for, wait_until
+from asgi_llmguard.testing.fake import FakeConnectionReset, FakeProvider, ReceivedRequest
+from asgi_llmguard.testing.server import RunningServer, serve, serve_async
+
+__all__ = [
+    "FakeConnectionReset",
+    "FakeProvider",
+    "ReceivedRequest",
+    "RunningServer",
+    "serve",
+    "serve_async",
+    "wait_for",
+    "wait_until",
+]

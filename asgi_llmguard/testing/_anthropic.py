@@ -1,0 +1,143 @@
+"""Anthropic's wire formats: Messages (plain and streamed), token counting and models, as
+documented at https://docs.anthropic.com/en/api/messages and .../messages-streaming.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asgi_llmguard.testing._common import (
+    ApiError,
+    Generation,
+    StreamPlan,
+    complete,
+    new_id,
+    optional_limit,
+    require_model,
+    sse_event,
+    wants_stream,
+    words_in_content,
+    words_in_messages,
+)
+
+MODELS = ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1")
+MODELS_CREATED_AT = "2025-01-01T00:00:00Z"
+
+# https://docs.anthropic.com/en/api/errors
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def error_body(status: int, message: str, *, kind: str | None = None) -> dict[str, Any]:
+    """``{"type": "error", "error": {"type", "message"}}``, Anthropic's error shape."""
+    fallback = "invalid_request_error" if status < 500 else "api_error"
+    return {
+        "type": "error",
+        "error": {"type": kind or _ERROR_TYPES.get(status, fallback), "message": message},
+        "request_id": new_id("req_"),
+    }
+
+
+def _prompt_words(body: dict[str, Any]) -> int:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "messages: at least one message is required")
+    system = body.get("system")
+    if system is not None and not isinstance(system, str | list):
+        raise ApiError(400, "system: must be a string or an array of text blocks")
+    return words_in_messages(messages) + words_in_content(system)
+
+
+def messages(body: dict[str, Any], gen: Generation) -> dict[str, Any] | StreamPlan:
+    """``POST /v1/messages``: a ``message`` object, or its stream of named events."""
+    model = gen.model or require_model(body)
+    if body.get("max_tokens") is None:
+        raise ApiError(400, "max_tokens: Field required")
+    limit = optional_limit(body, "max_tokens")
+    words = _prompt_words(body)
+    stream = wants_stream(body)
+    c = complete(model, gen.reply, chunks=gen.chunks, max_tokens=limit, prompt_words=words)
+    stop_reason = "max_tokens" if c.capped else "end_turn"
+
+    def message(
+        content: list[dict[str, Any]], stop: str | None, output_tokens: int
+    ) -> dict[str, Any]:
+        return {
+            "id": ident,
+            "type": "message",
+            "role": "assistant",
+            "model": c.model,
+            "content": content,
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": c.prompt_tokens,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "output_tokens": output_tokens,
+            },
+        }
+
+    ident = new_id("msg_")
+    if not stream:
+        return message([{"type": "text", "text": c.text}], stop_reason, c.completion_tokens)
+
+    def event(kind: str, **fields: Any) -> bytes:
+        return sse_event(kind, {"type": kind, **fields})
+
+    return StreamPlan(
+        head=[
+            event("message_start", message=message([], None, 1)),
+            event("content_block_start", index=0, content_block={"type": "text", "text": ""}),
+            event("ping"),
+        ],
+        content=[
+            event("content_block_delta", index=0, delta={"type": "text_delta", "text": piece})
+            for piece in c.pieces
+        ],
+        tail=[
+            event("content_block_stop", index=0),
+            event(
+                "message_delta",
+                delta={"stop_reason": stop_reason, "stop_sequence": None},
+                usage={"output_tokens": c.completion_tokens},
+            ),
+            event("message_stop"),
+        ],
+    )
+
+
+def count_tokens(body: dict[str, Any]) -> dict[str, Any]:
+    """``POST /v1/messages/count_tokens``: what ``input_tokens`` the same message would report."""
+    require_model(body)
+    return {"input_tokens": max(1, _prompt_words(body))}
+
+
+def model(model_id: str) -> dict[str, Any]:
+    """``GET /v1/models/{id}`` (Anthropic's shape): any id is known to the fake."""
+    return {
+        "type": "model",
+        "id": model_id,
+        "display_name": model_id,
+        "created_at": MODELS_CREATED_AT,
+    }
+
+
+def models() -> dict[str, Any]:
+    """``GET /v1/models`` (Anthropic's shape)."""
+    return {
+        "data": [model(m) for m in MODELS],
+        "has_more": False,
+        "first_id": MODELS[0],
+        "last_id": MODELS[-1],
+    }

@@ -1,0 +1,132 @@
+"""ASGI plumbing for the fake provider: recorded requests, routing, disconnect-aware sending."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Api = Literal["openai", "azure", "anthropic"]
+
+
+@dataclass(frozen=True)
+class ReceivedRequest:
+    """One request as the fake received it."""
+
+    method: str
+    path: str
+    """The path as received, including the prefix the fake is mounted under, if any."""
+    query_string: str
+    headers: list[tuple[str, str]]
+    """Header names lowercased, in arrival order; values decoded as latin-1."""
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (any case), or None."""
+        wanted = name.lower()
+        return next((value for key, value in self.headers if key == wanted), None)
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return orjson.loads(self.body)
+
+
+@dataclass(frozen=True)
+class Route:
+    api: Api
+    endpoint: str | None  # None: unknown path
+    methods: tuple[str, ...] = ("POST",)
+    arg: str = ""  # the Azure deployment or the model id
+
+
+_OPENAI_ENDPOINTS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/responses": "responses",
+    "/v1/embeddings": "embeddings",
+}
+_AZURE_ENDPOINTS = {
+    "chat/completions": "chat",
+    "completions": "completions",
+    "embeddings": "embeddings",
+}
+_AZURE_PREFIX = "/openai/deployments/"
+
+
+def route_of(request: ReceivedRequest, path: str) -> Route:
+    """The endpoint ``path`` (the request's path without any mount prefix) names."""
+    if path in _OPENAI_ENDPOINTS:
+        return Route("openai", _OPENAI_ENDPOINTS[path])
+    if path == "/v1/messages":
+        return Route("anthropic", "messages")
+    if path == "/v1/messages/count_tokens":
+        return Route("anthropic", "count_tokens")
+    if path == "/v1/models" or path.startswith("/v1/models/"):
+        api: Api = "anthropic" if request.header("anthropic-version") else "openai"
+        model_id = path.removeprefix("/v1/models").removeprefix("/")
+        if path == "/v1/models":
+            return Route(api, "models", ("GET",))
+        if model_id:
+            return Route(api, "model", ("GET",), model_id)
+    if path.startswith(_AZURE_PREFIX):
+        deployment, _, rest = path.removeprefix(_AZURE_PREFIX).partition("/")
+        if deployment and rest in _AZURE_ENDPOINTS:
+            return Route("azure", _AZURE_ENDPOINTS[rest], arg=deployment)
+    if path.startswith("/v1/messages"):
+        return Route("anthropic", None)
+    return Route("azure" if path.startswith("/openai/") else "openai", None)
+
+
+class ClientGone(Exception):
+    """The client disconnected before the response was finished."""
+
+
+class Exchange:
+    """Sends one response while watching, concurrently, for the client going away.
+
+    uvicorn's ``send()`` silently does nothing once the client is gone, so the only prompt signal
+    is ``receive()`` returning ``http.disconnect``; a task waits on it the whole time.
+    """
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._send = send
+        self._watcher = asyncio.ensure_future(self._watch(receive))
+        self.finished = False
+
+    @staticmethod
+    async def _watch(receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    def _check(self) -> None:
+        if self._watcher.done():
+            raise ClientGone
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, cut short (by ClientGone) as soon as the client disconnects."""
+        if seconds > 0 and not self._watcher.done():
+            await asyncio.wait((self._watcher,), timeout=seconds)
+        self._check()
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self._check()
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def body(self, data: bytes, *, more: bool = True) -> None:
+        self._check()
+        await self._send({"type": "http.response.body", "body": data, "more_body": more})
+        self.finished = not more
+
+    def close(self) -> None:
+        if self._watcher.done():
+            if not self._watcher.cancelled():
+                self._watcher.exception()  # retrieved, so asyncio does not log it
+        else:
+            self._watcher.cancel()

@@ -1,0 +1,99 @@
+"""The fake provider's misbehaviour knobs: defaults, validation and per-request headers."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from asgi_llmguard.testing._common import ApiError
+
+DEFAULT_REPLY = "Hello from the fake provider."
+
+
+@dataclass(frozen=True)
+class Knobs:
+    latency: float = 0.0
+    chunk_delay: float = 0.0
+    status: int | None = None
+    retry_after: float | None = None
+    reset_after_chunks: int | None = None
+    truncate_after_chunks: int | None = None
+    chunks: int | None = None
+    reply: str = DEFAULT_REPLY
+
+
+def seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number of seconds")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0")
+    return float(value)
+
+
+def count(name: str, value: object, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}")
+    return value
+
+
+def status_code(name: str, value: object) -> int:
+    status = count(name, value, 200)
+    if status > 599:
+        raise ValueError(f"{name} must be an HTTP status between 200 and 599")
+    return status
+
+
+def validate(knobs: Knobs) -> Knobs:
+    """Check every knob; ValueError names the first bad one."""
+    seconds("latency", knobs.latency)
+    seconds("chunk_delay", knobs.chunk_delay)
+    if knobs.status is not None:
+        status_code("status", knobs.status)
+    if knobs.retry_after is not None:
+        seconds("retry_after", knobs.retry_after)
+    for name in ("reset_after_chunks", "truncate_after_chunks", "chunks"):
+        value = getattr(knobs, name)
+        if value is not None:
+            count(name, value)
+    if not isinstance(knobs.reply, str):
+        raise ValueError("reply must be a string")
+    return knobs
+
+
+# header -> (field, parser of the header's text)
+HEADER_KNOBS: dict[str, tuple[str, Callable[[str], object]]] = {
+    "x-fake-latency": ("latency", float),
+    "x-fake-chunk-delay": ("chunk_delay", float),
+    "x-fake-status": ("status", int),
+    "x-fake-retry-after": ("retry_after", float),
+    "x-fake-reset-after-chunks": ("reset_after_chunks", int),
+    "x-fake-truncate-after-chunks": ("truncate_after_chunks", int),
+    "x-fake-chunks": ("chunks", int),
+    "x-fake-reply": ("reply", lambda text: text.encode("latin-1").decode("utf-8")),
+}
+OPTIONAL_KNOBS = {"status", "retry_after", "reset_after_chunks", "truncate_after_chunks", "chunks"}
+
+
+def override(knobs: Knobs, headers: list[tuple[str, str]]) -> Knobs:
+    changes: dict[str, object] = {}
+    for name, text in headers:
+        if not name.startswith("x-fake-"):
+            continue
+        if name not in HEADER_KNOBS:
+            raise ApiError(400, f"unknown fake-provider header {name!r}")
+        field, parse = HEADER_KNOBS[name]
+        try:
+            if field in OPTIONAL_KNOBS and text.strip().lower() == "none":
+                changes[field] = None
+            else:
+                changes[field] = parse(text.strip() if field != "reply" else text)
+        except (ValueError, UnicodeError):
+            raise ApiError(400, f"bad value for {name}: {text!r}") from None
+    if not changes:
+        return knobs
+    try:
+        return validate(dataclasses.replace(knobs, **changes))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ApiError(400, f"bad fake-provider header: {exc}") from None

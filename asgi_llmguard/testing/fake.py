@@ -1,0 +1,502 @@
+"""A fake LLM provider: one pure ASGI app speaking OpenAI's, Azure OpenAI's and Anthropic's APIs.
+
+It answers the way the official ``openai`` and ``anthropic`` SDKs expect, streaming included, with
+a fixed reply and deterministic token counts, and can misbehave on demand (latency, slow streams,
+error statuses, cut or reset streams). It records every request it receives, so a test can check
+what an app under test sent upstream.
+
+Endpoints (paths as the fake receives them; point an OpenAI SDK at ``<url>/v1``, an Anthropic SDK
+at ``<url>`` and an Azure OpenAI SDK at ``azure_endpoint=<url>``):
+
+==========================================================  =====================================
+``POST /v1/chat/completions``                                OpenAI chat (``stream`` supported)
+``POST /v1/completions``                                     OpenAI legacy completions (idem)
+``POST /v1/responses``                                       OpenAI Responses API (idem)
+``POST /v1/embeddings``                                      OpenAI embeddings
+``GET /v1/models``, ``GET /v1/models/{id}``                  OpenAI's shape, Anthropic's when the
+                                                             request has ``anthropic-version``
+``POST /v1/messages``                                        Anthropic Messages (idem)
+``POST /v1/messages/count_tokens``                           Anthropic token counting
+``POST /openai/deployments/{name}/chat/completions``         Azure OpenAI; also ``/completions``
+                                                             and ``/embeddings``; needs the
+                                                             ``api-version`` query parameter
+==========================================================  =====================================
+
+The ``model`` of every answer is the request's ``model`` (for Azure: the deployment name). Errors
+use the shape of the API called: ``{"error": {"message", "type", "param", "code"}}`` for OpenAI
+and Azure, ``{"type": "error", "error": {"type", "message"}}`` for Anthropic (``/v1/messages*``).
+Unknown paths answer 404, a wrong method 405, a body that is not a JSON object 400.
+
+**Token rule.** A token is a whitespace-separated word (:meth:`FakeProvider.count_tokens`).
+
+* Prompt tokens: the words of all text sent, at least 1: every message's ``content`` (a string,
+  or the ``text`` of each part of a list), plus Anthropic's ``system`` and the Responses API's
+  ``instructions`` and ``input`` (a string, or its items' ``content``); a legacy ``prompt`` (token
+  arrays count their length). Embeddings: the words of every string input plus the length of
+  every token-array input.
+* Completion tokens: the number of content chunks produced, one per word of the reply (each word
+  keeps its leading whitespace, so the chunks concatenate to the reply). ``chunks`` repeats the
+  reply's words until exactly that many chunks exist. A request's ``max_tokens``,
+  ``max_completion_tokens`` or ``max_output_tokens`` keeps only the first that many; when it cuts
+  the reply, ``finish_reason`` is ``"length"`` (Anthropic: ``stop_reason`` ``"max_tokens"``,
+  Responses: status ``"incomplete"``). :meth:`FakeProvider.reply_chunks` gives the chunks.
+* Anthropic's ``count_tokens`` answers the prompt tokens ``/v1/messages`` would report.
+
+Non-streamed answers carry the same usage their stream would report.
+
+**Knobs.** Every constructor default can be overridden for one request with a header:
+``x-fake-latency``, ``x-fake-chunk-delay``, ``x-fake-status``, ``x-fake-retry-after``,
+``x-fake-reset-after-chunks``, ``x-fake-truncate-after-chunks``, ``x-fake-chunks`` and
+``x-fake-reply`` (UTF-8). The value ``none`` clears an optional knob and ``x-fake-status: 200``
+turns a default error status off. A bad value or an unknown ``x-fake-*`` header answers 400.
+``chunk_delay``, ``reset_after_chunks`` and ``truncate_after_chunks`` only affect streams.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import http
+import logging
+import threading
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from asgi_llmguard.testing import _anthropic, _openai
+from asgi_llmguard.testing._common import (
+    ApiError,
+    Generation,
+    StreamPlan,
+    count_tokens,
+    new_id,
+    reply_chunks,
+)
+from asgi_llmguard.testing._http import (
+    Api,
+    ClientGone,
+    Exchange,
+    Receive,
+    ReceivedRequest,
+    Route,
+    Scope,
+    Send,
+    route_of,
+)
+from asgi_llmguard.testing._knobs import DEFAULT_REPLY, Knobs, count, override, validate
+from asgi_llmguard.testing._wait import wait_for, wait_until
+
+__all__ = ["FakeConnectionReset", "FakeProvider", "ReceivedRequest"]
+
+
+class FakeConnectionReset(Exception):
+    """Raised inside the app to drop a connection mid-stream (``reset_after_chunks``).
+
+    Under a real server (uvicorn) the connection is closed without the end of the chunked body,
+    so the client sees a protocol or read error. In-process (httpx's ``ASGITransport``) the
+    exception reaches the caller. The fake silences uvicorn's traceback for it.
+    """
+
+
+class _IgnoreIntentionalResets(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, FakeConnectionReset)
+
+
+_RESET_FILTER = _IgnoreIntentionalResets()
+
+_JSON_TYPE = (b"content-type", b"application/json")
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+
+def _format_seconds(value: float) -> str:
+    return str(int(value)) if value == int(value) else str(value)
+
+
+class FakeProvider:
+    """A fake OpenAI / Azure OpenAI / Anthropic API as an ASGI app; see the module docstring.
+
+    Args:
+        api_key: When set, requests must carry it: ``Authorization: Bearer <key>`` (OpenAI),
+            ``api-key: <key>`` (Azure) or ``x-api-key: <key>`` (Anthropic, which also takes
+            ``Authorization: Bearer <key>``, as its 2.x SDK sends); otherwise 401.
+        reply: The assistant's text.
+        latency: Seconds before the response headers (every response, errors included).
+        chunk_delay: Seconds of pause before each content chunk of a stream.
+        status: Answer every request with this error status, in the called API's error shape
+            (a status below 400 means: answer normally).
+        retry_after: With ``status``: the ``Retry-After`` header's value, in seconds.
+        reset_after_chunks: Drop the connection after this many content chunks of a stream
+            (0: right after the stream's opening events) by raising :class:`FakeConnectionReset`.
+        truncate_after_chunks: End the stream's body cleanly after this many content chunks, but
+            without its final events: no finish chunk, usage or ``[DONE]``; no ``message_delta``
+            or ``message_stop``; no ``response.completed``.
+        chunks: Produce exactly this many content chunks, repeating the reply's words.
+        max_requests_kept: How many requests :attr:`requests` remembers (oldest dropped first).
+
+    The knobs can be changed later with :meth:`configure`, or per request with ``x-fake-*``
+    headers (see the module docstring); :attr:`api_key` can be reassigned.
+
+    Observation: :attr:`requests`, :attr:`active_streams`, :attr:`completed`,
+    :attr:`disconnects` and :attr:`resets` are safe to read from any thread; :meth:`reset`
+    clears them. :meth:`wait_for` (async) and :meth:`wait_until` (blocking) wait for a condition.
+    """
+
+    count_tokens = staticmethod(count_tokens)
+    reply_chunks = staticmethod(reply_chunks)
+    embed = staticmethod(_openai.embed)
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        reply: str = DEFAULT_REPLY,
+        latency: float = 0.0,
+        chunk_delay: float = 0.0,
+        status: int | None = None,
+        retry_after: float | None = None,
+        reset_after_chunks: int | None = None,
+        truncate_after_chunks: int | None = None,
+        chunks: int | None = None,
+        max_requests_kept: int = 1000,
+    ) -> None:
+        self.api_key = api_key
+        self._defaults = validate(
+            Knobs(
+                latency=latency,
+                chunk_delay=chunk_delay,
+                status=status,
+                retry_after=retry_after,
+                reset_after_chunks=reset_after_chunks,
+                truncate_after_chunks=truncate_after_chunks,
+                chunks=chunks,
+                reply=reply,
+            )
+        )
+        self._requests: collections.deque[ReceivedRequest] = collections.deque(
+            maxlen=count("max_requests_kept", max_requests_kept, 1)
+        )
+        self._lock = threading.Lock()
+        self._active = self._completed = self._disconnects = self._resets = 0
+        logger = logging.getLogger("uvicorn.error")
+        if _RESET_FILTER not in logger.filters:
+            logger.addFilter(_RESET_FILTER)
+
+    def configure(self, **knobs: object) -> None:
+        """Change default knobs for the requests that follow, e.g. ``fake.configure(status=503)``.
+
+        Takes the constructor's knob names (``reply``, ``latency``, ``chunk_delay``, ``status``,
+        ``retry_after``, ``reset_after_chunks``, ``truncate_after_chunks``, ``chunks``);
+        requests already in progress keep the knobs they started with.
+        """
+        unknown = set(knobs) - {f.name for f in dataclasses.fields(Knobs)}
+        if unknown:
+            raise TypeError(f"unknown knob(s): {', '.join(sorted(unknown))}")
+        self._defaults = validate(dataclasses.replace(self._defaults, **knobs))  # type: ignore[arg-type]
+
+    # -- observation ------------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> collections.deque[ReceivedRequest]:
+        """The requests received, oldest first, recorded as soon as each body was read."""
+        return self._requests
+
+    @property
+    def active_streams(self) -> int:
+        """Responses in progress: from the end of the request body to the end of the response."""
+        return self._active
+
+    @property
+    def completed(self) -> int:
+        """Responses sent to their end, whatever their status (truncated streams included)."""
+        return self._completed
+
+    @property
+    def disconnects(self) -> int:
+        """Responses abandoned because the client went away before they were finished."""
+        return self._disconnects
+
+    @property
+    def resets(self) -> int:
+        """Connections dropped on purpose by ``reset_after_chunks``."""
+        return self._resets
+
+    def reset(self) -> None:
+        """Forget the recorded requests and zero the counters (except :attr:`active_streams`)."""
+        with self._lock:
+            self._requests.clear()
+            self._completed = self._disconnects = self._resets = 0
+
+    async def wait_for(
+        self,
+        predicate: Callable[[], object],
+        timeout: float = 1.0,  # noqa: ASYNC109 - a polling deadline, not a cancellation scope
+    ) -> None:
+        """Wait (async, polling) until ``predicate()`` is true, e.g.
+        ``await fake.wait_for(lambda: fake.disconnects == 1)``; TimeoutError after ``timeout``.
+        """
+        await wait_for(predicate, timeout)
+
+    def wait_until(self, predicate: Callable[[], object], timeout: float = 1.0) -> None:
+        """Block until ``predicate()`` is true (the fake runs in another thread), polling;
+        TimeoutError after ``timeout`` seconds.
+        """
+        wait_until(predicate, timeout)
+
+    # -- ASGI -------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            await receive()
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        body = await self._read_body(receive)
+        if body is None:
+            return
+        request = ReceivedRequest(
+            method=scope["method"],
+            path=scope["path"],
+            query_string=scope.get("query_string", b"").decode("latin-1"),
+            headers=[
+                (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]
+            ],
+            body=body,
+        )
+        with self._lock:
+            self._requests.append(request)
+            self._active += 1
+        exchange = Exchange(receive, send)
+        outcome = ""
+        try:
+            await self._answer(request, scope.get("root_path", ""), exchange)
+            outcome = "completed" if exchange.finished else ""
+        except ClientGone:
+            outcome = "disconnects"
+        except FakeConnectionReset:
+            outcome = "resets"
+            raise
+        finally:
+            exchange.close()
+            with self._lock:
+                self._active -= 1
+                if outcome == "completed":
+                    self._completed += 1
+                elif outcome == "disconnects":
+                    self._disconnects += 1
+                elif outcome == "resets":
+                    self._resets += 1
+
+    @staticmethod
+    async def _lifespan(receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    @staticmethod
+    async def _read_body(receive: Receive) -> bytes | None:
+        parts: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            parts.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return b"".join(parts)
+
+    @staticmethod
+    def _api_path(path: str, root_path: str) -> str:
+        """The path to route on: without the prefix the fake is mounted under, if any."""
+        if root_path and path.startswith(root_path):
+            return path[len(root_path) :]
+        return path
+
+    async def _answer(self, request: ReceivedRequest, root_path: str, exchange: Exchange) -> None:
+        route = route_of(request, self._api_path(request.path, root_path))
+        knobs = self._defaults
+        try:
+            knobs = override(knobs, request.headers)
+            await exchange.pause(knobs.latency)
+            self._check_request(route, request)
+            if knobs.status is not None and knobs.status >= 400:
+                raise self._injected_error(knobs)
+            result = self._dispatch(route, request, knobs)
+        except ApiError as error:
+            await self._send_error(exchange, route.api, error)
+            return
+        if isinstance(result, StreamPlan):
+            await self._stream(exchange, route.api, result, knobs)
+        else:
+            await self._send_json(exchange, route.api, 200, result, [])
+
+    def _check_request(self, route: Route, request: ReceivedRequest) -> None:
+        """404, 405, 401 and Azure's missing ``api-version``, in that order."""
+        if route.endpoint is None:
+            raise ApiError(
+                404, f"Invalid URL ({request.method} {request.path})", code="unknown_url"
+            )
+        if request.method not in route.methods:
+            raise ApiError(
+                405,
+                f"Method {request.method} not allowed on {request.path}",
+                headers=[(b"allow", ", ".join(route.methods).encode())],
+            )
+        if self.api_key is not None:
+            self._check_key(route.api, request, self.api_key)
+        if route.api == "azure":
+            query = urllib.parse.parse_qs(request.query_string)
+            if not query.get("api-version"):
+                raise ApiError(
+                    400,
+                    "The api-version query parameter (?api-version=) is required for all requests.",
+                    code="MissingApiVersionParameter",
+                )
+
+    @staticmethod
+    def _check_key(api: Api, request: ReceivedRequest, key: str) -> None:
+        if api == "openai":
+            given = request.header("authorization")
+            if given is None:
+                raise ApiError(
+                    401,
+                    "You didn't provide an API key. You need to provide your API key in an "
+                    "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                )
+            if given != f"Bearer {key}":
+                raise ApiError(401, "Incorrect API key provided.")
+        elif api == "azure":
+            if request.header("api-key") != key:
+                raise ApiError(
+                    401,
+                    "Access denied due to invalid subscription key or wrong API endpoint. Make "
+                    "sure to provide a valid key for an active subscription and use a correct "
+                    "regional API endpoint for your resource.",
+                    code="401",
+                )
+        else:
+            # Anthropic takes ``x-api-key``; its SDK (2.x) sends ``Authorization: Bearer``.
+            given = request.header("x-api-key")
+            bearer = request.header("authorization")
+            if given is None and bearer is None:
+                raise ApiError(401, "x-api-key header is required")
+            if given != key and bearer != f"Bearer {key}":
+                raise ApiError(401, "invalid x-api-key")
+
+    @staticmethod
+    def _injected_error(knobs: Knobs) -> ApiError:
+        status = knobs.status or 500
+        try:
+            phrase = http.HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Overloaded" if status == 529 else "Error"
+        headers = []
+        if knobs.retry_after is not None:
+            headers.append((b"retry-after", _format_seconds(knobs.retry_after).encode()))
+        return ApiError(status, f"Fake provider error: {status} {phrase}", headers=headers)
+
+    @staticmethod
+    def _dispatch(
+        route: Route, request: ReceivedRequest, knobs: Knobs
+    ) -> dict[str, Any] | StreamPlan:
+        if route.endpoint == "models":
+            return _anthropic.models() if route.api == "anthropic" else _openai.models()
+        if route.endpoint == "model":
+            if route.api == "anthropic":
+                return _anthropic.model(route.arg)
+            return _openai.model(route.arg)
+        try:
+            body = orjson.loads(request.body)
+        except orjson.JSONDecodeError:
+            raise ApiError(
+                400,
+                "We could not parse the JSON body of your request. The API expects a JSON "
+                "payload, but what was sent was not valid JSON.",
+            ) from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "The request body must be a JSON object.")
+        generation = Generation(
+            reply=knobs.reply,
+            chunks=knobs.chunks,
+            model=route.arg if route.api == "azure" else None,
+        )
+        match route.endpoint:
+            case "chat":
+                return _openai.chat(body, generation)
+            case "completions":
+                return _openai.completions(body, generation)
+            case "responses":
+                return _openai.responses(body, generation)
+            case "embeddings":
+                return _openai.embeddings(body, generation)
+            case "messages":
+                return _anthropic.messages(body, generation)
+            case _:
+                return _anthropic.count_tokens(body)
+
+    # -- sending ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _id_header(api: Api) -> tuple[bytes, bytes]:
+        name = b"request-id" if api == "anthropic" else b"x-request-id"
+        return name, new_id("req_").encode()
+
+    async def _send_json(
+        self,
+        exchange: Exchange,
+        api: Api,
+        status: int,
+        obj: dict[str, Any],
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        data = orjson.dumps(obj)
+        await exchange.start(
+            status,
+            [
+                _JSON_TYPE,
+                (b"content-length", str(len(data)).encode()),
+                self._id_header(api),
+                *headers,
+            ],
+        )
+        await exchange.body(data, more=False)
+
+    async def _send_error(self, exchange: Exchange, api: Api, error: ApiError) -> None:
+        if api == "anthropic":
+            body = _anthropic.error_body(error.status, error.message, kind=error.kind)
+        else:
+            body = _openai.error_body(
+                error.status, error.message, code=error.code, param=error.param, kind=error.kind
+            )
+        await self._send_json(exchange, api, error.status, body, error.headers)
+
+    async def _stream(self, exchange: Exchange, api: Api, plan: StreamPlan, knobs: Knobs) -> None:
+        await exchange.start(200, [*_SSE_HEADERS, self._id_header(api)])
+        if plan.head:
+            await exchange.body(b"".join(plan.head))
+        if await self._cut(exchange, knobs, 0):
+            return
+        for sent, event in enumerate(plan.content, start=1):
+            await exchange.pause(knobs.chunk_delay)
+            await exchange.body(event)
+            if await self._cut(exchange, knobs, sent):
+                return
+        await exchange.body(b"".join(plan.tail), more=False)
+
+    @staticmethod
+    async def _cut(exchange: Exchange, knobs: Knobs, sent: int) -> bool:
+        """Apply ``reset_after_chunks`` / ``truncate_after_chunks`` once ``sent`` chunks are out."""
+        if knobs.reset_after_chunks == sent:
+            raise FakeConnectionReset(f"fake provider reset the connection after {sent} chunks")
+        if knobs.truncate_after_chunks == sent:
+            await exchange.body(b"", more=False)
+            return True
+        return False
