@@ -1,0 +1,45 @@
+"""Which usage reader fits which route: the one entry point the usage layer calls."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from asgi_llmguard.providers import anthropic_usage, openai_usage
+from asgi_llmguard.routes import Endpoint
+from asgi_llmguard.tokens import TokenUsage
+
+
+class StreamMeter(Protocol):
+    """Reads a response stream one whole event at a time (see `EventSplitter`)."""
+
+    #: The provider's own usage, once an event carried it.
+    @property
+    def usage(self) -> TokenUsage | None: ...
+
+    model: str | None
+    #: The provider's end-of-stream marker was seen (``[DONE]``, ``message_stop``, ...).
+    finished: bool
+    #: An error event was seen in the stream.
+    error: bool
+    #: Events that carried generated output (an estimate of output tokens so far).
+    deltas: int
+
+    def event(self, event: bytes) -> None: ...
+
+
+def stream_meter(endpoint: Endpoint) -> StreamMeter | None:
+    """A meter for a streamed answer of this endpoint, or ``None`` if it does not stream."""
+    if endpoint.api == "anthropic":
+        return anthropic_usage.MessagesStreamMeter() if endpoint.operation == "messages" else None
+    if endpoint.operation in ("chat.completions", "completions"):
+        return openai_usage.ChatStreamMeter()
+    if endpoint.operation == "responses":
+        return openai_usage.ResponsesStreamMeter()
+    return None
+
+
+def usage_from_json(endpoint: Endpoint, body: bytes) -> tuple[TokenUsage | None, str | None]:
+    """Usage and served model from a non-streamed JSON answer."""
+    if endpoint.api == "anthropic":
+        return anthropic_usage.usage_from_json(body)
+    return openai_usage.usage_from_json(body)

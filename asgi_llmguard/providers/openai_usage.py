@@ -1,0 +1,156 @@
+"""Usage in OpenAI's wire formats (also Azure OpenAI and OpenAI-compatible servers).
+
+- Chat/legacy completions and embeddings: ``usage.prompt_tokens`` / ``completion_tokens`` with
+  ``prompt_tokens_details.cached_tokens`` and ``completion_tokens_details.reasoning_tokens``;
+  streamed, in a chunk carrying a non-null ``usage`` (the usage-only chunk with ``choices: []``
+  when ``stream_options.include_usage`` is set; some compatible servers put it in the last content
+  chunk instead), before ``data: [DONE]``.
+- Responses API: ``usage.input_tokens`` / ``output_tokens`` with ``input_tokens_details`` and
+  ``output_tokens_details``; streamed in the ``response.completed`` (or ``.incomplete`` /
+  ``.failed``) event.
+
+Only the usage slice and the model are decoded (msgspec skips the rest unread), and in a stream
+only the events that can carry them.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from asgi_llmguard.providers.sse import event_fields
+from asgi_llmguard.tokens import TokenUsage
+
+
+class _InputDetails(msgspec.Struct):
+    cached_tokens: int | None = None
+
+
+class _OutputDetails(msgspec.Struct):
+    reasoning_tokens: int | None = None
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    prompt_tokens_details: _InputDetails | None = None
+    completion_tokens_details: _OutputDetails | None = None
+    input_tokens_details: _InputDetails | None = None
+    output_tokens_details: _OutputDetails | None = None
+
+    def tokens(self) -> TokenUsage:
+        details_in = self.prompt_tokens_details or self.input_tokens_details
+        details_out = self.completion_tokens_details or self.output_tokens_details
+        return TokenUsage(
+            input_tokens=_first(self.prompt_tokens, self.input_tokens),
+            output_tokens=_first(self.completion_tokens, self.output_tokens),
+            cached_input_tokens=(details_in.cached_tokens or 0) if details_in else 0,
+            reasoning_tokens=(details_out.reasoning_tokens or 0) if details_out else 0,
+        )
+
+
+def _first(a: int | None, b: int | None) -> int:
+    return a if a is not None else (b or 0)
+
+
+class _Body(msgspec.Struct):
+    model: str | None = None
+    usage: _Usage | None = None
+
+
+class _ResponseEvent(msgspec.Struct):
+    response: _Body | None = None
+
+
+_body = msgspec.json.Decoder(_Body)
+_response_event = msgspec.json.Decoder(_ResponseEvent)
+
+
+def usage_from_json(body: bytes) -> tuple[TokenUsage | None, str | None]:
+    """Usage and served model of a non-streamed answer; ``(None, None)`` if it has none."""
+    try:
+        decoded = _body.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None, None
+    return (decoded.usage.tokens() if decoded.usage else None), decoded.model
+
+
+_USAGE_OBJECT = (b'"usage":{', b'"usage": {')
+_DELTA_MARKS = (b'"content":"', b'"text":"', b'"arguments":"', b'"reasoning_content":"')
+_EMPTY_MARKS = (b'"content":""', b'"text":""', b'"arguments":""', b'"reasoning_content":""')
+
+
+class ChatStreamMeter:
+    """Chat and legacy completions streams: ``data: {chunk}`` events ending in ``[DONE]``."""
+
+    __slots__ = ("deltas", "error", "finished", "model", "usage")
+
+    def __init__(self) -> None:
+        self.usage: TokenUsage | None = None
+        self.model: str | None = None
+        self.finished = False
+        self.error = False
+        #: Events that carried generated text: an estimate of the output tokens sent so far.
+        self.deltas = 0
+
+    def event(self, event: bytes) -> None:
+        _, data = event_fields(event)
+        if not data:
+            return
+        if data == b"[DONE]":
+            self.finished = True
+            return
+        if data.startswith(b'{"error"'):
+            self.error = True
+            return
+        if self.model is None or (_USAGE_OBJECT[0] in data or _USAGE_OBJECT[1] in data):
+            try:
+                decoded = _body.decode(data)
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+                return
+            if self.model is None:
+                self.model = decoded.model
+            if decoded.usage is not None:
+                self.usage = decoded.usage.tokens()
+        if any(m in data for m in _DELTA_MARKS) and not all(
+            e in data for m, e in zip(_DELTA_MARKS, _EMPTY_MARKS, strict=True) if m in data
+        ):
+            self.deltas += 1
+
+
+_TERMINAL = frozenset({b"response.completed", b"response.incomplete", b"response.failed"})
+
+
+class ResponsesStreamMeter:
+    """Responses API streams: named events, usage in the terminal ``response.*`` event."""
+
+    __slots__ = ("deltas", "error", "finished", "model", "usage")
+
+    def __init__(self) -> None:
+        self.usage: TokenUsage | None = None
+        self.model: str | None = None
+        self.finished = False
+        self.error = False
+        self.deltas = 0
+
+    def event(self, event: bytes) -> None:
+        name, data = event_fields(event)
+        if name is None and data.startswith(b'{"type":"'):
+            # Some servers omit the "event:" line; the type is in the payload.
+            name = data[9 : data.find(b'"', 9)]
+        if name in (b"response.output_text.delta", b"response.reasoning_summary_text.delta"):
+            self.deltas += 1
+        elif name in _TERMINAL or name == b"response.created":
+            try:
+                decoded = _response_event.decode(data)
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+                return
+            if decoded.response is not None:
+                self.model = decoded.response.model or self.model
+                if decoded.response.usage is not None:
+                    self.usage = decoded.response.usage.tokens()
+            if name in _TERMINAL:
+                self.finished = True
+        elif name == b"error" or data.startswith(b'{"error"'):
+            self.error = True
