@@ -77,6 +77,8 @@ class RequestContext:
     __slots__ = (
         "_fields",
         "body",
+        "credential_id",
+        "disconnected",
         "key",
         "method",
         "path",
@@ -85,6 +87,8 @@ class RequestContext:
         "route_error",
         "start",
         "started_at",
+        "upstream_error",
+        "usage_tokens",
     )
 
     def __init__(self, method: str, path: str, request_id: str | None = None) -> None:
@@ -101,6 +105,15 @@ class RequestContext:
         #: The caller's key policy once the key layer has resolved it.
         self.key: KeyPolicy | None = None
         self.route: Route | None = None
+        #: Set by the forwarder: the credential that served the request, the kind of upstream
+        #: failure if there was one (``connect``, ``timeout``, ``broken``), and whether the
+        #: client went away before the answer was complete.
+        self.credential_id: str | None = None
+        self.upstream_error: str | None = None
+        self.disconnected = False
+        #: Set by the usage layer before it returns: the LLM tokens the request used (prompt +
+        #: output, estimated when the provider did not say), for token rate limits.
+        self.usage_tokens: int | None = None
         self.route_error: RouteNotFound | MethodNotAllowed | None = None
         try:
             self.route = classify(method, path)

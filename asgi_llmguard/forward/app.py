@@ -157,6 +157,7 @@ class ForwardingApp:
             body = ctx.body if ctx.body is not None else await read_body(ctx, receive)
             url = target.provider.target(target.upstream, ctx, scope["query_string"])
         except ClientDisconnected:
+            ctx.disconnected = True
             return
         except InvalidBody as exc:
             await send_error(send, 400, str(exc), anthropic=anthropic)
@@ -170,6 +171,7 @@ class ForwardingApp:
             await self._exchange(ctx, target, url, headers, body, send, watch, anthropic)
         except asyncio.CancelledError:
             if watch.disconnected and task.uncancel() == 0:
+                ctx.disconnected = True
                 logger.debug("client disconnected: %s cancelled upstream", ctx.request_id)
                 return
             raise
@@ -188,9 +190,11 @@ class ForwardingApp:
         watch: _Watch,
         anthropic: bool,
     ) -> None:
+        ctx.credential_id = target.credential_id
         try:
             resp = await self.engine.send(ctx.method, url, headers, body)
         except UpstreamError as exc:
+            ctx.upstream_error = exc.kind
             logger.warning(
                 "upstream %s failed before answering %s: %s",
                 target.credential_id,
@@ -227,6 +231,7 @@ class ForwardingApp:
             try:
                 data = await resp.read_all()
             except UpstreamError as exc:
+                ctx.upstream_error = exc.kind
                 logger.warning(
                     "upstream %s broke answering %s: %s", target.credential_id, ctx.request_id, exc
                 )
@@ -248,6 +253,7 @@ class ForwardingApp:
             while chunk := await resp.read_chunk():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
+            ctx.upstream_error = exc.kind
             logger.warning(
                 "upstream %s broke mid-response to %s: %s",
                 target.credential_id,
