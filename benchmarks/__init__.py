@@ -1,0 +1,1 @@
+"""Benchmarks for asgi_llmguard: see docs/benchmarks.md. Run ``python -m benchmarks.forwarding``."""
