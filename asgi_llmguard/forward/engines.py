@@ -110,6 +110,10 @@ class _AiohttpResponse:
     async def read_all(self) -> bytes:
         import aiohttp
 
+        if self._resp.content.is_eof():
+            # Small answers usually arrive with their headers: nothing left to wait for, so no
+            # deadline to arm (a measurable saving per request).
+            return await self._resp.read()
         try:
             async with asyncio.timeout(self._idle):
                 return await self._resp.read()
