@@ -1,0 +1,570 @@
+"""Meter every upstream answer, price it, hold the key's budget, and emit one `UsageEvent`.
+
+Admission: the body's fields are decoded once; a billable request needs a price for its model
+(an unpriced model follows the configured policy and is never silently free); a key with a budget
+reserves the worst-case cost atomically, or is refused with 429 ``insufficient_quota``.
+
+On the way back the response is scanned as it streams past (`EventSplitter` + the provider's
+meter), keeping only the usage and the last unfinished event, so the first byte is not delayed and
+memory per stream stays bounded. When the client did not ask for the usage chunk of an OpenAI-style
+stream, the gateway asks the upstream for it and removes it again, with the ``"usage": null`` it
+adds to every chunk, so the client sees what it would have seen without the gateway.
+
+At the end, whatever happened (success, upstream error, truncation, client disconnect), the
+actual cost settles the reservation, the tokens are left in ``ctx.usage_tokens`` for the token
+rate limits above, and exactly one event goes to the pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Literal, Protocol
+
+import orjson
+
+from asgi_llmguard.context import (
+    ClientDisconnected,
+    InvalidBody,
+    RequestContext,
+    RequestFields,
+    get_context,
+    read_body,
+)
+from asgi_llmguard.errors import ConfigurationError, send_error, sse_error_event
+from asgi_llmguard.policy import Budget
+from asgi_llmguard.providers.metering import StreamMeter, stream_meter, usage_from_json
+from asgi_llmguard.providers.sse import EventSplitter
+from asgi_llmguard.routes import Endpoint
+from asgi_llmguard.tokens import TokenUsage
+from asgi_llmguard.types import ASGIApp, Message, Receive, Scope, Send
+from asgi_llmguard.usage.budgets import BudgetExceeded, BudgetStore, BudgetStoreError, Reservation
+from asgi_llmguard.usage.estimate import estimate_prompt_tokens
+from asgi_llmguard.usage.events import Outcome, UsageEvent
+from asgi_llmguard.usage.pricing import ModelPrice, PriceTable, estimate_nanos
+
+logger = logging.getLogger("asgi_llmguard.usage")
+
+# Non-streamed answers are decoded whole up to this size; past it only a tail is kept and the
+# usage object is looked for there (providers put it last).
+_JSON_WHOLE = 4 << 20
+_JSON_TAIL = 64 << 10
+_INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
+_STRIPPED_OPERATIONS = frozenset({"chat.completions", "completions"})
+
+
+class EventSink(Protocol):
+    def emit(self, event: UsageEvent) -> None: ...
+
+
+MissingPricePolicy = Literal["reject"] | ModelPrice
+
+
+class UsageMiddleware:
+    """Meter, price and record every request that reaches an upstream.
+
+    - ``pipeline``: where events go (`UsagePipeline`, or anything with ``emit(event)``);
+      ``None`` keeps nothing (the tokens still reach the rate limits).
+    - ``prices``: the `PriceTable` (default: the shipped prices); ``missing_price``:
+      ``"reject"`` (400 naming the model) or a `ModelPrice` charged for unpriced models.
+    - ``budgets``: a `BudgetStore` for keys whose policy has a ``budget``;
+      ``budget_on_error``: ``"closed"`` refuses (503) and ``"open"`` admits when the store cannot
+      be reached.
+    - ``stream_usage``: ask OpenAI-style upstreams for the usage chunk when the client did not,
+      and remove it from what the client receives.
+    - ``default_max_output_tokens``: the output assumed for a budget reservation when the
+      request sets no limit.
+    - ``budget_tags``: extra budgets by key metadata, e.g. ``{"team:ml": Budget(monthly=500)}``
+      applies to every key whose metadata has ``team = "ml"``.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        pipeline: EventSink | None = None,
+        prices: PriceTable | None = None,
+        missing_price: MissingPricePolicy = "reject",
+        budgets: BudgetStore | None = None,
+        budget_on_error: Literal["open", "closed"] = "closed",
+        budget_tags: Mapping[str, Budget] | None = None,
+        stream_usage: bool = True,
+        default_max_output_tokens: int = 4096,
+        reservation_ttl: float = 900.0,
+    ) -> None:
+        if missing_price != "reject" and not isinstance(missing_price, ModelPrice):
+            raise ConfigurationError("missing_price must be 'reject' or a ModelPrice")
+        if budget_on_error not in ("open", "closed"):
+            raise ConfigurationError("budget_on_error must be 'open' or 'closed'")
+        if default_max_output_tokens <= 0:
+            raise ConfigurationError("default_max_output_tokens must be positive")
+        self.app = app
+        self._emit: Callable[[UsageEvent], None] | None = pipeline.emit if pipeline else None
+        self._prices = prices if prices is not None else PriceTable.default()
+        self._missing = missing_price
+        self._budgets = budgets
+        self._budget_open = budget_on_error == "open"
+        self._budget_tags = dict(budget_tags or {})
+        self._stream_usage = stream_usage
+        self._default_max_output = default_max_output_tokens
+        self._ttl = reservation_ttl
+        # Settlements that had to outlive a cancelled request; kept so they are not collected.
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ctx = get_context(scope)
+        route = ctx.route
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        endpoint = route.endpoint
+        anthropic = endpoint.anthropic_errors
+        try:
+            await read_body(ctx, receive)
+            fields = ctx.fields()
+        except ClientDisconnected:
+            ctx.disconnected = True
+            return
+        except InvalidBody as exc:
+            self._reject(ctx, endpoint, None, 400)
+            await send_error(send, 400, str(exc), anthropic=anthropic)
+            return
+        model = ctx.model
+
+        price: ModelPrice | None = None
+        if endpoint.billable:
+            price = self._price(model, None)
+            if price is None:
+                self._reject(ctx, endpoint, model, 400)
+                await send_error(
+                    send,
+                    400,
+                    f"The model {model!r} has no price configured on this gateway."
+                    if model
+                    else "The request names no model.",
+                    anthropic=anthropic,
+                    code="model_not_priced" if model else "missing_model",
+                )
+                return
+
+        reservations: list[Reservation] = []
+        if self._budgets is not None and price is not None and ctx.key is not None:
+            refused = await self._reserve(ctx, fields, price, reservations)
+            if refused is not None:
+                self._reject(ctx, endpoint, model, refused)
+                if refused == 429:
+                    await send_error(
+                        send,
+                        429,
+                        "This key's budget is exhausted: you exceeded your current quota.",
+                        anthropic=anthropic,
+                        type="insufficient_quota" if not anthropic else None,
+                        code="insufficient_quota",
+                    )
+                else:
+                    await send_error(
+                        send,
+                        503,
+                        "Budgets cannot be checked right now; try again shortly.",
+                        anthropic=anthropic,
+                        headers=[(b"retry-after", b"1")],
+                    )
+                return
+
+        streamed = bool(fields.stream) and endpoint.streamable
+        strip = False
+        if (
+            streamed
+            and self._stream_usage
+            and endpoint.api != "anthropic"
+            and endpoint.operation in _STRIPPED_OPERATIONS
+            and not (fields.stream_options and fields.stream_options.include_usage)
+        ):
+            body = _with_include_usage(ctx.body or b"")
+            if body is not None:
+                ctx.body = body
+                strip = True
+
+        meter = _Meter(ctx, endpoint, send, stream_meter(endpoint) if streamed else None, strip)
+        failed = True
+        try:
+            await self.app(scope, receive, meter.send)
+            failed = False
+        finally:
+            done = self._finish(ctx, endpoint, model, price, meter, reservations, failed)
+            if asyncio.current_task() is not None and _cancelling():
+                task = asyncio.get_running_loop().create_task(done)
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+            else:
+                await done
+
+    def _price(self, model: str | None, credential_id: str | None) -> ModelPrice | None:
+        if not model:
+            return None
+        price = self._prices.resolve(model, credential_id)
+        if price is None and self._missing != "reject":
+            price = self._missing
+        return price
+
+    async def _reserve(
+        self,
+        ctx: RequestContext,
+        fields: RequestFields,
+        price: ModelPrice,
+        reservations: list[Reservation],
+    ) -> int | None:
+        """Reserve the worst case on every budget that applies; the refusal status, if any."""
+        key = ctx.key
+        budgets = self._budgets
+        assert key is not None
+        assert budgets is not None
+        subjects: list[tuple[str, Budget]] = []
+        if key.budget is not None:
+            subjects.append((f"key:{key.key_id}", key.budget))
+        for name, value in key.metadata.items():
+            tagged = self._budget_tags.get(f"{name}:{value}")
+            if tagged is not None:
+                subjects.append((f"tag:{name}:{value}", tagged))
+        if not subjects:
+            return None
+        prompt = len(ctx.body or b"") // 4 + 1
+        amount = estimate_nanos(price, prompt, fields.max_output or self._default_max_output)
+        for subject, budget in subjects:
+            try:
+                outcome = await budgets.reserve(subject, budget, amount, ttl=self._ttl)
+            except BudgetStoreError:
+                logger.warning("budget store unavailable for %s (%s)", ctx.request_id, subject)
+                if self._budget_open:
+                    continue
+                await self._release_all(reservations)
+                return 503
+            if isinstance(outcome, BudgetExceeded):
+                await self._release_all(reservations)
+                return 429
+            reservations.append(outcome)
+        return None
+
+    async def _release_all(self, reservations: list[Reservation]) -> None:
+        budgets = self._budgets
+        assert budgets is not None
+        for reservation in reservations:
+            try:
+                await budgets.release(reservation)
+            except BudgetStoreError:
+                logger.warning("could not release a budget reservation; it expires by TTL")
+        reservations.clear()
+
+    def _reject(
+        self, ctx: RequestContext, endpoint: Endpoint, model: str | None, status: int
+    ) -> None:
+        if self._emit is None:
+            return
+        key = ctx.key
+        self._emit(
+            UsageEvent(
+                request_id=ctx.request_id,
+                started_at=ctx.started_at,
+                key_id=key.key_id if key else None,
+                model=model,
+                provider=endpoint.api,
+                endpoint=endpoint.operation,
+                status=status,
+                outcome="rejected",
+                latency=time.perf_counter() - ctx.start,
+                metadata=dict(key.metadata) if key else {},
+            )
+        )
+
+    async def _finish(
+        self,
+        ctx: RequestContext,
+        endpoint: Endpoint,
+        model: str | None,
+        price: ModelPrice | None,
+        meter: _Meter,
+        reservations: list[Reservation],
+        failed: bool,
+    ) -> None:
+        usage, served, estimated = meter.result()
+        outcome: Outcome
+        if ctx.disconnected:
+            outcome = "cancelled"
+        elif meter.truncated:
+            outcome = "upstream_truncated"
+        elif ctx.upstream_error is not None or failed or meter.stream_error or meter.status >= 400:
+            outcome = "upstream_error"
+        else:
+            outcome = "ok"
+
+        reached_upstream = ctx.credential_id is not None
+        if (
+            usage is None
+            and endpoint.billable
+            and reached_upstream
+            and (meter.status < 400 or outcome == "cancelled")
+        ):
+            # The provider did not say (cancelled, broken, truncated, or a server that sends no
+            # usage): estimate, and say so on the record. Never silently free.
+            usage = TokenUsage(
+                input_tokens=await estimate_prompt_tokens(ctx.body), output_tokens=meter.deltas
+            )
+            estimated = True
+
+        cost = 0
+        if usage is not None and endpoint.billable:
+            final_price = self._price(model, ctx.credential_id) or price
+            if final_price is not None:
+                cost = final_price.cost_nanos(usage)
+        if usage is not None:
+            ctx.usage_tokens = usage.total_tokens
+
+        budgets = self._budgets
+        if budgets is not None:
+            for reservation in reservations:
+                try:
+                    if cost:
+                        await budgets.settle(reservation, cost)
+                    else:
+                        await budgets.release(reservation)
+                except BudgetStoreError:
+                    logger.warning("could not settle a budget reservation; it expires by TTL")
+
+        if self._emit is None or not reached_upstream:
+            return
+        key = ctx.key
+        u = usage or TokenUsage()
+        self._emit(
+            UsageEvent(
+                request_id=ctx.request_id,
+                started_at=ctx.started_at,
+                key_id=key.key_id if key else None,
+                model=model,
+                served_model=served,
+                provider=endpoint.api,
+                endpoint=endpoint.operation,
+                credential_id=ctx.credential_id,
+                status=meter.status,
+                outcome=outcome,
+                input_tokens=u.input_tokens,
+                output_tokens=u.output_tokens,
+                cached_input_tokens=u.cached_input_tokens,
+                cache_creation_tokens=u.cache_creation_tokens,
+                reasoning_tokens=u.reasoning_tokens,
+                cost_nanos=cost,
+                latency=time.perf_counter() - ctx.start,
+                ttfb=meter.ttfb,
+                stream=meter.sse,
+                estimated=estimated,
+                metadata=dict(key.metadata) if key else {},
+            )
+        )
+
+    async def aclose(self) -> None:
+        """Wait for settlements still running for cancelled requests."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+class _Meter:
+    """Per-request metering state and the wrapped ``send``; never shared between requests."""
+
+    __slots__ = (
+        "_ctx",
+        "_endpoint",
+        "_json",
+        "_json_size",
+        "_send",
+        "_splitter",
+        "_tail_only",
+        "meter",
+        "sse",
+        "status",
+        "stream_error",
+        "strip",
+        "truncated",
+        "ttfb",
+    )
+
+    def __init__(
+        self,
+        ctx: RequestContext,
+        endpoint: Endpoint,
+        send: Send,
+        meter: StreamMeter | None,
+        strip: bool,
+    ) -> None:
+        self._ctx = ctx
+        self._endpoint = endpoint
+        self._send = send
+        self.meter = meter
+        self.strip = strip
+        self._splitter: EventSplitter | None = None
+        self._json: list[bytes] | None = None
+        self._json_size = 0
+        self._tail_only = False
+        self.sse = False
+        self.status = 0
+        self.ttfb: float | None = None
+        self.truncated = False
+        self.stream_error = False
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            await self._body(message)
+        elif kind == "http.response.start":
+            self.status = message["status"]
+            self.ttfb = time.perf_counter() - self._ctx.start
+            headers = message.get("headers", [])
+            content_type = b""
+            for name, value in headers:
+                if name == b"content-type":
+                    content_type = value
+                    break
+            self.sse = content_type.startswith(b"text/event-stream")
+            if self.sse and self.meter is not None:
+                self._splitter = EventSplitter()
+                if self.strip:
+                    message["headers"] = [(k, v) for k, v in headers if k != b"content-length"]
+            else:
+                self.strip = False
+                self.meter = None if not self.sse else self.meter
+                if self.status < 300 and self._endpoint.billable:
+                    self._json = []
+            await self._send(message)
+        else:
+            await self._send(message)
+
+    async def _body(self, message: Message) -> None:
+        body: bytes = message.get("body", b"")
+        more: bool = message.get("more_body", False)
+        splitter = self._splitter
+        if splitter is not None:
+            meter = self.meter
+            assert meter is not None
+            events = splitter.feed(body) if body else []
+            if not more:
+                events += splitter.close()
+            for event in events:
+                meter.event(event)
+            if self.strip:
+                body = _strip_usage(events)
+                message = {"type": "http.response.body", "body": body, "more_body": more}
+            if not more and not meter.finished:
+                if meter.error:
+                    self.stream_error = True
+                elif self._ctx.upstream_error is None and not self._ctx.disconnected:
+                    # The upstream ended the stream cleanly but without its end marker: say so.
+                    self.truncated = True
+                    note = sse_error_event(
+                        "The upstream ended the stream before it was complete.",
+                        anthropic=self._endpoint.anthropic_errors,
+                    )
+                    message = {"type": "http.response.body", "body": body + note}
+        elif self._json is not None and body:
+            self._collect(body)
+        await self._send(message)
+
+    def _collect(self, body: bytes) -> None:
+        parts = self._json
+        assert parts is not None
+        parts.append(body)
+        self._json_size += len(body)
+        if self._json_size > _JSON_WHOLE:
+            tail = b"".join(parts)[-_JSON_TAIL:]
+            parts[:] = [tail]
+            self._json_size = len(tail)
+            self._tail_only = True
+
+    @property
+    def deltas(self) -> int:
+        """Output events relayed so far: the estimate of output tokens when usage is missing."""
+        return self.meter.deltas if self.meter is not None else 0
+
+    def result(self) -> tuple[TokenUsage | None, str | None, bool]:
+        """The provider's usage (or ``None``), the served model, and whether it was estimated."""
+        meter = self.meter
+        if meter is not None:
+            return meter.usage, meter.model, False
+        if self._json:
+            data = b"".join(self._json)
+            if self._tail_only:
+                data = _usage_slice(data)
+            usage, model = usage_from_json(self._endpoint, data)
+            return usage, model, False
+        return None, None, False
+
+
+def _with_include_usage(body: bytes) -> bytes | None:
+    """The body with ``stream_options.include_usage`` set, or ``None`` if it is not an object."""
+    if b'"stream_options"' not in body:
+        start = body.find(b"{")
+        if start < 0:
+            return None
+        rest = body[start + 1 :].lstrip()
+        sep = b"" if rest.startswith(b"}") else b","
+        return body[: start + 1] + _INCLUDE_USAGE + sep + body[start + 1 :]
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    options = obj.get("stream_options")
+    obj["stream_options"] = {
+        **(options if isinstance(options, dict) else {}),
+        "include_usage": True,
+    }
+    return orjson.dumps(obj)
+
+
+def _strip_usage(events: list[bytes]) -> bytes:
+    """Re-frame the events, without the usage-only chunk and the ``"usage":null`` members."""
+    out = []
+    for event in events:
+        if b'"usage"' in event:
+            if b'"choices":[]' in event or b'"choices": []' in event:
+                continue
+            event = event.replace(b',"usage":null', b"").replace(b', "usage": null', b"")
+        out.append(event)
+        out.append(b"\n\n")
+    return b"".join(out)
+
+
+def _usage_slice(tail: bytes) -> bytes:
+    """``{"usage": {...}}`` cut from the tail of a large JSON answer (usage comes last)."""
+    at = tail.rfind(b'"usage"')
+    if at < 0:
+        return b""
+    start = tail.find(b"{", at)
+    if start < 0:
+        return b""
+    depth = 0
+    in_string = escaped = False
+    for i in range(start, len(tail)):
+        c = tail[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == 0x5C:  # backslash
+                escaped = True
+            elif c == 0x22:  # quote
+                in_string = False
+        elif c == 0x22:
+            in_string = True
+        elif c == 0x7B:
+            depth += 1
+        elif c == 0x7D:
+            depth -= 1
+            if depth == 0:
+                return b'{"usage":' + tail[start : i + 1] + b"}"
+    return b""

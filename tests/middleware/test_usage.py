@@ -1,0 +1,382 @@
+"""The usage layer through real sockets: real SDKs -> gateway (uvicorn) -> fake upstream.
+
+Every record is checked against the fake's deterministic token rule (a token is a word), so the
+numbers asserted come from the upstream, not from the gateway under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import anthropic
+import httpx
+import openai
+import orjson
+import pytest
+
+from asgi_llmguard import Upstream
+from asgi_llmguard.context import get_context
+from asgi_llmguard.forward.app import ForwardingApp
+from asgi_llmguard.middleware.classify import ClassifyMiddleware
+from asgi_llmguard.middleware.usage import UsageMiddleware
+from asgi_llmguard.policy import Budget, KeyPolicy
+from asgi_llmguard.testing import FakeProvider, RunningServer, serve
+from asgi_llmguard.usage.budgets import MemoryBudgetStore
+from asgi_llmguard.usage.events import UsageEvent
+from asgi_llmguard.usage.pricing import ModelPrice, PriceTable
+
+REPLY = "Hello from the fake provider."
+WORDS = FakeProvider.count_tokens(REPLY)
+KEY = "sk-upstream-usage"
+# Round prices so expected costs are easy to compute: $1/M input, $2/M output, $0.5/M cached.
+PRICE = ModelPrice(input=1.0, output=2.0, cached_input=0.5)
+PRICES = PriceTable.default().with_overrides(
+    models={
+        "test-model": PRICE,
+        "claude-test": PRICE,
+        "embed-test": ModelPrice(input=0.1, output=0.0),
+        "dep-test": PRICE,
+    }
+)
+
+
+def nanos(input_tokens: int, output_tokens: int, price: ModelPrice = PRICE) -> int:
+    return round(input_tokens * price.input * 1000 + output_tokens * price.output * 1000)
+
+
+@dataclass
+class Collector:
+    events: list[UsageEvent] = field(default_factory=list)
+
+    def emit(self, event: UsageEvent) -> None:
+        self.events.append(event)
+
+    def wait(self, count: int, timeout: float = 2.0) -> list[UsageEvent]:
+        deadline = time.monotonic() + timeout
+        while len(self.events) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(self.events)} events, expected {count}")
+            time.sleep(0.005)
+        return self.events
+
+
+class AssignKey:
+    """Stands in for the auth layer: the key policy comes from a test header."""
+
+    def __init__(self, app, policies: dict[str, KeyPolicy]) -> None:
+        self.app = app
+        self.policies = policies
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"x-test-key":
+                    get_context(scope).key = self.policies[value.decode()]
+        await self.app(scope, receive, send)
+
+
+@dataclass
+class Stack:
+    url: str
+    events: Collector
+    fake: FakeProvider
+
+    def openai(self, **headers: str) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=f"{self.url}/v1", api_key="c", max_retries=0, default_headers=headers
+        )
+
+    def anthropic(self, **headers: str) -> anthropic.Anthropic:
+        return anthropic.Anthropic(
+            base_url=self.url, api_key="c", max_retries=0, default_headers=headers
+        )
+
+
+@pytest.fixture(scope="module")
+def fake_server() -> Iterator[tuple[FakeProvider, RunningServer]]:
+    fake = FakeProvider(api_key=KEY)
+    with serve(fake) as server:
+        yield fake, server
+
+
+def _stack(upstream_url: str, events: Collector, **usage_kwargs) -> ClassifyMiddleware:
+    forwarder = ForwardingApp(
+        [
+            Upstream("openai", f"{upstream_url}/v1", api_key=KEY, name="fake-openai"),
+            Upstream("anthropic", upstream_url, api_key=KEY, name="fake-anthropic"),
+        ]
+    )
+    usage_kwargs.setdefault("prices", PRICES)
+    usage = UsageMiddleware(forwarder, pipeline=events, **usage_kwargs)
+    policies = {
+        "poor": KeyPolicy(key_id="poor", budget=Budget(total=0.10)),
+        "team": KeyPolicy(key_id="team-member", metadata={"team": "ml"}),
+    }
+    return ClassifyMiddleware(AssignKey(usage, policies))
+
+
+@pytest.fixture
+def stack(fake_server) -> Iterator[Stack]:
+    fake, upstream = fake_server
+    fake.reset()
+    events = Collector()
+    with serve(_stack(upstream.url, events)) as server:
+        yield Stack(server.url, events, fake)
+
+
+def one(stack: Stack) -> UsageEvent:
+    events = stack.events.wait(1)
+    time.sleep(0.05)
+    assert len(events) == 1, events
+    return events[0]
+
+
+def test_chat_completion_record(stack):
+    out = stack.openai().chat.completions.create(
+        model="test-model", messages=[{"role": "user", "content": "one two three"}]
+    )
+    assert out.choices[0].message.content == REPLY
+    e = one(stack)
+    assert (e.provider, e.endpoint, e.model, e.served_model) == (
+        "openai",
+        "chat.completions",
+        "test-model",
+        "test-model",
+    )
+    assert (e.input_tokens, e.output_tokens) == (3, WORDS)
+    assert e.cost_nanos == nanos(3, WORDS)
+    assert (e.outcome, e.status, e.stream, e.estimated) == ("ok", 200, False, False)
+    assert e.credential_id == "fake-openai"
+    assert e.ttfb is not None
+    assert 0 < e.ttfb <= e.latency
+
+
+def test_stream_without_include_usage_is_metered_and_unchanged_for_the_client(stack):
+    with httpx.Client() as http:
+        raw = http.post(
+            f"{stack.url}/v1/chat/completions",
+            json={
+                "model": "test-model",
+                "stream": True,
+                "messages": [{"role": "user", "content": "a b"}],
+            },
+        ).content
+    # The gateway asked the upstream for usage ...
+    assert stack.fake.requests[-1].json()["stream_options"] == {"include_usage": True}
+    # ... and the client sees neither the usage chunk nor the "usage": null members.
+    assert b'"usage"' not in raw
+    assert raw.endswith(b"data: [DONE]\n\n")
+    events = [line for line in raw.split(b"\n\n") if line.startswith(b"data: {")]
+    assert (
+        "".join(orjson.loads(ev[6:])["choices"][0]["delta"].get("content") or "" for ev in events)
+        == REPLY
+    )
+    e = one(stack)
+    assert (e.input_tokens, e.output_tokens, e.estimated, e.stream) == (2, WORDS, False, True)
+    assert e.cost_nanos == nanos(2, WORDS)
+
+
+def test_stream_with_include_usage_keeps_the_chunk_for_the_client(stack):
+    chunks = list(
+        stack.openai().chat.completions.create(
+            model="test-model",
+            messages=[{"role": "user", "content": "a b c d"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.prompt_tokens == 4
+    e = one(stack)
+    assert (e.input_tokens, e.output_tokens) == (4, WORDS)
+
+
+def test_responses_stream_and_anthropic_stream(stack):
+    events = list(stack.openai().responses.create(model="test-model", input="x y z", stream=True))
+    assert events[-1].type == "response.completed"
+    client = stack.anthropic()
+    with client.messages.stream(
+        model="claude-test", max_tokens=100, messages=[{"role": "user", "content": "hi you"}]
+    ) as stream:
+        assert "".join(stream.text_stream) == REPLY
+    first, second = stack.events.wait(2)
+    assert (first.endpoint, first.input_tokens, first.output_tokens) == ("responses", 3, WORDS)
+    assert (second.provider, second.endpoint) == ("anthropic", "messages")
+    assert (second.input_tokens, second.output_tokens) == (2, WORDS)
+    assert second.cost_nanos == nanos(2, WORDS)
+
+
+def test_embeddings_completions_count_tokens_and_models(stack):
+    client = stack.openai()
+    client.embeddings.create(model="embed-test", input=["a b c", "d"])
+    client.completions.create(model="test-model", prompt="once upon a time")
+    stack.anthropic().messages.count_tokens(
+        model="claude-test", messages=[{"role": "user", "content": "a b c"}]
+    )
+    client.models.list()
+    emb, comp, count, models = stack.events.wait(4)
+    assert (emb.endpoint, emb.input_tokens, emb.output_tokens) == ("embeddings", 4, 0)
+    assert emb.cost_nanos == nanos(4, 0, ModelPrice(input=0.1, output=0.0))
+    assert (comp.endpoint, comp.input_tokens, comp.output_tokens) == ("completions", 4, WORDS)
+    # Read-only endpoints are recorded but never billed.
+    assert (count.endpoint, count.cost_nanos, count.outcome) == ("messages.count_tokens", 0, "ok")
+    assert (models.endpoint, models.cost_nanos) == ("models.list", 0)
+
+
+def test_client_disconnect_after_five_chunks_is_a_cancelled_record(stack):
+    body = orjson.dumps(
+        {
+            "model": "test-model",
+            "stream": True,
+            "messages": [{"role": "user", "content": "p q r s"}],
+        }
+    )
+    host, port = stack.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"x-fake-chunk-delay: 0.05\r\nx-fake-chunks: 100\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        seen = b""
+        while seen.count(b'"content":"') < 6:  # the role chunk plus 5 content chunks
+            data = sock.recv(65536)
+            assert data
+            seen += data
+    e = one(stack)
+    assert e.outcome == "cancelled"
+    assert e.estimated
+    assert 5 <= e.output_tokens <= 8  # what went out before the disconnect was noticed
+    assert e.input_tokens > 0  # estimated from the request: never free
+    assert e.cost_nanos > 0
+    stack.fake.wait_until(lambda: stack.fake.disconnects == 1, 1.0)
+
+
+def test_disconnect_before_the_first_token(stack):
+    body = b'{"model": "test-model", "messages": [{"role": "user", "content": "x"}]}'
+    host, port = stack.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nx-fake-latency: 5\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        stack.fake.wait_until(lambda: len(stack.fake.requests) == 1, 2.0)
+    e = one(stack)
+    assert (e.outcome, e.output_tokens, e.status) == ("cancelled", 0, 0)
+
+
+def test_truncated_stream_ends_with_an_error_event_and_keeps_partial_usage(stack):
+    client = stack.anthropic(**{"x-fake-truncate-after-chunks": "2"})
+
+    def consume() -> None:
+        with client.messages.stream(
+            model="claude-test", max_tokens=100, messages=[{"role": "user", "content": "a b c"}]
+        ) as stream:
+            for _ in stream.text_stream:
+                pass
+
+    with pytest.raises(anthropic.APIStatusError):
+        consume()
+    e = one(stack)
+    assert e.outcome == "upstream_truncated"
+    assert e.input_tokens == 3  # from message_start: the provider's own number
+    assert e.output_tokens >= 1
+    with httpx.Client() as http:
+        raw = http.post(
+            f"{stack.url}/v1/chat/completions",
+            json={
+                "model": "test-model",
+                "stream": True,
+                "messages": [{"role": "user", "content": "x"}],
+            },
+            headers={"x-fake-truncate-after-chunks": "2"},
+        ).content
+    assert raw.endswith(b"\n\n")
+    assert b'\n\ndata: {"error"' in raw
+
+
+def test_upstream_error_is_recorded_and_not_charged(stack):
+    with pytest.raises(openai.InternalServerError):
+        stack.openai(**{"x-fake-status": "500"}).chat.completions.create(
+            model="test-model", messages=[{"role": "user", "content": "x"}]
+        )
+    e = one(stack)
+    assert (e.outcome, e.status, e.cost_nanos) == ("upstream_error", 500, 0)
+
+
+def test_unpriced_model_is_refused_before_the_upstream(stack):
+    with pytest.raises(openai.BadRequestError) as info:
+        stack.openai().chat.completions.create(
+            model="no-such-model-anywhere", messages=[{"role": "user", "content": "x"}]
+        )
+    assert "no-such-model-anywhere" in str(info.value)
+    assert len(stack.fake.requests) == 0
+    e = one(stack)
+    assert (e.outcome, e.status) == ("rejected", 400)
+
+
+def test_default_price_charges_unpriced_models(fake_server):
+    fake, upstream = fake_server
+    fake.reset()
+    events = Collector()
+    default = ModelPrice(input=10.0, output=10.0)
+    with serve(_stack(upstream.url, events, missing_price=default)) as server:
+        openai.OpenAI(
+            base_url=f"{server.url}/v1", api_key="c", max_retries=0
+        ).chat.completions.create(model="mystery", messages=[{"role": "user", "content": "x"}])
+    (e,) = events.wait(1)
+    assert e.cost_nanos == nanos(1, WORDS, default)
+
+
+def test_invalid_json_is_400_in_each_shape(stack):
+    with httpx.Client() as http:
+        bad = http.post(f"{stack.url}/v1/chat/completions", content=b"{nope")
+        bad_anthropic = http.post(f"{stack.url}/v1/messages", content=b"\xff\xfe")
+    assert bad.status_code == 400
+    assert bad.json()["error"]["type"] == "invalid_request_error"
+    assert bad_anthropic.status_code == 400
+    assert bad_anthropic.json()["type"] == "error"
+    assert len(stack.fake.requests) == 0
+
+
+def test_budget_race_admits_at_most_two_of_eight(fake_server):
+    # $0.10 left; each request's worst case is exactly $0.05 (max_tokens 25,000 at $2/M output,
+    # and a zero input price), and 8 arrive together: at most 2 may pass.
+    fake, upstream = fake_server
+    fake.reset()
+    events = Collector()
+    prices = PRICES.with_overrides(models={"test-model": ModelPrice(input=0.0, output=2.0)})
+    app = _stack(upstream.url, events, prices=prices, budgets=MemoryBudgetStore())
+
+    async def race(url: str) -> list[int]:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            replies = await asyncio.gather(
+                *(
+                    client.post(
+                        "/v1/chat/completions",
+                        json={
+                            "model": "test-model",
+                            "max_tokens": 25_000,
+                            "messages": [{"role": "user", "content": "x"}],
+                        },
+                        headers={"x-test-key": "poor", "x-fake-latency": "0.3"},
+                    )
+                    for _ in range(8)
+                )
+            )
+        bodies = [r.json() for r in replies if r.status_code == 429]
+        assert all(b["error"]["code"] == "insufficient_quota" for b in bodies)
+        assert all(b["error"]["type"] == "insufficient_quota" for b in bodies)
+        return [r.status_code for r in replies]
+
+    with serve(app) as server:
+        statuses = asyncio.run(race(server.url))
+    assert statuses.count(200) == 2
+    assert statuses.count(429) == 6
+    recorded = events.wait(8)
+    assert sorted(e.outcome for e in recorded) == ["ok"] * 2 + ["rejected"] * 6
+    assert len(fake.requests) == 2
