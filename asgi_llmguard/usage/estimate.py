@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 from importlib.util import find_spec
 from typing import Any
 
@@ -26,8 +27,7 @@ def heuristic_prompt_tokens(body: bytes) -> int:
 @functools.cache
 def _encoding() -> Any | None:
     try:
-        import tiktoken
-
+        tiktoken = importlib.import_module("tiktoken")
         return tiktoken.get_encoding("o200k_base")
     except Exception:  # not installed, or its data cannot be loaded here
         return None

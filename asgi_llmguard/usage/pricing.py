@@ -1,0 +1,412 @@
+"""Model prices and the exact cost of one upstream answer.
+
+Prices are US dollars per million tokens, as the providers publish them. Costs are integer
+nano-dollars (1e-9 USD), computed exactly:
+
+- every price is read as the decimal number it was written as (``0.0045`` is 45/10000, not the
+  binary float nearest to it), so ``$/M * tokens * 1000`` is an exact rational number;
+- the parts of one answer (uncached, cached and cache-written input, visible and reasoning
+  output, per-call tool fees) are summed exactly, and the sum is rounded half-up to a whole
+  nano-dollar once per answer, so no error accumulates over parts or over a ledger.
+
+A `PriceTable` maps model names to `ModelPrice`. It ships with the providers' list prices
+(``prices.toml`` next to this module) and is extended or overridden from configuration. A model
+with no price is never silently free: `PriceTable.resolve` says ``None`` and the caller applies
+the `MissingPrice` policy (``"reject"``, or a default `ModelPrice`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import math
+import re
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from decimal import Decimal
+from importlib import resources
+from types import MappingProxyType
+from typing import Annotated, Literal, TypeAlias
+
+import msgspec
+
+from asgi_llmguard.errors import ConfigurationError
+from asgi_llmguard.tokens import TokenUsage
+
+__all__ = [
+    "MissingPrice",
+    "ModelPrice",
+    "PriceTable",
+    "PriceTier",
+    "UnknownModelPrice",
+    "estimate_nanos",
+    "usd_to_nanos",
+]
+
+#: USD per million tokens (or per call, for ``per_call``); never negative.
+_Price = Annotated[float, msgspec.Meta(ge=0)]
+_NO_CALLS: Mapping[str, int] = MappingProxyType({})
+
+
+class PriceTier(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Prices that replace the base ones when the prompt is longer than ``above`` tokens.
+
+    This is how long-context pricing is written (e.g. Claude Sonnet 4.5: every token of a
+    request whose prompt exceeds 200k tokens at $6/$22.50 instead of $3/$15). The tier applies
+    to the *whole* answer, not to the tokens past the threshold, as the providers bill it. A field
+    left out keeps the base price, so a tier should list every price that changes.
+    """
+
+    above: Annotated[int, msgspec.Meta(ge=0)]
+    input: _Price | None = None
+    cached_input: _Price | None = None
+    cache_creation: _Price | None = None
+    output: _Price | None = None
+    reasoning: _Price | None = None
+
+
+class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The price of one model, in USD per million tokens.
+
+    - ``input``: prompt tokens not read from or written to the cache.
+    - ``cached_input``: prompt tokens read from the cache (default: ``input``, no discount).
+    - ``cache_creation``: prompt tokens written to the cache (default: ``input``). Anthropic
+      charges 1.25 * input for a 5-minute cache write; the shipped table says so explicitly for
+      every Claude model rather than guessing it for models whose provider has no such charge.
+    - ``output``: generated tokens (required: write ``output = 0`` for embeddings).
+    - ``reasoning``: the reasoning part of the output (default: ``output``, as OpenAI and
+      Anthropic bill it).
+    - ``per_call``: USD per tool call by tool type, e.g. ``{"web_search": 0.01}``; tool types not
+      listed cost nothing.
+    - ``tiers``: long-context prices (`PriceTier`); the tier with the highest ``above`` that the
+      prompt exceeds applies.
+    """
+
+    input: _Price
+    cached_input: _Price | None = None
+    cache_creation: _Price | None = None
+    output: _Price
+    reasoning: _Price | None = None
+    per_call: dict[str, _Price] = msgspec.field(default_factory=dict)
+    tiers: tuple[PriceTier, ...] = ()
+
+    def __post_init__(self) -> None:
+        prices = [self.input, self.cached_input, self.cache_creation, self.output, self.reasoning]
+        prices.extend(self.per_call.values())
+        for tier in self.tiers:
+            prices.extend(
+                (tier.input, tier.cached_input, tier.cache_creation, tier.output, tier.reasoning)
+            )
+        # Checked here too: a struct built in code is not validated by msgspec's Meta.
+        if any(p is not None and not (math.isfinite(p) and p >= 0) for p in prices):
+            raise ValueError("prices must be finite numbers >= 0")
+        thresholds = [tier.above for tier in self.tiers]
+        if thresholds != sorted(set(thresholds)):
+            raise ValueError("tiers must be sorted by `above`, each threshold once")
+
+    def rates(self, input_tokens: int = 0) -> tuple[float, float, float, float, float]:
+        """The effective ``(input, cached_input, cache_creation, output, reasoning)`` prices for
+        a prompt of ``input_tokens`` tokens: the tier that applies, then the defaults."""
+        inp, cached, creation = self.input, self.cached_input, self.cache_creation
+        out, reasoning = self.output, self.reasoning
+        for tier in reversed(self.tiers):
+            if input_tokens > tier.above:
+                inp = tier.input if tier.input is not None else inp
+                cached = tier.cached_input if tier.cached_input is not None else cached
+                creation = tier.cache_creation if tier.cache_creation is not None else creation
+                out = tier.output if tier.output is not None else out
+                reasoning = tier.reasoning if tier.reasoning is not None else reasoning
+                break
+        return (
+            inp,
+            inp if cached is None else cached,
+            inp if creation is None else creation,
+            out,
+            out if reasoning is None else reasoning,
+        )
+
+    def cost_nanos(self, usage: TokenUsage, tool_calls: Mapping[str, int] = _NO_CALLS) -> int:
+        """The exact cost of ``usage`` (plus ``tool_calls`` by tool type) in nano-dollars.
+
+        Inconsistent counts are clamped so that nothing is charged below what the provider
+        reported: negative counts count as 0; when ``cached + cache_creation > input`` the prompt
+        is taken to be ``cached + cache_creation`` long (each part at its own price, nothing
+        uncached); when ``reasoning > output`` the output is taken to be ``reasoning`` long. The
+        result is never negative.
+        """
+        cached = max(0, usage.cached_input_tokens)
+        creation = max(0, usage.cache_creation_tokens)
+        prompt = max(usage.input_tokens, cached + creation)
+        reasoning = max(0, usage.reasoning_tokens)
+        output = max(usage.output_tokens, reasoning)
+        inp, cached_p, creation_p, out, reasoning_p = self.rates(prompt)
+        total = _Sum()
+        total.add(inp, (prompt - cached - creation) * 1000)
+        total.add(cached_p, cached * 1000)
+        total.add(creation_p, creation * 1000)
+        total.add(out, (output - reasoning) * 1000)
+        total.add(reasoning_p, reasoning * 1000)
+        if tool_calls:
+            for tool, calls in tool_calls.items():
+                fee = self.per_call.get(tool)
+                if fee is not None and calls > 0:
+                    total.add(fee, calls * 1_000_000_000)
+        return total.round_half_up()
+
+
+MissingPrice: TypeAlias = Literal["reject"] | ModelPrice
+"""What to charge for a model the table has no price for: refuse the request (``"reject"``), or
+charge this default price. Never zero by omission (RELIABILITY B3)."""
+
+
+class UnknownModelPrice(LookupError):
+    """A model has no price and the policy is ``"reject"``."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        shown = model if len(model) <= 200 else model[:200] + "..."
+        super().__init__(
+            f"No price is configured for model {shown!r}: add it to the price table "
+            '([prices."<model>"] in the config) or set a default price for unknown models.'
+        )
+
+
+def usd_to_nanos(usd: float) -> int:
+    """A dollar amount (as written, e.g. ``0.10``) in whole nano-dollars, rounded down."""
+    numerator, exponent = _exact(usd)
+    return numerator * 1_000_000_000 // _pow10(exponent)
+
+
+def estimate_nanos(price: ModelPrice, prompt_tokens_estimate: int, max_output_tokens: int) -> int:
+    """The worst-case cost of a request before it is sent, for a budget reservation.
+
+    Every prompt token at the dearest prompt price (no cache discount; a cache write may cost
+    more than plain input), every output token at the dearer of the output and reasoning prices,
+    the long-context tier chosen by the prompt estimate, rounded up. Tool-call fees are not
+    included: the number of calls is not known in advance.
+    """
+    prompt = max(0, prompt_tokens_estimate)
+    output = max(0, max_output_tokens)
+    inp, cached, creation, out, reasoning = price.rates(prompt)
+    total = _Sum()
+    total.add(max(inp, cached, creation), prompt * 1000)
+    total.add(max(out, reasoning), output * 1000)
+    return total.ceil()
+
+
+@functools.lru_cache(maxsize=4096)
+def _exact(value: float) -> tuple[int, int]:
+    """``value`` as the shortest decimal that reads back as it: ``(n, e)``, value = n / 10**e.
+
+    Prices come from configuration, so the cache stays small; it spares the Decimal parse on
+    the hot path.
+    """
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"not a price: {value!r}")
+    _, digits, exponent = Decimal(repr(value)).as_tuple()
+    assert isinstance(exponent, int)
+    numerator = int("".join(map(str, digits)))
+    if exponent >= 0:
+        return numerator * _pow10(exponent), 0
+    return numerator, -exponent
+
+
+def _pow10(exponent: int) -> int:
+    return int(10**exponent)
+
+
+class _Sum:
+    """An exact sum of ``price * count`` terms over a power-of-ten denominator."""
+
+    __slots__ = ("exponent", "numerator")
+
+    def __init__(self) -> None:
+        self.numerator = 0
+        self.exponent = 0
+
+    def add(self, price: float, count: int) -> None:
+        if count <= 0 or price == 0:
+            return
+        numerator, exponent = _exact(price)
+        if exponent > self.exponent:
+            self.numerator *= _pow10(exponent - self.exponent)
+            self.exponent = exponent
+        self.numerator += numerator * count * _pow10(self.exponent - exponent)
+
+    def round_half_up(self) -> int:
+        denominator = _pow10(self.exponent)
+        quotient, remainder = divmod(self.numerator, denominator)
+        return quotient + int(2 * remainder >= denominator)
+
+    def ceil(self) -> int:
+        return -(-self.numerator // _pow10(self.exponent))
+
+
+# Dated snapshots and moving aliases of one model share its price:
+# gpt-4o-2024-08-06, claude-sonnet-4-5-20250929, claude-3-5-haiku-latest, claude-x@20250514.
+_SNAPSHOT = re.compile(r"(?:-\d{4}-\d{2}-\d{2}|-\d{8}|@\d{8}|-latest)$")
+_GLOB_CHARS = frozenset("*?[")
+# Model names longer than this are looked up but not cached: the cache's memory stays bounded.
+_CACHEABLE_NAME = 256
+_NOT_CACHED = object()
+
+
+class _Prices:
+    """Exact names, then dated-snapshot normalisation, then globs (most specific first)."""
+
+    __slots__ = ("exact", "globs")
+
+    def __init__(self, models: Mapping[str, ModelPrice]) -> None:
+        self.exact: dict[str, ModelPrice] = {}
+        globs: list[tuple[str, ModelPrice]] = []
+        for name, price in models.items():
+            if not isinstance(price, ModelPrice):
+                raise ConfigurationError(f"price of {name!r} must be a ModelPrice")
+            if _GLOB_CHARS.intersection(name):
+                globs.append((name, price))
+            else:
+                self.exact[name] = price
+        # More literal characters first; the order of declaration breaks ties.
+        globs.sort(key=lambda item: -sum(c not in _GLOB_CHARS for c in item[0]))
+        self.globs = [(re.compile(fnmatch.translate(g)), p) for g, p in globs]
+
+    def find(self, model: str) -> ModelPrice | None:
+        price = self.exact.get(model)
+        if price is not None:
+            return price
+        base = _SNAPSHOT.sub("", model)
+        if base != model and base:
+            price = self.exact.get(base)
+            if price is not None:
+                return price
+        for pattern, price in self.globs:
+            if pattern.match(model):
+                return price
+        return None
+
+
+class PriceTable:
+    """Model name → `ModelPrice`, with per-upstream overrides and a bounded lookup cache.
+
+    ``models`` keys are exact names or globs (``"ft:gpt-4o-mini:*"``). ``per_upstream`` maps an
+    upstream credential id to its own model → price map (a deployment with negotiated prices, a
+    self-hosted server); those win over the model-level prices for answers that credential
+    served. Lookups try, in each map: the exact name, the name without its dated-snapshot suffix
+    (``gpt-4o-2024-08-06`` → ``gpt-4o``, ``claude-sonnet-4-5-20250929`` → ``claude-sonnet-4-5``),
+    then the globs. Results (misses included) are cached per (credential, model) up to
+    ``cache_size`` entries, least recently used first out.
+    """
+
+    __slots__ = ("_cache", "_cache_size", "_models", "_raw", "_raw_upstream", "_upstreams")
+
+    def __init__(
+        self,
+        models: Mapping[str, ModelPrice] | None = None,
+        *,
+        per_upstream: Mapping[str, Mapping[str, ModelPrice]] | None = None,
+        cache_size: int = 4096,
+    ) -> None:
+        if cache_size < 0:
+            raise ConfigurationError("cache_size must be >= 0")
+        self._raw: dict[str, ModelPrice] = dict(models or {})
+        self._raw_upstream = {cid: dict(m) for cid, m in (per_upstream or {}).items()}
+        self._models = _Prices(self._raw)
+        self._upstreams = {cid: _Prices(m) for cid, m in self._raw_upstream.items()}
+        self._cache_size = cache_size
+        self._cache: OrderedDict[tuple[str | None, str], object] = OrderedDict()
+
+    @classmethod
+    def default(cls) -> PriceTable:
+        """The shipped list prices (``asgi_llmguard/usage/prices.toml``)."""
+        return cls(_shipped_prices())
+
+    @classmethod
+    def from_toml(cls, data: bytes | str) -> PriceTable:
+        """A table from TOML of the shipped file's shape: ``[prices."<model>"]`` tables."""
+        return cls(_decode_prices(data, "price data"))
+
+    def with_overrides(
+        self,
+        models: Mapping[str, ModelPrice] | None = None,
+        per_upstream: Mapping[str, Mapping[str, ModelPrice]] | None = None,
+    ) -> PriceTable:
+        """A new table: these prices added to (or replacing) this table's, model by model."""
+        merged_upstream = {cid: dict(m) for cid, m in self._raw_upstream.items()}
+        for cid, prices in (per_upstream or {}).items():
+            merged_upstream.setdefault(cid, {}).update(prices)
+        return PriceTable(
+            {**self._raw, **(models or {})},
+            per_upstream=merged_upstream,
+            cache_size=self._cache_size,
+        )
+
+    @property
+    def models(self) -> Mapping[str, ModelPrice]:
+        """The model-level prices (exact names and globs), read-only."""
+        return MappingProxyType(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def resolve(self, model: str, credential_id: str | None = None) -> ModelPrice | None:
+        """The price of ``model`` as served by ``credential_id``, or ``None`` if it has none."""
+        key = (credential_id, model)
+        cache = self._cache
+        hit = cache.get(key, _NOT_CACHED)
+        if hit is not _NOT_CACHED:
+            cache.move_to_end(key)
+            return hit  # type: ignore[return-value]
+        price = None
+        if credential_id is not None:
+            upstream = self._upstreams.get(credential_id)
+            if upstream is not None:
+                price = upstream.find(model)
+        if price is None:
+            price = self._models.find(model)
+        if self._cache_size and len(model) <= _CACHEABLE_NAME:
+            cache[key] = price
+            if len(cache) > self._cache_size:
+                cache.popitem(last=False)
+        return price
+
+    def price_for(
+        self, model: str, credential_id: str | None = None, *, missing: MissingPrice = "reject"
+    ) -> ModelPrice:
+        """The price of ``model``; for an unpriced model, ``missing`` applies: ``"reject"``
+        raises `UnknownModelPrice`, a `ModelPrice` is charged instead."""
+        price = self.resolve(model, credential_id)
+        if price is not None:
+            return price
+        if isinstance(missing, ModelPrice):
+            return missing
+        raise UnknownModelPrice(model)
+
+
+class _PriceFile(msgspec.Struct, forbid_unknown_fields=True):
+    prices: dict[str, dict[str, object]] = msgspec.field(default_factory=dict)
+
+
+def _decode_prices(data: bytes | str, where: str) -> dict[str, ModelPrice]:
+    """Decode ``[prices."<model>"]`` tables; an error names the model it is about."""
+    try:
+        raw = msgspec.toml.decode(data, type=_PriceFile).prices
+    except msgspec.ValidationError as exc:
+        raise ConfigurationError(f"{where}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigurationError(f"{where}: not valid TOML: {exc}") from None
+    prices = {}
+    for name, fields in raw.items():
+        try:
+            prices[name] = msgspec.convert(fields, ModelPrice)
+        except msgspec.ValidationError as exc:
+            raise ConfigurationError(f"{where}: prices.{name!r}: {exc}") from None
+    return prices
+
+
+@functools.cache
+def _shipped_prices() -> Mapping[str, ModelPrice]:
+    data = resources.files(__package__).joinpath("prices.toml").read_bytes()
+    return MappingProxyType(_decode_prices(data, "asgi_llmguard/usage/prices.toml"))
