@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Literal, Protocol
@@ -43,7 +44,7 @@ from asgi_llmguard.types import ASGIApp, Message, Receive, Scope, Send
 from asgi_llmguard.usage.budgets import BudgetExceeded, BudgetStore, BudgetStoreError, Reservation
 from asgi_llmguard.usage.estimate import estimate_prompt_tokens
 from asgi_llmguard.usage.events import Outcome, UsageEvent
-from asgi_llmguard.usage.pricing import ModelPrice, PriceTable, estimate_nanos
+from asgi_llmguard.usage.pricing import MissingPrice, ModelPrice, PriceTable, estimate_nanos
 
 logger = logging.getLogger("asgi_llmguard.usage")
 
@@ -57,9 +58,6 @@ _STRIPPED_OPERATIONS = frozenset({"chat.completions", "completions"})
 
 class EventSink(Protocol):
     def emit(self, event: UsageEvent) -> None: ...
-
-
-MissingPricePolicy = Literal["reject"] | ModelPrice
 
 
 class UsageMiddleware:
@@ -86,7 +84,7 @@ class UsageMiddleware:
         *,
         pipeline: EventSink | None = None,
         prices: PriceTable | None = None,
-        missing_price: MissingPricePolicy = "reject",
+        missing_price: MissingPrice = "reject",
         budgets: BudgetStore | None = None,
         budget_on_error: Literal["open", "closed"] = "closed",
         budget_tags: Mapping[str, Budget] | None = None,
@@ -156,8 +154,14 @@ class UsageMiddleware:
         if self._budgets is not None and price is not None and ctx.key is not None:
             refused = await self._reserve(ctx, fields, price, reservations)
             if refused is not None:
-                self._reject(ctx, endpoint, model, refused)
-                if refused == 429:
+                self._reject(ctx, endpoint, model, 429 if refused else 503)
+                if refused:
+                    resets_at = refused.resets_at
+                    headers = (
+                        [(b"retry-after", str(max(1, math.ceil(resets_at - time.time()))).encode())]
+                        if resets_at is not None
+                        else []
+                    )
                     await send_error(
                         send,
                         429,
@@ -165,6 +169,7 @@ class UsageMiddleware:
                         anthropic=anthropic,
                         type="insufficient_quota" if not anthropic else None,
                         code="insufficient_quota",
+                        headers=headers,
                     )
                 else:
                     await send_error(
@@ -218,8 +223,9 @@ class UsageMiddleware:
         fields: RequestFields,
         price: ModelPrice,
         reservations: list[Reservation],
-    ) -> int | None:
-        """Reserve the worst case on every budget that applies; the refusal status, if any."""
+    ) -> BudgetExceeded | Literal[False] | None:
+        """Reserve the worst case on every budget that applies. ``None``: admitted; a
+        `BudgetExceeded`: refused (429); ``False``: the store could not be reached (503)."""
         key = ctx.key
         budgets = self._budgets
         assert key is not None
@@ -243,10 +249,10 @@ class UsageMiddleware:
                 if self._budget_open:
                     continue
                 await self._release_all(reservations)
-                return 503
+                return False
             if isinstance(outcome, BudgetExceeded):
                 await self._release_all(reservations)
-                return 429
+                return outcome
             reservations.append(outcome)
         return None
 
