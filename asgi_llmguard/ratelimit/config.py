@@ -1,0 +1,113 @@
+"""`RateLimitConfig` and `create_limiter`: the algorithm and the store, chosen by name and URI."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from asgi_llmguard.errors import ConfigurationError
+from asgi_llmguard.ratelimit._store import parse_storage, redis_client
+from asgi_llmguard.ratelimit.base import Limiter
+from asgi_llmguard.ratelimit.gcra import MemoryGcra, RedisGcra
+from asgi_llmguard.ratelimit.windows import WINDOW_ALGORITHMS, WindowLimiter
+
+#: Every algorithm name `create_limiter` accepts; ``"token-bucket"`` is another name for GCRA.
+ALGORITHMS = frozenset({"gcra", "token-bucket", *WINDOW_ALGORITHMS})
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    """How the limiter stores its buckets.
+
+    - ``algorithm``: ``"gcra"`` (token bucket, the default), ``"fixed-window"``,
+      ``"moving-window"`` or ``"sliding-window-counter"``.
+    - ``storage``: ``"memory://"`` (one process) or ``"redis://host:port/db"`` (also
+      ``rediss://`` and ``async+redis://``), shared by every worker and replica.
+    - ``redis_timeout``: seconds a Redis call may take, connecting included, before it counts
+      as a store failure and the limit's ``on_error`` policy applies.
+    - ``key_prefix``: prefix of every Redis key, so several gateways can share one server.
+    - ``max_memory_keys``: hard cap on in-memory token buckets (see `MemoryGcra`).
+    - ``redis_max_connections``: the Redis connection pool's size per process.
+    """
+
+    algorithm: str = "gcra"
+    storage: str = "memory://"
+    redis_timeout: float = 0.25
+    key_prefix: str = "llmguard:rl:"
+    max_memory_keys: int = 100_000
+    redis_max_connections: int = 64
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigurationError(
+                f"algorithm must be one of {', '.join(sorted(ALGORITHMS))}, not {self.algorithm!r}"
+            )
+        parse_storage(self.storage)
+        timeout = self.redis_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise ConfigurationError(f"redis_timeout must be seconds, not {timeout!r}")
+        if not 0 < timeout < math.inf:
+            raise ConfigurationError(f"redis_timeout must be positive seconds, not {timeout!r}")
+        for name in ("max_memory_keys", "redis_max_connections"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"{name} must be a positive integer, not {value!r}")
+        if not isinstance(self.key_prefix, str):
+            raise ConfigurationError("key_prefix must be a string")
+
+    def __repr__(self) -> str:  # the storage URI may hold a password
+        return (
+            f"RateLimitConfig(algorithm={self.algorithm!r}, "
+            f"storage={parse_storage(self.storage).where!r}, redis_timeout={self.redis_timeout!r})"
+        )
+
+
+def create_limiter(
+    config: RateLimitConfig | None = None, *, clock: Callable[[], float] = time.monotonic
+) -> Limiter:
+    """Build the limiter ``config`` describes. Nothing connects until the first call.
+
+    ``clock`` drives the in-memory token bucket only (tests move it by hand); Redis uses the
+    server's clock and the ``limits`` strategies their own.
+    """
+    config = config or RateLimitConfig()
+    target = parse_storage(config.storage)
+    gcra = config.algorithm in ("gcra", "token-bucket")
+    if target.kind == "memory":
+        if gcra:
+            return MemoryGcra(clock=clock, max_keys=config.max_memory_keys)
+        from limits.aio.storage import MemoryStorage
+
+        return WindowLimiter(config.algorithm, MemoryStorage())
+    client = redis_client(
+        target, timeout=config.redis_timeout, max_connections=config.redis_max_connections
+    )
+    if gcra:
+        return RedisGcra(
+            client, timeout=config.redis_timeout, prefix=config.key_prefix, where=target.where
+        )
+    from limits.aio.storage import RedisStorage
+
+    # limits' redis-py bridge on our pool: the same timeouts and retry policy, and one set of
+    # connections per process for both algorithms.
+    options = cast(
+        dict[str, Any],
+        # limits adds its own ":" after the prefix
+        {"connection_pool": client.connection_pool, "key_prefix": config.key_prefix.rstrip(":")},
+    )
+    storage = RedisStorage(
+        "async+" + target.url.split("://", 1)[0] + "://",
+        wrap_exceptions=True,
+        implementation="redispy",
+        **options,
+    )
+    return WindowLimiter(
+        config.algorithm,
+        storage,
+        timeout=config.redis_timeout,
+        where=target.where,
+        client=client,
+    )

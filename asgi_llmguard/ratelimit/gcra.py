@@ -1,0 +1,208 @@
+"""The token bucket, as GCRA: one number per bucket, in memory or in Redis.
+
+GCRA (the generic cell rate algorithm) keeps a bucket as its *theoretical arrival time* (TAT):
+the moment the bucket would be full again. Spending ``cost`` pushes the TAT ``cost x interval``
+further; a request is admitted when the pushed TAT stays within ``tolerance`` (burst x
+interval) of now. So a bucket is one float, not a count plus a timestamp, updated in one step,
+and a TAT in the past means "full": such entries carry no information and may be dropped. A
+charge after the fact may push the TAT past the tolerance: the bucket is then in debt, and
+requests wait until it has dripped back.
+
+Both variants share the arithmetic below and work on how far the TAT is *ahead* of now, so the
+in-memory one (any clock) and the Redis one (the server's clock) answer alike.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from asgi_llmguard.errors import ConfigurationError
+from asgi_llmguard.ratelimit._store import Guard
+from asgi_llmguard.ratelimit.base import Limiter
+from asgi_llmguard.ratelimit.spec import Decision, ParsedLimit, floor_units
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+#: Float slack when comparing times, so that exactly-full buckets are not refused by rounding.
+EPS: Final = 1e-9
+
+
+def decide(limit: ParsedLimit, allowed: bool, ahead: float, cost: float) -> Decision:
+    """The decision for a bucket whose TAT is ``ahead`` seconds after now (after the update
+    when allowed, unchanged when refused)."""
+    ahead = max(ahead, 0.0)
+    remaining = floor_units((limit.tolerance - ahead) / limit.interval)
+    retry = 0.0 if allowed else max(ahead + cost * limit.interval - limit.tolerance, 0.0)
+    return Decision(allowed, limit.amount, remaining, ahead, retry)
+
+
+class MemoryGcra(Limiter):
+    """GCRA in a dict of TATs: one process, no I/O, atomic because nothing in it awaits.
+
+    The dict is bounded two ways (RELIABILITY M1): entries whose TAT has passed are swept out
+    whenever the dict has doubled since the last sweep (amortised O(1) per request), and
+    ``max_keys`` is a hard cap: past it the least recently touched buckets are forgotten, which
+    lets those keys start again with a full bucket. Size it above the number of keys active
+    within one limit period.
+    """
+
+    algorithm = "gcra"
+
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000
+    ) -> None:
+        super().__init__()
+        if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
+            raise ConfigurationError(f"max_keys must be a positive integer, not {max_keys!r}")
+        self._clock = clock
+        self._max_keys = max_keys
+        self._floor = min(1024, max_keys)
+        self._sweep_at = self._floor
+        # key -> TAT; insertion order is last-touched order (entries are re-inserted on update).
+        self._tat: dict[str, float] = {}
+
+    @property
+    def size(self) -> int:
+        """How many buckets are held (full buckets not yet swept included)."""
+        return len(self._tat)
+
+    def _ahead(self, key: str, now: float) -> float:
+        tat = self._tat.get(key)
+        return tat - now if tat is not None and tat > now else 0.0
+
+    def _store(self, key: str, now: float, ahead: float) -> None:
+        table = self._tat
+        table.pop(key, None)
+        if ahead <= 0.0:
+            return
+        table[key] = now + ahead
+        if len(table) >= self._sweep_at:
+            self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        table = self._tat
+        for key in [k for k, tat in table.items() if tat <= now]:
+            del table[key]
+        if len(table) >= self._max_keys:
+            # Forget the least recently touched buckets, down to 7/8 of the cap, so the next
+            # few new keys do not each pay for a full sweep.
+            excess = len(table) - self._max_keys * 7 // 8
+            for key in list(table)[:excess]:
+                del table[key]
+        self._sweep_at = min(max(2 * len(table), self._floor), self._max_keys)
+
+    async def acquire(self, key: str, limit: ParsedLimit, cost: float) -> Decision:
+        now = self._clock()
+        ahead = self._ahead(key, now)
+        new = ahead + cost * limit.interval
+        if new - limit.tolerance > EPS:
+            return decide(limit, False, ahead, cost)
+        self._store(key, now, new)
+        return decide(limit, True, new, cost)
+
+    async def charge(self, key: str, limit: ParsedLimit, cost: float) -> None:
+        now = self._clock()
+        self._store(key, now, self._ahead(key, now) + cost * limit.interval)
+
+    async def peek(self, key: str, limit: ParsedLimit) -> Decision:
+        ahead = self._ahead(key, self._clock())
+        allowed = ahead + limit.interval - limit.tolerance <= EPS
+        return decide(limit, allowed, ahead, 1.0)
+
+    def __repr__(self) -> str:
+        return f"<MemoryGcra buckets={len(self._tat)} max_keys={self._max_keys}>"
+
+
+# One atomic step, in milliseconds of the server's clock (TIME), so every replica and worker
+# shares one clock and no client's clock skew matters. Mode: "a" acquire (check, then update),
+# "c" charge (update without a check; a negative cost gives units back), "p" peek (no write).
+# Returns {allowed, ms the TAT is ahead of now}: after the update when allowed, else unchanged.
+# The key expires when its TAT passes: a full bucket needs no entry. Floats are returned as
+# strings because Redis truncates Lua numbers to integers.
+_LUA = """
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local mode = ARGV[4]
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil or tat < now then tat = now end
+local new = tat + cost * interval
+if mode == 'p' then
+  local ok = 0
+  if new - tolerance <= now + 1e-6 then ok = 1 end
+  return {ok, string.format('%.17g', tat - now)}
+end
+if mode == 'a' and new - tolerance > now + 1e-6 then
+  return {0, string.format('%.17g', tat - now)}
+end
+if new <= now then
+  redis.call('DEL', KEYS[1])
+  return {1, '0'}
+end
+redis.call('SET', KEYS[1], string.format('%.17g', new), 'PX', math.ceil(new - now))
+return {1, string.format('%.17g', new - now)}
+"""
+
+
+class RedisGcra(Limiter):
+    """GCRA in Redis: one Lua script per check, atomic across every worker and replica.
+
+    Keys are ``<prefix><bucket>`` strings holding the TAT in milliseconds, with a ``PEXPIRE``
+    at the TAT, so idle buckets vanish on their own and the keyspace stays bounded.
+    """
+
+    algorithm = "gcra"
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        timeout: float = 0.25,
+        prefix: str = "llmguard:rl:",
+        where: str = "redis",
+    ) -> None:
+        super().__init__()
+        self._client = client
+        self._script = client.register_script(_LUA)
+        self._prefix = prefix
+        self._guard = Guard(where, timeout, self.stats)
+        self.where = where
+
+    async def _run(
+        self, key: str, limit: ParsedLimit, cost: float, mode: str
+    ) -> tuple[bool, float]:
+        reply = await self._guard(
+            self._script(
+                keys=[self._prefix + key],
+                args=[
+                    repr(limit.interval * 1000.0),
+                    repr(limit.tolerance * 1000.0),
+                    repr(cost),
+                    mode,
+                ],
+            )
+        )
+        allowed, ahead_ms = reply
+        return bool(allowed), float(ahead_ms) / 1000.0
+
+    async def acquire(self, key: str, limit: ParsedLimit, cost: float) -> Decision:
+        allowed, ahead = await self._run(key, limit, cost, "a")
+        return decide(limit, allowed, ahead, cost)
+
+    async def charge(self, key: str, limit: ParsedLimit, cost: float) -> None:
+        await self._run(key, limit, cost, "c")
+
+    async def peek(self, key: str, limit: ParsedLimit) -> Decision:
+        allowed, ahead = await self._run(key, limit, 1.0, "p")
+        return decide(limit, allowed, ahead, 1.0)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def __repr__(self) -> str:
+        return f"<RedisGcra {self.where}>"
