@@ -25,6 +25,7 @@ from asgi_llmguard.stack import Gateway, build_stack
 ENV_CONFIG = "ASGI_LLMGUARD_CONFIG"
 ENV_FAKE_UPSTREAM = "ASGI_LLMGUARD_FAKE_UPSTREAM"
 FAKE_UPSTREAM_KEY = "fake-upstream-key"
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
 def fake_upstreams(url: str) -> list[Upstream]:
@@ -98,6 +99,17 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers is not None:
         s.workers = args.workers
     upstreams = resolve_upstreams(config)
+    if not config.keys and config.auth.store is None and config.auth.store_env is None:
+        if s.host not in _LOOPBACK:
+            raise ConfigurationError(
+                f"refusing to serve on {s.host} without virtual keys: anyone who can reach it "
+                "could spend your provider credits. Configure [[keys]] or [auth] store, or bind "
+                "127.0.0.1."
+            )
+        print(
+            "  No virtual keys are configured: every caller on this machine is allowed.",
+            file=sys.stderr,
+        )
     with contextlib.ExitStack() as stack:
         fake = None
         if not upstreams:
@@ -152,6 +164,12 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument("--latency", type=float, default=0.0, help="seconds before headers")
     mock.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between chunks")
     mock.set_defaults(func=_mock_upstream)
+
+    from asgi_llmguard.keys.cli import add_keys_parser
+    from asgi_llmguard.usage.report import add_usage_parser
+
+    add_keys_parser(sub)
+    add_usage_parser(sub)
     return parser
 
 

@@ -15,7 +15,9 @@ import msgspec
 
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.config import PoolLimits, Timeouts
+from asgi_llmguard.policy import Budget, RateLimit
 from asgi_llmguard.providers.base import Upstream
+from asgi_llmguard.usage.pricing import MissingPrice, ModelPrice, PriceTable
 
 ProviderName = Literal["openai", "azure", "anthropic"]
 
@@ -69,15 +71,183 @@ class UpstreamConfig(_Strict):
     api_version: str | None = None
     deployments: dict[str, str] = msgspec.field(default_factory=dict)
     headers: dict[str, str] = msgspec.field(default_factory=dict)
+    #: Prices of this credential (needs ``name``): they win over ``[prices]`` for its answers.
+    prices: dict[str, ModelPrice] = msgspec.field(default_factory=dict)
 
     def __repr__(self) -> str:  # never show the key
         return f"UpstreamConfig(provider={self.provider!r}, base_url={self.base_url!r})"
+
+
+class UsageConfig(_Strict):
+    """``[usage]``: the ledger (`UsagePipeline` kwargs; unset ones keep its defaults) and the
+    metering switches of `UsageMiddleware`."""
+
+    enabled: bool = True
+    sinks: list[str] = msgspec.field(default_factory=lambda: ["sqlite:///llmguard.sqlite3"])
+    spill_path: str | None = "llmguard-usage.spill"
+    durable: bool | None = None
+    queue_size: int | None = None
+    workers: int | None = None
+    batch_size: int | None = None
+    flush_interval: float | None = None
+    drain_timeout: float | None = None
+    replay_interval: float | None = None
+    max_retries: int | None = None
+    retry_backoff: tuple[float, float] | None = None
+    write_timeout: float | None = None
+    fsync_interval: float | None = None
+    #: Ask OpenAI-style upstreams for the usage chunk and hide it from clients that did not.
+    stream_usage: bool = True
+
+    def pipeline_kwargs(self) -> dict[str, Any]:
+        skip = {"enabled", "sinks", "stream_usage"}
+        return {
+            k: v
+            for k, v in msgspec.structs.asdict(self).items()
+            if k not in skip and (v is not None or k == "spill_path")
+        }
+
+
+class PricingConfig(_Strict):
+    #: ``"reject"`` (400 naming the model) or a default price: ``{ input = 15, output = 60 }``.
+    missing: MissingPrice = "reject"
+
+
+class BudgetsConfig(_Strict):
+    #: ``"memory"`` (one worker) or a ``redis://`` URL shared by workers and replicas.
+    store: str = "memory"
+    prefix: str = "llmguard:budget:"
+    timeout: float = 0.5
+    on_error: Literal["open", "closed"] = "closed"
+    reservation_ttl: float = 900.0
+    default_max_output_tokens: int = 4096
+    #: Budgets shared by keys whose metadata matches, e.g. ``[budgets.tags."team:ml"]``.
+    tags: dict[str, Budget] = msgspec.field(default_factory=dict)
+
+
+class KeyCacheConfig(_Strict):
+    ttl: float = 30.0
+    negative_ttl: float = 5.0
+    max_entries: int = 10_000
+
+
+class AuthConfig(_Strict):
+    """``[auth]``: where virtual keys live and how they are read from requests."""
+
+    #: ``"static"`` (the ``[[keys]]`` of this file) or a ``sqlite:///`` / ``postgresql://`` URL.
+    store: str | None = None
+    #: An environment variable holding the store URL (for URLs that carry a password).
+    store_env: str | None = None
+    header_names: list[str] | None = None
+    max_key_length: int | None = None
+    cache: KeyCacheConfig = msgspec.field(default_factory=KeyCacheConfig)
+
+
+class KeyConfig(_Strict):
+    """``[[keys]]``: one static virtual key, given by an environment variable or its digest."""
+
+    name: str | None = None
+    key_env: str | None = None
+    key_hash: str | None = None
+    providers: list[str] | None = None
+    endpoints: list[str] | None = None
+    models: list[str] | None = None
+    tool_types: list[str] | None = None
+    allow_background: bool | None = None
+    rate_limits: list[RateLimit] | None = None
+    max_concurrency: int | None = None
+    max_body_bytes: int | None = None
+    budget: Budget | None = None
+    capture: bool | None = None
+    metadata: dict[str, str] | None = None
+
+    def __repr__(self) -> str:  # never show the digest
+        return f"KeyConfig(name={self.name!r}, key_env={self.key_env!r})"
+
+    def policy_fields(self) -> dict[str, Any]:
+        skip = {"name", "key_env", "key_hash"}
+        return {
+            k: v for k, v in msgspec.structs.asdict(self).items() if k not in skip and v is not None
+        }
+
+
+def _given(struct: msgspec.Struct, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The fields of a config section that were set (``None`` keeps the middleware default)."""
+    return {
+        k: v for k, v in msgspec.structs.asdict(struct).items() if k not in skip and v is not None
+    }
+
+
+class SizeLimitConfig(_Strict):
+    """``[size_limit]`` -> `SizeLimitMiddleware` kwargs."""
+
+    enabled: bool = True
+    max_body_bytes: int | None = None
+    #: Seconds for the whole body; ``0`` for no deadline.
+    body_timeout: float | None = None
+    min_body_rate: float | None = None
+    body_rate_grace: float | None = None
+    per_route: dict[str, int] | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        out = _given(self, frozenset({"enabled"}))
+        if out.get("body_timeout") == 0:
+            out["body_timeout"] = None
+        return out
+
+
+class RateLimitSection(_Strict):
+    """``[rate_limit]`` -> `RateLimitMiddleware` kwargs; ``storage_env`` names an environment
+    variable holding a Redis URL with a password."""
+
+    enabled: bool = True
+    limits: list[RateLimit] | None = None
+    storage: str | None = None
+    storage_env: str | None = None
+    algorithm: str | None = None
+    redis_timeout: float | None = None
+    key_prefix: str | None = None
+    max_memory_keys: int | None = None
+    reserve_tokens: bool | None = None
+    default_max_output_tokens: int | None = None
+    trusted_proxies: list[str] | None = None
+
+
+class ConcurrencyConfig(_Strict):
+    """``[concurrency]`` -> `ConcurrencyMiddleware` kwargs."""
+
+    enabled: bool = True
+    max_per_key_default: int | None = None
+    trusted_proxies: list[str] | None = None
+
+
+class CaptureConfig(_Strict):
+    """``[capture]`` -> `CaptureMiddleware` kwargs; ``sink`` is a ``jsonl:///`` or
+    ``sqlite:///`` URI. Without this section capture is left out of the stack."""
+
+    sink: str
+    routes: list[str] | None = None
+    max_bytes: int | None = None
+    redact_headers: list[str] | None = None
+    queue_size: int | None = None
+    close_timeout: float | None = None
+    enabled: bool | None = None
 
 
 class GatewayConfig(_Strict):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     forward: ForwardConfig = msgspec.field(default_factory=ForwardConfig)
     upstreams: list[UpstreamConfig] = msgspec.field(default_factory=list)
+    usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
+    pricing: PricingConfig = msgspec.field(default_factory=PricingConfig)
+    prices: dict[str, ModelPrice] = msgspec.field(default_factory=dict)
+    budgets: BudgetsConfig = msgspec.field(default_factory=BudgetsConfig)
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    keys: list[KeyConfig] = msgspec.field(default_factory=list)
+    size_limit: SizeLimitConfig = msgspec.field(default_factory=SizeLimitConfig)
+    rate_limit: RateLimitSection = msgspec.field(default_factory=RateLimitSection)
+    concurrency: ConcurrencyConfig = msgspec.field(default_factory=ConcurrencyConfig)
+    capture: CaptureConfig | None = None
 
 
 def load_config(path: str | Path | None) -> GatewayConfig:
@@ -128,7 +298,7 @@ def resolve_upstreams(
                 raise ConfigurationError(
                     f"{where}: environment variable {entry.api_key_env} is not set"
                 )
-        if key is not None and any(m in key.lower() for m in _SAMPLE_KEY_MARKERS):
+        if key is not None and _placeholder(key):
             raise ConfigurationError(
                 f"{where}: the api key looks like a placeholder; set a real one"
             )
@@ -149,13 +319,162 @@ def resolve_upstreams(
     return upstreams
 
 
+def _placeholder(value: str) -> bool:
+    return any(m in value.lower() for m in _SAMPLE_KEY_MARKERS)
+
+
+def resolve_keys(
+    config: GatewayConfig, environ: dict[str, str] | os._Environ[str] = os.environ
+) -> Any | None:
+    """The `KeyStore` the config names, or ``None`` when it names none (an open gateway)."""
+    from asgi_llmguard.keys import (
+        CachedKeyStore,
+        StaticKey,
+        StaticKeyStore,
+        hash_key,
+        is_key_hash,
+        make_policy,
+        store_from_url,
+    )
+
+    auth = config.auth
+    url = auth.store
+    if auth.store_env is not None:
+        if url is not None:
+            raise ConfigurationError("auth: set store or store_env, not both")
+        url = environ.get(auth.store_env)
+        if not url:
+            raise ConfigurationError(f"auth: environment variable {auth.store_env} is not set")
+    if url is not None and url != "static":
+        if config.keys:
+            raise ConfigurationError(
+                "[[keys]] and a key database (auth.store) are both configured: use one source"
+            )
+        c = auth.cache
+        return CachedKeyStore(
+            store_from_url(url), ttl=c.ttl, negative_ttl=c.negative_ttl, max_entries=c.max_entries
+        )
+    if not config.keys:
+        if url == "static":
+            raise ConfigurationError("auth.store is 'static' but no [[keys]] are configured")
+        return None
+    static = []
+    for i, entry in enumerate(config.keys):
+        where = f"keys[{i}] ({entry.name or entry.key_env or 'unnamed'})"
+        if (entry.key_env is None) == (entry.key_hash is None):
+            raise ConfigurationError(f"{where}: set exactly one of key_env and key_hash")
+        if entry.key_env is not None:
+            key = environ.get(entry.key_env)
+            if not key:
+                raise ConfigurationError(
+                    f"{where}: environment variable {entry.key_env} is not set"
+                )
+            if _placeholder(key):
+                raise ConfigurationError(
+                    f"{where}: the key looks like a placeholder; set a real one"
+                )
+            digest = hash_key(key)
+        else:
+            digest = (entry.key_hash or "").lower()
+            if not is_key_hash(digest):
+                raise ConfigurationError(f"{where}: key_hash must be 64 hex digits (SHA-256)")
+        try:
+            policy = make_policy(digest, name=entry.name, **entry.policy_fields())
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{where}: {exc}") from None
+        static.append(StaticKey(policy, key_hash=digest))
+    try:
+        return StaticKeyStore(static)
+    except (ConfigurationError, ValueError) as exc:
+        raise ConfigurationError(f"keys: {exc}") from None
+
+
 def stack_kwargs(config: GatewayConfig, upstreams: list[Upstream]) -> dict[str, Any]:
-    """The keyword arguments of `build_stack` that this config describes."""
+    """The keyword arguments of `build_stack` that this config describes.
+
+    Builds the stores and the pipeline the config names; nothing is connected until the gateway
+    starts (connections are opened lazily).
+    """
+    from asgi_llmguard.usage.budgets import BudgetStore, MemoryBudgetStore, RedisBudgetStore
+    from asgi_llmguard.usage.pipeline import UsagePipeline
+    from asgi_llmguard.usage.sinks import sink_from_url
+
     fwd = config.forward
-    return {
+    kwargs: dict[str, Any] = {
         "upstreams": upstreams,
         "timeouts": Timeouts(**msgspec.structs.asdict(fwd.timeouts)),
         "limits": PoolLimits(**msgspec.structs.asdict(fwd.limits)),
         "trust_env": fwd.trust_env,
         "passthrough": fwd.passthrough,
     }
+    keys = resolve_keys(config)
+    if keys is not None:
+        kwargs["keys"] = keys
+        a = config.auth
+        kwargs["auth"] = {
+            k: v
+            for k, v in (("header_names", a.header_names), ("max_key_length", a.max_key_length))
+            if v is not None
+        }
+    kwargs["size_limit"] = config.size_limit.kwargs() if config.size_limit.enabled else None
+    rl = config.rate_limit
+    if rl.enabled:
+        rate = _given(rl, frozenset({"enabled", "storage_env"}))
+        if rl.storage_env is not None:
+            if rl.storage is not None:
+                raise ConfigurationError("rate_limit: set storage or storage_env, not both")
+            url = os.environ.get(rl.storage_env)
+            if not url:
+                raise ConfigurationError(
+                    f"rate_limit: environment variable {rl.storage_env} is not set"
+                )
+            rate["storage"] = url
+        kwargs["rate_limit"] = rate
+    else:
+        kwargs["rate_limit"] = None
+    cc = config.concurrency
+    kwargs["concurrency"] = _given(cc, frozenset({"enabled"})) if cc.enabled else None
+    if config.capture is not None:
+        from asgi_llmguard.capture.sinks import sink_from_uri
+
+        capture = _given(config.capture, frozenset({"sink"}))
+        try:
+            capture["sink"] = sink_from_uri(config.capture.sink)
+        except ValueError as exc:
+            raise ConfigurationError(f"capture.sink: {exc}") from None
+        kwargs["capture"] = capture
+    usage = config.usage
+    if not usage.enabled:
+        kwargs["usage"] = None
+        return kwargs
+    per_upstream = {}
+    for i, entry in enumerate(config.upstreams):
+        if entry.prices:
+            if not entry.name:
+                raise ConfigurationError(f"upstreams[{i}]: prices need the upstream's name")
+            per_upstream[entry.name] = entry.prices
+    b = config.budgets
+    budgets: BudgetStore
+    if b.store == "memory":
+        budgets = MemoryBudgetStore()
+    elif b.store.startswith(("redis://", "rediss://", "unix://")):
+        budgets = RedisBudgetStore.from_url(b.store, prefix=b.prefix, timeout=b.timeout)
+    else:
+        raise ConfigurationError(f"budgets.store must be 'memory' or a redis:// URL: {b.store!r}")
+    kwargs["usage"] = {
+        "prices": PriceTable.default().with_overrides(config.prices, per_upstream),
+        "missing_price": config.pricing.missing,
+        "budgets": budgets,
+        "budget_on_error": b.on_error,
+        "budget_tags": b.tags,
+        "reservation_ttl": b.reservation_ttl,
+        "default_max_output_tokens": b.default_max_output_tokens,
+        "stream_usage": usage.stream_usage,
+    }
+    if usage.sinks:
+        try:
+            sinks = [sink_from_url(url) for url in usage.sinks]
+        except ValueError as exc:
+            raise ConfigurationError(f"usage.sinks: {exc}") from None
+        kwargs["pipeline"] = UsagePipeline(sinks, **usage.pipeline_kwargs())
+    return kwargs

@@ -6,17 +6,10 @@ except when the ``CI`` environment variable is set: then they fail, so CI cannot
 
 from __future__ import annotations
 
-import inspect
 import os
 import socket
 
 import pytest
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
-            item.add_marker(pytest.mark.anyio)
 
 
 @pytest.fixture

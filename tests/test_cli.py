@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -43,10 +44,11 @@ def _wait_for_port(port: int, proc: subprocess.Popen[str], timeout: float = 20) 
     raise AssertionError("server did not start")
 
 
-def test_serve_with_no_key_runs_on_the_fake_upstream_and_says_so():
+def test_serve_with_no_key_runs_on_the_fake_upstream_and_says_so(tmp_path):
     port = _free_port()
     proc = subprocess.Popen(
         [SCRIPT, "serve", "--port", str(port)],
+        cwd=tmp_path,
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -70,12 +72,27 @@ def test_serve_with_no_key_runs_on_the_fake_upstream_and_says_so():
     assert "FAKE" in err
     assert f"listening on http://127.0.0.1:{port}" in err
     assert proc.returncode == 0
+    # The embedded ledger recorded both calls, and the usage command reports them.
+    report = subprocess.run(
+        [SCRIPT, "usage", "--since", "1h", "--by", "model", "--format", "json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    rows = {row["model"]: row for row in json.loads(report.stdout)}
+    assert set(rows) == {"gpt-4o", "claude-sonnet-4-6"}
+    assert rows["gpt-4o"]["requests"] == 1
+    assert rows["gpt-4o"]["input_tokens"] == 1
+    assert int(rows["gpt-4o"]["cost_nanos"]) > 0
 
 
-def test_serve_binds_loopback_by_default():
+def test_serve_binds_loopback_by_default(tmp_path):
     port = _free_port()
     proc = subprocess.Popen(
         [SCRIPT, "serve", "--port", str(port)],
+        cwd=tmp_path,
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -121,6 +138,7 @@ def test_config_errors_name_the_bad_field(tmp_path, toml, message):
     path.write_text(toml)
     proc = subprocess.run(
         [SCRIPT, "serve", "--config", str(path), "--port", str(_free_port())],
+        cwd=tmp_path,
         env=_env(),
         capture_output=True,
         text=True,
@@ -155,6 +173,7 @@ name = "primary"
         )
         proc = subprocess.Popen(
             [SCRIPT, "serve", "--config", str(path)],
+            cwd=tmp_path,
             env=_env(MY_UPSTREAM_KEY="sk-from-env-123"),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -164,7 +183,9 @@ name = "primary"
             _wait_for_port(port, proc)
             out = openai.OpenAI(
                 base_url=f"http://127.0.0.1:{port}/v1", api_key="c", max_retries=0
-            ).chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+            ).chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+            )
         finally:
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=20)
@@ -173,3 +194,73 @@ name = "primary"
     assert "FAKE" not in err
     assert "upstream primary: openai" in err
     assert "sk-from-env-123" not in err
+
+
+def test_serving_beyond_loopback_without_keys_is_refused(tmp_path):
+    proc = subprocess.run(
+        [SCRIPT, "serve", "--host", "0.0.0.0", "--port", str(_free_port())],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "without virtual keys" in proc.stderr
+
+
+def test_keys_created_with_the_cli_guard_the_served_gateway(tmp_path):
+    created = subprocess.run(
+        [SCRIPT, "keys", "create", "--name", "team-a", "--db", "sqlite:///keys.db"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    key = next(w for w in created.stdout.split() if w.startswith("sk-llmg-"))
+    listed = subprocess.run(
+        [SCRIPT, "keys", "list", "--db", "sqlite:///keys.db"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert "team-a" in listed
+    assert key not in listed
+    port = _free_port()
+    (tmp_path / "llmguard.toml").write_text(
+        f'[server]\nport = {port}\n\n[auth]\nstore = "sqlite:///keys.db"\n'
+    )
+    proc = subprocess.Popen(
+        [SCRIPT, "serve", "--config", "llmguard.toml"],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for_port(port, proc)
+        base = f"http://127.0.0.1:{port}/v1"
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=base, api_key="sk-wrong", max_retries=0).models.list()
+        out = openai.OpenAI(base_url=base, api_key=key, max_retries=0).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert out.choices[0].message.content
+    assert key not in err
+    report = subprocess.run(
+        [SCRIPT, "usage", "--since", "1h", "--by", "key", "--format", "json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert [row["key"] for row in json.loads(report.stdout)] == ["team-a"]

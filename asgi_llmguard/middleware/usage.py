@@ -42,7 +42,7 @@ from asgi_llmguard.routes import Endpoint
 from asgi_llmguard.tokens import TokenUsage
 from asgi_llmguard.types import ASGIApp, Message, Receive, Scope, Send
 from asgi_llmguard.usage.budgets import BudgetExceeded, BudgetStore, BudgetStoreError, Reservation
-from asgi_llmguard.usage.estimate import estimate_prompt_tokens
+from asgi_llmguard.usage.estimate import estimate_prompt_tokens, heuristic_prompt_tokens
 from asgi_llmguard.usage.events import Outcome, UsageEvent
 from asgi_llmguard.usage.pricing import MissingPrice, ModelPrice, PriceTable, estimate_nanos
 
@@ -202,7 +202,15 @@ class UsageMiddleware:
             failed = False
         finally:
             done = self._finish(ctx, endpoint, model, price, meter, reservations, failed)
-            if asyncio.current_task() is not None and _cancelling():
+            if _cancelling():
+                # The settlement outlives the cancelled request; give the layers above (token
+                # rate limits) the tokens now, estimated cheaply if the provider did not say.
+                usage, _, _ = meter.result()
+                ctx.usage_tokens = (
+                    usage.total_tokens
+                    if usage is not None
+                    else heuristic_prompt_tokens(ctx.body or b"") + meter.deltas
+                )
                 task = asyncio.get_running_loop().create_task(done)
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)

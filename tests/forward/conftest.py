@@ -28,6 +28,14 @@ def _fresh_fake(fake: FakeProvider) -> None:
     fake.reset()
 
 
+def forwarding_stack(**kwargs: object) -> Gateway:
+    """Classification and forwarding only: what these tests are about (models here need no
+    price; the other layers have their own tests)."""
+    for layer in ("size_limit", "rate_limit", "concurrency", "usage"):
+        kwargs.setdefault(layer, None)
+    return build_stack(**kwargs)  # type: ignore[arg-type]
+
+
 def upstreams_for(url: str) -> list[Upstream]:
     return [
         Upstream("openai", f"{url}/v1", api_key=UPSTREAM_KEY),
@@ -55,6 +63,6 @@ class GatewayServer:
 @pytest.fixture(scope="session")
 def gateway_server(engine: str, fake_server: RunningServer) -> Iterator[GatewayServer]:
     client = httpx.AsyncClient() if engine == "httpx" else None
-    gateway = build_stack(upstreams=upstreams_for(fake_server.url), client=client)
+    gateway = forwarding_stack(upstreams=upstreams_for(fake_server.url), client=client)
     with serve(gateway) as server:
         yield GatewayServer(server.url, server.host, server.port, gateway, engine)

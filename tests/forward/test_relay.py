@@ -12,10 +12,10 @@ import httpx
 import openai
 import pytest
 
-from asgi_llmguard import Timeouts, Upstream, build_stack
+from asgi_llmguard import Timeouts, Upstream
 from asgi_llmguard.testing import serve
 
-from .conftest import UPSTREAM_KEY, upstreams_for
+from .conftest import UPSTREAM_KEY, forwarding_stack, upstreams_for
 
 CHAT = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]'
 STREAM_CHAT = CHAT + b', "stream": true}'
@@ -138,7 +138,7 @@ def test_content_encoding_is_preserved(engine):
 
     with serve(gzip_upstream) as up:
         client = httpx.AsyncClient() if engine == "httpx" else None
-        gw = build_stack(upstreams=[Upstream("openai", f"{up.url}/v1")], client=client)
+        gw = forwarding_stack(upstreams=[Upstream("openai", f"{up.url}/v1")], client=client)
         with (
             serve(gw) as server,
             httpx.Client() as http,
@@ -170,7 +170,7 @@ def test_redirects_are_relayed_not_followed(engine):
 
     with serve(redirecting) as up:
         client = httpx.AsyncClient() if engine == "httpx" else None
-        gw = build_stack(upstreams=[Upstream("openai", f"{up.url}/v1")], client=client)
+        gw = forwarding_stack(upstreams=[Upstream("openai", f"{up.url}/v1")], client=client)
         with serve(gw) as server:
             resp = httpx.post(f"{server.url}/v1/chat/completions", content=CHAT)
     assert resp.status_code == 307
@@ -200,7 +200,7 @@ def _free_port() -> int:
 def test_unreachable_upstream_is_502_in_each_providers_shape(engine):
     port = _free_port()  # nothing listens here
     client = httpx.AsyncClient() if engine == "httpx" else None
-    gw = build_stack(upstreams=upstreams_for(f"http://127.0.0.1:{port}"), client=client)
+    gw = forwarding_stack(upstreams=upstreams_for(f"http://127.0.0.1:{port}"), client=client)
     with serve(gw) as server:
         with pytest.raises(openai.InternalServerError) as oai:
             openai.OpenAI(
@@ -218,7 +218,7 @@ def test_unreachable_upstream_is_502_in_each_providers_shape(engine):
 
 def test_slow_upstream_is_504_after_the_first_byte_timeout(engine, fake_server, fake):
     client = httpx.AsyncClient() if engine == "httpx" else None
-    gw = build_stack(
+    gw = forwarding_stack(
         upstreams=upstreams_for(fake_server.url),
         client=client,
         timeouts=Timeouts(first_byte=0.3, write=0.1),
@@ -291,7 +291,7 @@ def test_anthropic_sdk_raises_on_a_broken_stream(gateway_server):
 
 def test_idle_upstream_mid_stream_trips_the_idle_timeout(engine, fake_server, fake):
     client = httpx.AsyncClient() if engine == "httpx" else None
-    gw = build_stack(
+    gw = forwarding_stack(
         upstreams=upstreams_for(fake_server.url), client=client, timeouts=Timeouts(idle=0.3)
     )
     with serve(gw) as server, httpx.Client(timeout=10) as http:
@@ -311,7 +311,7 @@ def test_idle_upstream_mid_stream_trips_the_idle_timeout(engine, fake_server, fa
 
 def test_long_pauses_within_the_timeouts_are_not_cut(engine, fake_server):
     client = httpx.AsyncClient() if engine == "httpx" else None
-    gw = build_stack(
+    gw = forwarding_stack(
         upstreams=upstreams_for(fake_server.url),
         client=client,
         timeouts=Timeouts(first_byte=2, idle=1),

@@ -10,10 +10,10 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from asgi_llmguard import Upstream, build_stack
+from asgi_llmguard import Upstream
 from asgi_llmguard.testing import FakeProvider, serve
 
-from .conftest import UPSTREAM_KEY
+from .conftest import UPSTREAM_KEY, forwarding_stack
 
 REPLY = "Hello from the fake provider."
 
@@ -118,7 +118,7 @@ def test_openai_compatible_server_under_a_custom_base_path(fake):
     # vLLM, DeepInfra & co: an OpenAI API under some other base path ("/v1/openai").
     app = Starlette(routes=[Mount("/deepinfra", app=fake)])
     with serve(app) as upstream:
-        gateway = build_stack(
+        gateway = forwarding_stack(
             upstreams=[Upstream("openai", f"{upstream.url}/deepinfra/v1", api_key=UPSTREAM_KEY)]
         )
         with serve(gateway) as gw:
@@ -131,7 +131,7 @@ def test_openai_compatible_server_under_a_custom_base_path(fake):
 
 @pytest.mark.parametrize("client_kind", ["azure-sdk", "openai-sdk"])
 def test_azure_openai(fake, fake_server, client_kind):
-    gateway = build_stack(
+    gateway = forwarding_stack(
         upstreams=[
             Upstream(
                 "azure",
