@@ -1,31 +1,86 @@
 """asgi_llmguard: an LLM API gateway as composable pure-ASGI middlewares."""
 
+from asgi_llmguard.capture import CaptureRecord, JSONLCaptureSink, SQLiteCaptureSink
 from asgi_llmguard.context import RequestContext, RequestFields, get_context, read_body
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.app import ForwardingApp
 from asgi_llmguard.forward.config import PoolLimits, Timeouts
+from asgi_llmguard.keys import (
+    CachedKeyStore,
+    KeyStore,
+    PostgresKeyStore,
+    SQLiteKeyStore,
+    StaticKey,
+    StaticKeyStore,
+    generate_key,
+    hash_key,
+)
+from asgi_llmguard.middleware.auth import AuthMiddleware
+from asgi_llmguard.middleware.capture import CaptureMiddleware
 from asgi_llmguard.middleware.classify import ClassifyMiddleware
+from asgi_llmguard.middleware.concurrency import ConcurrencyMiddleware
+from asgi_llmguard.middleware.ratelimit import RateLimitMiddleware
+from asgi_llmguard.middleware.size_limit import SizeLimitMiddleware
+from asgi_llmguard.middleware.usage import UsageMiddleware
+from asgi_llmguard.policy import Budget, KeyPolicy, RateLimit
 from asgi_llmguard.providers.base import Upstream
 from asgi_llmguard.routes import Endpoint, Route, classify
 from asgi_llmguard.stack import Gateway, build_stack
+from asgi_llmguard.tokens import TokenUsage
+from asgi_llmguard.usage.budgets import MemoryBudgetStore, RedisBudgetStore
+from asgi_llmguard.usage.events import UsageEvent
+from asgi_llmguard.usage.pipeline import UsagePipeline
+from asgi_llmguard.usage.pricing import ModelPrice, PriceTable
+from asgi_llmguard.usage.sinks import CallableSink, JSONLSink, PostgresSink, SQLiteSink
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthMiddleware",
+    "Budget",
+    "CachedKeyStore",
+    "CallableSink",
+    "CaptureMiddleware",
+    "CaptureRecord",
     "ClassifyMiddleware",
+    "ConcurrencyMiddleware",
     "ConfigurationError",
     "Endpoint",
     "ForwardingApp",
     "Gateway",
+    "JSONLCaptureSink",
+    "JSONLSink",
+    "KeyPolicy",
+    "KeyStore",
+    "MemoryBudgetStore",
+    "ModelPrice",
     "PoolLimits",
+    "PostgresKeyStore",
+    "PostgresSink",
+    "PriceTable",
+    "RateLimit",
+    "RateLimitMiddleware",
+    "RedisBudgetStore",
     "RequestContext",
     "RequestFields",
     "Route",
+    "SQLiteCaptureSink",
+    "SQLiteKeyStore",
+    "SQLiteSink",
+    "SizeLimitMiddleware",
+    "StaticKey",
+    "StaticKeyStore",
     "Timeouts",
+    "TokenUsage",
     "Upstream",
+    "UsageEvent",
+    "UsageMiddleware",
+    "UsagePipeline",
     "__version__",
     "build_stack",
     "classify",
+    "generate_key",
     "get_context",
+    "hash_key",
     "read_body",
 ]
