@@ -78,6 +78,8 @@ def usage_from_json(body: bytes) -> tuple[TokenUsage | None, str | None]:
 
 _USAGE_OBJECT = (b'"usage":{', b'"usage": {')
 _DELTA_MARKS = (b'"content":"', b'"text":"', b'"arguments":"', b'"reasoning_content":"')
+_CONTENT = b'"content":"'
+_EMPTY_CONTENT = b'"content":""'
 _EMPTY_MARKS = (b'"content":""', b'"text":""', b'"arguments":""', b'"reasoning_content":""')
 
 
@@ -95,7 +97,11 @@ class ChatStreamMeter:
         self.deltas = 0
 
     def event(self, event: bytes) -> None:
-        _, data = event_fields(event)
+        # Fast path: providers send each chunk as one "data: " line.
+        if event.startswith(b"data: ") and b"\n" not in event:
+            data = event[6:]
+        else:
+            _, data = event_fields(event)
         if not data:
             return
         if data == b"[DONE]":
@@ -113,7 +119,10 @@ class ChatStreamMeter:
                 self.model = decoded.model
             if decoded.usage is not None:
                 self.usage = decoded.usage.tokens()
-        if any(m in data for m in _DELTA_MARKS) and not all(
+        if _CONTENT in data:  # the common case: a content delta
+            if _EMPTY_CONTENT not in data:
+                self.deltas += 1
+        elif any(m in data for m in _DELTA_MARKS) and not all(
             e in data for m, e in zip(_DELTA_MARKS, _EMPTY_MARKS, strict=True) if m in data
         ):
             self.deltas += 1
