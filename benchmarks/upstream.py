@@ -23,8 +23,11 @@ LUA_SCRIPT = HERE / "post.lua"
 #: The chat-completions request wrk and the probes send (~1 KB).
 REQUEST_BODY: bytes = REQUEST_FILE.read_bytes().strip()
 #: The same request asking for a stream.
+# The client asks for the usage chunk (as the SSE body carries one), so every target, the
+# gateway's metering included, must relay the upstream's stream unchanged.
 STREAM_REQUEST_BODY: bytes = json.dumps(
-    {**json.loads(REQUEST_BODY), "stream": True}, separators=(",", ":")
+    {**json.loads(REQUEST_BODY), "stream": True, "stream_options": {"include_usage": True}},
+    separators=(",", ":"),
 ).encode()
 
 _CREATED = 1767225600

@@ -6,8 +6,11 @@ except when the ``CI`` environment variable is set: then they fail, so CI cannot
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import socket
+from collections.abc import Iterator
 
 import pytest
 
@@ -33,3 +36,46 @@ def require_service(name: str, host: str, port: int) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{message}, and CI is set: tests must not skip it", pytrace=False)
     pytest.skip(message)
+
+
+# ------------------------------------------------------------------ no secret in any log line
+#
+# Every log record the suite produces (the gateway's at DEBUG) is kept and, at the end of the
+# session, searched for the keys the tests use: upstream credentials ("sk-upstream-..."), callers'
+# virtual keys ("sk-llmg-...") and the literal client keys of the header tests. A key may appear
+# only as its hash prefix.
+
+_SECRET = re.compile(
+    rb"sk-upstream-[A-Za-z0-9_-]{4,}|sk-llmg-[A-Za-z0-9_-]{16,}|client-secret-key|sk-from-env-123"
+)
+
+
+class _KeepAll(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.leaks: list[str] = []
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        try:
+            text = self.format(record)
+        except Exception:  # a record that cannot be formatted is not our concern here
+            return
+        if _SECRET.search(text.encode("utf-8", "replace")):
+            self.leaks.append(f"{record.name}: {text[:300]}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_secret_in_any_log_line() -> Iterator[None]:
+    handler = _KeepAll()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    gateway = logging.getLogger("asgi_llmguard")
+    previous = gateway.level
+    gateway.setLevel(logging.DEBUG)
+    root.addHandler(handler)
+    yield
+    root.removeHandler(handler)
+    gateway.setLevel(previous)
+    assert not handler.leaks, f"secrets in log lines: {handler.leaks[:5]}"

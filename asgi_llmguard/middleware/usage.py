@@ -305,7 +305,8 @@ class UsageMiddleware:
         reservations: list[Reservation],
         failed: bool,
     ) -> None:
-        usage, served, estimated = meter.result()
+        usage, served, tool_calls = meter.result()
+        estimated = False
         outcome: Outcome
         if ctx.disconnected:
             outcome = "cancelled"
@@ -334,7 +335,7 @@ class UsageMiddleware:
         if usage is not None and endpoint.billable:
             final_price = self._price(model, ctx.credential_id) or price
             if final_price is not None:
-                cost = final_price.cost_nanos(usage)
+                cost = final_price.cost_nanos(usage, tool_calls)
         if usage is not None:
             ctx.usage_tokens = usage.total_tokens
 
@@ -506,18 +507,17 @@ class _Meter:
         """Output events relayed so far: the estimate of output tokens when usage is missing."""
         return self.meter.deltas if self.meter is not None else 0
 
-    def result(self) -> tuple[TokenUsage | None, str | None, bool]:
-        """The provider's usage (or ``None``), the served model, and whether it was estimated."""
+    def result(self) -> tuple[TokenUsage | None, str | None, dict[str, int]]:
+        """The provider's usage (or ``None``), the served model, and server-side tool calls."""
         meter = self.meter
         if meter is not None:
-            return meter.usage, meter.model, False
+            return meter.usage, meter.model, meter.tool_calls
         if self._json:
             data = b"".join(self._json)
             if self._tail_only:
                 data = _usage_slice(data)
-            usage, model = usage_from_json(self._endpoint, data)
-            return usage, model, False
-        return None, None, False
+            return usage_from_json(self._endpoint, data)
+        return None, None, {}
 
 
 def _with_include_usage(body: bytes) -> bytes | None:

@@ -14,7 +14,21 @@ from asgi_llmguard.providers.sse import event_fields
 from asgi_llmguard.tokens import TokenUsage
 
 
+class _ServerToolUse(msgspec.Struct):
+    web_search_requests: int | None = None
+    web_fetch_requests: int | None = None
+
+    def calls(self) -> dict[str, int]:
+        calls = {}
+        if self.web_search_requests:
+            calls["web_search"] = self.web_search_requests
+        if self.web_fetch_requests:
+            calls["web_fetch"] = self.web_fetch_requests
+        return calls
+
+
 class _Usage(msgspec.Struct):
+    server_tool_use: _ServerToolUse | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
     cache_read_input_tokens: int | None = None
@@ -45,21 +59,21 @@ def _tokens(
     )
 
 
-def usage_from_json(body: bytes) -> tuple[TokenUsage | None, str | None]:
+def usage_from_json(body: bytes) -> tuple[TokenUsage | None, str | None, dict[str, int]]:
     try:
         decoded = _message.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-        return None, None
+        return None, None, {}
     u = decoded.usage
     if u is None:
-        return None, decoded.model
+        return None, decoded.model, {}
     usage = _tokens(
         u.input_tokens or 0,
         u.cache_read_input_tokens or 0,
         u.cache_creation_input_tokens or 0,
         u.output_tokens or 0,
     )
-    return usage, decoded.model
+    return usage, decoded.model, u.server_tool_use.calls() if u.server_tool_use else {}
 
 
 class MessagesStreamMeter:
@@ -73,9 +87,11 @@ class MessagesStreamMeter:
         "error",
         "finished",
         "model",
+        "tool_calls",
     )
 
     def __init__(self) -> None:
+        self.tool_calls: dict[str, int] = {}
         self._input = self._cache_read = self._cache_creation = self._output = 0
         self._seen = False
         self.model: str | None = None
@@ -99,6 +115,8 @@ class MessagesStreamMeter:
             self._cache_creation = u.cache_creation_input_tokens
         if u.output_tokens is not None:
             self._output = u.output_tokens
+        if u.server_tool_use is not None:  # cumulative, like output_tokens
+            self.tool_calls = u.server_tool_use.calls()
 
     def event(self, event: bytes) -> None:
         name, data = event_fields(event)

@@ -23,6 +23,8 @@ class StreamMeter(Protocol):
     error: bool
     #: Events that carried generated output (an estimate of output tokens so far).
     deltas: int
+    #: Server-side tool calls by tool type, billed per call (``{"web_search": 2}``).
+    tool_calls: dict[str, int]
 
     def event(self, event: bytes) -> None: ...
 
@@ -38,8 +40,10 @@ def stream_meter(endpoint: Endpoint) -> StreamMeter | None:
     return None
 
 
-def usage_from_json(endpoint: Endpoint, body: bytes) -> tuple[TokenUsage | None, str | None]:
-    """Usage and served model from a non-streamed JSON answer."""
+def usage_from_json(
+    endpoint: Endpoint, body: bytes
+) -> tuple[TokenUsage | None, str | None, dict[str, int]]:
+    """Usage, served model and server-side tool calls from a non-streamed JSON answer."""
     if endpoint.api == "anthropic":
         return anthropic_usage.usage_from_json(body)
     return openai_usage.usage_from_json(body)

@@ -54,9 +54,29 @@ def _first(a: int | None, b: int | None) -> int:
     return a if a is not None else (b or 0)
 
 
+class _OutputItem(msgspec.Struct):
+    type: str | None = None
+
+
 class _Body(msgspec.Struct):
     model: str | None = None
     usage: _Usage | None = None
+    #: Responses API output items: server-side tool calls are billed per call.
+    output: list[_OutputItem] | None = None
+
+    def tool_calls(self) -> dict[str, int]:
+        """Server-side tool calls by tool type (``web_search_call`` -> ``web_search``). Function
+        and custom tool calls run in the caller's code and cost nothing at the provider."""
+        calls: dict[str, int] = {}
+        for item in self.output or ():
+            kind = item.type
+            if kind and kind.endswith("_call") and kind not in _CLIENT_SIDE:
+                tool = kind[:-5]
+                calls[tool] = calls.get(tool, 0) + 1
+        return calls
+
+
+_CLIENT_SIDE = frozenset({"function_call", "custom_tool_call", "local_shell_call"})
 
 
 class _ResponseEvent(msgspec.Struct):
@@ -67,13 +87,13 @@ _body = msgspec.json.Decoder(_Body)
 _response_event = msgspec.json.Decoder(_ResponseEvent)
 
 
-def usage_from_json(body: bytes) -> tuple[TokenUsage | None, str | None]:
-    """Usage and served model of a non-streamed answer; ``(None, None)`` if it has none."""
+def usage_from_json(body: bytes) -> tuple[TokenUsage | None, str | None, dict[str, int]]:
+    """Usage, served model and server-side tool calls of a non-streamed answer."""
     try:
         decoded = _body.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-        return None, None
-    return (decoded.usage.tokens() if decoded.usage else None), decoded.model
+        return None, None, {}
+    return (decoded.usage.tokens() if decoded.usage else None), decoded.model, decoded.tool_calls()
 
 
 _USAGE_OBJECT = (b'"usage":{', b'"usage": {')
@@ -86,9 +106,10 @@ _EMPTY_MARKS = (b'"content":""', b'"text":""', b'"arguments":""', b'"reasoning_c
 class ChatStreamMeter:
     """Chat and legacy completions streams: ``data: {chunk}`` events ending in ``[DONE]``."""
 
-    __slots__ = ("deltas", "error", "finished", "model", "usage")
+    __slots__ = ("deltas", "error", "finished", "model", "tool_calls", "usage")
 
     def __init__(self) -> None:
+        self.tool_calls: dict[str, int] = {}
         self.usage: TokenUsage | None = None
         self.model: str | None = None
         self.finished = False
@@ -134,9 +155,10 @@ _TERMINAL = frozenset({b"response.completed", b"response.incomplete", b"response
 class ResponsesStreamMeter:
     """Responses API streams: named events, usage in the terminal ``response.*`` event."""
 
-    __slots__ = ("deltas", "error", "finished", "model", "usage")
+    __slots__ = ("deltas", "error", "finished", "model", "tool_calls", "usage")
 
     def __init__(self) -> None:
+        self.tool_calls: dict[str, int] = {}
         self.usage: TokenUsage | None = None
         self.model: str | None = None
         self.finished = False
@@ -159,6 +181,8 @@ class ResponsesStreamMeter:
                 self.model = decoded.response.model or self.model
                 if decoded.response.usage is not None:
                     self.usage = decoded.response.usage.tokens()
+                if name in _TERMINAL:
+                    self.tool_calls = decoded.response.tool_calls()
             if name in _TERMINAL:
                 self.finished = True
         elif name == b"error" or data.startswith(b'{"error"'):

@@ -380,3 +380,47 @@ def test_budget_race_admits_at_most_two_of_eight(fake_server):
     recorded = events.wait(8)
     assert sorted(e.outcome for e in recorded) == ["ok"] * 2 + ["rejected"] * 6
     assert len(fake.requests) == 2
+
+
+def test_per_call_tool_fees_are_charged():
+    # A Responses answer with two server-side web searches, priced at $0.01 per call.
+    answer = orjson.dumps(
+        {
+            "id": "resp_1",
+            "object": "response",
+            "model": "search-model",
+            "output": [
+                {"type": "web_search_call", "id": "ws_1", "status": "completed"},
+                {"type": "web_search_call", "id": "ws_2", "status": "completed"},
+                {"type": "message", "role": "assistant", "content": []},
+            ],
+            "usage": {"input_tokens": 10, "output_tokens": 20, "total_tokens": 30},
+        }
+    )
+
+    async def upstream(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(answer)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer})
+
+    price = ModelPrice(input=1.0, output=2.0, per_call={"web_search": 0.01})
+    events = Collector()
+    with serve(upstream) as up:
+        app = _stack(up.url, events, prices=PRICES.with_overrides(models={"search-model": price}))
+        with serve(app) as server:
+            httpx.post(
+                f"{server.url}/v1/responses",
+                json={"model": "search-model", "input": "news", "tools": [{"type": "web_search"}]},
+            ).raise_for_status()
+    (e,) = events.wait(1)
+    assert e.cost_nanos == nanos(10, 20) + 2 * 10_000_000

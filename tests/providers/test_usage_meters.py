@@ -207,9 +207,10 @@ def test_json_usage_for_each_api():
     assert usage_from_json(CHAT, chat) == (
         TokenUsage(input_tokens=11, output_tokens=7, reasoning_tokens=2),
         "gpt-4o",
+        {},
     )
     emb = orjson.dumps({"model": "e", "data": [], "usage": {"prompt_tokens": 8, "total_tokens": 8}})
-    assert usage_from_json(EMBEDDINGS, emb) == (TokenUsage(input_tokens=8), "e")
+    assert usage_from_json(EMBEDDINGS, emb) == (TokenUsage(input_tokens=8), "e", {})
     msg = orjson.dumps(
         {
             "model": "claude-haiku-4-5",
@@ -224,9 +225,52 @@ def test_json_usage_for_each_api():
     assert usage_from_json(MESSAGES, msg) == (
         TokenUsage(input_tokens=3, output_tokens=2),
         "claude-haiku-4-5",
+        {},
     )
-    assert usage_from_json(CHAT, b"not json") == (None, None)
-    assert usage_from_json(CHAT, b'{"model": "m"}') == (None, "m")
+    assert usage_from_json(CHAT, b"not json") == (None, None, {})
+    assert usage_from_json(CHAT, b'{"model": "m"}') == (None, "m", {})
+
+
+def test_server_side_tool_calls_are_counted_for_per_call_fees():
+    response = orjson.dumps(
+        {
+            "model": "gpt-5",
+            "output": [
+                {"type": "web_search_call", "id": "ws_1"},
+                {"type": "reasoning"},
+                {"type": "web_search_call", "id": "ws_2"},
+                {"type": "file_search_call"},
+                {"type": "function_call", "name": "f"},  # runs in the caller's code: free
+                {"type": "message", "content": []},
+            ],
+            "usage": {"input_tokens": 5, "output_tokens": 6},
+        }
+    )
+    assert usage_from_json(RESPONSES, response)[2] == {"web_search": 2, "file_search": 1}
+    message = orjson.dumps(
+        {
+            "model": "claude-sonnet-4-6",
+            "usage": {
+                "input_tokens": 5,
+                "output_tokens": 6,
+                "server_tool_use": {"web_search_requests": 3},
+            },
+        }
+    )
+    assert usage_from_json(MESSAGES, message)[2] == {"web_search": 3}
+    stream = _sse(
+        ("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 1}}}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "usage": {"output_tokens": 4, "server_tool_use": {"web_search_requests": 2}},
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    )
+    meter, _ = _meter(MESSAGES, [stream])
+    assert meter.tool_calls == {"web_search": 2}
 
 
 def test_oversized_events_are_dropped_not_buffered():
