@@ -8,6 +8,7 @@ fails with a message that names it (``Expected `int`, got `str` - at `$.server.p
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,8 +27,25 @@ ProviderName = Literal["openai", "azure", "anthropic"]
 _SAMPLE_KEY_MARKERS = ("replace", "changeme", "change-me", "your-key", "your_key", "xxxx", "...")
 
 
+_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
+
+
+def _mask(value: object) -> object:
+    """A config value as shown in ``repr``: credentials in URLs replaced by ``***@``."""
+    if isinstance(value, str):
+        return _USERINFO.sub("***@", value)
+    if isinstance(value, list):
+        return [_mask(v) for v in value]
+    return value
+
+
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    pass
+    def __repr__(self) -> str:
+        # Store and sink URLs may carry passwords: never show them (logs, tracebacks, debuggers).
+        fields = ", ".join(
+            f"{k}={_mask(v)!r}" for k, v in msgspec.structs.asdict(self).items() if v is not None
+        )
+        return f"{type(self).__name__}({fields})"
 
 
 class ServerConfig(_Strict):

@@ -264,3 +264,36 @@ def test_keys_created_with_the_cli_guard_the_served_gateway(tmp_path):
         check=True,
     )
     assert [row["key"] for row in json.loads(report.stdout)] == ["team-a"]
+
+
+def test_config_repr_never_shows_keys_or_passwords(tmp_path, monkeypatch):
+    from asgi_llmguard.config import load_config, resolve_upstreams
+
+    path = tmp_path / "llmguard.toml"
+    path.write_text(
+        """
+[[upstreams]]
+provider = "openai"
+base_url = "https://api.openai.com/v1"
+api_key = "sk-inline-secret-value-123"
+
+[auth]
+store = "postgresql://gw:db-password-42@db.internal:5432/llm"
+
+[usage]
+sinks = ["postgresql://ledger:ledger-password-7@db.internal/llm"]
+
+[rate_limit]
+storage = "redis://:redis-password-9@cache.internal:6379/0"
+"""
+    )
+    config = load_config(path)
+    shown = repr(config) + repr(resolve_upstreams(config, {}))
+    for secret in (
+        "sk-inline-secret-value-123",
+        "db-password-42",
+        "ledger-password-7",
+        "redis-password-9",
+    ):
+        assert secret not in shown
+    assert "db.internal" in shown  # the rest is still there to debug with
