@@ -163,6 +163,8 @@ class ForwardingApp:
             await send_error(send, 400, str(exc), anthropic=anthropic)
             return
         headers = request_headers(scope["headers"], target.drop, target.defaults, target.static)
+        # The request id travels upstream so provider-side logs can be matched to ours.
+        headers.append(("x-request-id", ctx.request_id))
 
         task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]
         watch = _Watch()

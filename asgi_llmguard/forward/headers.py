@@ -40,6 +40,8 @@ REQUEST_DROP = HOP_BY_HOP | {
     b"x-forwarded-proto",
     b"x-forwarded-port",
     b"x-real-ip",
+    # Replaced by the gateway's own request id (see `ForwardingApp`).
+    b"x-request-id",
 }
 
 # The ASGI server writes its own Date and Server.

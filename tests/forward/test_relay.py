@@ -77,6 +77,7 @@ def test_hop_by_hop_and_client_credentials_never_reach_the_upstream(gateway_serv
     assert seen.header("authorization") == f"Bearer {UPSTREAM_KEY}"
     assert seen.header("host") != "169.254.169.254"
     assert seen.header("openai-beta") == "kept"
+    assert (seen.header("x-request-id") or "").startswith("req_")
     assert b"client-secret-key" not in repr(seen.headers).encode()
 
 
