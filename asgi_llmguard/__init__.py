@@ -15,6 +15,7 @@ from asgi_llmguard.keys import (
     generate_key,
     hash_key,
 )
+from asgi_llmguard.middleware.access_log import AccessLogMiddleware
 from asgi_llmguard.middleware.auth import AuthMiddleware
 from asgi_llmguard.middleware.capture import CaptureMiddleware
 from asgi_llmguard.middleware.classify import ClassifyMiddleware
@@ -36,6 +37,7 @@ from asgi_llmguard.usage.sinks import CallableSink, JSONLSink, PostgresSink, SQL
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessLogMiddleware",
     "AuthMiddleware",
     "Budget",
     "CachedKeyStore",

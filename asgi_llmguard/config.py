@@ -252,6 +252,24 @@ class CaptureConfig(_Strict):
     enabled: bool | None = None
 
 
+class AccessLogConfig(_Strict):
+    """``[access_log]`` -> `AccessLogMiddleware` kwargs; ``level`` by name (``"INFO"``)."""
+
+    enabled: bool = True
+    logger_name: str | None = None
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
+    trust_request_id: bool | None = None
+    request_id_header: str | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        import logging
+
+        out = _given(self, frozenset({"enabled"}))
+        if "level" in out:
+            out["level"] = getattr(logging, out["level"])
+        return out
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     forward: ForwardConfig = msgspec.field(default_factory=ForwardConfig)
@@ -266,6 +284,7 @@ class GatewayConfig(_Strict):
     rate_limit: RateLimitSection = msgspec.field(default_factory=RateLimitSection)
     concurrency: ConcurrencyConfig = msgspec.field(default_factory=ConcurrencyConfig)
     capture: CaptureConfig | None = None
+    access_log: AccessLogConfig = msgspec.field(default_factory=AccessLogConfig)
 
 
 def load_config(path: str | Path | None) -> GatewayConfig:
@@ -434,6 +453,7 @@ def stack_kwargs(config: GatewayConfig, upstreams: list[Upstream]) -> dict[str, 
             for k, v in (("header_names", a.header_names), ("max_key_length", a.max_key_length))
             if v is not None
         }
+    kwargs["access_log"] = config.access_log.kwargs() if config.access_log.enabled else None
     kwargs["size_limit"] = config.size_limit.kwargs() if config.size_limit.enabled else None
     rl = config.rate_limit
     if rl.enabled:

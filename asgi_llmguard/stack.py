@@ -1,7 +1,7 @@
 """`build_stack`: the gateway's layers in their default order, in one place.
 
-Outermost first: classify -> size limit -> keys -> concurrency -> rate limits -> usage ->
-capture -> forward. The order keeps the design's rules: unknown routes are refused before
+Outermost first: access log -> classify -> size limit -> keys -> concurrency -> rate limits ->
+usage -> capture -> forward. The order keeps the design's rules: unknown routes are refused before
 anything else; nothing reads the body before the size limit applies; a request without a valid
 key is refused from its headers alone; limits are checked before a budget is reserved; the usage
 layer sees exactly what the client sees; capture sits next to the wire.
@@ -21,6 +21,7 @@ from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.app import ForwardingApp
 from asgi_llmguard.forward.config import PoolLimits, Timeouts
 from asgi_llmguard.keys.base import KeyStore
+from asgi_llmguard.middleware.access_log import AccessLogMiddleware
 from asgi_llmguard.middleware.auth import AuthMiddleware
 from asgi_llmguard.middleware.capture import CaptureMiddleware
 from asgi_llmguard.middleware.classify import ClassifyMiddleware
@@ -144,6 +145,7 @@ def build_stack(
     usage: Mapping[str, Any] | None = ON,
     pipeline: UsagePipeline | None = None,
     capture: Mapping[str, Any] | None = None,
+    access_log: Mapping[str, Any] | None = ON,
 ) -> Gateway:
     """Assemble the gateway (see the module docstring for the order).
 
@@ -157,9 +159,11 @@ def build_stack(
     - ``usage`` and ``pipeline``: `UsageMiddleware` kwargs and the `UsagePipeline` its events go
       to (default ``{}`` and no pipeline: metered, priced and budgeted, but not recorded).
     - ``capture``: `CaptureMiddleware` kwargs (needs a ``sink``); ``None`` leaves capture out.
+    - ``access_log``: `AccessLogMiddleware` kwargs (default ``{}``: one JSON line per request on
+      the ``asgi_llmguard.access`` logger at INFO, request ids returned as ``x-request-id``).
 
-    Pass ``None`` for ``size_limit``, ``rate_limit``, ``concurrency`` or ``usage`` to leave that
-    layer out.
+    Pass ``None`` for ``size_limit``, ``rate_limit``, ``concurrency``, ``usage`` or
+    ``access_log`` to leave that layer out.
     """
     forwarder = ForwardingApp(
         upstreams, client=client, timeouts=timeouts, limits=limits, trust_env=trust_env
@@ -200,5 +204,8 @@ def build_stack(
     if size_limit is not None:
         app = layers["size_limit"] = SizeLimitMiddleware(app, **size_limit)
     app = layers["classify"] = ClassifyMiddleware(app, passthrough=passthrough)
+    if access_log is not None:
+        # Outermost, so the classifier's own 404/405 are logged and carry a request id too.
+        app = layers["access_log"] = AccessLogMiddleware(app, **access_log)
     closers.append(forwarder.aclose)
     return Gateway(app, forwarder, pipeline=pipeline, closers=closers, layers=layers)

@@ -4,6 +4,7 @@ import asgi_llmguard
 import asgi_llmguard.testing
 
 PUBLIC = [
+    "AccessLogMiddleware",
     "AuthMiddleware",
     "Budget",
     "CachedKeyStore",

@@ -89,11 +89,15 @@ def test_a_callers_day_through_every_layer(gateway):
     with pytest.raises(openai.PermissionDeniedError):
         client.chat.completions.create(model="o3", messages=[{"role": "user", "content": "x"}])
     assert len(fake.requests) == 0
+    unknown = httpx.post(f"{base}/nope", headers={"x-request-id": "trace-77"})
+    assert unknown.status_code == 404
+    assert unknown.headers["x-request-id"] == "trace-77"  # the classifier's refusals too
 
     # Served, streamed and not, with the rate-limit headers OpenAI clients read.
     raw = client.chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "one two three"}]
     )
+    assert raw.headers["x-request-id"].startswith("req_")
     assert raw.headers["x-ratelimit-limit-requests"] == "5"
     assert raw.headers["x-ratelimit-remaining-requests"] == "4"
     assert raw.parse().choices[0].message.content == "Hello from the fake provider."

@@ -33,8 +33,9 @@ class ClassifyMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        ctx = RequestContext.from_scope(scope)
-        scope[SCOPE_KEY] = ctx
+        ctx = scope.get(SCOPE_KEY)
+        if ctx is None:  # an outer layer (the access log) may have created it already
+            ctx = scope[SCOPE_KEY] = RequestContext.from_scope(scope)
         if ctx.route is None:
             error = ctx.route_error
             passthrough = self._passthrough

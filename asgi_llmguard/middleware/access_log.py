@@ -1,0 +1,182 @@
+"""Request ids and one structured access-log line per request.
+
+The request id: a caller's well-formed ``x-request-id`` is adopted (when trusted), otherwise the
+id the classifier generated is kept. Either way it is returned to the client as ``x-request-id``
+on every response that passes through this layer, replacing any the upstream sent, so the id a
+caller quotes is the one in the gateway's records.
+
+The line: one JSON object (orjson), written through the standard `logging` module when the
+response ends, whatever ended it (completion, client disconnect, an exception), so operators route
+it with their own handlers. When the logger is not enabled for the level, nothing is measured or
+encoded. Headers and bodies are never logged; the key appears only as its ``key_id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from asgi_llmguard.context import InvalidBody, RequestContext, get_context
+from asgi_llmguard.errors import ConfigurationError
+from asgi_llmguard.types import ASGIApp, Headers, Message, Receive, Scope, Send
+
+# What a caller's id may look like: short, and nothing that could break a log line, a header or a
+# query in the operator's log tooling.
+_VALID_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
+
+
+def _with_id(headers: Headers, name: bytes, value: bytes) -> Headers:
+    out = [(k, v) for k, v in headers if k != name]
+    out.append((name, value))
+    return out
+
+
+class _IdSend:
+    """The wrapped ``send`` when no line is written: only sets the id header."""
+
+    __slots__ = ("_name", "_send", "_value")
+
+    def __init__(self, send: Send, name: bytes, value: bytes) -> None:
+        self._send = send
+        self._name = name
+        self._value = value
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {
+                **message,
+                "headers": _with_id(message.get("headers", []), self._name, self._value),
+            }
+        await self._send(message)
+
+
+class _TimedSend:
+    """The wrapped ``send`` when a line is written: sets the id header, notes status and TTFB."""
+
+    __slots__ = ("_name", "_send", "_start", "_value", "status", "ttfb")
+
+    def __init__(self, send: Send, name: bytes, value: bytes, start: float) -> None:
+        self._send = send
+        self._name = name
+        self._value = value
+        self._start = start
+        self.status: int | None = None
+        self.ttfb: float | None = None
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.ttfb = time.perf_counter() - self._start
+            message = {
+                **message,
+                "headers": _with_id(message.get("headers", []), self._name, self._value),
+            }
+        await self._send(message)
+
+
+class AccessLogMiddleware:
+    """Adopt or keep the request id, return it as a header, and log one JSON line per request.
+
+    Place it right inside `ClassifyMiddleware`, so the line covers every later refusal and the
+    whole upstream exchange, and the adopted id reaches every record the later layers write.
+
+    - ``logger_name``, ``level``: where the line goes (``logging.getLogger(logger_name)``, at
+      ``level``); a logger not enabled for ``level`` costs only the id header.
+    - ``trust_request_id``: adopt the caller's ``request_id_header`` when it is 1-128 characters
+      of ``A-Z a-z 0-9 . _ : -``; otherwise (or when ``False``) keep the generated id.
+    - ``request_id_header``: the header read from the caller and set on the response.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        logger_name: str = "asgi_llmguard.access",
+        level: int = logging.INFO,
+        trust_request_id: bool = True,
+        request_id_header: str = "x-request-id",
+    ) -> None:
+        if not isinstance(level, int) or isinstance(level, bool) or level <= 0:
+            raise ConfigurationError(f"level must be a positive logging level, not {level!r}")
+        name = request_id_header.lower()
+        if not _HEADER_NAME.fullmatch(name):
+            raise ConfigurationError(
+                f"request_id_header must be an HTTP header name, not {request_id_header!r}"
+            )
+        self.app = app
+        self._logger = logging.getLogger(logger_name)
+        self._level = level
+        self._trust = trust_request_id
+        self._header = name.encode("latin-1")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ctx = get_context(scope)
+        if self._trust:
+            header = self._header
+            for name, value in scope["headers"]:
+                if name == header:
+                    if _VALID_ID.fullmatch(value):
+                        ctx.request_id = value.decode("ascii")
+                    break
+        rid = ctx.request_id.encode("latin-1")
+
+        if not self._logger.isEnabledFor(self._level):
+            await self.app(scope, receive, _IdSend(send, self._header, rid))
+            return
+
+        timed = _TimedSend(send, self._header, rid, ctx.start)
+        error: str | None = None
+        try:
+            await self.app(scope, receive, timed)
+        except Exception as exc:
+            error = type(exc).__name__
+            raise
+        finally:
+            # Logging must never turn a served request into a failed one.
+            try:
+                self._log(ctx, scope, timed, error)
+            except Exception:
+                self._logger.exception("could not write the access log line")
+
+    def _log(self, ctx: RequestContext, scope: Scope, timed: _TimedSend, error: str | None) -> None:
+        route = ctx.route
+        endpoint = route.endpoint if route is not None else None
+        try:
+            model = ctx.model if route is not None else None
+        except InvalidBody:
+            model = None
+        key = ctx.key
+        client = scope.get("client")
+        status = timed.status
+        if status is None and error is not None:
+            status = 500  # what the ASGI server answers for an app that raised before answering
+        ttfb = timed.ttfb
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(ctx.started_at, UTC),
+            "request_id": ctx.request_id,
+            "method": ctx.method,
+            "path": ctx.path,
+            "endpoint": endpoint.operation if endpoint is not None else None,
+            "provider": endpoint.api if endpoint is not None else None,
+            "key_id": key.key_id if key is not None else None,
+            "model": model,
+            "status": status,
+            "latency_ms": round((time.perf_counter() - ctx.start) * 1000, 3),
+            "ttfb_ms": round(ttfb * 1000, 3) if ttfb is not None else None,
+            "tokens": ctx.usage_tokens,
+            "credential_id": ctx.credential_id,
+            "upstream_error": ctx.upstream_error,
+            "disconnected": ctx.disconnected,
+            "client_ip": client[0] if client else None,
+            "error": error,
+        }
+        self._logger.log(self._level, orjson.dumps(line, option=orjson.OPT_UTC_Z).decode("utf-8"))
