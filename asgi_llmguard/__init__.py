@@ -20,6 +20,8 @@ from asgi_llmguard.middleware.auth import AuthMiddleware
 from asgi_llmguard.middleware.capture import CaptureMiddleware
 from asgi_llmguard.middleware.classify import ClassifyMiddleware
 from asgi_llmguard.middleware.concurrency import ConcurrencyMiddleware
+from asgi_llmguard.middleware.health import HealthMiddleware, postgres_check, redis_check
+from asgi_llmguard.middleware.overload import OverloadMiddleware
 from asgi_llmguard.middleware.ratelimit import RateLimitMiddleware
 from asgi_llmguard.middleware.size_limit import SizeLimitMiddleware
 from asgi_llmguard.middleware.usage import UsageMiddleware
@@ -50,12 +52,14 @@ __all__ = [
     "Endpoint",
     "ForwardingApp",
     "Gateway",
+    "HealthMiddleware",
     "JSONLCaptureSink",
     "JSONLSink",
     "KeyPolicy",
     "KeyStore",
     "MemoryBudgetStore",
     "ModelPrice",
+    "OverloadMiddleware",
     "PoolLimits",
     "PostgresKeyStore",
     "PostgresSink",
@@ -84,5 +88,7 @@ __all__ = [
     "generate_key",
     "get_context",
     "hash_key",
+    "postgres_check",
     "read_body",
+    "redis_check",
 ]

@@ -270,6 +270,29 @@ class AccessLogConfig(_Strict):
         return out
 
 
+class HealthConfig(_Strict):
+    """``[health]`` -> `HealthMiddleware`; ``redis`` / ``postgres`` (or ``*_env`` naming a
+    variable that holds the URL) add readiness checks of those services."""
+
+    enabled: bool = True
+    live_path: str | None = None
+    ready_path: str | None = None
+    check_timeout: float | None = None
+    cache_ttl: float | None = None
+    redis: str | None = None
+    redis_env: str | None = None
+    postgres: str | None = None
+    postgres_env: str | None = None
+
+
+class OverloadConfig(_Strict):
+    """``[overload]`` -> `OverloadMiddleware`; without the section nothing is shed."""
+
+    max_in_flight: int
+    retry_after: int | None = None
+    exempt_paths: list[str] | None = None
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     forward: ForwardConfig = msgspec.field(default_factory=ForwardConfig)
@@ -285,6 +308,8 @@ class GatewayConfig(_Strict):
     concurrency: ConcurrencyConfig = msgspec.field(default_factory=ConcurrencyConfig)
     capture: CaptureConfig | None = None
     access_log: AccessLogConfig = msgspec.field(default_factory=AccessLogConfig)
+    health: HealthConfig = msgspec.field(default_factory=HealthConfig)
+    overload: OverloadConfig | None = None
 
 
 def load_config(path: str | Path | None) -> GatewayConfig:
@@ -426,6 +451,35 @@ def resolve_keys(
         raise ConfigurationError(f"keys: {exc}") from None
 
 
+def _from_env(value: str | None, env: str | None, where: str) -> str | None:
+    if env is None:
+        return value
+    if value is not None:
+        raise ConfigurationError(f"{where}: set the URL or its _env variable, not both")
+    url = os.environ.get(env)
+    if not url:
+        raise ConfigurationError(f"{where}: environment variable {env} is not set")
+    return url
+
+
+def _health(h: HealthConfig) -> dict[str, Any] | None:
+    if not h.enabled:
+        return None
+    from asgi_llmguard.middleware.health import postgres_check, redis_check
+
+    kwargs = _given(h, frozenset({"enabled", "redis", "redis_env", "postgres", "postgres_env"}))
+    checks: dict[str, Any] = {}
+    redis = _from_env(h.redis, h.redis_env, "health.redis")
+    if redis is not None:
+        checks["redis"] = redis_check(redis)
+    postgres = _from_env(h.postgres, h.postgres_env, "health.postgres")
+    if postgres is not None:
+        checks["postgres"] = postgres_check(postgres)
+    if checks:
+        kwargs["checks"] = checks
+    return kwargs
+
+
 def stack_kwargs(config: GatewayConfig, upstreams: list[Upstream]) -> dict[str, Any]:
     """The keyword arguments of `build_stack` that this config describes.
 
@@ -454,6 +508,8 @@ def stack_kwargs(config: GatewayConfig, upstreams: list[Upstream]) -> dict[str, 
             if v is not None
         }
     kwargs["access_log"] = config.access_log.kwargs() if config.access_log.enabled else None
+    kwargs["health"] = _health(config.health)
+    kwargs["overload"] = _given(config.overload) if config.overload is not None else None
     kwargs["size_limit"] = config.size_limit.kwargs() if config.size_limit.enabled else None
     rl = config.rate_limit
     if rl.enabled:

@@ -1,10 +1,11 @@
 """`build_stack`: the gateway's layers in their default order, in one place.
 
-Outermost first: access log -> classify -> size limit -> keys -> concurrency -> rate limits ->
-usage -> capture -> forward. The order keeps the design's rules: unknown routes are refused before
-anything else; nothing reads the body before the size limit applies; a request without a valid
-key is refused from its headers alone; limits are checked before a budget is reserved; the usage
-layer sees exactly what the client sees; capture sits next to the wire.
+Outermost first: overload shedding -> health checks -> access log -> classify -> size limit ->
+keys -> concurrency -> rate limits -> usage -> capture -> forward. The order keeps the design's
+rules: unknown routes are refused before anything else; nothing reads the body before the size
+limit applies; a request without a valid key is refused from its headers alone; limits are
+checked before a budget is reserved; the usage layer sees exactly what the client sees; capture
+sits next to the wire; health probes answer even when requests are being shed.
 
 Each layer is configured by a dict of its middleware's keyword arguments (``None`` leaves it
 out), so the config file's sections map one-to-one onto them; every layer is also usable alone.
@@ -26,6 +27,8 @@ from asgi_llmguard.middleware.auth import AuthMiddleware
 from asgi_llmguard.middleware.capture import CaptureMiddleware
 from asgi_llmguard.middleware.classify import ClassifyMiddleware
 from asgi_llmguard.middleware.concurrency import ConcurrencyMiddleware
+from asgi_llmguard.middleware.health import HealthMiddleware
+from asgi_llmguard.middleware.overload import OverloadMiddleware
 from asgi_llmguard.middleware.ratelimit import RateLimitMiddleware
 from asgi_llmguard.middleware.size_limit import SizeLimitMiddleware
 from asgi_llmguard.middleware.usage import UsageMiddleware
@@ -146,6 +149,8 @@ def build_stack(
     pipeline: UsagePipeline | None = None,
     capture: Mapping[str, Any] | None = None,
     access_log: Mapping[str, Any] | None = ON,
+    health: Mapping[str, Any] | None = None,
+    overload: Mapping[str, Any] | None = None,
 ) -> Gateway:
     """Assemble the gateway (see the module docstring for the order).
 
@@ -161,6 +166,9 @@ def build_stack(
     - ``capture``: `CaptureMiddleware` kwargs (needs a ``sink``); ``None`` leaves capture out.
     - ``access_log``: `AccessLogMiddleware` kwargs (default ``{}``: one JSON line per request on
       the ``asgi_llmguard.access`` logger at INFO, request ids returned as ``x-request-id``).
+    - ``health``: `HealthMiddleware` kwargs (liveness/readiness endpoints); ``None``: left out.
+    - ``overload``: `OverloadMiddleware` kwargs (``max_in_flight``: shed the excess with 503 at
+      once); ``None``: left out. Health endpoints are exempt, so probes answer under overload.
 
     Pass ``None`` for ``size_limit``, ``rate_limit``, ``concurrency``, ``usage`` or
     ``access_log`` to leave that layer out.
@@ -207,5 +215,17 @@ def build_stack(
     if access_log is not None:
         # Outermost, so the classifier's own 404/405 are logged and carry a request id too.
         app = layers["access_log"] = AccessLogMiddleware(app, **access_log)
+    if health is not None:
+        health_mw = HealthMiddleware(app, **health)
+        app = layers["health"] = health_mw
+        closers.append(health_mw.aclose)
+    if overload is not None:
+        options = dict(overload)
+        if health is not None and "exempt_paths" not in options:
+            options["exempt_paths"] = (
+                health.get("live_path", "/healthz"),
+                health.get("ready_path", "/readyz"),
+            )
+        app = layers["overload"] = OverloadMiddleware(app, **options)
     closers.append(forwarder.aclose)
     return Gateway(app, forwarder, pipeline=pipeline, closers=closers, layers=layers)

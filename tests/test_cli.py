@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -297,3 +298,30 @@ storage = "redis://:redis-password-9@cache.internal:6379/0"
     ):
         assert secret not in shown
     assert "db.internal" in shown  # the rest is still there to debug with
+
+
+def test_health_endpoints_answer_on_the_standalone_server(tmp_path):
+    port = _free_port()
+    (tmp_path / "llmguard.toml").write_text(
+        f'[server]\nport = {port}\n\n[health]\nredis = "redis://127.0.0.1:1/0"\n'
+        "\n[overload]\nmax_in_flight = 64\n"
+    )
+    proc = subprocess.Popen(
+        [SCRIPT, "serve", "--config", "llmguard.toml"],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for_port(port, proc)
+        live = httpx.get(f"http://127.0.0.1:{port}/healthz")
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    assert live.status_code == 200
+    # Nothing listens on port 1: the Redis readiness check fails, and says which.
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["redis"] in ("fail", "timeout")

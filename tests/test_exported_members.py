@@ -17,12 +17,14 @@ PUBLIC = [
     "Endpoint",
     "ForwardingApp",
     "Gateway",
+    "HealthMiddleware",
     "JSONLCaptureSink",
     "JSONLSink",
     "KeyPolicy",
     "KeyStore",
     "MemoryBudgetStore",
     "ModelPrice",
+    "OverloadMiddleware",
     "PoolLimits",
     "PostgresKeyStore",
     "PostgresSink",
@@ -51,7 +53,9 @@ PUBLIC = [
     "generate_key",
     "get_context",
     "hash_key",
+    "postgres_check",
     "read_body",
+    "redis_check",
 ]
 
 
