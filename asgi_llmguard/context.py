@@ -16,6 +16,7 @@ import msgspec
 
 from asgi_llmguard.policy import KeyPolicy
 from asgi_llmguard.routes import MethodNotAllowed, Route, RouteNotFound, classify
+from asgi_llmguard.tokens import TokenUsage
 from asgi_llmguard.types import Message, Receive, Scope
 
 SCOPE_KEY = "llmguard.context"
@@ -71,11 +72,56 @@ class ClientDisconnected(Exception):
     """The client went away before the request body was complete."""
 
 
+class Attempt:
+    """One upstream attempt that did not serve the request (the forwarder tried another
+    credential after it), or one background warm-up. The usage layer records each."""
+
+    __slots__ = (
+        "credential_id",
+        "error",
+        "latency",
+        "model",
+        "request_id",
+        "started_at",
+        "status",
+        "usage",
+    )
+
+    def __init__(
+        self,
+        credential_id: str,
+        model: str | None,
+        *,
+        status: int = 0,
+        error: str | None = None,
+        started_at: float = 0.0,
+        latency: float = 0.0,
+        usage: TokenUsage | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.credential_id = credential_id
+        #: Warm-ups only: their own request id (sent upstream as ``x-request-id``).
+        self.request_id = request_id
+        #: The model sent upstream (alias resolved, thinking suffix removed).
+        self.model = model
+        #: The upstream's HTTP status, 0 when none came (``error`` says why: connect, timeout...).
+        self.status = status
+        self.error = error
+        self.started_at = started_at
+        self.latency = latency
+        #: Tokens the upstream reported (warm-ups); failed attempts have none.
+        self.usage = usage
+
+    def __repr__(self) -> str:
+        return f"<Attempt {self.credential_id} status={self.status} error={self.error}>"
+
+
 class RequestContext:
     """What the gateway knows about one request. Layers add to it; none re-derives it."""
 
     __slots__ = (
         "_fields",
+        "attempts",
         "body",
         "credential_id",
         "disconnected",
@@ -88,6 +134,7 @@ class RequestContext:
         "start",
         "started_at",
         "upstream_error",
+        "upstream_model",
         "usage_tokens",
     )
 
@@ -110,6 +157,11 @@ class RequestContext:
         #: client went away before the answer was complete.
         self.credential_id: str | None = None
         self.upstream_error: str | None = None
+        #: The model sent upstream when routing changed it (an alias resolved, a thinking
+        #: suffix removed); ``None``: the request's own ``model``.
+        self.upstream_model: str | None = None
+        #: Attempts that failed before the one that served the request (retries/failover).
+        self.attempts: list[Attempt] | None = None
         self.disconnected = False
         #: Set by the usage layer before it returns: the LLM tokens the request used (prompt +
         #: output, estimated when the provider did not say), for token rate limits.

@@ -1,33 +1,35 @@
 """`ForwardingApp`: the thin ASGI app at the bottom of the stack that relays to the upstream.
 
-It reads the request body once (or takes the one a layer above already read), sends it to the
-upstream configured for the route's API, and relays the answer chunk by chunk: an SSE event goes
-out as soon as it arrives, bytes unchanged, ``Content-Encoding`` preserved. A client that leaves
-cancels the upstream exchange at once; an upstream that fails gets the client a clear error: 502 or
-504 before the response started, a terminal SSE event after.
+It reads the request body once (or takes the one a layer above already read), asks the `Router`
+which credentials may serve it and in which order, sends it to the first, and relays the answer
+chunk by chunk (`relay`). A credential that fails before the answer started -- it could not be
+reached, or it answered 429/5xx -- cools down and the next one is tried, within the retry policy;
+once a byte went to the client, nothing is retried. A client that leaves cancels the upstream
+exchange at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import math
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+import orjson
+
 from asgi_llmguard.context import (
+    Attempt,
     ClientDisconnected,
     InvalidBody,
     RequestContext,
     get_context,
     read_body,
 )
-from asgi_llmguard.errors import (
-    ConfigurationError,
-    send_error,
-    send_route_error,
-    sse_error_event,
-)
+from asgi_llmguard.errors import ConfigurationError, send_error, send_route_error
 from asgi_llmguard.forward.config import PoolLimits, Timeouts
+from asgi_llmguard.forward.cooldowns import retry_after_hint
 from asgi_llmguard.forward.engines import (
     AiohttpEngine,
     Engine,
@@ -35,9 +37,21 @@ from asgi_llmguard.forward.engines import (
     UpstreamError,
     UpstreamResponse,
 )
-from asgi_llmguard.forward.headers import request_drop_set, request_headers, response_headers
+from asgi_llmguard.forward.headers import request_drop_set, request_headers
+from asgi_llmguard.forward.relay import STATUS_FOR, Watch, is_sse, relay
+from asgi_llmguard.forward.resilience import (
+    HOLD_LIMIT,
+    backoff_delay,
+    error_in_first_event,
+    first_event_end,
+    sent_nothing,
+)
+from asgi_llmguard.forward.router import Candidate, Plan, Router, Routing, Step
+from asgi_llmguard.forward.thinking import apply_thinking
+from asgi_llmguard.forward.warmup import Warmer
 from asgi_llmguard.providers.base import Provider, Upstream, provider_for
-from asgi_llmguard.routes import Api
+from asgi_llmguard.providers.metering import usage_from_json
+from asgi_llmguard.routes import Api, classify
 from asgi_llmguard.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -45,9 +59,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("asgi_llmguard.forward")
 
-# Non-streamed answers up to this size are read whole and sent in one message.
-_SMALL_BODY = 1 << 20
-_STATUS_FOR = {"connect": 502, "timeout": 504, "broken": 502}
+#: Called with each warm-up attempt (its usage is recorded as ``warmup``, charged to no key).
+WarmupListener = Callable[[Attempt, Api], None]
 
 
 class _Target:
@@ -64,17 +77,7 @@ class _Target:
         self.credential_id = upstream.credential_id
 
 
-class _Watch:
-    """Per-exchange flags shared with the disconnect watcher (never stored on the app)."""
-
-    __slots__ = ("disconnected", "finished")
-
-    def __init__(self) -> None:
-        self.finished = False
-        self.disconnected = False
-
-
-async def _watch_disconnect(receive: Receive, task: asyncio.Task[object], watch: _Watch) -> None:
+async def _watch_disconnect(receive: Receive, task: asyncio.Task[object], watch: Watch) -> None:
     # Once the body is read, the next message a server sends is http.disconnect, when the client
     # goes away (or when the response is complete). Servers only report a disconnect through
     # receive(): uvicorn's send() goes quiet instead of raising.
@@ -88,15 +91,19 @@ async def _watch_disconnect(receive: Receive, task: asyncio.Task[object], watch:
 class ForwardingApp:
     """Relay requests to the configured upstreams.
 
-    ``upstreams``: one `Upstream` per provider the gateway fronts. A route is served by the first
-    upstream that speaks its API: OpenAI routes by an ``openai`` or ``azure`` upstream, Azure
-    deployment routes by an ``azure`` upstream, Anthropic routes by an ``anthropic`` upstream.
+    ``upstreams``: one `Upstream` per credential. A route is served by the upstreams that speak
+    its API (OpenAI routes: ``openai`` and ``azure`` upstreams; Azure deployment routes: ``azure``;
+    Anthropic routes: ``anthropic``) and serve the model asked for (``Upstream.models``). With
+    several, ``routing`` (a `Routing`) says how to choose: selector, aliases, affinity,
+    cooldowns, circuit breaker, retries, warm-up.
 
     ``client``: an ``httpx.AsyncClient`` to use instead of the default pooled aiohttp session
     (custom transports, ``httpx.MockTransport`` in tests). It stays the caller's to close.
 
     ``timeouts``, ``limits``: see `Timeouts` and `PoolLimits`. ``trust_env``: honour
     ``HTTP(S)_PROXY``/``NO_PROXY`` (aiohttp engine; an httpx client has its own setting).
+
+    ``on_warmup``: receives each warm-up attempt, so its cost can be recorded.
 
     The aiohttp session is opened on the first request and closed on lifespan shutdown or by
     `aclose` (lifespan does not reach an app mounted inside another, so close it from the host
@@ -111,25 +118,66 @@ class ForwardingApp:
         timeouts: Timeouts = Timeouts(),
         limits: PoolLimits = PoolLimits(),
         trust_env: bool = True,
+        routing: Routing | None = None,
+        on_warmup: WarmupListener | None = None,
     ) -> None:
         if not upstreams:
             raise ConfigurationError("ForwardingApp needs at least one Upstream")
-        targets: dict[Api, _Target] = {}
-        for upstream in upstreams:
+        candidates: dict[Api, list[Candidate]] = {}
+        seen: set[str] = set()
+        has_openai = any(getattr(u, "provider", None) == "openai" for u in upstreams)
+        for index, upstream in enumerate(upstreams):
             if not isinstance(upstream, Upstream):
                 raise ConfigurationError(f"upstreams must be Upstream objects, got {upstream!r}")
+            if upstream.credential_id in seen:
+                raise ConfigurationError(
+                    f"Two upstreams share the credential id {upstream.credential_id!r}; give "
+                    "each a distinct name."
+                )
+            seen.add(upstream.credential_id)
             provider = provider_for(upstream.provider)
+            target = _Target(upstream, provider)
             for api in sorted(provider.serves):
-                targets.setdefault(api, _Target(upstream, provider))
-        self._targets = targets
+                models: Sequence[str] | None = None
+                if upstream.provider == "azure" and api == "openai" and not upstream.models:
+                    # Azure answers OpenAI-style routes only through its deployments: it joins
+                    # their pools for the models it maps, or for every model when no OpenAI
+                    # upstream is configured.
+                    if upstream.deployments:
+                        models = list(upstream.deployments)
+                    elif has_openai:
+                        continue
+                candidates.setdefault(api, []).append(Candidate(upstream, index, target, models))
+        self.routing = routing if routing is not None else Routing()
+        self.router = Router(candidates, self.routing)
         self.upstreams = tuple(upstreams)
         self.engine: Engine = (
             HttpxEngine(client, timeouts=timeouts)
             if client is not None
             else AiohttpEngine(timeouts=timeouts, limits=limits, trust_env=trust_env)
         )
+        warmup = self.routing.warmup
+        self.warmer = Warmer(warmup) if warmup is not None else None
+        self._on_warmup = on_warmup
+
+    @property
+    def cooldowns(self) -> object | None:
+        """The cooldown store (``snapshot()``, ``reset()``), or ``None`` when cooldowns are off."""
+        return self.router.cooldowns
+
+    @property
+    def breaker(self) -> object | None:
+        return self.router.breaker
+
+    def cooldowns_active(self) -> int:
+        cooldowns = self.router.cooldowns
+        return len(cooldowns.snapshot()) if cooldowns is not None else 0
 
     async def aclose(self) -> None:
+        if self.warmer is not None:
+            await self.warmer.aclose()
+        if self.router.cooldowns is not None:
+            await self.router.cooldowns.aclose()
         await self.engine.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -145,32 +193,37 @@ class ForwardingApp:
         if route is None:
             await send_route_error(send, ctx.method, ctx.path, ctx.route_error)
             return
-        api = route.endpoint.api
+        endpoint = route.endpoint
+        api = endpoint.api
         anthropic = api == "anthropic"
-        target = self._targets.get(api)
-        if target is None:
-            await send_error(
-                send, 404, f"This gateway has no upstream for {api} routes.", anthropic=anthropic
-            )
-            return
         try:
             body = ctx.body if ctx.body is not None else await read_body(ctx, receive)
-            url = target.provider.target(target.upstream, ctx, scope["query_string"])
+            model = ctx.model if endpoint.json_body or route.deployment is not None else None
         except ClientDisconnected:
             ctx.disconnected = True
             return
         except InvalidBody as exc:
             await send_error(send, 400, str(exc), anthropic=anthropic)
             return
-        headers = request_headers(scope["headers"], target.drop, target.defaults, target.static)
-        # The request id travels upstream so provider-side logs can be matched to ours.
-        headers.append(("x-request-id", ctx.request_id))
+        plan = self.router.plan(
+            api, model, scope["headers"], deployment=route.deployment is not None
+        )
+        if not plan.steps:
+            await self._unroutable(send, plan, model, api, anthropic)
+            return
+        if (
+            self.warmer is not None
+            and not plan.pinned
+            and not endpoint.read_only
+            and self.router.selector == "fill-first"
+        ):
+            self._warm_secondaries(plan, api)
 
         task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]
-        watch = _Watch()
+        watch = Watch()
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, watch))
         try:
-            await self._exchange(ctx, target, url, headers, body, send, watch, anthropic)
+            await self._attempts(ctx, plan, body, scope["query_string"], scope, send, watch)
         except asyncio.CancelledError:
             if watch.disconnected and task.uncancel() == 0:
                 ctx.disconnected = True
@@ -181,101 +234,276 @@ class ForwardingApp:
             watch.finished = True
             watcher.cancel()
 
-    async def _exchange(
+    async def _unroutable(
+        self, send: Send, plan: Plan, model: str | None, api: Api, anthropic: bool
+    ) -> None:
+        if plan.error is not None:
+            await send_error(send, plan.status, plan.error, anthropic=anthropic)
+            return
+        wait = max(1, math.ceil((plan.cooling_until or time.time()) - time.time()))
+        await send_error(
+            send,
+            429,
+            f"Every upstream credential for {model or api!s} is cooling down after errors or "
+            f"rate limits; retry after {wait} s.",
+            anthropic=anthropic,
+            type="rate_limit_error" if anthropic else "rate_limit_exceeded",
+            code="upstream_cooling_down",
+            headers=[(b"retry-after", str(wait).encode())],
+        )
+
+    def _body_for(self, ctx: RequestContext, step: Step, body: bytes) -> bytes:
+        """The body for one attempt: unchanged unless routing changed the model."""
+        parsed = step.model
+        route = ctx.route
+        if parsed is None or route is None or route.deployment is not None:
+            ctx.upstream_model = None
+            return body
+        name = ctx.model
+        if parsed.thinking is None and parsed.base == name:
+            ctx.upstream_model = None
+            return body
+        ctx.upstream_model = parsed.base
+        document = orjson.loads(body)
+        rewritten = apply_thinking(
+            route.endpoint.api, document, parsed, operation=route.endpoint.operation
+        )
+        return orjson.dumps(rewritten)
+
+    async def _attempts(
         self,
         ctx: RequestContext,
-        target: _Target,
-        url: str,
-        headers: list[tuple[str, str]],
+        plan: Plan,
         body: bytes,
+        query: bytes,
+        scope: Scope,
         send: Send,
-        watch: _Watch,
-        anthropic: bool,
+        watch: Watch,
     ) -> None:
-        ctx.credential_id = target.credential_id
-        try:
-            resp = await self.engine.send(ctx.method, url, headers, body)
-        except UpstreamError as exc:
-            ctx.upstream_error = exc.kind
-            logger.warning(
-                "upstream %s failed before answering %s: %s",
-                target.credential_id,
-                ctx.request_id,
-                exc,
-            )
-            status = _STATUS_FOR[exc.kind]
-            await send_error(send, status, str(exc), anthropic=anthropic, code="upstream_error")
-            return
-        try:
-            await self._relay(ctx, target, resp, send, watch, anthropic)
-        finally:
-            await resp.aclose()
-
-    async def _relay(
-        self,
-        ctx: RequestContext,
-        target: _Target,
-        resp: UpstreamResponse,
-        send: Send,
-        watch: _Watch,
-        anthropic: bool,
-    ) -> None:
-        headers = response_headers(resp.headers)
-        length = -1
-        sse = False
-        for name, value in headers:
-            if name == b"content-length":
-                length = int(value) if value.isdigit() else -1
-            elif name == b"content-type":
-                sse = value.startswith(b"text/event-stream")
-
-        if 0 <= length <= _SMALL_BODY and not sse:
+        router = self.router
+        retry = self.routing.retry
+        cooldowns = None if plan.solo else router.cooldowns
+        breaker = router.breaker
+        route = ctx.route
+        assert route is not None
+        anthropic = route.endpoint.api == "anthropic"
+        deadline = ctx.start + retry.max_time
+        steps = plan.steps
+        last = len(steps) - 1
+        made = 0
+        for index, step in enumerate(steps):
+            candidate = step.candidate
+            credential = candidate.credential_id
+            model = step.model.base if step.model is not None else ""
+            if index and router.available(candidate, model, time.time()) is not None:
+                continue  # cooled down by a concurrent request since the plan was made
+            if breaker is not None and not breaker.allow(credential):
+                continue
+            target: _Target = candidate.target  # type: ignore[assignment]
+            made += 1
+            final = index == last or made >= retry.max_attempts or time.perf_counter() >= deadline
             try:
-                data = await resp.read_all()
-            except UpstreamError as exc:
-                ctx.upstream_error = exc.kind
-                logger.warning(
-                    "upstream %s broke answering %s: %s", target.credential_id, ctx.request_id, exc
-                )
-                await send_error(
-                    send,
-                    _STATUS_FOR[exc.kind],
-                    str(exc),
-                    anthropic=anthropic,
-                    code="upstream_error",
-                )
+                attempt_body = self._body_for(ctx, step, body)
+                url = target.provider.target(target.upstream, ctx, query)
+            except InvalidBody as exc:
+                if breaker is not None:
+                    breaker.release(credential)
+                await send_error(send, 400, str(exc), anthropic=anthropic)
                 return
-            await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-            watch.finished = True
-            await send({"type": "http.response.body", "body": data, "more_body": False})
-            return
+            headers = request_headers(scope["headers"], target.drop, target.defaults, target.static)
+            # The request id travels upstream so provider-side logs can be matched to ours.
+            headers.append(("x-request-id", ctx.request_id))
+            ctx.credential_id = credential
+            started_at = time.time()
+            began = time.perf_counter()
+            outcome_recorded = False
+            try:
+                try:
+                    resp = await self.engine.send(ctx.method, url, headers, attempt_body)
+                except UpstreamError as exc:
+                    outcome_recorded = True
+                    if breaker is not None:
+                        breaker.record(credential, False)
+                    if cooldowns is not None and model:
+                        await cooldowns.record_failure(
+                            credential, model, status=None, kind=exc.kind, started=started_at
+                        )
+                    logger.warning(
+                        "upstream %s failed before answering %s: %s",
+                        credential,
+                        ctx.request_id,
+                        exc,
+                    )
+                    if not final and sent_nothing(exc):
+                        self._failed(ctx, credential, 0, exc.kind, started_at, began)
+                        await asyncio.sleep(backoff_delay(retry, made))
+                        continue
+                    ctx.upstream_error = exc.kind
+                    await send_error(
+                        send,
+                        STATUS_FOR[exc.kind],
+                        str(exc),
+                        anthropic=anthropic,
+                        code="upstream_error",
+                    )
+                    return
+                try:
+                    status = resp.status
+                    held = b""
+                    if (
+                        status == 200
+                        and self.routing.hold_first_event
+                        and not final
+                        and not plan.pinned
+                        and is_sse(resp)
+                    ):
+                        held, status = await _hold_first_event(resp)
+                    failed = status in retry.statuses or status in (401, 402, 403)
+                    if breaker is not None:
+                        outcome_recorded = True
+                        breaker.record(credential, not failed)
+                    if cooldowns is not None and (model or status in (401, 402, 403)):
+                        if failed:
+                            await cooldowns.record_failure(
+                                credential,
+                                model,
+                                status=status,
+                                retry_after=retry_after_hint(resp.headers, time.time()),
+                                started=started_at,
+                            )
+                        elif status < 400:
+                            await cooldowns.record_success(credential, model)
+                    if failed and not final and status in retry.statuses:
+                        self._failed(ctx, credential, status, None, started_at, began)
+                        await asyncio.sleep(backoff_delay(retry, made))
+                        continue
+                    if plan.session is not None and status < 400:
+                        router.remember(plan.session, credential)
+                    await relay(
+                        ctx,
+                        resp,
+                        send,
+                        watch,
+                        anthropic,
+                        aliases=router.aliases,
+                        alias=plan.alias,
+                        held=held,
+                    )
+                    return
+                finally:
+                    await resp.aclose()
+            finally:
+                if breaker is not None and not outcome_recorded:
+                    breaker.release(credential)
+        # Every planned credential was skipped (cooling or breaker half-open) before any attempt.
+        await self._unroutable(
+            send, Plan([], cooling_until=time.time() + 1), ctx.model, route.endpoint.api, anthropic
+        )
 
-        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    @staticmethod
+    def _failed(
+        ctx: RequestContext,
+        credential: str,
+        status: int,
+        error: str | None,
+        started_at: float,
+        began: float,
+    ) -> None:
+        attempt = Attempt(
+            credential,
+            ctx.upstream_model or ctx.model,
+            status=status,
+            error=error,
+            started_at=started_at,
+            latency=time.perf_counter() - began,
+        )
+        if ctx.attempts is None:
+            ctx.attempts = [attempt]
+        else:
+            ctx.attempts.append(attempt)
+
+    # ------------------------------------------------------------------ warm-up
+
+    def _warm_secondaries(self, plan: Plan, api: Api) -> None:
+        warmer = self.warmer
+        assert warmer is not None
+        pool = plan.pool
+        if len(pool) < 2 or plan.steps[0].candidate is not pool[0]:
+            return
+        step = plan.steps[0]
+        model = step.model.base if step.model is not None else None
+        if not model:
+            return
+        now = time.time()
+        for candidate in pool[1:]:
+            upstream = candidate.upstream
+            provider = f"{upstream.provider}:{upstream.base_url}"
+            if warmer.is_warm(provider, candidate.credential_id):
+                continue
+            if self.router.available(candidate, model, now) is not None:
+                continue
+            warmer.maybe_warm(
+                provider,
+                candidate.credential_id,
+                lambda c=candidate: self._warm(c, api, model),  # type: ignore[misc]
+            )
+
+    async def _warm(self, candidate: Candidate, api: Api, model: str) -> bool:
+        """One tiny request to ``candidate``; ``True`` when it answered 2xx."""
+        policy = self.routing.warmup
+        assert policy is not None
+        target: _Target = candidate.target  # type: ignore[assignment]
+        if api == "anthropic":
+            path = "/v1/messages"
+            document: dict[str, object] = {"model": model, "max_tokens": policy.max_tokens}
+        else:
+            path = "/v1/chat/completions"
+            document = {"model": model, "max_completion_tokens": policy.max_tokens}
+        document["messages"] = [{"role": "user", "content": policy.prompt}]
+        ctx = RequestContext("POST", path)
+        ctx.request_id = "warmup_" + ctx.request_id.removeprefix("req_")
+        ctx.body = orjson.dumps(document)
+        url = target.provider.target(target.upstream, ctx, b"")
+        headers = request_headers(
+            [(b"content-type", b"application/json")], target.drop, target.defaults, target.static
+        )
+        headers.append(("x-request-id", ctx.request_id))
+        started_at = time.time()
+        began = time.perf_counter()
+        status = 0
+        error: str | None = None
+        usage = None
         try:
-            while chunk := await resp.read_chunk():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            resp = await self.engine.send("POST", url, headers, ctx.body)
+            try:
+                status = resp.status
+                data = await resp.read_all()
+            finally:
+                await resp.aclose()
+            if 200 <= status < 300:
+                endpoint = classify("POST", path).endpoint
+                usage = usage_from_json(endpoint, data)[0]
         except UpstreamError as exc:
-            ctx.upstream_error = exc.kind
-            logger.warning(
-                "upstream %s broke mid-response to %s: %s",
-                target.credential_id,
-                ctx.request_id,
-                exc,
-            )
-            if not sse:
-                # The status is already out; the only honest signal left is to close the
-                # connection without ending the body, which the ASGI server does when the app
-                # returns an unfinished response.
-                return
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": sse_error_event(str(exc), anthropic=anthropic),
-                    "more_body": True,
-                }
-            )
-        watch.finished = True
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            error = exc.kind
+        finally:
+            listener = self._on_warmup
+            if listener is not None:
+                attempt = Attempt(
+                    candidate.credential_id,
+                    model,
+                    status=status,
+                    error=error,
+                    started_at=started_at,
+                    latency=time.perf_counter() - began,
+                    usage=usage,
+                    request_id=ctx.request_id,
+                )
+                attempt_request = ctx.request_id
+                try:
+                    listener(attempt, api)
+                except Exception:
+                    logger.exception("warm-up listener failed for %s", attempt_request)
+        return 200 <= status < 300
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -286,3 +514,23 @@ class ForwardingApp:
                 await self.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def _hold_first_event(resp: UpstreamResponse) -> tuple[bytes, int]:
+    """Read until the stream's first complete event. Returns the bytes read and the status the
+    attempt stands for: 200, or the status an error event in it means (see resilience)."""
+    held = b""
+    try:
+        while len(held) < HOLD_LIMIT:
+            chunk = await resp.read_chunk()
+            if not chunk:
+                # The stream ended before a complete event: nothing useful was produced.
+                return held, 502 if not held.strip() else 200
+            held += chunk
+            end = first_event_end(held)
+            if end >= 0:
+                status = error_in_first_event(held[:end])
+                return held, status if status is not None else 200
+    except UpstreamError:
+        return held, 502
+    return held, 200

@@ -219,7 +219,9 @@ class AiohttpEngine:
         connector = self._connector
         if connector is None:
             return 0
-        return sum(len(v) for v in connector._acquired_per_host.values())
+        # ``_acquired`` holds every connection in use; the per-host map is only filled when a
+        # per-host limit is set.
+        return len(connector._acquired)
 
     async def aclose(self) -> None:
         session, self._session, self._connector = self._session, None, None

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, Protocol
 
 import orjson
@@ -76,6 +76,12 @@ class UsageMiddleware:
       request sets no limit.
     - ``budget_tags``: extra budgets by key metadata, e.g. ``{"team:ml": Budget(monthly=500)}``
       applies to every key whose metadata has ``team = "ml"``.
+    - ``aliases``: the routing's model aliases (public name -> upstream models). A request for an
+      alias is reserved at its dearest member's price and charged at the price of the member
+      that served it.
+
+    Failed attempts the forwarder made before the one that served the request (retries,
+    failover) get a record each, so every upstream attempt is in the ledger exactly once.
     """
 
     def __init__(
@@ -91,6 +97,7 @@ class UsageMiddleware:
         stream_usage: bool = True,
         default_max_output_tokens: int = 4096,
         reservation_ttl: float = 900.0,
+        aliases: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         if missing_price != "reject" and not isinstance(missing_price, ModelPrice):
             raise ConfigurationError("missing_price must be 'reject' or a ModelPrice")
@@ -108,6 +115,7 @@ class UsageMiddleware:
         self._stream_usage = stream_usage
         self._default_max_output = default_max_output_tokens
         self._ttl = reservation_ttl
+        self._alias_prices = _alias_prices(self._prices, aliases or {})
         # Settlements that had to outlive a cancelled request; kept so they are not collected.
         self._background: set[asyncio.Task[None]] = set()
 
@@ -221,6 +229,13 @@ class UsageMiddleware:
         if not model:
             return None
         price = self._prices.resolve(model, credential_id)
+        if price is None:
+            price = self._alias_prices.get(model)
+        if price is None and model.endswith(")"):
+            # A thinking suffix (``gpt-5(high)``) is not part of the model's name upstream.
+            base = model[: model.rfind("(")]
+            if base:
+                price = self._price(base, credential_id)
         if price is None and self._missing != "reject":
             price = self._missing
         return price
@@ -331,9 +346,10 @@ class UsageMiddleware:
             )
             estimated = True
 
+        served_as = ctx.upstream_model or model
         cost = 0
         if usage is not None and endpoint.billable:
-            final_price = self._price(model, ctx.credential_id) or price
+            final_price = self._price(served_as, ctx.credential_id) or price
             if final_price is not None:
                 cost = final_price.cost_nanos(usage, tool_calls)
         if usage is not None:
@@ -353,10 +369,33 @@ class UsageMiddleware:
         if self._emit is None or not reached_upstream:
             return
         key = ctx.key
+        attempts = ctx.attempts or ()
+        for number, failed_attempt in enumerate(attempts):
+            self._emit(
+                UsageEvent(
+                    request_id=ctx.request_id,
+                    attempt=number,
+                    started_at=failed_attempt.started_at,
+                    key_id=key.key_id if key else None,
+                    model=model,
+                    served_model=failed_attempt.model,
+                    provider=endpoint.api,
+                    endpoint=endpoint.operation,
+                    credential_id=failed_attempt.credential_id,
+                    status=failed_attempt.status,
+                    outcome="upstream_error",
+                    latency=failed_attempt.latency,
+                    stream=bool(fields_stream(ctx)),
+                    metadata=dict(key.metadata) if key else {},
+                )
+            )
+        if ctx.upstream_model is not None and (served is None or served == model):
+            served = ctx.upstream_model
         u = usage or TokenUsage()
         self._emit(
             UsageEvent(
                 request_id=ctx.request_id,
+                attempt=len(attempts),
                 started_at=ctx.started_at,
                 key_id=key.key_id if key else None,
                 model=model,
@@ -384,6 +423,34 @@ class UsageMiddleware:
         """Wait for settlements still running for cancelled requests."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def fields_stream(ctx: RequestContext) -> bool | None:
+    try:
+        return ctx.fields().stream
+    except (InvalidBody, RuntimeError):
+        return None
+
+
+def _alias_prices(
+    prices: PriceTable, aliases: Mapping[str, Sequence[str]]
+) -> dict[str, ModelPrice]:
+    """Each alias at its dearest member's price (by the cost of 1,000 tokens in and out), so a
+    budget reservation covers whichever member serves it."""
+    sample = TokenUsage(input_tokens=1000, output_tokens=1000)
+    out: dict[str, ModelPrice] = {}
+    for alias, members in aliases.items():
+        best: ModelPrice | None = None
+        for member in members:
+            name = member[: member.rfind("(")] if member.endswith(")") else member
+            price = prices.resolve(name)
+            if price is not None and (
+                best is None or price.cost_nanos(sample) > best.cost_nanos(sample)
+            ):
+                best = price
+        if best is not None:
+            out[alias] = best
+    return out
 
 
 def _cancelling() -> bool:

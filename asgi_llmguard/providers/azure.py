@@ -52,7 +52,7 @@ class AzureProvider:
             operation = path.split("/", 4)[4]
             path = f"/openai/deployments/{quote(deployment, safe='')}/{operation}"
         elif path in _DEPLOYMENT_OPERATIONS:
-            model = ctx.model
+            model = ctx.upstream_model or ctx.model
             if not model:
                 raise InvalidBody("Azure OpenAI needs a 'model' to pick the deployment")
             deployment = upstream.deployments.get(model, model)

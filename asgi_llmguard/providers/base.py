@@ -40,6 +40,13 @@ class Upstream:
     deployments: Mapping[str, str] = field(default_factory=dict)
     #: Extra headers sent upstream with every request (e.g. ``OpenAI-Organization``).
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: The models this credential serves (names or globs such as ``claude-*``); empty: all.
+    #: Routing builds each model's credential pool from these.
+    models: tuple[str, ...] = ()
+    #: Share of the traffic under the ``weighted`` selector.
+    weight: int = 1
+    #: Group under the ``priority`` selector: lower numbers are used first.
+    priority: int = 0
 
     def __post_init__(self) -> None:
         if self.provider not in ("openai", "azure", "anthropic"):
@@ -55,6 +62,12 @@ class Upstream:
             raise ConfigurationError("Upstream base_url must not carry a query or fragment")
         if self.api_key is not None and not self.api_key.strip():
             raise ConfigurationError("Upstream api_key is empty; leave it out or set a key")
+        models: object = self.models
+        if isinstance(models, str) or not all(isinstance(m, str) and m for m in self.models):
+            raise ConfigurationError("Upstream models must be a list of model names or globs")
+        object.__setattr__(self, "models", tuple(self.models))
+        if self.weight < 1:
+            raise ConfigurationError("Upstream weight must be a positive integer")
 
     @property
     def credential_id(self) -> str:

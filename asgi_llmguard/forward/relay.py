@@ -1,0 +1,134 @@
+"""Relaying one upstream answer to the client, chunk by chunk.
+
+An SSE event goes out as soon as it arrives, bytes unchanged, ``Content-Encoding`` preserved. An
+upstream that breaks gets the client a clear error: 502/504 before the response started, a
+terminal SSE event after; a non-SSE body cut mid-way closes the connection unfinished (never a
+silently short body).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from asgi_llmguard.context import RequestContext
+from asgi_llmguard.errors import send_error, sse_error_event
+from asgi_llmguard.forward.aliases import AliasTable
+from asgi_llmguard.forward.engines import UpstreamError, UpstreamResponse
+from asgi_llmguard.forward.headers import response_headers
+from asgi_llmguard.forward.resilience import StreamRewriter
+from asgi_llmguard.types import Send
+
+logger = logging.getLogger("asgi_llmguard.forward")
+
+# Non-streamed answers up to this size are read whole and sent in one message.
+SMALL_BODY = 1 << 20
+STATUS_FOR = {"connect": 502, "timeout": 504, "broken": 502}
+
+
+class Watch:
+    """Per-exchange flags shared with the disconnect watcher (never stored on the app)."""
+
+    __slots__ = ("disconnected", "finished")
+
+    def __init__(self) -> None:
+        self.finished = False
+        self.disconnected = False
+
+
+def is_sse(resp: UpstreamResponse) -> bool:
+    for name, value in resp.headers:
+        if name == b"content-type":
+            return value.startswith(b"text/event-stream")
+    return False
+
+
+async def relay(
+    ctx: RequestContext,
+    resp: UpstreamResponse,
+    send: Send,
+    watch: Watch,
+    anthropic: bool,
+    *,
+    aliases: AliasTable | None = None,
+    alias: str | None = None,
+    held: bytes = b"",
+) -> None:
+    """Send ``resp`` to the client. ``held``: body bytes already read from ``resp`` (the held
+    first event). With ``alias``, answers name the alias instead of the upstream model."""
+    headers = response_headers(resp.headers)
+    length = -1
+    sse = False
+    encoded = False
+    for name, value in headers:
+        if name == b"content-length":
+            length = int(value) if value.isdigit() else -1
+        elif name == b"content-type":
+            sse = value.startswith(b"text/event-stream")
+        elif name == b"content-encoding":
+            encoded = True
+    # Bodies are relayed as the upstream encoded them; a compressed one is not rewritten.
+    rewrite = aliases is not None and alias is not None and aliases.rewrite_response_model
+    rewrite = rewrite and not encoded
+
+    if 0 <= length <= SMALL_BODY and not sse:
+        try:
+            data = await resp.read_all()
+        except UpstreamError as exc:
+            ctx.upstream_error = exc.kind
+            logger.warning(
+                "upstream %s broke answering %s: %s", ctx.credential_id, ctx.request_id, exc
+            )
+            await send_error(
+                send, STATUS_FOR[exc.kind], str(exc), anthropic=anthropic, code="upstream_error"
+            )
+            return
+        if rewrite:
+            assert aliases is not None
+            assert alias is not None
+            data = aliases.rewrite_model(data, alias)
+            headers = [
+                (n, str(len(data)).encode() if n == b"content-length" else v) for n, v in headers
+            ]
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        watch.finished = True
+        await send({"type": "http.response.body", "body": data, "more_body": False})
+        return
+
+    rewriter: StreamRewriter | None = None
+    if rewrite:
+        assert aliases is not None
+        assert alias is not None
+        rewriter = StreamRewriter(aliases, alias)
+        headers = [(n, v) for n, v in headers if n != b"content-length"]
+    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    try:
+        chunk = held or await resp.read_chunk()
+        while chunk:
+            if rewriter is not None:
+                chunk = rewriter.feed(chunk)
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            chunk = await resp.read_chunk()
+        if rewriter is not None and (rest := rewriter.flush()):
+            await send({"type": "http.response.body", "body": rest, "more_body": True})
+    except UpstreamError as exc:
+        ctx.upstream_error = exc.kind
+        logger.warning(
+            "upstream %s broke mid-response to %s: %s", ctx.credential_id, ctx.request_id, exc
+        )
+        if rewriter is not None and (rest := rewriter.flush()):
+            await send({"type": "http.response.body", "body": rest, "more_body": True})
+        if not sse:
+            # The status is already out; the only honest signal left is to close the
+            # connection without ending the body, which the ASGI server does when the app
+            # returns an unfinished response.
+            return
+        await send(
+            {
+                "type": "http.response.body",
+                "body": sse_error_event(str(exc), anthropic=anthropic),
+                "more_body": True,
+            }
+        )
+    watch.finished = True
+    await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -1,0 +1,464 @@
+"""Credential routing: which upstream credential serves a request, and in which order the others
+are tried when it fails.
+
+Every configured `Upstream` is one credential. For a request, the *pool* is every credential
+that speaks the route's API and serves the model (``Upstream.models``, names or globs; empty:
+every model). A *selector* orders the pool:
+
+- ``round-robin`` (default): each request starts one step further along the pool;
+- ``weighted``: smooth weighted round-robin on ``Upstream.weight`` (nginx's algorithm: the
+  spread is even, never bursts of the heavy member);
+- ``fill-first``: configuration order, always; the first credential takes all the traffic until
+  it cools down, then the next -- which staggers providers' rolling quota windows;
+- ``priority``: groups by ``Upstream.priority`` (lowest first), round-robin inside a group.
+
+Credentials cooling down (see `cooldowns`) or behind an open circuit breaker are skipped; the
+rest form the attempt order the forwarder walks through on retryable failures.
+
+A request may be *pinned* to one credential by name (a header), or belong to a *sticky session*
+(another header): then it only ever goes to that credential, without fallback or warm-up, so a
+conversation keeps its provider-side prompt cache.
+
+Model aliases (`AliasTable`) are resolved here too: an alias pool is tried member by member, each
+member with its own credential pool. All state is bounded by configuration, except the sessions
+map, which is an LRU with a TTL and a size cap. Pure logic apart from the clock; no I/O.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from asgi_llmguard.errors import ConfigurationError
+from asgi_llmguard.forward.aliases import AliasTable
+from asgi_llmguard.forward.breaker import BreakerPolicy, CircuitBreaker
+from asgi_llmguard.forward.cooldowns import CooldownPolicy, MemoryCooldowns, RedisCooldowns
+from asgi_llmguard.forward.thinking import ParsedModel, parse_model
+from asgi_llmguard.providers.base import Upstream
+from asgi_llmguard.routes import Api
+
+Selector = Literal["round-robin", "weighted", "fill-first", "priority"]
+SELECTORS: tuple[Selector, ...] = ("round-robin", "weighted", "fill-first", "priority")
+Cooldowns = MemoryCooldowns | RedisCooldowns
+
+# Statuses worth another credential: rate limited, overloaded, or a server-side failure.
+DEFAULT_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How many attempts one request may make, and how long it may spend on them.
+
+    Only failures that provably happened before the upstream accepted the request (a connection
+    that could not be opened) or that the upstream answered with a retryable status are retried,
+    and only before any byte reached the client.
+    """
+
+    #: Attempts in all, the first included (``1``: never retry).
+    max_attempts: int = 3
+    #: Seconds from the request's arrival after which no new attempt starts.
+    max_time: float = 30.0
+    #: Jittered exponential backoff between attempts: ``backoff * 2**n``, at most ``backoff_cap``.
+    backoff: float = 0.05
+    backoff_cap: float = 2.0
+    statuses: frozenset[int] = DEFAULT_RETRY_STATUSES
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigurationError("retry max_attempts must be at least 1")
+        if self.max_time <= 0 or self.backoff < 0 or self.backoff_cap < self.backoff:
+            raise ConfigurationError(
+                "retry max_time must be positive and 0 <= backoff <= backoff_cap"
+            )
+        object.__setattr__(self, "statuses", frozenset(self.statuses))
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupPolicy:
+    """Background warm-up of the secondary credentials while fill-first uses the primary."""
+
+    #: A credential that answered a warm-up with 2xx is not warmed again for this long.
+    ttl: float = 300.0
+    #: Each warm-up request's own deadline, whatever happens to the request that started it.
+    timeout: float = 15.0
+    #: ``max_tokens`` of the warm-up request (the smallest answer a provider accepts).
+    max_tokens: int = 1
+    prompt: str = "ping"
+    #: Bound of the TTL map (entries are pruned when they expire).
+    max_entries: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.ttl <= 0 or self.timeout <= 0 or self.max_tokens < 1 or self.max_entries < 1:
+            raise ConfigurationError("warmup ttl, timeout, max_tokens and max_entries must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """Routing options of `ForwardingApp` (``routing=``); every field has a working default."""
+
+    selector: Selector = "round-robin"
+    #: Public model name -> upstream model names (see `AliasTable`).
+    aliases: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    #: Put the alias back as the ``model`` of answers, so clients see the name they asked for.
+    rewrite_response_model: bool = True
+    #: A header naming the credential (its ``name``) a request must use; ``None``: off.
+    pin_header: str | None = "x-llmguard-credential"
+    #: A header carrying a session id; requests of one session stay on one credential.
+    session_header: str | None = None
+    session_ttl: float = 3600.0
+    max_sessions: int = 100_000
+    #: Cooldown durations (or a ready store, e.g. `RedisCooldowns` shared by replicas).
+    cooldowns: CooldownPolicy | MemoryCooldowns | RedisCooldowns | None = field(
+        default_factory=CooldownPolicy
+    )
+    #: A circuit breaker per credential; ``None``: off.
+    breaker: BreakerPolicy | None = None
+    retry: RetryPolicy = RetryPolicy()
+    #: Warm the secondary credentials while fill-first serves from the primary; ``None``: off.
+    warmup: WarmupPolicy | None = None
+    #: Hold a stream's first event until it arrives, so an error sent inside an HTTP 200 stream
+    #: can still fail over to another credential (costs that event's latency; off by default).
+    hold_first_event: bool = False
+
+    def __post_init__(self) -> None:
+        if self.selector not in SELECTORS:
+            raise ConfigurationError(
+                f"routing selector must be one of {', '.join(SELECTORS)}, not {self.selector!r}"
+            )
+        for name in (self.pin_header, self.session_header):
+            if name is not None and (not name or name.lower() != name):
+                raise ConfigurationError(f"routing header names must be lower-case: {name!r}")
+        if self.session_ttl <= 0 or self.max_sessions < 1:
+            raise ConfigurationError("routing session_ttl and max_sessions must be positive")
+
+
+class Candidate:
+    """One credential able to serve a route: the forwarder's per-upstream target plus the
+    routing facts about it. ``target`` is opaque here (the forwarder's prepared headers)."""
+
+    __slots__ = ("credential_id", "index", "matches", "priority", "target", "upstream", "weight")
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        index: int,
+        target: object,
+        models: Sequence[str] | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.index = index
+        self.target = target
+        self.credential_id = upstream.credential_id
+        self.weight = upstream.weight
+        self.priority = upstream.priority
+        models = upstream.models if models is None else models
+        if not models:
+            self.matches: Callable[[str], bool] = _any
+        else:
+            pattern = re.compile("|".join(f"(?:{fnmatch.translate(m)})" for m in models))
+            self.matches = lambda model: pattern.fullmatch(model) is not None
+
+    def __repr__(self) -> str:
+        return f"<Candidate {self.credential_id}>"
+
+
+def _any(model: str) -> bool:
+    return True
+
+
+class _Pool:
+    """The credentials for one (API, set of models): selection state lives here."""
+
+    __slots__ = ("current", "members", "position")
+
+    def __init__(self, members: tuple[Candidate, ...]) -> None:
+        self.members = members
+        self.position = 0
+        # Smooth weighted round-robin: each member's current weight.
+        self.current = [0] * len(members)
+
+
+@dataclass(slots=True)
+class Step:
+    """One planned attempt: which credential, with which upstream model."""
+
+    candidate: Candidate
+    #: The upstream model with its thinking suffix parsed (``None`` when the request has none).
+    model: ParsedModel | None
+
+
+@dataclass(slots=True)
+class Plan:
+    """The attempt order for one request, or why there is none."""
+
+    steps: list[Step]
+    #: The caller's model when it was an alias (answers are rewritten back to it).
+    alias: str | None = None
+    #: The request is pinned (header or sticky session): no fallback elsewhere, no warm-up.
+    pinned: bool = False
+    #: The session id whose credential is remembered after a success.
+    session: str | None = None
+    #: When every credential is cooling: the earliest time one comes back (epoch seconds).
+    cooling_until: float | None = None
+    #: Not routable: the message for the client (unknown pinned credential, bad suffix, ...),
+    #: and its status.
+    error: str | None = None
+    status: int = 400
+    #: The first pool, in selector order (warm-up looks at its secondaries).
+    pool: tuple[Candidate, ...] = ()
+    #: One credential in all: nothing to fail over to, so no cooldowns are kept or applied
+    #: (the upstream's own answer, ``Retry-After`` included, reaches the client every time).
+    solo: bool = False
+
+
+class Router:
+    """Order credentials for requests. One per `ForwardingApp`; see the module docstring."""
+
+    def __init__(
+        self,
+        candidates: Mapping[Api, Sequence[Candidate]],
+        routing: Routing,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.routing = routing
+        self.selector = routing.selector
+        self._by_api = {api: tuple(c) for api, c in candidates.items()}
+        self.aliases = (
+            AliasTable(routing.aliases, rewrite_response_model=routing.rewrite_response_model)
+            if routing.aliases
+            else None
+        )
+        cooldowns = routing.cooldowns
+        self.cooldowns: Cooldowns | None = (
+            MemoryCooldowns(cooldowns) if isinstance(cooldowns, CooldownPolicy) else cooldowns
+        )
+        self.breaker = CircuitBreaker(routing.breaker) if routing.breaker is not None else None
+        self._open_for = routing.breaker.open_for if routing.breaker is not None else 0.0
+        self._clock = clock
+        # (api, member ids) -> pool: bounded by the configuration's distinct model patterns.
+        self._pools: dict[tuple[Api, tuple[int, ...]], _Pool] = {}
+        # (api, model) -> pool key; model names are the caller's, so this cache is capped.
+        self._lookup: OrderedDict[tuple[Api, str], _Pool] = OrderedDict()
+        self._sessions: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        # Plans shared by every request for a model served by a single credential (read-only).
+        self._solo: dict[tuple[Api, str | None, bool], Plan] = {}
+        by_name: dict[str, Candidate] = {}
+        for pool in self._by_api.values():
+            for c in pool:
+                by_name.setdefault(c.credential_id, c)
+        self._by_name = by_name
+        self._pin_b = routing.pin_header.encode() if routing.pin_header else None
+        self._session_b = routing.session_header.encode() if routing.session_header else None
+
+    # ------------------------------------------------------------------ pools and selection
+
+    def pool(self, api: Api, model: str) -> _Pool | None:
+        key = (api, model)
+        pool = self._lookup.get(key)
+        if pool is not None:
+            return pool
+        members = tuple(c for c in self._by_api.get(api, ()) if c.matches(model))
+        if not members:
+            return None
+        pool_key = (api, tuple(c.index for c in members))
+        pool = self._pools.setdefault(pool_key, _Pool(members))
+        self._lookup[key] = pool
+        if len(self._lookup) > 4096:
+            self._lookup.popitem(last=False)
+        return pool
+
+    def order(self, pool: _Pool, *, advance: bool = True) -> list[Candidate]:
+        """The pool in this request's order; ``advance=False`` peeks without moving rotation."""
+        members = pool.members
+        n = len(members)
+        if n == 1:
+            return [members[0]]
+        selector = self.selector
+        if selector == "fill-first":
+            return list(members)
+        if selector == "round-robin":
+            start = pool.position
+            if advance:
+                pool.position = (start + 1) % n
+            return [*members[start:], *members[:start]]
+        if selector == "priority":
+            groups: dict[int, list[Candidate]] = {}
+            for c in members:
+                groups.setdefault(c.priority, []).append(c)
+            start = pool.position
+            if advance:
+                pool.position = start + 1
+            ordered: list[Candidate] = []
+            for level in sorted(groups):
+                group = groups[level]
+                s = start % len(group)
+                ordered += (*group[s:], *group[:s])
+            return ordered
+        # weighted: smooth weighted round-robin picks the first; the rest follow by weight.
+        current = pool.current if advance else list(pool.current)
+        total = 0
+        best = 0
+        for i, c in enumerate(members):
+            current[i] += c.weight
+            total += c.weight
+            if current[i] > current[best]:
+                best = i
+        current[best] -= total
+        first = members[best]
+        rest = sorted((c for c in members if c is not first), key=lambda c: -c.weight)
+        return [first, *rest]
+
+    def available(self, candidate: Candidate, model: str, now: float) -> float | None:
+        """``None`` when the credential may be used for ``model`` now; else when it comes back."""
+        cooldowns = self.cooldowns
+        if cooldowns is not None:
+            until = cooldowns.cooling_until(candidate.credential_id, model)
+            if until is not None and until > now:
+                return until
+        breaker = self.breaker
+        if breaker is not None and breaker.state(candidate.credential_id) == "open":
+            return now + self._open_for
+        return None
+
+    # ------------------------------------------------------------------ the plan
+
+    def plan(
+        self,
+        api: Api,
+        model: str | None,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+        *,
+        deployment: bool = False,
+    ) -> Plan:
+        """The attempts for one request to ``api`` asking for ``model``.
+
+        ``deployment``: the model comes from an Azure deployment path, so aliases and suffixes
+        do not apply. Advances the selectors' rotation (once per request).
+        """
+        pin, session = self._affinity(headers)
+        if pin is None and session is None:
+            # One credential for this (api, model): the same plan every time, computed once.
+            cached = self._solo.get((api, model, deployment))
+            if cached is not None:
+                return cached
+        requested: list[ParsedModel | None]
+        alias: str | None = None
+        if model is None or deployment:
+            requested = [None if model is None else ParsedModel(model)]
+        else:
+            try:
+                parsed = parse_model(model)
+            except ValueError as exc:
+                return Plan([], error=str(exc))
+            if self.aliases is not None and parsed.base in self.aliases:
+                alias = model
+                requested = [parse_model(m) for m in self.aliases.next(model)]
+            else:
+                requested = [parsed]
+
+        now = 0.0
+        if pin is None and session is not None:
+            now = self._clock()
+            remembered = self._sessions.get(session)
+            if remembered is not None and remembered[1] > now:
+                pin = remembered[0]
+                self._sessions.move_to_end(session)
+        if pin is not None:
+            return self._pinned(api, requested, pin, alias, session, now or self._clock())
+
+        pools: list[tuple[ParsedModel | None, list[Candidate]]] = []
+        distinct: set[int] = set()
+        for member in requested:
+            pool = self.pool(api, member.base if member is not None else "")
+            if pool is not None:
+                pools.append((member, self.order(pool)))
+                distinct.update(c.index for c in pool.members)
+        if not pools:
+            return Plan([], alias=alias, error=self._no_pool(api, requested), status=404)
+        if len(distinct) == 1:
+            member, ordered = pools[0]
+            plan = Plan([Step(ordered[0], member)], alias=alias, session=session, solo=True)
+            if session is None and alias is None and model is not None and len(model) <= 256:
+                solo = self._solo
+                solo[(api, model, deployment)] = plan
+                if len(solo) > 4096:  # model names are the caller's: keep the cache bounded
+                    solo.pop(next(iter(solo)))
+            return plan
+        now = now or self._clock()
+        steps: list[Step] = []
+        earliest: float | None = None
+        for member, ordered in pools:
+            base = member.base if member is not None else ""
+            for c in ordered:
+                until = self.available(c, base, now)
+                if until is None:
+                    steps.append(Step(c, member))
+                elif earliest is None or until < earliest:
+                    earliest = until
+        return Plan(
+            steps,
+            alias=alias,
+            session=session,
+            cooling_until=earliest if not steps else None,
+            pool=tuple(pools[0][1]),
+        )
+
+    def _pinned(
+        self,
+        api: Api,
+        requested: list[ParsedModel | None],
+        pin: str,
+        alias: str | None,
+        session: str | None,
+        now: float,
+    ) -> Plan:
+        candidate = self._by_name.get(pin)
+        if candidate is None or candidate not in self._by_api.get(api, ()):
+            shown = pin if len(pin) <= 64 else pin[:64] + "..."
+            return Plan([], error=f"No credential named {shown!r} serves this route.")
+        for member in requested:
+            base = member.base if member is not None else ""
+            if not candidate.matches(base):
+                continue
+            until = self.available(candidate, base, now)
+            if until is not None:
+                return Plan([], alias=alias, pinned=True, session=session, cooling_until=until)
+            return Plan([Step(candidate, member)], alias=alias, pinned=True, session=session)
+        return Plan([], error=f"The credential {pin!r} does not serve this model.")
+
+    def _affinity(self, headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+        pin_b = self._pin_b
+        session_b = self._session_b
+        if pin_b is None and session_b is None:
+            return None, None
+        pin = session = None
+        for name, value in headers:
+            if name == pin_b:
+                pin = value.decode("latin-1").strip() or None
+            elif name == session_b:
+                session = value.decode("latin-1").strip()[:256] or None
+        return pin, session
+
+    def remember(self, session: str, credential_id: str) -> None:
+        """Keep a sticky session on the credential that served it (bounded LRU with a TTL)."""
+        sessions = self._sessions
+        sessions[session] = (credential_id, self._clock() + self.routing.session_ttl)
+        sessions.move_to_end(session)
+        while len(sessions) > self.routing.max_sessions:
+            sessions.popitem(last=False)
+
+    def sessions(self) -> int:
+        return len(self._sessions)
+
+    @staticmethod
+    def _no_pool(api: Api, requested: list[ParsedModel | None]) -> str:
+        names = ", ".join(repr(m.base) for m in requested if m is not None)
+        if names:
+            return f"This gateway has no upstream for {api} routes serving {names}."
+        return f"This gateway has no upstream for {api} routes."
