@@ -4,7 +4,10 @@ from asgi_llmguard.capture import CaptureRecord, JSONLCaptureSink, SQLiteCapture
 from asgi_llmguard.context import RequestContext, RequestFields, get_context, read_body
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.app import ForwardingApp
+from asgi_llmguard.forward.breaker import BreakerPolicy
 from asgi_llmguard.forward.config import PoolLimits, Timeouts
+from asgi_llmguard.forward.cooldowns import CooldownPolicy, RedisCooldowns
+from asgi_llmguard.forward.router import RetryPolicy, Routing, WarmupPolicy
 from asgi_llmguard.keys import (
     CachedKeyStore,
     KeyStore,
@@ -21,6 +24,7 @@ from asgi_llmguard.middleware.capture import CaptureMiddleware
 from asgi_llmguard.middleware.classify import ClassifyMiddleware
 from asgi_llmguard.middleware.concurrency import ConcurrencyMiddleware
 from asgi_llmguard.middleware.health import HealthMiddleware, postgres_check, redis_check
+from asgi_llmguard.middleware.metrics import MetricsMiddleware
 from asgi_llmguard.middleware.overload import OverloadMiddleware
 from asgi_llmguard.middleware.ratelimit import RateLimitMiddleware
 from asgi_llmguard.middleware.size_limit import SizeLimitMiddleware
@@ -41,6 +45,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AccessLogMiddleware",
     "AuthMiddleware",
+    "BreakerPolicy",
     "Budget",
     "CachedKeyStore",
     "CallableSink",
@@ -49,6 +54,7 @@ __all__ = [
     "ClassifyMiddleware",
     "ConcurrencyMiddleware",
     "ConfigurationError",
+    "CooldownPolicy",
     "Endpoint",
     "ForwardingApp",
     "Gateway",
@@ -58,6 +64,7 @@ __all__ = [
     "KeyPolicy",
     "KeyStore",
     "MemoryBudgetStore",
+    "MetricsMiddleware",
     "ModelPrice",
     "OverloadMiddleware",
     "PoolLimits",
@@ -67,9 +74,12 @@ __all__ = [
     "RateLimit",
     "RateLimitMiddleware",
     "RedisBudgetStore",
+    "RedisCooldowns",
     "RequestContext",
     "RequestFields",
+    "RetryPolicy",
     "Route",
+    "Routing",
     "SQLiteCaptureSink",
     "SQLiteKeyStore",
     "SQLiteSink",
@@ -82,6 +92,7 @@ __all__ = [
     "UsageEvent",
     "UsageMiddleware",
     "UsagePipeline",
+    "WarmupPolicy",
     "__version__",
     "build_stack",
     "classify",

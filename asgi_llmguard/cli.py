@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 
 from asgi_llmguard.config import (
@@ -25,6 +28,8 @@ from asgi_llmguard.stack import Gateway, build_stack
 ENV_CONFIG = "ASGI_LLMGUARD_CONFIG"
 ENV_FAKE_UPSTREAM = "ASGI_LLMGUARD_FAKE_UPSTREAM"
 FAKE_UPSTREAM_KEY = "fake-upstream-key"
+#: prometheus_client's multiprocess switch: where every worker writes its metric values.
+ENV_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
@@ -50,6 +55,23 @@ def create_app() -> Gateway:
             "OPENAI_API_KEY / ANTHROPIC_API_KEY"
         )
     return build_stack(**stack_kwargs(config, upstreams))
+
+
+@contextlib.contextmanager
+def _metrics_dir() -> Iterator[str]:
+    """A fresh multiprocess directory for the workers' metrics, removed when serving ends.
+
+    Set in the environment before uvicorn starts the workers, so prometheus_client is in
+    multiprocess mode when each of them imports it, and a scrape answered by any worker sums
+    all of them. A fresh directory: values left by an earlier run would be counted again.
+    """
+    path = tempfile.mkdtemp(prefix="llmguard-metrics-")
+    os.environ[ENV_METRICS_DIR] = path
+    try:
+        yield path
+    finally:
+        os.environ.pop(ENV_METRICS_DIR, None)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -118,6 +140,13 @@ def _serve(args: argparse.Namespace) -> int:
             upstreams = fake_upstreams(fake)
         if args.config:
             os.environ[ENV_CONFIG] = os.path.abspath(args.config)
+        if config.metrics is not None and config.metrics.enabled:
+            if importlib.util.find_spec("prometheus_client") is None:
+                raise ConfigurationError(
+                    "[metrics] needs prometheus-client: pip install 'asgi-llmguard[metrics]'"
+                )
+            if s.workers > 1 and not os.environ.get(ENV_METRICS_DIR):
+                stack.enter_context(_metrics_dir())
         print(_banner(config, upstreams, fake), file=sys.stderr, flush=True)
         uvicorn.run(
             "asgi_llmguard.cli:create_app",
@@ -169,7 +198,9 @@ def _parser() -> argparse.ArgumentParser:
     from asgi_llmguard.usage.report import add_usage_parser
 
     add_keys_parser(sub)
-    add_usage_parser(sub)
+    from asgi_llmguard.admin.cli import add_admin_parsers
+
+    add_admin_parsers(sub, usage=add_usage_parser(sub))
     return parser
 
 

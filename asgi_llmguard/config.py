@@ -91,6 +91,10 @@ class UpstreamConfig(_Strict):
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     #: Prices of this credential (needs ``name``): they win over ``[prices]`` for its answers.
     prices: dict[str, ModelPrice] = msgspec.field(default_factory=dict)
+    #: Routing: the models it serves (names or globs; empty: all), its weight and priority.
+    models: list[str] = msgspec.field(default_factory=list)
+    weight: int = 1
+    priority: int = 0
 
     def __repr__(self) -> str:  # never show the key
         return f"UpstreamConfig(provider={self.provider!r}, base_url={self.base_url!r})"
@@ -293,10 +297,95 @@ class OverloadConfig(_Strict):
     exempt_paths: list[str] | None = None
 
 
+class MetricsConfig(_Strict):
+    """``[metrics]`` -> `MetricsMiddleware` (needs the ``metrics`` extra); without the section
+    there are no metrics. ``models`` get their own label besides the priced models and aliases."""
+
+    enabled: bool = True
+    path: str | None = None
+    models: list[str] | None = None
+    max_models: int | None = None
+    max_key_ids: int | None = None
+    refresh_interval: float | None = None
+    latency_buckets: list[float] | None = None
+    ttfb_buckets: list[float] | None = None
+
+
+class AdminConfig(_Strict):
+    """``[admin]``: the admin API and dashboard (`AdminApp`), off unless ``enabled``.
+
+    ``key_env`` names the environment variable holding the admin key (never the file);
+    ``ledger`` is the ledger the usage queries read (default: the first SQLite or PostgreSQL
+    sink of ``[usage]``)."""
+
+    enabled: bool = False
+    key_env: str = "LLMGUARD_ADMIN_KEY"
+    path: str = "/admin"
+    ledger: str | None = None
+    ledger_env: str | None = None
+    max_body_bytes: int | None = None
+
+
+class CooldownConfig(_Strict):
+    base: float = 1.0
+    cap: float = 300.0
+    auth: float = 3600.0
+    server_error: float = 5.0
+    timeout: float = 5.0
+    max_entries: int = 10_000
+
+
+class BreakerConfig(_Strict):
+    window: float = 30.0
+    min_requests: int = 20
+    failure_ratio: float = 0.5
+    open_for: float = 30.0
+
+
+class RetryConfig(_Strict):
+    max_attempts: int = 3
+    max_time: float = 30.0
+    backoff: float = 0.05
+    backoff_cap: float = 2.0
+    statuses: list[int] = msgspec.field(default_factory=lambda: [429, 500, 502, 503, 504, 529])
+
+
+class WarmupConfig(_Strict):
+    ttl: float = 300.0
+    timeout: float = 15.0
+    max_tokens: int = 1
+    prompt: str = "ping"
+
+
+class RoutingConfig(_Strict):
+    """``[routing]``: how requests are spread over the upstreams (`Routing` kwargs)."""
+
+    selector: Literal["round-robin", "weighted", "fill-first", "priority"] = "round-robin"
+    aliases: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    rewrite_response_model: bool = True
+    #: ``""`` turns pinning off.
+    pin_header: str = "x-llmguard-credential"
+    session_header: str | None = None
+    session_ttl: float = 3600.0
+    max_sessions: int = 100_000
+    hold_first_event: bool = False
+    cooldowns: CooldownConfig | None = msgspec.field(default_factory=CooldownConfig)
+    #: Share cooldowns between replicas through Redis (URL, or the env variable holding it).
+    cooldown_store: str | None = None
+    cooldown_store_env: str | None = None
+    breaker: BreakerConfig | None = None
+    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    warmup: WarmupConfig | None = None
+
+    def __repr__(self) -> str:
+        return f"RoutingConfig(selector={self.selector!r}, aliases={list(self.aliases)!r})"
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     forward: ForwardConfig = msgspec.field(default_factory=ForwardConfig)
     upstreams: list[UpstreamConfig] = msgspec.field(default_factory=list)
+    routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
     pricing: PricingConfig = msgspec.field(default_factory=PricingConfig)
     prices: dict[str, ModelPrice] = msgspec.field(default_factory=dict)
@@ -310,6 +399,8 @@ class GatewayConfig(_Strict):
     access_log: AccessLogConfig = msgspec.field(default_factory=AccessLogConfig)
     health: HealthConfig = msgspec.field(default_factory=HealthConfig)
     overload: OverloadConfig | None = None
+    metrics: MetricsConfig | None = None
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
 
 
 def load_config(path: str | Path | None) -> GatewayConfig:
@@ -374,6 +465,9 @@ def resolve_upstreams(
                     api_version=entry.api_version,
                     deployments=entry.deployments,
                     headers=entry.headers,
+                    models=tuple(entry.models),
+                    weight=entry.weight,
+                    priority=entry.priority,
                 )
             )
         except ConfigurationError as exc:
@@ -451,6 +545,45 @@ def resolve_keys(
         raise ConfigurationError(f"keys: {exc}") from None
 
 
+def routing_from_config(r: RoutingConfig) -> Any:
+    """The `Routing` options ``[routing]`` describes (the Redis cooldown store is connected
+    lazily, on first use)."""
+    from asgi_llmguard.forward.breaker import BreakerPolicy
+    from asgi_llmguard.forward.cooldowns import CooldownPolicy, RedisCooldowns
+    from asgi_llmguard.forward.router import RetryPolicy, Routing, WarmupPolicy
+
+    def fields(section: msgspec.Struct) -> dict[str, Any]:
+        return msgspec.structs.asdict(section)
+
+    try:
+        cooldowns: Any = None
+        if r.cooldowns is not None:
+            cooldowns = CooldownPolicy(**fields(r.cooldowns))
+            url = _from_env(r.cooldown_store, r.cooldown_store_env, "routing.cooldown_store")
+            if url is not None:
+                cooldowns = RedisCooldowns.from_url(url, cooldowns)
+        elif r.cooldown_store is not None or r.cooldown_store_env is not None:
+            raise ConfigurationError("routing: a cooldown_store needs cooldowns")
+        retry = fields(r.retry)
+        retry["statuses"] = frozenset(retry["statuses"])
+        return Routing(
+            selector=r.selector,
+            aliases=r.aliases,
+            rewrite_response_model=r.rewrite_response_model,
+            pin_header=r.pin_header or None,
+            session_header=r.session_header,
+            session_ttl=r.session_ttl,
+            max_sessions=r.max_sessions,
+            cooldowns=cooldowns,
+            breaker=BreakerPolicy(**fields(r.breaker)) if r.breaker is not None else None,
+            retry=RetryPolicy(**retry),
+            warmup=WarmupPolicy(**fields(r.warmup)) if r.warmup is not None else None,
+            hold_first_event=r.hold_first_event,
+        )
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"routing: {exc}") from None
+
+
 def _from_env(value: str | None, env: str | None, where: str) -> str | None:
     if env is None:
         return value
@@ -480,6 +613,39 @@ def _health(h: HealthConfig) -> dict[str, Any] | None:
     return kwargs
 
 
+def _admin(
+    config: GatewayConfig, environ: dict[str, str] | os._Environ[str]
+) -> dict[str, Any] | None:
+    """`build_stack`'s ``admin`` kwargs, or ``None`` when the admin API is off."""
+    a = config.admin
+    if not a.enabled:
+        return None
+    from asgi_llmguard.admin import MIN_KEY_LENGTH
+
+    key = environ.get(a.key_env)
+    if not key:
+        raise ConfigurationError(
+            f"admin: enabled, but environment variable {a.key_env} (the admin key) is not set"
+        )
+    if _placeholder(key) or len(key) < MIN_KEY_LENGTH:
+        raise ConfigurationError(
+            f"admin: the key in {a.key_env} looks like a placeholder or is shorter than "
+            f"{MIN_KEY_LENGTH} characters; generate one with "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
+    ledger = _from_env(a.ledger, a.ledger_env, "admin.ledger")
+    if ledger is None and config.usage.enabled:
+        from asgi_llmguard.usage.sinks import parse_ledger_url
+
+        ledger = next(
+            (url for url in config.usage.sinks if parse_ledger_url(url).kind != "jsonl"), None
+        )
+    out: dict[str, Any] = {"key": key, "path": a.path, "ledger": ledger}
+    if a.max_body_bytes is not None:
+        out["max_body_bytes"] = a.max_body_bytes
+    return out
+
+
 def stack_kwargs(config: GatewayConfig, upstreams: list[Upstream]) -> dict[str, Any]:
     """The keyword arguments of `build_stack` that this config describes.
 
@@ -497,6 +663,7 @@ def stack_kwargs(config: GatewayConfig, upstreams: list[Upstream]) -> dict[str, 
         "limits": PoolLimits(**msgspec.structs.asdict(fwd.limits)),
         "trust_env": fwd.trust_env,
         "passthrough": fwd.passthrough,
+        "routing": routing_from_config(config.routing),
     }
     keys = resolve_keys(config)
     if keys is not None:
@@ -508,8 +675,11 @@ def stack_kwargs(config: GatewayConfig, upstreams: list[Upstream]) -> dict[str, 
             if v is not None
         }
     kwargs["access_log"] = config.access_log.kwargs() if config.access_log.enabled else None
+    kwargs["admin"] = _admin(config, os.environ)
     kwargs["health"] = _health(config.health)
     kwargs["overload"] = _given(config.overload) if config.overload is not None else None
+    m = config.metrics
+    kwargs["metrics"] = _given(m, frozenset({"enabled"})) if m is not None and m.enabled else None
     kwargs["size_limit"] = config.size_limit.kwargs() if config.size_limit.enabled else None
     rl = config.rate_limit
     if rl.enabled:
@@ -564,6 +734,7 @@ def stack_kwargs(config: GatewayConfig, upstreams: list[Upstream]) -> dict[str, 
         "reservation_ttl": b.reservation_ttl,
         "default_max_output_tokens": b.default_max_output_tokens,
         "stream_usage": usage.stream_usage,
+        "aliases": config.routing.aliases,
     }
     if usage.sinks:
         try:

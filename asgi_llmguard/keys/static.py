@@ -82,6 +82,10 @@ class StaticKeyStore:
     async def aclose(self) -> None:
         return None
 
+    def policies(self) -> list[KeyPolicy]:
+        """Every configured key's policy (for listings; never a key or a digest)."""
+        return [policy for _, policy in self._table.values()]
+
     def __len__(self) -> int:
         return len(self._table)
 

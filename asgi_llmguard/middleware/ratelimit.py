@@ -283,6 +283,30 @@ class RateLimitMiddleware:
             else:
                 await done
 
+    def key_buckets(
+        self, key: KeyPolicy, models: Sequence[str] = ()
+    ) -> list[tuple[ParsedLimit, str, str | None]]:
+        """``(limit, bucket, model)`` for the buckets this key's requests are counted in: its
+        per-key ones (model ``None``), and its per-(key, model) ones for each of ``models``.
+        An operator's view (the admin API), named exactly as `__call__` names them."""
+        who = f"k={key.key_id}"
+        buckets: list[tuple[ParsedLimit, str, str | None]] = []
+        for lim in self._limits_for(key):
+            if lim.per == "key":
+                buckets.append((lim, f"{who}|{lim.ident}", None))
+            elif lim.per == "key_model":
+                buckets.extend(
+                    (lim, f"{who}|m={_model_part(model)}|{lim.ident}", model)
+                    for model in models
+                    if lim.matches_model(model)
+                )
+        return buckets
+
+    @staticmethod
+    def key_bucket_prefix(key_id: str) -> str:
+        """What every bucket of this key's own starts with (per key and per key and model)."""
+        return f"k={key_id}|"
+
     def _limits_for(self, key: KeyPolicy) -> tuple[ParsedLimit, ...]:
         specs = key.rate_limits
         if not specs:

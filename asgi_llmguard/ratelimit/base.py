@@ -107,6 +107,7 @@ class Limiter(ABC):
       used). It may drive the bucket into debt, so later requests wait; a negative cost gives
       units back where the algorithm can (the token bucket), and is ignored where it cannot.
     - `peek`: whether one unit could be taken now, without taking it.
+    - `reset` / `forget`: an operator's reset of one bucket / of every bucket under a prefix.
 
     Every method raises `StoreUnavailable` when the store fails or is slower than the timeout.
     """
@@ -125,6 +126,15 @@ class Limiter(ABC):
 
     @abstractmethod
     async def peek(self, key: str, limit: ParsedLimit) -> Decision: ...
+
+    async def reset(self, key: str, limit: ParsedLimit) -> None:
+        """Forget one bucket, so it is full again (an operator's action, not the hot path)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot reset a bucket")
+
+    async def forget(self, prefix: str) -> int | None:
+        """Forget every bucket whose key starts with ``prefix``; how many were held, or
+        ``None`` when the engine cannot list its buckets (then reset them one by one)."""
+        return None
 
     async def aclose(self) -> None:
         """Release the store's connections; the limiter must not be used afterwards."""

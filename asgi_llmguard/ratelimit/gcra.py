@@ -14,6 +14,7 @@ in-memory one (any clock) and the Redis one (the server's clock) answer alike.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
@@ -26,6 +27,8 @@ from asgi_llmguard.ratelimit.spec import Decision, ParsedLimit, floor_units
 if TYPE_CHECKING:
     import redis.asyncio
 
+#: Characters that are special in a Redis SCAN pattern (a key id may contain them).
+_GLOB = re.compile(r"[\\*?\[\]^-]")
 #: Float slack when comparing times, so that exactly-full buckets are not refused by rounding.
 EPS: Final = 1e-9
 
@@ -111,6 +114,16 @@ class MemoryGcra(Limiter):
         ahead = self._ahead(key, self._clock())
         allowed = ahead + limit.interval - limit.tolerance <= EPS
         return decide(limit, allowed, ahead, 1.0)
+
+    async def reset(self, key: str, limit: ParsedLimit) -> None:
+        self._tat.pop(key, None)
+
+    async def forget(self, prefix: str) -> int:
+        table = self._tat
+        held = [key for key in table if key.startswith(prefix)]
+        for key in held:
+            del table[key]
+        return len(held)
 
     def __repr__(self) -> str:
         return f"<MemoryGcra buckets={len(self._tat)} max_keys={self._max_keys}>"
@@ -200,6 +213,21 @@ class RedisGcra(Limiter):
     async def peek(self, key: str, limit: ParsedLimit) -> Decision:
         allowed, ahead = await self._run(key, limit, 1.0, "p")
         return decide(limit, allowed, ahead, 1.0)
+
+    async def reset(self, key: str, limit: ParsedLimit) -> None:
+        await self._guard(self._client.delete(self._prefix + key))
+
+    async def forget(self, prefix: str) -> int:
+        """SCAN (never KEYS: it would block Redis) for the prefix's buckets and delete them."""
+        pattern = _GLOB.sub(r"\\\g<0>", self._prefix + prefix) + "*"
+
+        async def scan_and_delete() -> int:
+            found = [key async for key in self._client.scan_iter(match=pattern, count=500)]
+            for start in range(0, len(found), 500):
+                await self._client.delete(*found[start : start + 500])
+            return len(found)
+
+        return await self._guard(scan_and_delete())
 
     async def aclose(self) -> None:
         await self._client.aclose()

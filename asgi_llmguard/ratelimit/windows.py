@@ -108,6 +108,9 @@ class WindowLimiter(Limiter):
         stats = await self._stats(key, limit)
         return self._decision(limit, stats.remaining >= 1, stats)
 
+    async def reset(self, key: str, limit: ParsedLimit) -> None:
+        await self._call(self._strategy.clear(limit.item, key))
+
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()

@@ -47,7 +47,7 @@ import secrets
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -204,11 +204,18 @@ class UsagePipeline:
         self._wal: SpillFile | None = None
         self._log_at: dict[str, float] = {}
         self._unlogged: dict[str, int] = {}
+        self._listeners: list[Callable[[UsageEvent], None]] = []
 
     def __repr__(self) -> str:
         return f"<UsagePipeline sinks={self._sinks.names!r} spill_path={self.spill_path!r}>"
 
     # -- the request path ------------------------------------------------------------------------
+
+    def add_listener(self, listener: Callable[[UsageEvent], None]) -> None:
+        """Call ``listener(event)`` for every emitted event (not for replays), on the request
+        path: it must be cheap and must not block (metrics counters, not I/O). An exception it
+        raises is logged and swallowed, so an observer can never cost a record."""
+        self._listeners.append(listener)
 
     def emit(self, event: UsageEvent) -> None:
         """Queue one event; never blocks, never raises for a full queue (it spills instead).
@@ -216,6 +223,11 @@ class UsagePipeline:
         Call it from the event loop's thread. Starts the pipeline on first use when a loop runs.
         """
         self.stats.emitted += 1
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                logger.exception("usage: an event listener failed")
         state = self._state
         if state == _NEW:
             self._start_lazily()

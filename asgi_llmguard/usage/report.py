@@ -38,7 +38,8 @@ GroupBy = Literal["key", "model", "provider", "endpoint", "credential"]
 GROUP_BY: tuple[GroupBy, ...] = get_args(GroupBy)
 DEFAULT_LEDGER = "sqlite:///llmguard.sqlite3"
 
-_COLUMN = {
+#: The ledger column each group reads.
+COLUMN = _COLUMN = {
     "key": "key_id",
     "model": "model",
     "provider": "provider",
@@ -125,12 +126,18 @@ async def usage_report(
     )
 
 
+#: The sums of a `Row` (requests, attempts, tokens, cost), shared with `usage.query`.
+SUMS_SQL = (
+    "count(DISTINCT request_id), count(*), "
+    "coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), "
+    "coalesce(sum(cached_input_tokens), 0), coalesce(sum(cost_nanos), 0)"
+)
+
+
 def _select(by: Sequence[GroupBy], table: str, time_filter: str) -> str:
     groups = ", ".join(_COLUMN[name] for name in by)
     sql = (
-        f"SELECT {groups + ', ' if groups else ''}count(DISTINCT request_id), count(*), "  # noqa: S608
-        "coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), "
-        "coalesce(sum(cached_input_tokens), 0), coalesce(sum(cost_nanos), 0) "
+        f"SELECT {groups + ', ' if groups else ''}{SUMS_SQL} "  # noqa: S608
         f"FROM {table} WHERE {time_filter}"
     )
     return f"{sql} GROUP BY {groups}" if groups else sql
