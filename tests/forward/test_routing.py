@@ -449,3 +449,60 @@ def test_single_upstream_relays_its_own_429_every_time() -> None:
                 assert r.status_code == 429
                 assert r.headers["retry-after"] == "3"
             assert f.count("a") == 3
+
+
+def test_operator_lists_and_resets_cooldowns_with_the_cli() -> None:
+    import os
+    import subprocess
+    import sys
+
+    admin_key = "adm-routing-0123456789-abcdefghij"
+    with fleet("a", "b") as f:
+        gw = build_stack(
+            upstreams=[upstream(f, "a"), upstream(f, "b")],
+            routing=Routing(selector="fill-first"),
+            size_limit=None,
+            rate_limit=None,
+            concurrency=None,
+            usage=None,
+            access_log=None,
+            admin={"key": admin_key},
+        )
+        with serve(gw) as server:
+            client = oai(server.url)
+            f.fakes["a"].configure(status=429, retry_after=600)
+            chat(client)
+            f.fakes["a"].configure(status=None, retry_after=None)
+            chat(client)
+            assert f.counts() == {"a": 1, "b": 2}  # a is cooling for ten minutes
+
+            env = {
+                **os.environ,
+                "LLMGUARD_ADMIN_URL": f"{server.url}/admin",
+                "LLMGUARD_ADMIN_KEY": admin_key,
+            }
+
+            def cli(*args: str) -> str:
+                done = subprocess.run(
+                    [sys.executable, "-m", "asgi_llmguard.cli", "cooldowns", *args],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                    check=True,
+                )
+                return done.stdout
+
+            listed = cli("list", "--json")
+            entries = orjson.loads(listed)["cooldowns"]
+            assert [(c["credential_id"], c["model"], c["reason"]) for c in entries] == [
+                ("a", "gpt-4o-mini", "rate_limited")
+            ]
+            assert 590 < entries[0]["remaining"] <= 600
+            with httpx.Client() as http:
+                refused = http.get(f"{server.url}/admin/cooldowns")
+            assert refused.status_code == 401
+            cli("reset", "--credential", "a")
+            chat(client)
+            assert f.counts() == {"a": 2, "b": 2}  # back on the primary at once
+            assert orjson.loads(cli("list", "--json"))["cooldowns"] == []
