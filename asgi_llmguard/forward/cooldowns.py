@@ -2,13 +2,18 @@
 
 - ``429``: as long as the provider says (``Retry-After`` in seconds or as a date,
   ``retry-after-ms``, OpenAI's ``x-ratelimit-reset-*``, Anthropic's
-  ``anthropic-ratelimit-*-reset``), else exponential backoff from ``base`` up to ``cap``;
-- ``401``/``402``/``403``: ``auth``, long (the key is wrong, revoked or out of credit);
-- ``5xx``: ``server_error``; connection errors and timeouts: ``timeout``.
+  ``anthropic-ratelimit-*-reset``), else exponential backoff from ``base`` up to ``cap``, with
+  +-10 % jitter so replicas and credentials do not all come back in the same instant;
+- ``401``/``402``/``403``: ``auth``, long, and for every model of the credential (model ``""``):
+  a key that is wrong, revoked or out of credit is so whatever the model;
+- ``5xx``: ``server_error`` (or the provider's ``Retry-After``, which a 503 may carry);
+  connection errors, timeouts and broken connections: ``timeout``.
 
-Failures that arrive together while a cooldown is open do not escalate it twice: only a failure
-of an attempt that started after the cooldown was set raises the level. The model ``""`` stands
-for every model of the credential.
+Failures that arrive together do not escalate twice: a failure while the pair is cooling, or of
+an attempt that began before the current cooldown was set, keeps the level and can only lengthen
+the cooldown when the provider's hint says later. The level is remembered after the cooldown ends
+(so the next ``429`` backs off longer) for as long as that cooldown lasted, at most ``2 * cap``;
+a success forgets it at once.
 
 `MemoryCooldowns` keeps the state in a bounded dict; `RedisCooldowns` shares it between replicas
 through one Redis hash, mirrored locally so the hot path (`cooling_until`) never waits on Redis.
@@ -18,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import heapq
 import logging
+import math
 import random
 import re
 import time
@@ -33,10 +40,20 @@ from asgi_llmguard.errors import ConfigurationError
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
+__all__ = [
+    "Cooldown",
+    "CooldownPolicy",
+    "MemoryCooldowns",
+    "RedisCooldowns",
+    "classify_failure",
+    "retry_after_hint",
+]
+
 logger = logging.getLogger("asgi_llmguard.forward")
 
 _DAY = 86_400.0
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _RESET_HEADERS = (b"x-ratelimit-reset-requests", b"x-ratelimit-reset-tokens")
 _ANTHROPIC_RESETS = (
     b"anthropic-ratelimit-requests-reset",
@@ -44,10 +61,15 @@ _ANTHROPIC_RESETS = (
     b"anthropic-ratelimit-input-tokens-reset",
     b"anthropic-ratelimit-output-tokens-reset",
 )
+# Full prunes run at least this often (in recorded failures), so memory of old failures fades
+# even while the map is far below its bound.
+_PRUNE_EVERY = 1024
 
 
 @dataclass(frozen=True, slots=True)
 class CooldownPolicy:
+    """How long a credential rests after each kind of failure, in seconds."""
+
     base: float = 1.0
     cap: float = 300.0
     auth: float = 3600.0
@@ -57,162 +79,616 @@ class CooldownPolicy:
 
     def __post_init__(self) -> None:
         for name in ("base", "cap", "auth", "server_error", "timeout"):
-            if getattr(self, name) <= 0:
-                raise ConfigurationError(f"cooldown {name} must be positive")
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not (0 < value < math.inf):
+                raise ConfigurationError(
+                    f"cooldown {name} must be a positive number of seconds, not {value!r}"
+                )
         if self.cap < self.base:
-            raise ConfigurationError("cooldown cap must be at least base")
-        if self.max_entries < 1:
-            raise ConfigurationError("cooldown max_entries must be at least 1")
+            raise ConfigurationError(
+                f"cooldown cap ({self.cap}) must be at least base ({self.base})"
+            )
+        if not isinstance(self.max_entries, int) or self.max_entries < 1:
+            raise ConfigurationError(
+                f"cooldown max_entries must be a positive integer, not {self.max_entries!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
 class Cooldown:
     credential_id: str
+    #: The model without thinking suffix; ``""`` = every model of the credential.
     model: str
+    #: Seconds since the epoch.
     until: float
+    #: ``rate_limited``, ``auth``, ``server_error`` or ``timeout``.
     reason: str
+    #: Consecutive failures: the escalation level.
     failures: int
 
 
-def _duration(text: str) -> float | None:
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
+# ------------------------------------------------------------------------ the provider's hints
+
+
+def _go_duration(text: str) -> float | None:
+    """OpenAI's reset durations (Go's ``time.Duration`` format): ``1s``, ``6m0s``, ``20ms``."""
     total = 0.0
     position = 0
     for match in _DURATION.finditer(text):
         if match.start() != position:
             return None
-        value, unit = float(match.group(1)), match.group(2)
-        total += value * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+        total += float(match.group(1)) * _UNITS[match.group(2)]
         position = match.end()
-    return total if position == len(text) and position else None
+    return total if position and position == len(text) else None
+
+
+def _hint(name: bytes, value: str, now: float) -> float | None:
+    if name == b"retry-after":
+        try:
+            return float(value)
+        except ValueError:
+            return email.utils.parsedate_to_datetime(value).timestamp() - now
+    if name == b"retry-after-ms":
+        return float(value) / 1000
+    if name in _RESET_HEADERS:
+        try:
+            return float(value)
+        except ValueError:
+            return _go_duration(value)
+    if name in _ANTHROPIC_RESETS:
+        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if stamp.tzinfo is None:
+            return None  # RFC 3339 requires an offset; a naive time would be read as local
+        return stamp.timestamp() - now
+    return None
 
 
 def retry_after_hint(headers: Iterable[tuple[bytes, bytes]], now: float) -> float | None:
-    """Seconds to wait as the provider says, the largest of its hints, within [0, 24 h]; ``None``
-    when it gave none that parses. Never raises on garbage."""
+    """Seconds to wait as the provider says: the largest of its hints, within [0, 24 h]; ``None``
+    when it gave none that parses. ``now`` is epoch seconds (for dates). Never raises on garbage:
+    a provider's malformed header must not fail the request that carried it."""
     best: float | None = None
     for name, raw in headers:
-        seconds: float | None = None
         try:
-            value = raw.decode("latin-1").strip()
-            if name == b"retry-after":
-                if value.isdigit() or _is_float(value):
-                    seconds = float(value)
-                else:
-                    parsed = email.utils.parsedate_to_datetime(value)
-                    seconds = parsed.timestamp() - now
-            elif name == b"retry-after-ms":
-                seconds = float(value) / 1000
-            elif name in _RESET_HEADERS:
-                seconds = _duration(value)
-            elif name in _ANTHROPIC_RESETS:
-                seconds = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() - now
-        except (ValueError, TypeError, OverflowError, IndexError):
-            seconds = None
-        if seconds is not None and seconds == seconds:  # not NaN
-            seconds = min(max(seconds, 0.0), _DAY)
-            if best is None or seconds > best:
-                best = seconds
+            seconds = _hint(name, raw.decode("latin-1").strip(), now)
+        except (ValueError, TypeError, OverflowError, IndexError, AttributeError):
+            continue
+        if seconds is None or seconds != seconds:  # NaN
+            continue
+        seconds = min(max(seconds, 0.0), _DAY)
+        if best is None or seconds > best:
+            best = seconds
     return best
 
 
-def _is_float(value: str) -> bool:
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
-
-
 def classify_failure(status: int | None, kind: str | None) -> str | None:
-    """The reason a failed attempt cools its credential, or ``None`` (not the credential's
-    fault: another 4xx, or a success)."""
+    """The reason a failed attempt cools its credential, or ``None``: not the credential's fault
+    (another 4xx is the request's fault; a success is none)."""
     if status is None or status == 0:
         return "timeout" if kind in ("connect", "timeout", "broken") else None
     if status == 429:
         return "rate_limited"
     if status in (401, 402, 403):
         return "auth"
-    if status >= 500:
+    if 500 <= status <= 599:
         return "server_error"
     return None
 
 
+# ----------------------------------------------------------------------------- in memory
+
+
 class _Entry:
-    __slots__ = ("failures", "last_failure", "reason", "set_at", "until")
+    __slots__ = ("dirty", "failures", "reason", "set_at", "stamp", "until")
 
     def __init__(self) -> None:
         self.until = 0.0
         self.set_at = 0.0
         self.failures = 0
         self.reason = ""
-        self.last_failure = 0.0
+        #: The store's write counter when this entry last changed here (see RedisCooldowns).
+        self.stamp = 0
+        #: Changed here while the shared store was unreachable: to be pushed to it.
+        self.dirty = False
+
+
+def _forget_at(until: float, set_at: float, forget: float) -> float:
+    """When an expired entry's failure count stops mattering: it is remembered for as long as
+    its cooldown lasted, at most ``forget`` (``2 * cap``). The same rule runs in Redis."""
+    return until + min(forget, max(until - set_at, 0.0))
 
 
 class MemoryCooldowns:
-    """Cooldowns in this process only. Bounded by ``policy.max_entries``; expired entries and
-    failure counts nobody refreshed for ``2 * cap`` are pruned as the map is used."""
+    """Cooldowns in this process only. At most ``policy.max_entries`` entries; expired ones are
+    pruned as the map is used (every so many failures, when it is full, and by `snapshot`), and
+    when it is still full the soonest-expiring are evicted.
+
+    The map is ``credential -> model -> entry``: the hot-path lookups need no key tuple, so they
+    allocate nothing. ``clock`` gives epoch seconds (injectable for tests).
+    """
 
     def __init__(
         self, policy: CooldownPolicy | None = None, *, clock: Callable[[], float] = time.time
     ) -> None:
+        if policy is not None and not isinstance(policy, CooldownPolicy):
+            raise ConfigurationError(f"policy must be a CooldownPolicy, not {type(policy)!r}")
         self.policy = policy if policy is not None else CooldownPolicy()
         self._clock = clock
-        self._entries: dict[tuple[str, str], _Entry] = {}
-        self._operations = 0
+        self._forget = 2 * self.policy.cap
+        self._entries: dict[str, dict[str, _Entry]] = {}
+        self._count = 0
+        self._ops = 0
+        self._writes = 0
+        self._reset_at = 0
 
     # -- the hot path -------------------------------------------------------------------------
 
     def cooling_until(self, credential_id: str, model: str) -> float | None:
-        entries = self._entries
-        if not entries:
+        """Until when (epoch) ``(credential, model)`` rests, counting a credential-wide entry;
+        ``None`` when it does not. Synchronous and allocation-free: called per candidate."""
+        models = self._entries.get(credential_id)
+        if models is None:
             return None
         now = self._clock()
         best: float | None = None
-        for key in ((credential_id, model), (credential_id, "")):
-            entry = entries.get(key)
+        entry = models.get(model)
+        if entry is not None and entry.until > now:
+            best = entry.until
+        if model:
+            entry = models.get("")
             if entry is not None and entry.until > now and (best is None or entry.until > best):
                 best = entry.until
         return best
 
     # -- recording ----------------------------------------------------------------------------
 
-    def _duration(self, reason: str, failures: int, retry_after: float | None) -> float:
-        policy = self.policy
-        if reason == "rate_limited":
-            if retry_after is not None:
-                return retry_after
-            backoff = min(policy.cap, policy.base * 2.0 ** min(failures - 1, 32))
-            return backoff * random.uniform(0.9, 1.1)
+    def _fixed(self, reason: str, retry_after: float | None) -> float | None:
+        """The duration the policy or the provider sets; ``None``: exponential backoff."""
         if reason == "auth":
-            return policy.auth
+            return self.policy.auth
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), _DAY)
         if reason == "server_error":
-            return policy.server_error
-        return policy.timeout
+            return self.policy.server_error
+        if reason == "timeout":
+            return self.policy.timeout
+        return None
 
     def _apply(
         self,
         entry: _Entry,
         reason: str,
-        retry_after: float | None,
+        fixed: float | None,
+        hint: float | None,
         started: float | None,
         now: float,
+        jitter: float,
     ) -> None:
+        """The escalation rule (the Redis script mirrors it line by line)."""
+        if entry.failures and _forget_at(entry.until, entry.set_at, self._forget) <= now:
+            entry.failures = 0
         cooling = entry.until > now
-        overlapping = cooling or (started is not None and started < entry.set_at)
-        if not overlapping or entry.failures == 0:
+        stale = started is not None and started < entry.set_at
+        if entry.failures == 0 or not (cooling or stale):
             entry.failures += 1
-        until = now + self._duration(reason, entry.failures, retry_after)
-        if not cooling or until > entry.until:
-            if not cooling:
-                entry.set_at = now
-            entry.until = max(until, entry.until)
+        if cooling:
+            if hint is not None and now + hint > entry.until:
+                entry.until = now + hint
+                entry.reason = reason
+        else:
+            if fixed is None:
+                policy = self.policy
+                fixed = min(policy.cap, policy.base * 2.0 ** min(entry.failures - 1, 32)) * jitter
+            entry.until = now + fixed
+            entry.set_at = now
             entry.reason = reason
-        entry.last_failure = now
+
+    def _slot(self, credential_id: str, model: str, now: float) -> _Entry:
+        models = self._entries.get(credential_id)
+        entry = models.get(model) if models is not None else None
+        if entry is None:
+            self._ops += 1
+            if self._count >= self.policy.max_entries or self._ops >= _PRUNE_EVERY:
+                self._prune(now)
+            entry = _Entry()
+            self._entries.setdefault(credential_id, {})[model] = entry
+            self._count += 1
+        self._writes += 1
+        entry.stamp = self._writes
+        return entry
+
+    async def record_failure(
+        self,
+        credential_id: str,
+        model: str,
+        *,
+        status: int | None,
+        kind: str | None = None,
+        retry_after: float | None = None,
+        started: float | None = None,
+    ) -> Cooldown | None:
+        """Start or extend the cooldown a failed attempt calls for; ``None`` when the failure is
+        not the credential's fault. ``started``: when the attempt began (epoch)."""
+        reason = classify_failure(status, kind)
+        if reason is None:
+            return None
+        now = self._clock()
+        if reason == "auth":
+            model = ""
+        entry = self._slot(credential_id, model, now)
+        hint = None if reason == "auth" or retry_after is None else self._fixed(reason, retry_after)
+        jitter = random.uniform(0.9, 1.1)
+        self._apply(entry, reason, self._fixed(reason, retry_after), hint, started, now, jitter)
+        return Cooldown(credential_id, model, entry.until, entry.reason, entry.failures)
+
+    async def record_success(self, credential_id: str, model: str) -> None:
+        """Forget the failures of ``(credential, model)``. Called on every success, so with no
+        entry it is two dict lookups. A cooldown still running is kept: the success is of an
+        attempt that began before it and says nothing about the provider's limit now."""
+        models = self._entries.get(credential_id)
+        if models is not None:
+            entry = models.get(model)
+            if entry is not None and entry.until <= self._clock():
+                await self._forget_success(credential_id, model, entry)
+
+    async def _forget_success(self, credential_id: str, model: str, entry: _Entry) -> None:
+        self._drop(credential_id, model)
+
+    # -- operators ----------------------------------------------------------------------------
+
+    def snapshot(self) -> list[Cooldown]:
+        """Active cooldowns, soonest to end first. Prunes what has expired and been forgotten."""
+        now = self._clock()
+        self._prune(now)
+        active = [
+            Cooldown(credential, model, e.until, e.reason, e.failures)
+            for credential, models in self._entries.items()
+            for model, e in models.items()
+            if e.until > now
+        ]
+        active.sort(key=lambda c: c.until)
+        return active
+
+    async def reset(self, credential_id: str | None = None, model: str | None = None) -> int:
+        """Clear the entries matching ``credential_id`` and ``model`` (``None``: any); returns
+        how many there were."""
+        self._writes += 1
+        self._reset_at = self._writes
+        return self._reset_local(credential_id, model)
+
+    def _reset_local(self, credential_id: str | None, model: str | None) -> int:
+        doomed = [
+            (c, m)
+            for c, models in self._entries.items()
+            if credential_id is None or c == credential_id
+            for m in models
+            if model is None or m == model
+        ]
+        for c, m in doomed:
+            self._drop(c, m)
+        return len(doomed)
+
+    def __len__(self) -> int:
+        """Entries held, including expired ones not pruned yet."""
+        return self._count
+
+    async def aclose(self) -> None:
+        return None
+
+    # -- bounds -------------------------------------------------------------------------------
+
+    def _drop(self, credential_id: str, model: str) -> None:
+        models = self._entries.get(credential_id)
+        if models is not None and models.pop(model, None) is not None:
+            self._count -= 1
+            if not models:
+                del self._entries[credential_id]
+
+    def _prune(self, now: float) -> None:
+        """Drop forgotten entries; if the map is still full, evict the soonest-expiring tenth
+        (a batch, so the next inserts need no prune: amortised O(log n) each)."""
+        self._ops = 0
+        forget = self._forget
+        stale = [
+            (c, m)
+            for c, models in self._entries.items()
+            for m, e in models.items()
+            if e.until <= now and _forget_at(e.until, e.set_at, forget) <= now
+        ]
+        for c, m in stale:
+            self._drop(c, m)
+        limit = self.policy.max_entries
+        if self._count >= limit:
+            excess = self._count - limit + max(1, limit // 10)
+            items = (
+                (e.until, c, m) for c, models in self._entries.items() for m, e in models.items()
+            )
+            for _, c, m in heapq.nsmallest(excess, items):
+                self._drop(c, m)
+
+
+# ------------------------------------------------------------------------------ in Redis
+
+# One hash; field "credential\x1fmodel", value "until|reason|failures|set_at" (epoch seconds of
+# the callers' clocks). ARGV[1] is the operation, ARGV[2] the caller's now, ARGV[3] the field.
+# Every write keeps the hash alive at least as long as the entry it wrote is remembered.
+_SCRIPT = """
+local key, op, now, field = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local function parse(v)
+  local u, r, f, s = string.match(v or '', '^([^|]+)|([^|]*)|([^|]+)|([^|]+)$')
+  return tonumber(u), r, tonumber(f), tonumber(s)
+end
+local function forget_at(u, s, forget) return u + math.min(forget, math.max(u - s, 0)) end
+local function keep(u, forget)
+  local ttl = math.ceil(u - now + forget) + 1
+  if redis.call('TTL', key) < ttl then redis.call('EXPIRE', key, ttl) end
+end
+local function put(u, r, f, s)
+  redis.call('HSET', key, field, string.format('%.6f|%s|%d|%.6f', u, r, f, s))
+end
+local function prune(forget, limit)
+  local all, live, dropped = redis.call('HGETALL', key), {}, 0
+  for i = 1, #all, 2 do
+    local u, _, _, s = parse(all[i + 1])
+    if not (u and s) or (u <= now and forget_at(u, s, forget) <= now) then
+      redis.call('HDEL', key, all[i])
+      dropped = dropped + 1
+    elseif all[i] ~= field then
+      live[#live + 1] = {u, all[i]}
+    end
+  end
+  if #live >= limit then
+    table.sort(live, function(a, b) return a[1] < b[1] end)
+    for i = 1, #live - limit + math.max(1, math.floor(limit / 10)) do
+      redis.call('HDEL', key, live[i][2])
+      dropped = dropped + 1
+    end
+  end
+  return dropped
+end
+if op == 'fail' then
+  local reason, fixed, hint = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+  local started, base, cap = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+  local jitter, forget, limit = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+  local full = redis.call('HEXISTS', key, field) == 0 and redis.call('HLEN', key) >= limit
+  if ARGV[13] == '1' or full then
+    prune(forget, limit)
+  end
+  local u, r, f, s = parse(redis.call('HGET', key, field))
+  if not (u and f and s) then u, r, f, s = 0, reason, 0, 0 end
+  if f > 0 and forget_at(u, s, forget) <= now then f = 0 end
+  local cooling = u > now
+  local stale = started and started < s
+  if f == 0 or not (cooling or stale) then f = f + 1 end
+  if cooling then
+    if hint and now + hint > u then u, r = now + hint, reason end
+  else
+    if not fixed then fixed = math.min(cap, base * 2 ^ math.min(f - 1, 32)) * jitter end
+    u, r, s = now + fixed, reason, now
+  end
+  put(u, r, f, s)
+  keep(u, forget)
+  return string.format('%.6f|%s|%d|%.6f', u, r, f, s)
+elseif op == 'success' then
+  local u = parse(redis.call('HGET', key, field))
+  if u and u <= now then return redis.call('HDEL', key, field) end
+  return 0
+elseif op == 'merge' then
+  local u = parse(redis.call('HGET', key, field))
+  local mine, r, f, s = parse(ARGV[4])
+  if u and u >= mine then return 0 end
+  put(mine, r, f, s)
+  keep(mine, tonumber(ARGV[5]))
+  return 1
+elseif op == 'prune' then
+  return prune(tonumber(ARGV[4]), tonumber(ARGV[5]))
+elseif op == 'reset' then
+  local cred, model, n = ARGV[4], ARGV[5], 0
+  for _, name in ipairs(redis.call('HKEYS', key)) do
+    local at = string.find(name, '\\31', 1, true)
+    if at and (cred == '\\0' or string.sub(name, 1, at - 1) == cred)
+        and (model == '\\0' or string.sub(name, at + 1) == model) then
+      redis.call('HDEL', key, name)
+      n = n + 1
+    end
+  end
+  return n
+end
+return redis.error_reply('unknown op')
+"""
+
+_ANY = "\x00"  # "any credential/model" in a reset: no configured id or model name is a NUL
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _value(entry: _Entry) -> str:
+    return f"{entry.until:.6f}|{entry.reason}|{entry.failures}|{entry.set_at:.6f}"
+
+
+class RedisCooldowns(MemoryCooldowns):
+    """Cooldowns shared by replicas through one Redis hash (``{prefix}active``), mirrored here.
+
+    Failures, successes and resets run as one atomic script (the escalation rule applied inside
+    it, so failures on several replicas at once escalate once) and update the mirror at once; a
+    background task started on first use refreshes the mirror every ``refresh`` seconds with one
+    ``HGETALL``, so `cooling_until` stays a dict lookup. Times are epoch seconds of the callers'
+    clocks: keep replicas NTP-synced.
+
+    Redis unreachable (or slower than ``timeout``): nothing raises into the request path. One
+    warning per outage (host and port only: the URL may hold a password), then this replica works
+    from its local state and stops waiting on Redis until the refresher reaches it again; it then
+    pushes the cooldowns it set meanwhile and shares again.
+    """
+
+    def __init__(
+        self,
+        url_or_client: str | aioredis.Redis,
+        policy: CooldownPolicy | None = None,
+        *,
+        prefix: str = "llmguard:cooldown:",
+        refresh: float = 0.5,
+        clock: Callable[[], float] = time.time,
+        timeout: float = 0.5,
+    ) -> None:
+        super().__init__(policy, clock=clock)
+        if not (0 < refresh < math.inf) or not (0 < timeout < math.inf):
+            raise ConfigurationError("cooldown store refresh and timeout must be positive")
+        try:
+            import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+        except ImportError:  # pragma: no cover - the redis extra
+            raise ConfigurationError(
+                "a shared cooldown store needs redis-py: pip install 'asgi-llmguard[redis]'"
+            ) from None
+        if isinstance(url_or_client, str):
+            try:
+                parts = urlsplit(url_or_client)
+                self._where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+                # One immediate retry rides over a pooled connection that went stale while Redis
+                # restarted; redis-py's default retries with backoff would outlast ``timeout``.
+                self._redis: aioredis.Redis = aioredis.Redis.from_url(
+                    url_or_client,
+                    socket_timeout=timeout,
+                    socket_connect_timeout=timeout,
+                    retry=Retry(NoBackoff(), 1),
+                )
+            except ValueError:
+                raise ConfigurationError("invalid Redis URL for the cooldown store") from None
+            self._owned = True
+        else:
+            kwargs = url_or_client.connection_pool.connection_kwargs
+            self._where = f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+            self._redis = url_or_client
+            self._owned = False
+        self._key = prefix + "active"
+        self._refresh = refresh
+        self._timeout = timeout
+        self._script: Any = self._redis.register_script(_SCRIPT)
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._down = False
+        self._fails = 0
+
+    @classmethod
+    def from_url(
+        cls, url: str, policy: CooldownPolicy | None = None, **kwargs: Any
+    ) -> RedisCooldowns:
+        """A store with its own client for ``url`` (``redis://127.0.0.1:6379/0``)."""
+        return cls(url, policy, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"RedisCooldowns({self._where!r}, key={self._key!r})"
+
+    # -- the mirror ---------------------------------------------------------------------------
+
+    def _ensure_task(self) -> None:
+        if self._task is None and not self._closed:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no loop yet: started by the first call from one
+            self._task = loop.create_task(self._refresher(), name="llmguard-cooldowns-refresh")
+
+    def cooling_until(self, credential_id: str, model: str) -> float | None:
+        if self._task is None:
+            self._ensure_task()
+        return super().cooling_until(credential_id, model)
+
+    async def _call(self, *args: str) -> Any:
+        async with asyncio.timeout(self._timeout):
+            return await self._script(keys=[self._key], args=list(args))
+
+    def _failed(self, exc: BaseException) -> None:
+        if not self._down:
+            self._down = True
+            logger.warning(
+                "cooldown store %s unreachable (%s); using this replica's cooldowns until it "
+                "answers again",
+                self._where,
+                type(exc).__name__,
+            )
+
+    async def _refresher(self) -> None:
+        while True:
+            try:
+                if self._down:
+                    await self._push()
+                await self.pull()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any Redis or network failure: log once, keep going
+                self._failed(exc)
+            else:
+                if self._down:
+                    self._down = False
+                    logger.warning("cooldown store %s reachable again", self._where)
+            await asyncio.sleep(self._refresh)
+
+    async def _push(self) -> None:
+        """Share the cooldowns set while Redis was unreachable (a later one there wins)."""
+        forget = repr(self._forget)
+        for credential, models in list(self._entries.items()):
+            for model, entry in list(models.items()):
+                if entry.dirty:
+                    field = f"{credential}\x1f{model}"
+                    await self._call("merge", repr(self._clock()), field, _value(entry), forget)
+                    entry.dirty = False
+
+    async def pull(self) -> None:
+        """Refresh the mirror from Redis once (the background task does this every
+        ``refresh`` seconds). Raises on Redis errors."""
+        mark = self._writes
+        async with asyncio.timeout(self._timeout):
+            data = await self._redis.hgetall(self._key)
+        if self._reset_at > mark:
+            return  # a reset ran meanwhile: this answer may predate it; the next one will not
+        now = self._clock()
+        seen: set[tuple[str, str]] = set()
+        forgotten = 0
+        for raw_field, raw_value in data.items():
+            credential, sep, model = _text(raw_field).partition("\x1f")
+            try:
+                until_s, reason, failures_s, set_at_s = _text(raw_value).split("|")
+                until, failures, set_at = float(until_s), int(failures_s), float(set_at_s)
+            except ValueError:
+                forgotten += 1
+                continue
+            if not sep or (until <= now and _forget_at(until, set_at, self._forget) <= now):
+                forgotten += 1
+                continue
+            seen.add((credential, model))
+            models = self._entries.get(credential)
+            entry = models.get(model) if models is not None else None
+            if entry is None:
+                entry = self._slot(credential, model, now)
+            elif entry.stamp > mark or entry.dirty:
+                continue  # changed here after the read began: ours is newer
+            entry.until, entry.reason, entry.failures, entry.set_at = (
+                until,
+                reason,
+                failures,
+                set_at,
+            )
+            entry.stamp = mark
+        # Entries gone from Redis were reset or pruned there: drop them here too.
+        gone = [
+            (c, m)
+            for c, models in self._entries.items()
+            for m, e in models.items()
+            if (c, m) not in seen and e.stamp <= mark and not e.dirty
+        ]
+        for c, m in gone:
+            self._drop(c, m)
+        if forgotten:  # Redis prunes when failures are recorded; a quiet hash is pruned here
+            await self._call(
+                "prune", repr(now), "", repr(self._forget), str(self.policy.max_entries)
+            )
+
+    # -- writes -------------------------------------------------------------------------------
 
     async def record_failure(
         self,
@@ -227,294 +703,79 @@ class MemoryCooldowns:
         reason = classify_failure(status, kind)
         if reason is None:
             return None
-        now = self._clock()
-        key = (credential_id, "" if reason == "auth" else model)
-        entry = self._entries.get(key)
-        if entry is None:
-            self._maybe_prune(now, force=len(self._entries) >= self.policy.max_entries)
-            entry = self._entries[key] = _Entry()
-        self._apply(entry, reason, retry_after, started, now)
-        return Cooldown(key[0], key[1], entry.until, entry.reason, entry.failures)
-
-    async def record_success(self, credential_id: str, model: str) -> None:
-        entries = self._entries
-        if entries:
-            entry = entries.get((credential_id, model))
-            if entry is not None and entry.until <= self._clock():
-                del entries[(credential_id, model)]
-
-    # -- operators ----------------------------------------------------------------------------
-
-    def snapshot(self) -> list[Cooldown]:
-        now = self._clock()
-        self._maybe_prune(now, force=True)
-        active = [
-            Cooldown(c, m, e.until, e.reason, e.failures)
-            for (c, m), e in self._entries.items()
-            if e.until > now
-        ]
-        return sorted(active, key=lambda c: c.until)
-
-    async def reset(self, credential_id: str | None = None, model: str | None = None) -> int:
-        doomed = [
-            key
-            for key in self._entries
-            if (credential_id is None or key[0] == credential_id)
-            and (model is None or key[1] == model)
-        ]
-        for key in doomed:
-            del self._entries[key]
-        return len(doomed)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    async def aclose(self) -> None:
-        return None
-
-    def _maybe_prune(self, now: float, *, force: bool = False) -> None:
-        self._operations += 1
-        if not force and self._operations % 256:
-            return
-        forget = 2 * self.policy.cap
-        entries = self._entries
-        stale = [
-            key
-            for key, e in entries.items()
-            if e.until <= now and now - e.last_failure >= min(forget, max(e.until - e.set_at, 0))
-        ]
-        for key in stale:
-            del entries[key]
-        overflow = len(entries) - self.policy.max_entries + 1
-        if overflow > 0:
-            for key in sorted(entries, key=lambda k: entries[k].until)[:overflow]:
-                del entries[key]
-
-
-# The Redis hash field is "credential\x1fmodel"; its value "until|reason|failures|set_at".
-_RECORD = """
-local now = tonumber(ARGV[1])
-local field = ARGV[2]
-local until_new = now + tonumber(ARGV[3])
-local reason = ARGV[4]
-local started = tonumber(ARGV[5])
-local hint = ARGV[6]
-local base = tonumber(ARGV[7])
-local cap = tonumber(ARGV[8])
-local ttl = tonumber(ARGV[9])
-local cur = redis.call('HGET', KEYS[1], field)
-local until_old, failures, set_at = 0, 0, 0
-if cur then
-  local a, b, c, d = string.match(cur, '([^|]*)|([^|]*)|([^|]*)|([^|]*)')
-  until_old, failures, set_at = tonumber(a) or 0, tonumber(c) or 0, tonumber(d) or 0
-end
-local cooling = until_old > now
-if (not cooling and not (started >= 0 and started < set_at)) or failures == 0 then
-  failures = failures + 1
-end
-if reason == 'rate_limited' and hint == '' then
-  local backoff = base * 2 ^ math.min(failures - 1, 32)
-  if backoff > cap then backoff = cap end
-  until_new = now + backoff
-end
-if not cooling then set_at = now end
-local until_final = math.max(until_new, until_old)
-redis.call('HSET', KEYS[1], field, until_final .. '|' .. reason .. '|' .. failures .. '|' .. set_at)
-redis.call('EXPIRE', KEYS[1], ttl)
-return tostring(until_final) .. '|' .. failures
-"""
-
-
-class RedisCooldowns(MemoryCooldowns):
-    """Cooldowns shared by replicas through one Redis hash, mirrored in memory.
-
-    Failures and resets go to Redis at once (an atomic script applies the escalation rule there)
-    and to the local mirror; a background task refreshes the mirror every ``refresh`` seconds
-    with one ``HGETALL``. When Redis is unreachable the replica keeps its local state, logs once
-    per outage, and shares again when Redis is back.
-    """
-
-    def __init__(
-        self,
-        url_or_client: str | aioredis.Redis,
-        policy: CooldownPolicy | None = None,
-        *,
-        prefix: str = "llmguard:cooldown:",
-        refresh: float = 0.5,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        super().__init__(policy, clock=clock)
-        import redis.asyncio as aioredis
-
-        if isinstance(url_or_client, str):
-            parts = urlsplit(url_or_client)
-            self._where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
-            self._redis: aioredis.Redis = aioredis.Redis.from_url(
-                url_or_client, socket_timeout=0.5, socket_connect_timeout=0.5
-            )
-            self._owned = True
-        else:
-            self._where = "redis"
-            self._redis = url_or_client
-            self._owned = False
-        self._key = prefix + "active"
-        self._refresh = refresh
-        self._task: asyncio.Task[None] | None = None
-        self._down = False
-        self._script: Any = self._redis.register_script(_RECORD)
-
-    @classmethod
-    def from_url(cls, url: str, policy: CooldownPolicy | None = None) -> RedisCooldowns:
-        return cls(url, policy)
-
-    def _ensure_task(self) -> None:
-        if self._task is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                return
-            self._task = loop.create_task(self._refresher())
-
-    def cooling_until(self, credential_id: str, model: str) -> float | None:
         self._ensure_task()
-        return super().cooling_until(credential_id, model)
-
-    def _failed(self, exc: Exception) -> None:
-        if not self._down:
-            self._down = True
-            logger.warning(
-                "cooldown store %s unreachable (%s); using local cooldowns",
-                self._where,
-                type(exc).__name__,
-            )
-
-    def _recovered(self) -> None:
+        now = self._clock()
+        if reason == "auth":
+            model = ""
+        # Locally first, so this replica stops choosing the pair before Redis answers.
+        entry = self._slot(credential_id, model, now)
+        fixed = self._fixed(reason, retry_after)
+        hint = None if reason == "auth" or retry_after is None else fixed
+        jitter = random.uniform(0.9, 1.1)
+        self._apply(entry, reason, fixed, hint, started, now, jitter)
         if self._down:
-            self._down = False
-            logger.warning("cooldown store %s reachable again", self._where)
-
-    async def record_failure(
-        self,
-        credential_id: str,
-        model: str,
-        *,
-        status: int | None,
-        kind: str | None = None,
-        retry_after: float | None = None,
-        started: float | None = None,
-    ) -> Cooldown | None:
-        self._ensure_task()
-        local = await super().record_failure(
-            credential_id,
-            model,
-            status=status,
-            kind=kind,
-            retry_after=retry_after,
-            started=started,
-        )
-        if local is None:
-            return None
-        now = self._clock()
-        policy = self.policy
-        duration = max(local.until - now, 0.0)
-        try:
-            answer = await self._script(
-                keys=[self._key],
-                args=[
+            entry.dirty = True
+        else:
+            self._fails += 1
+            policy = self.policy
+            try:
+                answer = await self._call(
+                    "fail",
                     repr(now),
-                    f"{local.credential_id}\x1f{local.model}",
-                    repr(duration),
-                    local.reason,
-                    repr(started if started is not None else -1),
-                    "" if retry_after is None else repr(retry_after),
+                    f"{credential_id}\x1f{model}",
+                    reason,
+                    "" if fixed is None else repr(fixed),
+                    "" if hint is None else repr(hint),
+                    "" if started is None else repr(started),
                     repr(policy.base),
                     repr(policy.cap),
-                    int(max(policy.cap, policy.auth) * 2) + 1,
-                ],
-            )
-        except Exception as exc:  # redis errors, timeouts, closed connections
+                    repr(jitter),
+                    repr(self._forget),
+                    str(policy.max_entries),
+                    "1" if self._fails % _PRUNE_EVERY == 0 else "0",
+                )
+                until_s, shared_reason, failures_s, set_at_s = _text(answer).split("|")
+            except asyncio.CancelledError:
+                entry.dirty = True
+                raise
+            except Exception as exc:  # never into the request path
+                entry.dirty = True
+                self._failed(exc)
+            else:
+                # Redis holds the replicas' agreed state: the mirror takes it as it is.
+                entry.until, entry.failures = float(until_s), int(failures_s)
+                entry.reason, entry.set_at = shared_reason, float(set_at_s)
+                entry.dirty = False
+        return Cooldown(credential_id, model, entry.until, entry.reason, entry.failures)
+
+    async def _forget_success(self, credential_id: str, model: str, entry: _Entry) -> None:
+        self._drop(credential_id, model)
+        if self._down:
+            return
+        try:
+            await self._call("success", repr(self._clock()), f"{credential_id}\x1f{model}")
+        except Exception as exc:  # not fatal: the count is then forgotten by time
             self._failed(exc)
-            return local
-        self._recovered()
-        text = answer.decode() if isinstance(answer, bytes) else str(answer)
-        until_s, failures_s = text.split("|")
-        entry = self._entries.get((local.credential_id, local.model))
-        if entry is not None:
-            entry.until = max(entry.until, float(until_s))
-            entry.failures = int(failures_s)
-        return Cooldown(
-            local.credential_id, local.model, float(until_s), local.reason, int(failures_s)
-        )
 
     async def reset(self, credential_id: str | None = None, model: str | None = None) -> int:
         count = await super().reset(credential_id, model)
+        if self._down:
+            return count
         try:
-            fields = await self._redis.hkeys(self._key)
-            doomed = []
-            for raw in fields:
-                field = raw.decode() if isinstance(raw, bytes) else str(raw)
-                cred, _, mod = field.partition("\x1f")
-                if (credential_id is None or cred == credential_id) and (
-                    model is None or mod == model
-                ):
-                    doomed.append(field)
-            if doomed:
-                await self._redis.hdel(self._key, *doomed)
-            count = max(count, len(doomed))
+            cleared = await self._call(
+                "reset",
+                repr(self._clock()),
+                "",
+                _ANY if credential_id is None else credential_id,
+                _ANY if model is None else model,
+            )
         except Exception as exc:
             self._failed(exc)
-        return count
-
-    async def pull(self) -> None:
-        """Refresh the local mirror from Redis once (the background task does this)."""
-        data = await self._redis.hgetall(self._key)
-        now = self._clock()
-        seen = set()
-        expired = []
-        for raw_field, raw_value in data.items():
-            field = raw_field.decode() if isinstance(raw_field, bytes) else str(raw_field)
-            value = raw_value.decode() if isinstance(raw_value, bytes) else str(raw_value)
-            try:
-                until_s, reason, failures_s, set_at_s = value.split("|")
-                until, failures, set_at = float(until_s), int(failures_s), float(set_at_s)
-            except ValueError:
-                continue
-            if until <= now:
-                expired.append(field)
-                continue
-            cred, _, model = field.partition("\x1f")
-            key = (cred, model)
-            seen.add(key)
-            entry = self._entries.get(key)
-            if entry is None:
-                if len(self._entries) >= self.policy.max_entries:
-                    continue
-                entry = self._entries[key] = _Entry()
-            if until > entry.until:
-                entry.until = until
-                entry.reason = reason
-                entry.set_at = set_at
-                entry.last_failure = set_at
-            entry.failures = max(entry.failures, failures)
-        # Cooldowns cleared elsewhere (an operator's reset) end here too.
-        for key, entry in list(self._entries.items()):
-            if key not in seen and entry.until > now and entry.set_at < now - self._refresh * 2:
-                entry.until = now
-        if expired:
-            await self._redis.hdel(self._key, *expired)
-
-    async def _refresher(self) -> None:
-        while True:
-            try:
-                await self.pull()
-                self._recovered()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._failed(exc)
-            await asyncio.sleep(self._refresh)
+            return count
+        return max(count, int(cleared))
 
     async def aclose(self) -> None:
+        self._closed = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

@@ -117,6 +117,7 @@ async def test_soak_leaves_nothing_behind() -> None:
             assert resp.status_code == 200
             assert resp.json()["choices"][0]["message"]["content"]
 
+            await warmer.wait()  # the last request may have started warm-ups of its own
             cooldowns = forwarder.router.cooldowns
             assert cooldowns is not None
             assert cooldowns.snapshot() == []
