@@ -27,7 +27,11 @@ from asgi_llmguard.context import (
     get_context,
     read_body,
 )
-from asgi_llmguard.errors import ConfigurationError, send_error, send_route_error
+from asgi_llmguard.errors import (
+    ConfigurationError,
+    send_error,
+    send_route_error,
+)
 from asgi_llmguard.forward.config import PoolLimits, Timeouts
 from asgi_llmguard.forward.cooldowns import retry_after_hint
 from asgi_llmguard.forward.engines import (
@@ -35,23 +39,26 @@ from asgi_llmguard.forward.engines import (
     Engine,
     HttpxEngine,
     UpstreamError,
-    UpstreamResponse,
 )
-from asgi_llmguard.forward.headers import request_drop_set, request_headers
-from asgi_llmguard.forward.relay import STATUS_FOR, Watch, is_sse, relay
+from asgi_llmguard.forward.headers import request_headers
+from asgi_llmguard.forward.relay import (
+    STATUS_FOR,
+    Watch,
+    end_interrupted,
+    hold_first_event,
+    is_sse,
+    relay,
+)
 from asgi_llmguard.forward.resilience import (
-    HOLD_LIMIT,
     backoff_delay,
-    error_in_first_event,
-    first_event_end,
     sent_nothing,
 )
 from asgi_llmguard.forward.router import Candidate, Plan, Router, Routing, Step
+from asgi_llmguard.forward.target import Target
 from asgi_llmguard.forward.thinking import apply_thinking
-from asgi_llmguard.forward.warmup import Warmer
-from asgi_llmguard.providers.base import Provider, Upstream, provider_for
-from asgi_llmguard.providers.metering import usage_from_json
-from asgi_llmguard.routes import Api, classify
+from asgi_llmguard.forward.warmup import Warmer, warm_request
+from asgi_llmguard.providers.base import Upstream, provider_for
+from asgi_llmguard.routes import Api
 from asgi_llmguard.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -61,20 +68,6 @@ logger = logging.getLogger("asgi_llmguard.forward")
 
 #: Called with each warm-up attempt (its usage is recorded as ``warmup``, charged to no key).
 WarmupListener = Callable[[Attempt, Api], None]
-
-
-class _Target:
-    """An upstream and everything about it that can be computed before the first request."""
-
-    __slots__ = ("credential_id", "defaults", "drop", "provider", "static", "upstream")
-
-    def __init__(self, upstream: Upstream, provider: Provider) -> None:
-        self.upstream = upstream
-        self.provider = provider
-        self.static = provider.static_headers(upstream)
-        self.defaults = provider.default_headers(upstream)
-        self.drop = request_drop_set(self.static)
-        self.credential_id = upstream.credential_id
 
 
 async def _watch_disconnect(receive: Receive, task: asyncio.Task[object], watch: Watch) -> None:
@@ -136,7 +129,7 @@ class ForwardingApp:
                 )
             seen.add(upstream.credential_id)
             provider = provider_for(upstream.provider)
-            target = _Target(upstream, provider)
+            target = Target(upstream, provider)
             for api in sorted(provider.serves):
                 models: Sequence[str] | None = None
                 if upstream.provider == "azure" and api == "openai" and not upstream.models:
@@ -229,6 +222,12 @@ class ForwardingApp:
                 ctx.disconnected = True
                 logger.debug("client disconnected: %s cancelled upstream", ctx.request_id)
                 return
+            # Cancelled from outside: the server's graceful-shutdown period is over. End the
+            # answer cleanly rather than cutting it: the client learns why, and the usage layer
+            # records what was produced.
+            if not watch.disconnected and not watch.finished:
+                ctx.upstream_error = "shutdown"
+                await end_interrupted(send, watch, anthropic)
             raise
         finally:
             watch.finished = True
@@ -299,7 +298,7 @@ class ForwardingApp:
                 continue  # cooled down by a concurrent request since the plan was made
             if breaker is not None and not breaker.allow(credential):
                 continue
-            target: _Target = candidate.target  # type: ignore[assignment]
+            target: Target = candidate.target  # type: ignore[assignment]
             made += 1
             final = index == last or made >= retry.max_attempts or time.perf_counter() >= deadline
             try:
@@ -357,7 +356,7 @@ class ForwardingApp:
                         and not plan.pinned
                         and is_sse(resp)
                     ):
-                        held, status = await _hold_first_event(resp)
+                        held, status = await hold_first_event(resp)
                     failed = status in retry.statuses or status in (401, 402, 403)
                     if breaker is not None:
                         outcome_recorded = True
@@ -449,61 +448,12 @@ class ForwardingApp:
             )
 
     async def _warm(self, candidate: Candidate, api: Api, model: str) -> bool:
-        """One tiny request to ``candidate``; ``True`` when it answered 2xx."""
         policy = self.routing.warmup
         assert policy is not None
-        target: _Target = candidate.target  # type: ignore[assignment]
-        if api == "anthropic":
-            path = "/v1/messages"
-            document: dict[str, object] = {"model": model, "max_tokens": policy.max_tokens}
-        else:
-            path = "/v1/chat/completions"
-            document = {"model": model, "max_completion_tokens": policy.max_tokens}
-        document["messages"] = [{"role": "user", "content": policy.prompt}]
-        ctx = RequestContext("POST", path)
-        ctx.request_id = "warmup_" + ctx.request_id.removeprefix("req_")
-        ctx.body = orjson.dumps(document)
-        url = target.provider.target(target.upstream, ctx, b"")
-        headers = request_headers(
-            [(b"content-type", b"application/json")], target.drop, target.defaults, target.static
+        target: Target = candidate.target  # type: ignore[assignment]
+        return await warm_request(
+            self.engine, target, candidate.credential_id, api, model, policy, self._on_warmup
         )
-        headers.append(("x-request-id", ctx.request_id))
-        started_at = time.time()
-        began = time.perf_counter()
-        status = 0
-        error: str | None = None
-        usage = None
-        try:
-            resp = await self.engine.send("POST", url, headers, ctx.body)
-            try:
-                status = resp.status
-                data = await resp.read_all()
-            finally:
-                await resp.aclose()
-            if 200 <= status < 300:
-                endpoint = classify("POST", path).endpoint
-                usage = usage_from_json(endpoint, data)[0]
-        except UpstreamError as exc:
-            error = exc.kind
-        finally:
-            listener = self._on_warmup
-            if listener is not None:
-                attempt = Attempt(
-                    candidate.credential_id,
-                    model,
-                    status=status,
-                    error=error,
-                    started_at=started_at,
-                    latency=time.perf_counter() - began,
-                    usage=usage,
-                    request_id=ctx.request_id,
-                )
-                attempt_request = ctx.request_id
-                try:
-                    listener(attempt, api)
-                except Exception:
-                    logger.exception("warm-up listener failed for %s", attempt_request)
-        return 200 <= status < 300
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -514,23 +464,3 @@ class ForwardingApp:
                 await self.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-
-async def _hold_first_event(resp: UpstreamResponse) -> tuple[bytes, int]:
-    """Read until the stream's first complete event. Returns the bytes read and the status the
-    attempt stands for: 200, or the status an error event in it means (see resilience)."""
-    held = b""
-    try:
-        while len(held) < HOLD_LIMIT:
-            chunk = await resp.read_chunk()
-            if not chunk:
-                # The stream ended before a complete event: nothing useful was produced.
-                return held, 502 if not held.strip() else 200
-            held += chunk
-            end = first_event_end(held)
-            if end >= 0:
-                status = error_in_first_event(held[:end])
-                return held, status if status is not None else 200
-    except UpstreamError:
-        return held, 502
-    return held, 200

@@ -15,7 +15,12 @@ from asgi_llmguard.errors import send_error, sse_error_event
 from asgi_llmguard.forward.aliases import AliasTable
 from asgi_llmguard.forward.engines import UpstreamError, UpstreamResponse
 from asgi_llmguard.forward.headers import response_headers
-from asgi_llmguard.forward.resilience import StreamRewriter
+from asgi_llmguard.forward.resilience import (
+    HOLD_LIMIT,
+    StreamRewriter,
+    error_in_first_event,
+    first_event_end,
+)
 from asgi_llmguard.types import Send
 
 logger = logging.getLogger("asgi_llmguard.forward")
@@ -28,11 +33,14 @@ STATUS_FOR = {"connect": 502, "timeout": 504, "broken": 502}
 class Watch:
     """Per-exchange flags shared with the disconnect watcher (never stored on the app)."""
 
-    __slots__ = ("disconnected", "finished")
+    __slots__ = ("disconnected", "finished", "sse", "started")
 
     def __init__(self) -> None:
         self.finished = False
         self.disconnected = False
+        #: The response start went out, and whether it was a stream (for a terminal event).
+        self.started = False
+        self.sse = False
 
 
 def is_sse(resp: UpstreamResponse) -> bool:
@@ -89,6 +97,7 @@ async def relay(
             headers = [
                 (n, str(len(data)).encode() if n == b"content-length" else v) for n, v in headers
             ]
+        watch.started = True
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         watch.finished = True
         await send({"type": "http.response.body", "body": data, "more_body": False})
@@ -100,6 +109,8 @@ async def relay(
         assert alias is not None
         rewriter = StreamRewriter(aliases, alias)
         headers = [(n, v) for n, v in headers if n != b"content-length"]
+    watch.started = True
+    watch.sse = sse
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
     try:
         chunk = held or await resp.read_chunk()
@@ -132,3 +143,48 @@ async def relay(
         )
     watch.finished = True
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+_SHUTDOWN = "The gateway is shutting down; the answer was interrupted. Retry the request."
+
+
+async def end_interrupted(send: Send, watch: Watch, anthropic: bool) -> None:
+    """A terminal SSE error event for a stream, a 503 for an answer not started yet; nothing
+    can be added to a started non-stream answer (the server closes it unfinished)."""
+    watch.finished = True
+    try:
+        if not watch.started:
+            await send_error(
+                send,
+                503,
+                _SHUTDOWN,
+                anthropic=anthropic,
+                code="shutting_down",
+                headers=[(b"retry-after", b"1"), (b"connection", b"close")],
+            )
+        elif watch.sse:
+            event = sse_error_event(_SHUTDOWN, anthropic=anthropic)
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except Exception:  # the connection may be gone already
+        logger.debug("could not end an interrupted answer", exc_info=True)
+
+
+async def hold_first_event(resp: UpstreamResponse) -> tuple[bytes, int]:
+    """Read until the stream's first complete event. Returns the bytes read and the status the
+    attempt stands for: 200, or the status an error event in it means (see resilience)."""
+    held = b""
+    try:
+        while len(held) < HOLD_LIMIT:
+            chunk = await resp.read_chunk()
+            if not chunk:
+                # The stream ended before a complete event: nothing useful was produced.
+                return held, 502 if not held.strip() else 200
+            held += chunk
+            end = first_event_end(held)
+            if end >= 0:
+                status = error_in_first_event(held[:end])
+                return held, status if status is not None else 200
+    except UpstreamError:
+        return held, 502
+    return held, 200

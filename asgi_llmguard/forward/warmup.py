@@ -29,7 +29,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import orjson
+
+from asgi_llmguard.context import Attempt, RequestContext
+from asgi_llmguard.forward.engines import Engine, UpstreamError
+from asgi_llmguard.forward.headers import request_headers
 from asgi_llmguard.forward.router import WarmupPolicy
+from asgi_llmguard.forward.target import Target
+from asgi_llmguard.providers.metering import usage_from_json
+from asgi_llmguard.routes import Api, classify
 
 logger = logging.getLogger("asgi_llmguard.forward")
 
@@ -128,3 +136,66 @@ class Warmer:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._in_flight.clear()
+
+
+async def warm_request(
+    engine: Engine,
+    target: Target,
+    credential_id: str,
+    api: Api,
+    model: str,
+    policy: WarmupPolicy,
+    listener: Callable[[Attempt, Api], None] | None,
+) -> bool:
+    """One tiny request to ``target`` for ``model``; ``True`` when it answered 2xx. The attempt
+    goes to ``listener`` (the usage ledger records it as ``warmup``)."""
+    if api == "anthropic":
+        path = "/v1/messages"
+        document: dict[str, object] = {"model": model, "max_tokens": policy.max_tokens}
+    else:
+        path = "/v1/chat/completions"
+        document = {"model": model, "max_completion_tokens": policy.max_tokens}
+    document["messages"] = [{"role": "user", "content": policy.prompt}]
+    ctx = RequestContext("POST", path)
+    ctx.request_id = "warmup_" + ctx.request_id.removeprefix("req_")
+    ctx.body = orjson.dumps(document)
+    url = target.provider.target(target.upstream, ctx, b"")
+    headers = request_headers(
+        [(b"content-type", b"application/json")], target.drop, target.defaults, target.static
+    )
+    headers.append(("x-request-id", ctx.request_id))
+    started_at = time.time()
+    began = time.perf_counter()
+    status = 0
+    error: str | None = None
+    usage = None
+    try:
+        resp = await engine.send("POST", url, headers, ctx.body)
+        try:
+            status = resp.status
+            data = await resp.read_all()
+        finally:
+            await resp.aclose()
+        if 200 <= status < 300:
+            endpoint = classify("POST", path).endpoint
+            usage = usage_from_json(endpoint, data)[0]
+    except UpstreamError as exc:
+        error = exc.kind
+    finally:
+        if listener is not None:
+            attempt = Attempt(
+                credential_id,
+                model,
+                status=status,
+                error=error,
+                started_at=started_at,
+                latency=time.perf_counter() - began,
+                usage=usage,
+                request_id=ctx.request_id,
+            )
+            attempt_request = ctx.request_id
+            try:
+                listener(attempt, api)
+            except Exception:
+                logger.exception("warm-up listener failed for %s", attempt_request)
+    return 200 <= status < 300

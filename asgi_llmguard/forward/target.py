@@ -1,0 +1,20 @@
+"""`Target`: one upstream credential with everything about it computed before the first request."""
+
+from __future__ import annotations
+
+from asgi_llmguard.forward.headers import request_drop_set
+from asgi_llmguard.providers.base import Provider, Upstream
+
+
+class Target:
+    """An upstream and everything about it that can be computed before the first request."""
+
+    __slots__ = ("credential_id", "defaults", "drop", "provider", "static", "upstream")
+
+    def __init__(self, upstream: Upstream, provider: Provider) -> None:
+        self.upstream = upstream
+        self.provider = provider
+        self.static = provider.static_headers(upstream)
+        self.defaults = provider.default_headers(upstream)
+        self.drop = request_drop_set(self.static)
+        self.credential_id = upstream.credential_id
