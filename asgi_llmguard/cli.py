@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import math
 import os
 import shutil
 import sys
@@ -16,13 +17,13 @@ from collections.abc import Iterator, Sequence
 
 from asgi_llmguard.config import (
     GatewayConfig,
+    ServerConfig,
     load_config,
     resolve_upstreams,
-    stack_kwargs,
 )
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.providers.base import Upstream
-from asgi_llmguard.stack import Gateway, build_stack
+from asgi_llmguard.reload import ReloadableGateway
 
 # How `serve` hands its decisions to the app factory, which uvicorn imports in each worker.
 ENV_CONFIG = "ASGI_LLMGUARD_CONFIG"
@@ -30,6 +31,8 @@ ENV_FAKE_UPSTREAM = "ASGI_LLMGUARD_FAKE_UPSTREAM"
 FAKE_UPSTREAM_KEY = "fake-upstream-key"
 #: prometheus_client's multiprocess switch: where every worker writes its metric values.
 ENV_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+#: Seconds between the end of the gateway's shutdown grace and uvicorn's own deadline.
+_DRAIN_MARGIN = 5.0
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
@@ -41,20 +44,29 @@ def fake_upstreams(url: str) -> list[Upstream]:
     ]
 
 
-def create_app() -> Gateway:
+def create_app() -> ReloadableGateway:
     """The app factory uvicorn calls in each worker (``--factory asgi_llmguard.cli:create_app``).
 
-    Reads the config file named by ``ASGI_LLMGUARD_CONFIG`` (embedded defaults when unset).
+    Reads the config file named by ``ASGI_LLMGUARD_CONFIG`` (embedded defaults when unset). In
+    the worker, SIGHUP reloads that file and SIGTERM/SIGINT drain the requests in flight within
+    ``[server] shutdown_grace`` (see `asgi_llmguard.reload`).
     """
-    config = load_config(os.environ.get(ENV_CONFIG) or None)
     fake = os.environ.get(ENV_FAKE_UPSTREAM)
-    upstreams = fake_upstreams(fake) if fake else resolve_upstreams(config)
-    if not upstreams:
-        raise ConfigurationError(
-            "No upstream is configured: add [[upstreams]] to the config file or set "
-            "OPENAI_API_KEY / ANTHROPIC_API_KEY"
-        )
-    return build_stack(**stack_kwargs(config, upstreams))
+    return ReloadableGateway(
+        os.environ.get(ENV_CONFIG) or None,
+        upstreams=fake_upstreams(fake) if fake else None,
+        handle_signals=True,
+    )
+
+
+def _graceful_timeout(s: ServerConfig) -> int | None:
+    """uvicorn's own deadline: a few seconds past the gateway's grace, so the gateway ends its
+    streams with a terminal event before uvicorn would cut them."""
+    if s.shutdown_grace < 0:
+        raise ConfigurationError(f"server.shutdown_grace must be >= 0, not {s.shutdown_grace}")
+    if s.timeout_graceful_shutdown is None:
+        return None
+    return math.ceil(max(s.timeout_graceful_shutdown, s.shutdown_grace + _DRAIN_MARGIN))
 
 
 @contextlib.contextmanager
@@ -157,9 +169,7 @@ def _serve(args: argparse.Namespace) -> int:
             log_level=s.log_level,
             access_log=False,
             lifespan="on",
-            timeout_graceful_shutdown=(
-                int(s.timeout_graceful_shutdown) if s.timeout_graceful_shutdown else None
-            ),
+            timeout_graceful_shutdown=_graceful_timeout(s),
         )
     return 0
 

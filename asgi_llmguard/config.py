@@ -52,8 +52,12 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
-    #: Seconds uvicorn waits for requests in flight on shutdown.
+    #: Seconds uvicorn waits for requests in flight on shutdown (raised to ``shutdown_grace``
+    #: plus 5 when lower, so the gateway ends its streams before uvicorn cuts them).
     timeout_graceful_shutdown: float | None = 30.0
+    #: Seconds the gateway gives requests in flight after SIGTERM/SIGINT before it ends them
+    #: (streams with a terminal SSE error event); new requests are refused meanwhile.
+    shutdown_grace: float = 25.0
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
 

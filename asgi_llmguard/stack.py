@@ -1,7 +1,7 @@
 """`build_stack`: the gateway's layers in their default order, in one place.
 
-Outermost first: metrics -> overload shedding -> health checks -> access log -> classify -> size
-limit -> keys -> concurrency -> rate limits -> usage -> capture -> forward. The order keeps the
+Outermost first: metrics -> overload shedding -> health checks -> access log -> drain -> classify ->
+size limit -> keys -> concurrency -> rate limits -> usage -> capture -> forward. The order keeps the
 design's rules: unknown routes are refused before anything else; nothing reads the body before the
 size limit applies; a request without a valid key is refused from its headers alone; limits are
 checked before a budget is reserved; the usage layer sees exactly what the client sees; capture
@@ -30,6 +30,7 @@ from asgi_llmguard.middleware.auth import AuthMiddleware
 from asgi_llmguard.middleware.capture import CaptureMiddleware
 from asgi_llmguard.middleware.classify import ClassifyMiddleware
 from asgi_llmguard.middleware.concurrency import ConcurrencyMiddleware
+from asgi_llmguard.middleware.drain import DrainMiddleware
 from asgi_llmguard.middleware.health import HealthMiddleware
 from asgi_llmguard.middleware.metrics import MetricsMiddleware
 from asgi_llmguard.middleware.overload import OverloadMiddleware
@@ -100,13 +101,33 @@ class Gateway:
         for start in self._starters:
             await start()
 
-    async def aclose(self) -> None:
+    async def drain(self, grace: float) -> int:
+        """Stop admitting requests, give those in flight up to ``grace`` seconds, then end the
+        rest cleanly (see `DrainMiddleware`); returns how many had to be ended. Call it when the
+        server is told to stop, before the server's own deadline; `aclose` comes after."""
+        drain = self.layers.get("drain")
+        if isinstance(drain, DrainMiddleware):
+            return await drain.drain(grace)
+        return 0
+
+    async def wait_idle(self) -> None:
+        """Return once no request is in flight (immediately without the drain layer, which is
+        what counts them)."""
+        drain = self.layers.get("drain")
+        if isinstance(drain, DrainMiddleware):
+            await drain.wait_idle()
+
+    async def aclose(self, *, keep: Sequence[object] = ()) -> None:
         """Drain and close everything, in order; idempotent. Errors are logged, not raised, so
-        one failing part cannot keep the others open."""
+        one failing part cannot keep the others open. Parts in ``keep`` (the pipeline, a store,
+        a layer) are left open: a gateway replaced on reload shares them with its successor."""
         if self._closed:
             return
         self._closed = True
         for close in self._closers:
+            owner = getattr(close, "__self__", None)
+            if owner is not None and any(owner is part for part in keep):
+                continue
             try:
                 await close()
             except Exception:
@@ -166,6 +187,7 @@ def build_stack(
     overload: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
     admin: Mapping[str, Any] | None = None,
+    drain: Mapping[str, Any] | None = ON,
 ) -> Gateway:
     """Assemble the gateway (see the module docstring for the order).
 
@@ -193,8 +215,12 @@ def build_stack(
       outside every other layer; it works on this stack's key store, budget store, limiter and
       forwarder unless the kwargs name others.
 
-    Pass ``None`` for ``size_limit``, ``rate_limit``, ``concurrency``, ``usage`` or
-    ``access_log`` to leave that layer out.
+    - ``drain``: `DrainMiddleware` kwargs (default ``{}``): tracks the requests in flight so that
+      `Gateway.drain` can end them cleanly on shutdown; inside the health endpoints, so probes
+      answer while draining.
+
+    Pass ``None`` for ``size_limit``, ``rate_limit``, ``concurrency``, ``usage``,
+    ``access_log`` or ``drain`` to leave that layer out.
     """
     on_warmup = None
     if pipeline is not None and routing is not None and routing.warmup is not None:
@@ -250,6 +276,10 @@ def build_stack(
     if size_limit is not None:
         app = layers["size_limit"] = SizeLimitMiddleware(app, **size_limit)
     app = layers["classify"] = ClassifyMiddleware(app, passthrough=passthrough)
+    if drain is not None:
+        # Inside the access log and health endpoints: refusals and ended streams are logged,
+        # and probes keep answering while the process drains.
+        app = layers["drain"] = DrainMiddleware(app, **drain)
     if access_log is not None:
         # Outermost, so the classifier's own 404/405 are logged and carry a request id too.
         app = layers["access_log"] = AccessLogMiddleware(app, **access_log)

@@ -114,3 +114,38 @@ def test_postgres_ledger_keeps_every_record(tmp_path, pg_schema):
     import asyncio
 
     assert asyncio.run(count()) == QUEUED + STREAMS
+
+
+def test_sigterm_to_the_server_process_keeps_every_record(tmp_path):
+    """The same through ``asgi-llmguard serve`` and SIGTERM: the drain waits for the streams
+    (shorter than ``shutdown_grace``), then the lifespan shutdown drains the queue."""
+    import signal
+
+    from tests.test_drain import free_port, gateway_config, gateway_process, ledger_rows
+
+    port = free_port()
+    ledger = tmp_path / "ledger.sqlite3"
+    fake = FakeProvider()
+    with serve(fake) as upstream:
+        config = tmp_path / "llmguard.toml"
+        config.write_text(gateway_config(port, upstream.url, ledger, grace=20))
+        url = f"http://127.0.0.1:{port}"
+        with gateway_process(config, port) as proc:
+            with httpx.Client(base_url=url) as http:
+                for i in range(QUEUED):
+                    r = http.post(
+                        "/v1/embeddings", json={"model": "text-embedding-3-small", "input": f"{i}"}
+                    )
+                    assert r.status_code == 200
+            assert not ledger.exists() or ledger_rows(ledger) == []  # all still queued
+            with concurrent.futures.ThreadPoolExecutor(STREAMS) as pool:
+                streams = [pool.submit(_stream, url) for _ in range(STREAMS)]
+                fake.wait_until(lambda: fake.active_streams == STREAMS, 10.0)
+                proc.send_signal(signal.SIGTERM)
+                bodies = [s.result(timeout=30) for s in streams]
+            assert proc.wait(30) in (0, -signal.SIGTERM)
+    assert all(b.rstrip().endswith(b"data: [DONE]") for b in bodies)  # finished, not cut
+    counts: dict[tuple[str, bool], int] = {}
+    for _, outcome, stream, _ in ledger_rows(ledger):
+        counts[(outcome, bool(stream))] = counts.get((outcome, bool(stream)), 0) + 1
+    assert counts == {("ok", False): QUEUED, ("ok", True): STREAMS}
