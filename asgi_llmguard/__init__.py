@@ -1,5 +1,6 @@
 """asgi_llmguard: an LLM API gateway as composable pure-ASGI middlewares."""
 
+from asgi_llmguard.admin import AdminApp
 from asgi_llmguard.capture import CaptureRecord, JSONLCaptureSink, SQLiteCaptureSink
 from asgi_llmguard.context import RequestContext, RequestFields, get_context, read_body
 from asgi_llmguard.errors import ConfigurationError
@@ -23,6 +24,7 @@ from asgi_llmguard.middleware.auth import AuthMiddleware
 from asgi_llmguard.middleware.capture import CaptureMiddleware
 from asgi_llmguard.middleware.classify import ClassifyMiddleware
 from asgi_llmguard.middleware.concurrency import ConcurrencyMiddleware
+from asgi_llmguard.middleware.drain import DrainMiddleware
 from asgi_llmguard.middleware.health import HealthMiddleware, postgres_check, redis_check
 from asgi_llmguard.middleware.metrics import MetricsMiddleware
 from asgi_llmguard.middleware.overload import OverloadMiddleware
@@ -44,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AccessLogMiddleware",
+    "AdminApp",
     "AuthMiddleware",
     "BreakerPolicy",
     "Budget",
@@ -55,6 +58,7 @@ __all__ = [
     "ConcurrencyMiddleware",
     "ConfigurationError",
     "CooldownPolicy",
+    "DrainMiddleware",
     "Endpoint",
     "ForwardingApp",
     "Gateway",

@@ -5,6 +5,7 @@ import asgi_llmguard.testing
 
 PUBLIC = [
     "AccessLogMiddleware",
+    "AdminApp",
     "AuthMiddleware",
     "BreakerPolicy",
     "Budget",
@@ -16,6 +17,7 @@ PUBLIC = [
     "ConcurrencyMiddleware",
     "ConfigurationError",
     "CooldownPolicy",
+    "DrainMiddleware",
     "Endpoint",
     "ForwardingApp",
     "Gateway",

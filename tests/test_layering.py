@@ -46,7 +46,13 @@ FORBIDDEN = {
         "asgi_llmguard.stack",
         "asgi_llmguard.cli",
     ),
-    "middleware": ("asgi_llmguard.forward", "asgi_llmguard.stack", "asgi_llmguard.cli"),
+    "middleware": (
+        "asgi_llmguard.forward",
+        "asgi_llmguard.stack",
+        "asgi_llmguard.reload",
+        "asgi_llmguard.admin",
+        "asgi_llmguard.cli",
+    ),
     "usage": (
         "asgi_llmguard.middleware",
         "asgi_llmguard.forward",
@@ -82,6 +88,12 @@ FORBIDDEN = {
         "asgi_llmguard.stack",
         "asgi_llmguard.cli",
     ),
+    # The admin app sits beside the stack: it may use the stores and layers it manages, but never
+    # the assembly code (stack, reload, cli) that mounts it.
+    "admin": ("asgi_llmguard.stack", "asgi_llmguard.reload", "asgi_llmguard.cli"),
+    # reload.py is assembly code like stack.py: it rebuilds the stack, so only the CLI uses it.
+    "reload": ("asgi_llmguard.cli",),
+    "stack": ("asgi_llmguard.reload", "asgi_llmguard.cli"),
     "policy": ("asgi_llmguard.",),
     "tokens": ("asgi_llmguard.",),
     "routes": ("asgi_llmguard.",),
