@@ -7,11 +7,18 @@ seconds. Then it is half-open: exactly one probe request is let through; its suc
 breaker (and clears the window), its failure opens it again.
 
 Outcomes are counted in ten buckets per window, so memory is constant per credential; the map is
-keyed by credential ids, which come from configuration. In memory, per process.
+keyed by credential ids, which come from configuration (and is capped all the same). In memory,
+per process: each replica judges the upstream by the traffic it sends it.
+
+In half-open the probe is the one caller `allow` said yes to; outcomes reported while no probe is
+out belong to requests admitted before the breaker opened and change nothing. A probe that never
+reports (a bug, or a task killed without ``finally``) cannot wedge the breaker: after ``open_for``
+another probe is let through.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,21 +37,30 @@ class BreakerPolicy:
     open_for: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.window <= 0 or self.open_for <= 0:
-            raise ConfigurationError("breaker window and open_for must be positive")
-        if self.min_requests < 1:
-            raise ConfigurationError("breaker min_requests must be at least 1")
-        if not 0 < self.failure_ratio <= 1:
-            raise ConfigurationError("breaker failure_ratio must be in (0, 1]")
+        for name in ("window", "open_for"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0 < value < math.inf:
+                raise ConfigurationError(
+                    f"breaker {name} must be a positive number of seconds, not {value!r}"
+                )
+        if not isinstance(self.min_requests, int) or self.min_requests < 1:
+            raise ConfigurationError(
+                f"breaker min_requests must be a positive integer, not {self.min_requests!r}"
+            )
+        if not isinstance(self.failure_ratio, int | float) or not 0 < self.failure_ratio <= 1:
+            raise ConfigurationError(
+                f"breaker failure_ratio must be in (0, 1], not {self.failure_ratio!r}"
+            )
 
 
 class _State:
-    __slots__ = ("failures", "opened_at", "probing", "slots", "state", "totals")
+    __slots__ = ("failures", "opened_at", "probe_at", "probing", "slots", "state", "totals")
 
     def __init__(self) -> None:
         self.state = "closed"
         self.opened_at = 0.0
         self.probing = False
+        self.probe_at = 0.0
         # Bucket index (absolute: time // width) per slot, and its counts.
         self.slots = [-1] * _BUCKETS
         self.totals = [0] * _BUCKETS
@@ -66,8 +82,13 @@ class CircuitBreaker:
         state = self._states.get(upstream)
         if state is None:
             if len(self._states) >= _MAX_UPSTREAMS:
-                # Names come from configuration; this only guards against misuse.
-                self._states.pop(next(iter(self._states)))
+                # Names come from configuration; this only guards against misuse. A closed
+                # breaker forgets least (its window); an open one is kept when there is a choice.
+                victim = next(
+                    (k for k, v in self._states.items() if v.state == "closed"),
+                    next(iter(self._states)),
+                )
+                del self._states[victim]
             state = self._states[upstream] = _State()
         return state
 
@@ -89,12 +110,16 @@ class CircuitBreaker:
         state = self._states.get(upstream)
         if state is None:
             return True
-        self._advance(state, self._clock())
+        now = self._clock()
+        self._advance(state, now)
         if state.state == "closed":
             return True
-        if state.state == "open" or state.probing:
+        if state.state == "open":
+            return False
+        if state.probing and now - state.probe_at < self.policy.open_for:
             return False
         state.probing = True
+        state.probe_at = now
         return True
 
     def release(self, upstream: str) -> None:
@@ -108,6 +133,8 @@ class CircuitBreaker:
         state = self._get(upstream)
         self._advance(state, now)
         if state.state == "half_open":
+            if not state.probing:
+                return  # not the probe: a request admitted before the breaker opened
             state.probing = False
             if ok:
                 self._close(state)

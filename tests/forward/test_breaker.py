@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from asgi_llmguard.errors import ConfigurationError
@@ -109,3 +111,72 @@ def test_policy_is_validated() -> None:
         BreakerPolicy(failure_ratio=0)
     with pytest.raises(ConfigurationError):
         BreakerPolicy(min_requests=0)
+
+
+async def test_concurrent_callers_in_half_open_get_one_probe() -> None:
+    b, clock = breaker()
+    for _ in range(4):
+        b.record("a", False)
+    clock.now += 5
+
+    async def caller() -> bool:
+        await asyncio.sleep(0)
+        return b.allow("a")
+
+    results = await asyncio.gather(*(caller() for _ in range(10)))
+    assert sorted(results) == [False] * 9 + [True]
+    b.release("a")
+    assert b.allow("a")  # the freed slot goes to the next caller
+    assert not b.allow("a")
+
+
+def test_outcomes_of_requests_admitted_before_opening_do_not_decide_half_open() -> None:
+    b, clock = breaker()
+    for _ in range(4):
+        b.record("a", False)
+    b.record("a", True)  # open: a late success changes nothing
+    assert b.state("a") == "open"
+    clock.now += 5
+    b.record("a", True)  # half-open, but no probe is out: not the probe's outcome
+    assert b.state("a") == "half_open"
+    assert b.allow("a")
+    b.record("a", False)
+    assert b.state("a") == "open"
+
+
+def test_a_probe_that_never_reports_does_not_wedge_the_breaker() -> None:
+    b, clock = breaker()
+    for _ in range(4):
+        b.record("a", False)
+    clock.now += 5
+    assert b.allow("a")  # this probe is lost: no record(), no release()
+    clock.now += 4.9
+    assert not b.allow("a")
+    clock.now += 0.2
+    assert b.allow("a")
+
+
+def test_unknown_upstreams_are_closed_and_cost_nothing() -> None:
+    b, _ = breaker()
+    assert b.allow("never-seen")
+    assert b.state("never-seen") == "closed"
+    b.release("never-seen")
+    assert b.snapshot() == {}
+    assert b.reset("never-seen") == 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"window": 0},
+        {"window": float("nan")},
+        {"open_for": -1},
+        {"open_for": float("inf")},
+        {"failure_ratio": 1.5},
+        {"failure_ratio": float("nan")},
+        {"min_requests": 2.5},
+    ],
+)
+def test_bad_policies_are_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ConfigurationError):
+        BreakerPolicy(**bad)  # type: ignore[arg-type]
