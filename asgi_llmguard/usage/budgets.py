@@ -101,8 +101,25 @@ class BudgetStoreError(Exception):
     admits the request (fail-open) or refuses it (fail-closed)."""
 
 
+_window_cache: tuple[int, dict[str, tuple[str, float | None]]] = (-1, {})
+
+
 def _windows(now: float) -> dict[str, tuple[str, float | None]]:
-    """Each period's current window id (fixed width, so ids compare as strings) and its end."""
+    """Each period's current window id (fixed width, so ids compare as strings) and its end.
+
+    Every window starts on a UTC hour, so the answer is the same for a whole hour: it is
+    computed once per hour (one entry, shared; callers must not modify it)."""
+    global _window_cache
+    hour_number = int(now // 3600)
+    cached_hour, cached = _window_cache
+    if hour_number == cached_hour:
+        return cached
+    result = _compute_windows(now)
+    _window_cache = (hour_number, result)
+    return result
+
+
+def _compute_windows(now: float) -> dict[str, tuple[str, float | None]]:
     dt = datetime.fromtimestamp(now, UTC)
     hour = dt.replace(minute=0, second=0, microsecond=0)
     day = hour.replace(hour=0)
