@@ -139,13 +139,16 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         prompt = max(usage.input_tokens, cached + creation)
         reasoning = max(0, usage.reasoning_tokens)
         output = max(usage.output_tokens, reasoning)
-        inp, cached_p, creation_p, out, reasoning_p = self.rates(prompt)
+        scaled, exponent = _scaled(self.rates(prompt))
+        numerator = 1000 * (
+            scaled[0] * (prompt - cached - creation)
+            + scaled[1] * cached
+            + scaled[2] * creation
+            + scaled[3] * (output - reasoning)
+            + scaled[4] * reasoning
+        )
         total = _Sum()
-        total.add(inp, (prompt - cached - creation) * 1000)
-        total.add(cached_p, cached * 1000)
-        total.add(creation_p, creation * 1000)
-        total.add(out, (output - reasoning) * 1000)
-        total.add(reasoning_p, reasoning * 1000)
+        total.numerator, total.exponent = numerator, exponent
         if tool_calls:
             for tool, calls in tool_calls.items():
                 fee = self.per_call.get(tool)
@@ -209,6 +212,15 @@ def _exact(value: float) -> tuple[int, int]:
     if exponent >= 0:
         return numerator * _pow10(exponent), 0
     return numerator, -exponent
+
+
+@functools.lru_cache(maxsize=4096)
+def _scaled(rates: tuple[float, ...]) -> tuple[tuple[int, ...], int]:
+    """Prices as integer numerators over one common power of ten: a cost is then one exact
+    integer dot product. Rates come from configuration, so the cache stays small."""
+    exact = [_exact(rate) for rate in rates]
+    exponent = max(e for _, e in exact)
+    return tuple(n * _pow10(exponent - e) for n, e in exact), exponent
 
 
 def _pow10(exponent: int) -> int:
