@@ -32,7 +32,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.targets import ENV, FACTORIES
+from benchmarks import litellm
+from benchmarks.targets import DIR_ENV, ENV, FACTORIES
 from benchmarks.upstream import (
     COMPLETION_BODY,
     LUA_SCRIPT,
@@ -44,7 +45,9 @@ from benchmarks.upstream import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = ["direct", *FACTORIES]
+TARGETS = ["direct", *FACTORIES, "litellm"]
+#: Run when --targets is not given: every target but LiteLLM, which needs its own install.
+DEFAULT_TARGETS = [t for t in TARGETS if t != "litellm"]
 BASELINE = "bare-aiohttp"
 PATH = "/v1/chat/completions"
 INSTALL_HINT = "apt-get install -y wrk nginx-light"
@@ -174,8 +177,15 @@ def cpu_busy(cpu: int) -> tuple[float, float]:
 # -------------------------------------------------------------------------------------- checks
 
 
+def stream_request(name: str) -> bytes:
+    """The streamed request for ``name``: LiteLLM streams through its ``bench-stream`` model."""
+    if name != "litellm":
+        return STREAM_REQUEST_BODY
+    return STREAM_REQUEST_BODY.replace(b'"model":"gpt-4o-mini"', b'"model":"bench-stream"', 1)
+
+
 def post(port: int, body: bytes, stream: bool) -> tuple[int, bytes, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench"}
     if stream:
         headers["X-Bench-Stream"] = "1"
@@ -187,17 +197,31 @@ def post(port: int, body: bytes, stream: bool) -> tuple[int, bytes, str]:
         conn.close()
 
 
+def _same_answer(name: str, got: bytes, expected: bytes, stream: bool) -> bool:
+    """The gateways relay the upstream's bytes unchanged; LiteLLM re-encodes every answer, so
+    for it the check is that the answer is complete."""
+    if name != "litellm":
+        return got == expected
+    if stream:
+        return got.rstrip().endswith(b"data: [DONE]") and b"Rotterdam" in got
+    return b"Rotterdam" in got
+
+
 def verify(name: str, port: int) -> None:
     """One plain and one streamed request: each must be a 200 with the upstream's exact body."""
     for stream, body, expected, ctype in (
         (False, REQUEST_BODY, COMPLETION_BODY, "application/json"),
-        (True, STREAM_REQUEST_BODY, SSE_BODY, "text/event-stream"),
+        (True, stream_request(name), SSE_BODY, "text/event-stream"),
     ):
         try:
             status, got, got_type = post(port, body, stream)
         except (OSError, http.client.HTTPException) as exc:
             raise BenchError(f"{name}: request failed: {exc!r}") from exc
-        if status != 200 or got != expected or not got_type.startswith(ctype):
+        if (
+            status != 200
+            or not _same_answer(name, got, expected, stream)
+            or not (got_type.startswith(ctype))
+        ):
             kind = "streamed" if stream else "plain"
             raise BenchError(
                 f"{name}: the {kind} check failed: status {status}, content-type {got_type!r}, "
@@ -316,11 +340,12 @@ def _read_response(sock: socket.socket, buf: bytearray, sent: float) -> tuple[in
 
 def probe_ttfb(name: str, port: int, count: int, warmup: int = 10) -> list[float]:
     """Sequential streamed requests over one keep-alive connection; seconds to first body byte."""
+    body = stream_request(name)
     request = (
         f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
         f"Authorization: Bearer sk-bench\r\nX-Bench-Stream: 1\r\n"
-        f"Content-Length: {len(STREAM_REQUEST_BODY)}\r\n\r\n"
-    ).encode() + STREAM_REQUEST_BODY
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     times: list[float] = []
     buf = bytearray()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -328,9 +353,11 @@ def probe_ttfb(name: str, port: int, count: int, warmup: int = 10) -> list[float
         for i in range(warmup + count):
             sent = time.perf_counter()
             sock.sendall(request)
-            status, body, ttfb = _read_response(sock, buf, sent)
-            if status != 200 or body != SSE_BODY:
-                raise BenchError(f"{name}: streamed request {i} got {status}, body {body[:200]!r}")
+            status, answer, ttfb = _read_response(sock, buf, sent)
+            if status != 200 or not _same_answer(name, answer, SSE_BODY, True):
+                raise BenchError(
+                    f"{name}: streamed request {i} got {status}, body {answer[:200]!r}"
+                )
             if i >= warmup:
                 times.append(ttfb)
     return times
@@ -374,6 +401,8 @@ def machine_info() -> dict[str, str]:
     info["httpx-aiohttp"] = _version("httpx-aiohttp")
     info["nginx"] = _tool_version([str(NGINX), "-v"]).removeprefix("nginx version: ")
     info["wrk"] = _tool_version(["wrk", "-v"]).split(" [")[0]
+    if litellm.BIN.exists():
+        info["litellm"] = litellm.version()
     return info
 
 
@@ -409,7 +438,7 @@ def table(results: list[Result]) -> str:
 def command(args: argparse.Namespace) -> str:
     cmd = "python -m benchmarks.forwarding" + (" --quick" if args.quick else "")
     cmd += f" --duration {args.duration:g} --connections {','.join(map(str, args.connections))}"
-    if args.targets != TARGETS:
+    if args.targets != DEFAULT_TARGETS:
         cmd += f" --targets {','.join(args.targets)}"
     if args.rounds > 1:
         cmd += f" --rounds {args.rounds}"
@@ -506,10 +535,15 @@ def run_round(
             results += bench_target(name, nginx_port, nginx.pid, args, procs)
             continue
         port, log = free_port(), tmp / f"{name}.log"
-        cmd = [sys.executable, "-m", "benchmarks.serve", name, str(port)]
-        proc = procs.start(procs.pinned(TARGET_CPU, cmd), log, env)
+        if name == "litellm":
+            config = litellm.write_config(tmp, env[ENV])
+            cmd = litellm.command(config, port)
+            proc = procs.start(procs.pinned(TARGET_CPU, cmd), log, litellm.environment(env))
+        else:
+            cmd = [sys.executable, "-m", "benchmarks.serve", name, str(port)]
+            proc = procs.start(procs.pinned(TARGET_CPU, cmd), log, env)
         try:
-            wait_for_port(port, proc, log, timeout=30)
+            wait_for_port(port, proc, log, timeout=180 if name == "litellm" else 30)
             results += bench_target(name, port, proc.pid, args, procs)
         except BenchError as exc:
             raise BenchError(f"{exc}\n--- {name} log ---\n{tail(log)}") from exc
@@ -541,6 +575,7 @@ def run(args: argparse.Namespace) -> list[Result]:
             print(f"upstream: nginx at {upstream} (pid {nginx.pid})", flush=True)
             env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
             env[ENV] = upstream
+            env[DIR_ENV] = str(tmp)
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
             for i in range(args.rounds):
                 if args.rounds > 1:
@@ -592,6 +627,11 @@ def check_tools(targets: list[str]) -> None:
             f"missing: {', '.join(missing)}. On Debian/Ubuntu: {INSTALL_HINT} "
             "(taskset is in util-linux)"
         )
+    if "litellm" in targets:
+        try:
+            litellm.ensure_installed(Path(tempfile.gettempdir()) / "llmguard-litellm-install.log")
+        except litellm.Unavailable as exc:
+            raise BenchError(f"LiteLLM is not available: {exc}") from exc
     if "bare-httpx-aiohttp" in targets and importlib.util.find_spec("httpx_aiohttp") is None:
         raise BenchError(
             "bare-httpx-aiohttp needs the httpx-aiohttp package: "
@@ -618,8 +658,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--targets",
         type=_csv,
-        default=TARGETS,
-        help=f"comma-separated subset of: {','.join(TARGETS)} (default all)",
+        default=DEFAULT_TARGETS,
+        help=f"comma-separated subset of: {','.join(TARGETS)} (default all but litellm)",
     )
     parser.add_argument("--out", type=Path, help="write the markdown report to this file")
     parser.add_argument("--quick", action="store_true", help="smoke mode: 3 s runs")

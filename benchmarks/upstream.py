@@ -9,6 +9,7 @@ port 80 are never touched.
   internally rewritten to ``/v1/stream``, a static ``text/event-stream`` file of a few
   ``chat.completion.chunk`` events ending with ``data: [DONE]``. nginx's static module refuses
   POST with 405; ``error_page 405 =200 $uri`` serves the file anyway.
+- ``POST /stream/v1/chat/completions``: the same stream, for clients that forward no headers.
 """
 
 from __future__ import annotations
@@ -133,6 +134,12 @@ http {{
             }}
             default_type application/json;
             return 200 '{completion}';
+        }}
+
+        # For clients that cannot send the header (LiteLLM's proxy forwards no custom
+        # headers): a base URL whose chat-completions path always streams.
+        location = /stream/v1/chat/completions {{
+            rewrite ^ /v1/stream last;
         }}
 
         location = /v1/stream {{
