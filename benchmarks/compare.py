@@ -111,6 +111,19 @@ def verdicts(
     return out
 
 
+def _command(args: argparse.Namespace) -> str:
+    cmd = "python -m benchmarks.compare" + (" --quick" if args.quick else "")
+    if args.duration:
+        cmd += f" --duration {args.duration:g}"
+    if args.rounds != 1:
+        cmd += f" --rounds {args.rounds}"
+    if args.connections != "32,128":
+        cmd += f" --connections {args.connections}"
+    if args.streams != 1000:
+        cmd += f" --streams {args.streams}"
+    return cmd + (" --skip-litellm" if args.skip_litellm else "")
+
+
 def in_process(requests: int, rounds: int) -> tuple[list[tuple[str, float]], float | None]:
     results = asyncio.run(layers.run(requests, rounds, False, False))
     base = results[0][1]
@@ -155,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
 
     checks = verdicts(results, stack_us, mem)
     lines = [
-        forwarding.report(results, info, fwd_args).replace(
-            "## Forwarding benchmark", "## Comparison", 1
-        ),
+        forwarding.report(results, info, fwd_args)
+        .replace("## Forwarding benchmark", "## Comparison", 1)
+        .replace(forwarding.command(fwd_args), _command(args), 1),
         "### In process (CPU µs per request, JSON, over the bare ForwardingApp)",
         "",
         "| configuration | µs | over bare |",
@@ -188,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(
         json.dumps(
             {
-                "command": "python -m benchmarks.compare " + " ".join(argv or sys.argv[1:]),
+                "command": _command(args),
                 "machine": info,
                 "results": [dataclasses.asdict(r) for r in results],
                 "in_process_us": {name: cost * 1e6 for name, cost in layer_rows},
