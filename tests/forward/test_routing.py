@@ -7,10 +7,12 @@ here is the gateway's).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anthropic
 import httpx
@@ -506,3 +508,84 @@ def test_operator_lists_and_resets_cooldowns_with_the_cli() -> None:
             chat(client)
             assert f.counts() == {"a": 2, "b": 2}  # back on the primary at once
             assert orjson.loads(cli("list", "--json"))["cooldowns"] == []
+
+
+def test_the_routing_section_of_the_config_file_builds_the_router(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asgi_llmguard.config import load_config, resolve_upstreams, stack_kwargs
+    from asgi_llmguard.errors import ConfigurationError
+    from asgi_llmguard.forward.shared_cooldowns import RedisCooldowns
+
+    monkeypatch.setenv("LLMGUARD_TEST_COOLDOWNS", "redis://127.0.0.1:6379/0")
+    path = tmp_path / "llmguard.toml"
+    path.write_text(
+        """
+[[upstreams]]
+name = "primary"
+provider = "anthropic"
+base_url = "http://127.0.0.1:9"
+models = ["claude-*"]
+
+[[upstreams]]
+name = "secondary"
+provider = "anthropic"
+base_url = "http://127.0.0.1:10"
+weight = 2
+priority = 1
+
+[routing]
+selector = "fill-first"
+session_header = "x-session-id"
+pin_header = ""
+hold_first_event = true
+cooldown_store_env = "LLMGUARD_TEST_COOLDOWNS"
+
+[routing.aliases]
+fast = ["claude-haiku-4-5", "claude-sonnet-4-5(low)"]
+
+[routing.cooldowns]
+base = 2.0
+cap = 60.0
+
+[routing.breaker]
+min_requests = 5
+
+[routing.retry]
+max_attempts = 2
+statuses = [429, 529]
+
+[routing.warmup]
+ttl = 120.0
+"""
+    )
+    config = load_config(path)
+    kwargs = stack_kwargs(config, resolve_upstreams(config))
+    routing = kwargs["routing"]
+    assert routing.selector == "fill-first"
+    assert routing.pin_header is None
+    assert routing.session_header == "x-session-id"
+    assert routing.hold_first_event
+    assert routing.retry.max_attempts == 2
+    assert routing.retry.statuses == frozenset({429, 529})
+    assert routing.warmup.ttl == 120.0
+    assert routing.breaker.min_requests == 5
+    assert isinstance(routing.cooldowns, RedisCooldowns)
+    assert routing.cooldowns.policy.base == 2.0
+    gateway = build_stack(**kwargs)
+    router = gateway.forwarder.router
+    assert [c.credential_id for c in router.pool("anthropic", "claude-x").members] == [
+        "primary",
+        "secondary",
+    ]
+    assert [c.credential_id for c in router.pool("anthropic", "other").members] == ["secondary"]
+    assert router.plan("anthropic", "fast").alias == "fast"
+    asyncio.run(gateway.aclose())
+
+    path.write_text(path.read_text().replace('selector = "fill-first"', 'selector = "random"'))
+    with pytest.raises(ConfigurationError):
+        load_config(path)
+    bad = path.read_text().replace('selector = "random"', "").replace("base = 2.0", "base = 0")
+    path.write_text(bad)
+    with pytest.raises(ConfigurationError, match="routing"):
+        stack_kwargs(load_config(path), resolve_upstreams(load_config(path)))
