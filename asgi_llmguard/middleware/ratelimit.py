@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from asgi_llmguard.context import (
     ClientDisconnected,
@@ -112,6 +112,11 @@ class RateLimitMiddleware:
             )
         )
         self.stats = self.limiter.stats
+        # Stores that check all of a request's buckets in one round trip (Redis) say so.
+        self._admit: (
+            Callable[[Sequence[tuple[str, ParsedLimit, float, bool]]], Awaitable[list[Decision]]]
+            | None
+        ) = getattr(self.limiter, "admit", None)
         self._reserve = bool(reserve_tokens)
         self._default_output = default_max_output_tokens
         self._identity = identity or ClientIdentity(trusted_proxies)
@@ -198,51 +203,78 @@ class RateLimitMiddleware:
         taken: list[tuple[ParsedLimit, str, float]] = []  # given back if a later limit refuses
         settle: list[tuple[ParsedLimit, str, float]] = []  # token limits charged at the end
         failed_open = False
-        for lim, bucket in buckets:
-            is_tokens = lim.kind == "tokens"
-            cost = 1.0
-            try:
-                if not is_tokens:
-                    decision = await limiter.acquire(bucket, lim, 1.0)
+        admit = self._admit
+        if admit is not None and len(buckets) > 1:
+            # The store checks every bucket in one round trip, all or nothing.
+            checks = []
+            for lim, bucket in buckets:
+                if lim.kind != "tokens":
+                    checks.append((bucket, lim, 1.0, True))
                 elif self._reserve:
-                    # More than a full bucket could never pass: reserve at most a full bucket,
-                    # the rest is charged after the fact like any token overrun.
-                    cost = float(min(estimate, lim.burst))
-                    decision = await limiter.acquire(bucket, lim, cost)
+                    checks.append((bucket, lim, float(min(estimate, lim.burst)), True))
                 else:
-                    cost = 0.0
-                    decision = await limiter.peek(bucket, lim)
+                    checks.append((bucket, lim, 0.0, False))
+            try:
+                decisions = await admit(checks)
             except StoreUnavailable:
-                if lim.fail_open:
-                    failed_open = True
-                    continue
-                stats.fail_closed += 1
-                await self._give_back(taken)
-                await send_error(
-                    send,
-                    503,
-                    "Rate limits cannot be checked right now; please try again shortly.",
-                    anthropic=anthropic,
-                    code="rate_limit_unavailable",
-                    headers=[(b"retry-after", b"1")],
-                )
-                return
-            if not decision.allowed:
-                stats.rejected += 1
-                await self._give_back(taken)
-                if is_tokens:
-                    tokens = decision
+                if not all(lim.fail_open for lim, _ in buckets):
+                    stats.fail_closed += 1
+                    await self._unavailable(send, anthropic)
+                    return
+                failed_open = True
+                decisions = []
+            refused: tuple[ParsedLimit, Decision] | None = None
+            for (bucket, lim, cost, _), decision in zip(checks, decisions, strict=False):
+                if lim.kind == "tokens":
+                    tokens = tighter(tokens, decision)
+                    settle.append((lim, bucket, cost))
                 else:
-                    requests = decision
-                await self._refuse(send, lim, decision, requests, tokens, anthropic)
+                    requests = tighter(requests, decision)
+                if not decision.allowed and refused is None:
+                    refused = (lim, decision)
+            if refused is not None:
+                stats.rejected += 1
+                await self._refuse(send, refused[0], refused[1], requests, tokens, anthropic)
                 return
-            if cost:
-                taken.append((lim, bucket, cost))
-            if is_tokens:
-                settle.append((lim, bucket, cost))
-                tokens = tighter(tokens, decision)
-            else:
-                requests = tighter(requests, decision)
+        else:
+            for lim, bucket in buckets:
+                is_tokens = lim.kind == "tokens"
+                cost = 1.0
+                try:
+                    if not is_tokens:
+                        decision = await limiter.acquire(bucket, lim, 1.0)
+                    elif self._reserve:
+                        # More than a full bucket could never pass: reserve at most a full bucket,
+                        # the rest is charged after the fact like any token overrun.
+                        cost = float(min(estimate, lim.burst))
+                        decision = await limiter.acquire(bucket, lim, cost)
+                    else:
+                        cost = 0.0
+                        decision = await limiter.peek(bucket, lim)
+                except StoreUnavailable:
+                    if lim.fail_open:
+                        failed_open = True
+                        continue
+                    stats.fail_closed += 1
+                    await self._give_back(taken)
+                    await self._unavailable(send, anthropic)
+                    return
+                if not decision.allowed:
+                    stats.rejected += 1
+                    await self._give_back(taken)
+                    if is_tokens:
+                        tokens = decision
+                    else:
+                        requests = decision
+                    await self._refuse(send, lim, decision, requests, tokens, anthropic)
+                    return
+                if cost:
+                    taken.append((lim, bucket, cost))
+                if is_tokens:
+                    settle.append((lim, bucket, cost))
+                    tokens = tighter(tokens, decision)
+                else:
+                    requests = tighter(requests, decision)
 
         if failed_open:  # counted once per request, and only if it is admitted
             stats.fail_open += 1
@@ -342,6 +374,17 @@ class RateLimitMiddleware:
             if delta:
                 with contextlib.suppress(StoreUnavailable):  # counted and logged by the limiter
                     await self.limiter.charge(bucket, lim, delta)
+
+    @staticmethod
+    async def _unavailable(send: Send, anthropic: bool) -> None:
+        await send_error(
+            send,
+            503,
+            "Rate limits cannot be checked right now; please try again shortly.",
+            anthropic=anthropic,
+            code="rate_limit_unavailable",
+            headers=[(b"retry-after", b"1")],
+        )
 
     async def _refuse(
         self,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
 from asgi_llmguard.errors import ConfigurationError
@@ -162,6 +162,53 @@ return {1, string.format('%.17g', new - now)}
 """
 
 
+# Several buckets for one request in one atomic step: every bucket is checked first (mode "a"
+# takes ``cost``, "p" only looks, with a cost of one unit), and only if all pass are the takes
+# written; a refusal writes nothing, so nothing has to be given back. Returns, per bucket,
+# {allowed, ms the TAT is ahead of now} as `_LUA` does. Standalone Redis: the keys of one call
+# may live in different cluster slots.
+_LUA_MANY = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
+local out = {}
+local tats = {}
+local news = {}
+local passed = true
+for i = 1, #KEYS do
+  local base = (i - 1) * 4
+  local interval = tonumber(ARGV[base + 1])
+  local tolerance = tonumber(ARGV[base + 2])
+  local cost = tonumber(ARGV[base + 3])
+  local tat = tonumber(redis.call('GET', KEYS[i]))
+  if tat == nil or tat < now then tat = now end
+  local new = tat + cost * interval
+  tats[i] = tat
+  news[i] = new
+  if new - tolerance > now + 1e-6 then
+    out[2 * i - 1] = 0
+    passed = false
+  else
+    out[2 * i - 1] = 1
+  end
+end
+for i = 1, #KEYS do
+  local tat, new = tats[i], news[i]
+  if passed and ARGV[(i - 1) * 4 + 4] == 'a' then
+    if new <= now then
+      redis.call('DEL', KEYS[i])
+      out[2 * i] = '0'
+    else
+      redis.call('SET', KEYS[i], string.format('%.17g', new), 'PX', math.ceil(new - now))
+      out[2 * i] = string.format('%.17g', new - now)
+    end
+  else
+    out[2 * i] = string.format('%.17g', tat - now)
+  end
+end
+return out
+"""
+
+
 class RedisGcra(Limiter):
     """GCRA in Redis: one Lua script per check, atomic across every worker and replica.
 
@@ -182,6 +229,7 @@ class RedisGcra(Limiter):
         super().__init__()
         self._client = client
         self._script = client.register_script(_LUA)
+        self._script_many = client.register_script(_LUA_MANY)
         self._prefix = prefix
         self._guard = Guard(where, timeout, self.stats)
         self.where = where
@@ -209,6 +257,29 @@ class RedisGcra(Limiter):
 
     async def charge(self, key: str, limit: ParsedLimit, cost: float) -> None:
         await self._run(key, limit, cost, "c")
+
+    async def admit(self, checks: Sequence[tuple[str, ParsedLimit, float, bool]]) -> list[Decision]:
+        """Check every bucket of one request in one round trip: ``(key, limit, cost, take)``
+        takes ``cost`` where ``take``, else looks whether one unit is there. All or nothing: when
+        any bucket refuses, nothing is taken. One decision per check, in order."""
+        keys: list[str] = []
+        args: list[str] = []
+        for key, limit, cost, take in checks:
+            keys.append(self._prefix + key)
+            args += (
+                repr(limit.interval * 1000.0),
+                repr(limit.tolerance * 1000.0),
+                repr(cost if take else 1.0),
+                "a" if take else "p",
+            )
+        reply = await self._guard(self._script_many(keys=keys, args=args))
+        decisions = []
+        for index, (_, limit, cost, take) in enumerate(checks):
+            allowed, ahead_ms = reply[2 * index], reply[2 * index + 1]
+            decisions.append(
+                decide(limit, bool(allowed), float(ahead_ms) / 1000.0, cost if take else 1.0)
+            )
+        return decisions
 
     async def peek(self, key: str, limit: ParsedLimit) -> Decision:
         allowed, ahead = await self._run(key, limit, 1.0, "p")

@@ -265,3 +265,34 @@ def test_redis_gcra_burst_debt_refund_and_expiry(shared_redis, prefix):
             await raw.aclose()
 
     run(go())
+
+
+def test_redis_admit_checks_every_bucket_in_one_step_all_or_nothing(shared_redis, prefix):
+    requests = parse_limit(RateLimit("100/second", burst=10))
+    tokens = parse_limit(RateLimit("3000/minute", kind="tokens", burst=50))
+
+    async def go():
+        limiter = create_limiter(RateLimitConfig(storage=shared_redis, key_prefix=prefix))
+        raw = __import__("redis").asyncio.Redis.from_url(shared_redis)
+        try:
+            both = [("r", requests, 1.0, True), ("t", tokens, 40.0, True)]
+            assert [d.allowed for d in await limiter.admit(both)] == [True, True]
+            refused = await limiter.admit(both)  # 10 tokens left: the token bucket refuses
+            assert [d.allowed for d in refused] == [True, False]
+            assert refused[1].retry_after > 0
+            # ...and the request bucket took nothing: still 9 of 10
+            assert (await limiter.peek("r", requests)).remaining == 9
+            peeking = [("r", requests, 1.0, True), ("t", tokens, 0.0, False)]
+            assert all(d.allowed for d in await limiter.admit(peeking))
+            assert (await limiter.peek("r", requests)).remaining == 8
+            assert (await limiter.peek("t", tokens)).remaining == 10  # a peek takes nothing
+            assert await raw.exists(prefix + "t") == 1
+            # the same answers as one call per bucket would give
+            one = await limiter.acquire("r", requests, 1.0)
+            many = await limiter.admit([("r", requests, 1.0, True), ("t", tokens, 0.0, False)])
+            assert one.remaining - 1 == many[0].remaining
+        finally:
+            await limiter.aclose()
+            await raw.aclose()
+
+    run(go())
