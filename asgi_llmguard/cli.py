@@ -56,6 +56,7 @@ def create_app() -> ReloadableGateway:
         os.environ.get(ENV_CONFIG) or None,
         upstreams=fake_upstreams(fake) if fake else None,
         handle_signals=True,
+        tune_gc=True,
     )
 
 

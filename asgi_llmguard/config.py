@@ -59,6 +59,14 @@ class ServerConfig(_Strict):
     #: (streams with a terminal SSE error event); new requests are refused meanwhile.
     shutdown_grace: float = 25.0
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    #: The collector's young-generation threshold once serving (0: CPython's 700); and whether
+    #: everything alive at start-up is frozen out of collections (see `asgi_llmguard.runtime`).
+    gc_threshold: int = 10_000
+    gc_freeze: bool = True
+
+    def __post_init__(self) -> None:
+        if self.gc_threshold < 0:
+            raise ValueError(f"gc_threshold must be >= 0, not {self.gc_threshold}")
 
 
 class TimeoutsConfig(_Strict):

@@ -38,6 +38,7 @@ from asgi_llmguard.config import GatewayConfig, load_config, resolve_upstreams, 
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.middleware.ratelimit import RateLimitMiddleware
 from asgi_llmguard.providers.base import Upstream
+from asgi_llmguard.runtime import tune_gc
 from asgi_llmguard.stack import Gateway, build_stack
 from asgi_llmguard.types import Receive, Scope, Send
 
@@ -98,6 +99,8 @@ class ReloadableGateway:
       ``os.environ``).
     - ``handle_signals``: at lifespan startup, `install_signal_handlers` (the standalone
       server): SIGHUP reloads, SIGTERM/SIGINT drain within ``[server] shutdown_grace``.
+    - ``tune_gc``: once started, apply ``[server] gc_threshold`` and ``gc_freeze`` to the
+      process (`asgi_llmguard.runtime.tune_gc`; the standalone server).
 
     Serves ASGI lifespan itself (start, then on shutdown: the replaced stacks still finishing,
     then the current one). Raises `ConfigurationError` when the file is invalid at start.
@@ -110,6 +113,7 @@ class ReloadableGateway:
         upstreams: Sequence[Upstream] | None = None,
         environ: Mapping[str, str] | None = None,
         handle_signals: bool = False,
+        tune_gc: bool = False,
     ) -> None:
         self.config_path = Path(config_path) if config_path is not None else None
         self._upstreams = tuple(upstreams) if upstreams is not None else None
@@ -120,6 +124,7 @@ class ReloadableGateway:
         self._retired_gateways: list[Gateway] = []
         self.generation = 1
         self._handle_signals = handle_signals
+        self._tune_gc = tune_gc
         self._restore_signals: Callable[[], None] | None = None
 
     @property
@@ -242,6 +247,10 @@ class ReloadableGateway:
         if self._handle_signals and self._restore_signals is None:
             grace = self.config.server.shutdown_grace
             self._restore_signals = install_signal_handlers(self, grace=grace)
+        if self._tune_gc:
+            server = self.config.server
+            tune_gc(threshold=server.gc_threshold, freeze=server.gc_freeze)
+            self._tune_gc = False  # once per process: a restart of the stack keeps it
 
     async def drain(self, grace: float) -> int:
         """`Gateway.drain` on the current stack and on replaced ones still finishing."""

@@ -1,16 +1,40 @@
 """Serve one benchmark target with uvicorn: ``python -m benchmarks.serve NAME PORT``.
 
 One process, uvloop, httptools, no access log, log level warning. The benchmark runs it pinned
-to one CPU with ``taskset``; ``LLMGUARD_BENCH_UPSTREAM`` names the upstream.
+to one CPU with ``taskset``; ``LLMGUARD_BENCH_UPSTREAM`` names the upstream. The gateway targets
+are served as ``asgi-llmguard serve`` serves the gateway: once started, the collector is tuned
+with the ``[server]`` defaults (`asgi_llmguard.runtime`); the bare forwarders keep CPython's.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import uvicorn
 
+from asgi_llmguard.config import ServerConfig
+from asgi_llmguard.runtime import tune_gc
 from benchmarks.targets import FACTORIES
+
+
+def _tuned_at_startup(app: Any) -> Any:
+    """``app`` with the standalone server's collector tuning applied once it has started."""
+
+    async def served(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+
+        async def send_(message: Any) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                server = ServerConfig()
+                tune_gc(threshold=server.gc_threshold, freeze=server.gc_freeze)
+            await send(message)
+
+        await app(scope, receive, send_)
+
+    return served
 
 
 def main() -> None:
@@ -18,9 +42,13 @@ def main() -> None:
     parser.add_argument("target", choices=sorted(FACTORIES))
     parser.add_argument("port", type=int)
     args = parser.parse_args()
-    factory = FACTORIES[args.target].__name__
+    factory = FACTORIES[args.target]
+    if args.target.startswith("gateway"):
+        config_app: Any = lambda: _tuned_at_startup(factory())  # noqa: E731
+    else:
+        config_app = factory
     config = uvicorn.Config(
-        f"benchmarks.targets:{factory}",
+        config_app,
         factory=True,
         host="127.0.0.1",
         port=args.port,
