@@ -23,6 +23,7 @@ from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.ratelimit._store import Guard
 from asgi_llmguard.ratelimit.base import Limiter
 from asgi_llmguard.ratelimit.spec import Decision, ParsedLimit, floor_units
+from asgi_llmguard.redis_batch import ScriptBatcher
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -228,8 +229,10 @@ class RedisGcra(Limiter):
     ) -> None:
         super().__init__()
         self._client = client
-        self._script = client.register_script(_LUA)
-        self._script_many = client.register_script(_LUA_MANY)
+        # Concurrent requests' checks share pipelines (see `asgi_llmguard.redis_batch`).
+        self._batch = ScriptBatcher(client, timeout=timeout)
+        self._script = self._batch.register(_LUA)
+        self._script_many = self._batch.register(_LUA_MANY)
         self._prefix = prefix
         self._guard = Guard(where, timeout, self.stats)
         self.where = where
@@ -238,14 +241,10 @@ class RedisGcra(Limiter):
         self, key: str, limit: ParsedLimit, cost: float, mode: str
     ) -> tuple[bool, float]:
         reply = await self._guard(
-            self._script(
-                keys=[self._prefix + key],
-                args=[
-                    repr(limit.interval * 1000.0),
-                    repr(limit.tolerance * 1000.0),
-                    repr(cost),
-                    mode,
-                ],
+            self._batch.call(
+                self._script,
+                [self._prefix + key],
+                [repr(limit.interval * 1000.0), repr(limit.tolerance * 1000.0), repr(cost), mode],
             )
         )
         allowed, ahead_ms = reply
@@ -272,7 +271,7 @@ class RedisGcra(Limiter):
                 repr(cost if take else 1.0),
                 "a" if take else "p",
             )
-        reply = await self._guard(self._script_many(keys=keys, args=args))
+        reply = await self._guard(self._batch.call(self._script_many, keys, args))
         decisions = []
         for index, (_, limit, cost, take) in enumerate(checks):
             allowed, ahead_ms = reply[2 * index], reply[2 * index + 1]
@@ -301,6 +300,7 @@ class RedisGcra(Limiter):
         return await self._guard(scan_and_delete())
 
     async def aclose(self) -> None:
+        await self._batch.aclose()
         await self._client.aclose()
 
     def __repr__(self) -> str:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 
 from asgi_llmguard.policy import Budget
+from asgi_llmguard.redis_batch import ScriptBatcher
 from asgi_llmguard.usage.pricing import usd_to_nanos
 
 if TYPE_CHECKING:
@@ -529,7 +530,9 @@ class RedisBudgetStore(BudgetStore):
         from redis.exceptions import RedisError
 
         self._redis = redis
-        self._script = redis.register_script(_SCRIPT)
+        # Concurrent requests' reservations and settlements share pipelines.
+        self._batch = ScriptBatcher(redis, timeout=timeout)
+        self._script = self._batch.register(_SCRIPT)
         self._prefix = prefix
         self._timeout = timeout
         self._grace_ms = str(int(grace * 1000))
@@ -545,6 +548,7 @@ class RedisBudgetStore(BudgetStore):
         return cls(Redis.from_url(url), owns_client=True, **kwargs)
 
     async def aclose(self) -> None:
+        await self._batch.aclose()
         if self._owns:
             await self._redis.aclose()
 
@@ -555,8 +559,8 @@ class RedisBudgetStore(BudgetStore):
     async def _run(self, subject: str, op: str, *args: str | int) -> Any:
         try:
             async with asyncio.timeout(self._timeout):
-                return await self._script(
-                    keys=self._keys(subject), args=[op, self._grace_ms, *args]
+                return await self._batch.call(
+                    self._script, self._keys(subject), [op, self._grace_ms, *args]
                 )
         except self._errors as exc:
             raise BudgetStoreError(f"budget store: {type(exc).__name__}: {exc}") from exc
