@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from asgi_llmguard.context import get_context, route_path
 from asgi_llmguard.errors import ConfigurationError, error_body, send_body, sse_error_event
@@ -36,16 +36,24 @@ _REFUSED = "The gateway is shutting down; please retry."
 _ENDED = "The gateway is shutting down; the stream was ended before it finished."
 
 
+def _is_sse(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name.lower() == b"content-type":
+            return value.lower().startswith(b"text/event-stream")
+    return False
+
+
 class _InFlight:
     """One request in flight: its task and how far its response got."""
 
-    __slots__ = ("anthropic", "complete", "ended", "sse", "started", "task")
+    __slots__ = ("anthropic", "complete", "ended", "headers", "started", "task")
 
     def __init__(self, task: asyncio.Task[object] | None) -> None:
         self.task = task
         self.anthropic = False
         self.started = False
-        self.sse = False
+        #: The response's headers, read only if the drain has to end it.
+        self.headers: Iterable[tuple[bytes, bytes]] = ()
         self.complete = False
         #: Set by `DrainMiddleware.drain` just before it cancels the task.
         self.ended = False
@@ -102,13 +110,12 @@ class DrainMiddleware:
             if entry.ended:
                 return  # the request was ended by the drain: nothing more goes out
             kind = message["type"]
-            if kind == "http.response.start":
+            if kind == "http.response.body":
+                if not message.get("more_body", False):
+                    entry.complete = True
+            elif kind == "http.response.start":
                 entry.started = True
-                for name, value in message.get("headers", ()):
-                    if name.lower() == b"content-type":
-                        entry.sse = value.lower().startswith(b"text/event-stream")
-            elif kind == "http.response.body" and not message.get("more_body", False):
-                entry.complete = True
+                entry.headers = message.get("headers", ())
             await send(message)
 
         try:
@@ -138,7 +145,7 @@ class DrainMiddleware:
     async def _finish(self, scope: Scope, send: Send, entry: _InFlight) -> None:
         if not entry.started:
             await self._refuse(scope, send)
-        elif entry.sse and not entry.complete:
+        elif _is_sse(entry.headers) and not entry.complete:
             route = get_context(scope).route
             anthropic = route is not None and route.endpoint.anthropic_errors
             event = sse_error_event(_ENDED, anthropic=anthropic, type="overloaded_error")

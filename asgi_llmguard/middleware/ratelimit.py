@@ -121,6 +121,13 @@ class RateLimitMiddleware:
         self._default_output = default_max_output_tokens
         self._identity = identity or ClientIdentity(trusted_proxies)
         self._specs: dict[tuple[RateLimit, ...], tuple[ParsedLimit, ...]] = {}
+        self._last_specs: tuple[tuple[RateLimit, ...], tuple[ParsedLimit, ...]] | None = None
+        self._shapes: dict[tuple[int, bool], _Shape] = {}
+        # (key id, model, metered) -> (the key's limits, its buckets); bounded like _specs.
+        self._buckets_memo: dict[
+            tuple[str, str | None, bool],
+            tuple[tuple[ParsedLimit, ...], list[tuple[ParsedLimit, str]]],
+        ] = {}
         self._max_specs = max_key_specs
         # Token settlements that must outlive a cancelled request; held so they are not GC'd.
         self._background: set[asyncio.Task[None]] = set()
@@ -150,15 +157,15 @@ class RateLimitMiddleware:
         route = ctx.route
         endpoint = route.endpoint if route is not None else None
         metered = endpoint is not None and endpoint.billable and endpoint.json_body
-        candidates = [lim for lim in limits if metered or lim.kind == "requests"]
-        if not candidates:
+        shape = self._shape(limits, metered)
+        if shape is None:
             await self.app(scope, receive, send)
             return
         anthropic = endpoint is not None and endpoint.anthropic_errors
 
         model: str | None = None
-        wants_tokens = any(lim.kind == "tokens" for lim in candidates)
-        if wants_tokens or any(lim.needs_model for lim in candidates):
+        wants_tokens = shape.wants_tokens
+        if shape.needs_model:
             if endpoint is not None and endpoint.json_body and ctx.body is None:
                 try:
                     await read_body(ctx, receive)
@@ -172,25 +179,19 @@ class RateLimitMiddleware:
                 await send_error(send, 400, str(exc), anthropic=anthropic)
                 return
 
-        who: str | None = None
-        buckets: list[tuple[ParsedLimit, str]] = []
-        for lim in candidates:
-            if not lim.matches_model(model):
-                continue
-            per = lim.per
-            if per == "global":
-                buckets.append((lim, f"g|{lim.ident}"))
-                continue
-            if per != "key" and model is None:
-                continue  # a per-model limit has no bucket for a request without a model
-            if per != "model" and who is None:
-                who = f"k={key.key_id}" if key is not None else f"c={self._identity(scope)}"
-            if per == "key":
-                buckets.append((lim, f"{who}|{lim.ident}"))
-            elif per == "model":
-                buckets.append((lim, f"m={_model_part(model)}|{lim.ident}"))
+        if key is not None:
+            # The same key asking for the same model finds the same buckets: named once.
+            memo = (key.key_id, model, metered)
+            cached = self._buckets_memo.get(memo)
+            if cached is not None and cached[0] is limits:
+                buckets = cached[1]
             else:
-                buckets.append((lim, f"{who}|m={_model_part(model)}|{lim.ident}"))
+                buckets = _buckets(shape, model, f"k={key.key_id}")
+                if len(self._buckets_memo) >= self._max_specs:
+                    del self._buckets_memo[next(iter(self._buckets_memo))]
+                self._buckets_memo[memo] = (limits, buckets)
+        else:
+            buckets = _buckets(shape, model, None, lambda: f"c={self._identity(scope)}")
         if not buckets:
             await self.app(scope, receive, send)
             return
@@ -343,13 +344,30 @@ class RateLimitMiddleware:
         specs = key.rate_limits
         if not specs:
             return self._limits
+        # Hashing the specs costs a dataclass hash per limit: remember the last tuple seen.
+        last = self._last_specs
+        if last is not None and last[0] is specs:
+            return last[1]
         parsed = self._specs.get(specs)
         if parsed is None:
             parsed = _dedupe(tuple(parse_limit(spec) for spec in specs) + self._limits)
             if len(self._specs) >= self._max_specs:
                 del self._specs[next(iter(self._specs))]
             self._specs[specs] = parsed
+        self._last_specs = (specs, parsed)
         return parsed
+
+    def _shape(self, limits: tuple[ParsedLimit, ...], metered: bool) -> _Shape | None:
+        """What a set of limits asks of a request (cached per limit set and route kind)."""
+        memo = (id(limits), metered)
+        cached = self._shapes.get(memo)
+        if cached is not None and cached.limits is limits:
+            return cached if cached.candidates else None
+        shape = _Shape(limits, metered)
+        if len(self._shapes) >= self._max_specs:
+            del self._shapes[next(iter(self._shapes))]
+        self._shapes[memo] = shape
+        return shape if shape.candidates else None
 
     def _estimate(self, ctx: RequestContext) -> int:
         """Prompt bytes / 4 plus the output the request allows: cheap, and on the high side."""
@@ -420,6 +438,50 @@ class RateLimitMiddleware:
 
     def __repr__(self) -> str:
         return f"<RateLimitMiddleware limits={len(self._limits)} limiter={self.limiter!r}>"
+
+
+class _Shape:
+    """What one set of limits asks of a request on a metered (or unmetered) route: the limits
+    that apply (token limits only on metered routes), whether it needs the body's token
+    estimate, and whether it needs the model to name its buckets."""
+
+    __slots__ = ("candidates", "limits", "needs_model", "wants_tokens")
+
+    def __init__(self, limits: tuple[ParsedLimit, ...], metered: bool) -> None:
+        self.limits = limits
+        self.candidates = tuple(lim for lim in limits if metered or lim.kind == "requests")
+        self.wants_tokens = any(lim.kind == "tokens" for lim in self.candidates)
+        self.needs_model = self.wants_tokens or any(lim.needs_model for lim in self.candidates)
+
+
+def _buckets(
+    shape: _Shape,
+    model: str | None,
+    who: str | None,
+    identity: Callable[[], str] | None = None,
+) -> list[tuple[ParsedLimit, str]]:
+    """The buckets a request for ``model`` is counted in, named as the store knows them.
+    ``who``: ``k=<key id>``; without a key, ``identity`` names the client when needed."""
+    buckets: list[tuple[ParsedLimit, str]] = []
+    for lim in shape.candidates:
+        if not lim.matches_model(model):
+            continue
+        per = lim.per
+        if per == "global":
+            buckets.append((lim, f"g|{lim.ident}"))
+            continue
+        if per != "key" and model is None:
+            continue  # a per-model limit has no bucket for a request without a model
+        if per != "model" and who is None:
+            assert identity is not None
+            who = identity()
+        if per == "key":
+            buckets.append((lim, f"{who}|{lim.ident}"))
+        elif per == "model":
+            buckets.append((lim, f"m={_model_part(model)}|{lim.ident}"))
+        else:
+            buckets.append((lim, f"{who}|m={_model_part(model)}|{lim.ident}"))
+    return buckets
 
 
 def _anthropic(ctx: RequestContext) -> bool:

@@ -55,22 +55,20 @@ class ParsedLimit:
     #: Part of every storage key, so two limits of different sizes never share a bucket.
     ident: str
     _models: re.Pattern[str] | None = field(repr=False)
+    # Read on every request: copied from the spec once, as plain attributes.
+    kind: str = field(init=False, repr=False)
+    per: str = field(init=False, repr=False)
+    fail_open: bool = field(init=False, repr=False)
+    #: Whether the request's model must be known to find its bucket.
+    needs_model: bool = field(init=False, repr=False)
 
-    @property
-    def kind(self) -> str:
-        return self.spec.kind
-
-    @property
-    def per(self) -> str:
-        return self.spec.per
-
-    @property
-    def fail_open(self) -> bool:
-        return self.spec.on_error == "open"
-
-    @property
-    def needs_model(self) -> bool:
-        return self.spec.per in ("model", "key_model") or self._models is not None
+    def __post_init__(self) -> None:
+        spec = self.spec
+        set_ = object.__setattr__  # frozen
+        set_(self, "kind", spec.kind)
+        set_(self, "per", spec.per)
+        set_(self, "fail_open", spec.on_error == "open")
+        set_(self, "needs_model", spec.per in ("model", "key_model") or self._models is not None)
 
     def matches_model(self, model: str | None) -> bool:
         """Whether a request for ``model`` counts against this limit."""
