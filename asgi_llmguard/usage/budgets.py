@@ -30,10 +30,12 @@ from __future__ import annotations
 import abc
 import asyncio
 import functools
+import itertools
+import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -151,6 +153,29 @@ def _check(amount: int, ttl: float) -> None:
         raise ValueError("amount_nanos must be >= 0")
     if not ttl > 0:
         raise ValueError("ttl must be > 0")
+
+
+def _id_source() -> Iterator[str]:
+    prefix = secrets.token_hex(8)
+    return (f"{prefix}{n:x}" for n in itertools.count())
+
+
+_ids = _id_source()
+
+
+def _new_id() -> str:
+    """A reservation id unique across processes: a random prefix per process, then a count
+    (one ``urandom`` call per process instead of one per request)."""
+    return next(_ids)
+
+
+def _fresh_ids() -> None:
+    global _ids
+    _ids = _id_source()
+
+
+# A forked worker must not count on from its parent's prefix.
+os.register_at_fork(after_in_child=_fresh_ids)
 
 
 class BudgetStore(abc.ABC):
@@ -322,7 +347,7 @@ class MemoryBudgetStore(BudgetStore):
             held = tuple(f"{code}:{counter.window}" for code, counter in counters)
             for _, counter in counters:
                 counter.reserved += amount_nanos
-            rid = secrets.token_hex(16)
+            rid = _new_id()
             expires_at = now + ttl
             state.live[rid] = (amount_nanos, held, expires_at)
             state.next_expiry = min(state.next_expiry, expires_at)
@@ -580,7 +605,7 @@ class RedisBudgetStore(BudgetStore):
         args: list[str | int] = []
         for code, limit in limits:
             args += [code, windows[code][0], limit]
-        rid = secrets.token_hex(16)
+        rid = _new_id()
         ttl_ms = max(1, int(ttl * 1000))
         reply = await self._run(
             subject, "reserve", rid, amount_nanos, ttl_ms, keep, len(limits), *args

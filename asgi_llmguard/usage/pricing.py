@@ -190,11 +190,11 @@ def estimate_nanos(price: ModelPrice, prompt_tokens_estimate: int, max_output_to
     """
     prompt = max(0, prompt_tokens_estimate)
     output = max(0, max_output_tokens)
-    inp, cached, creation, out, reasoning = price.rates(prompt)
-    total = _Sum()
-    total.add(max(inp, cached, creation), prompt * 1000)
-    total.add(max(out, reasoning), output * 1000)
-    return total.ceil()
+    # The prices as integers over one power of ten (cached), so the max of the numerators is
+    # the numerator of the max: one exact dot product, rounded up.
+    s, exponent = _scaled(price.rates(prompt))
+    numerator = 1000 * (max(s[0], s[1], s[2]) * prompt + max(s[3], s[4]) * output)
+    return -(-numerator // _pow10(exponent))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -249,9 +249,6 @@ class _Sum:
         denominator = _pow10(self.exponent)
         quotient, remainder = divmod(self.numerator, denominator)
         return quotient + int(2 * remainder >= denominator)
-
-    def ceil(self) -> int:
-        return -(-self.numerator // _pow10(self.exponent))
 
 
 # Dated snapshots and moving aliases of one model share its price:

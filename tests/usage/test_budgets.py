@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -520,3 +521,27 @@ class MemoryStoreMachine(RuleBasedStateMachine):
 
 TestMemoryStoreMachine = MemoryStoreMachine.TestCase
 TestMemoryStoreMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+async def test_reservation_ids_are_unique_and_a_forked_worker_gets_its_own() -> None:
+    store = MemoryBudgetStore()
+    budget = Budget(total=1.0)
+    held = [await store.reserve("key:ids", budget, 1) for _ in range(1000)]
+    ids = [r.id for r in held if isinstance(r, Reservation)]
+    assert len(set(ids)) == 1000
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a worker forked after the parent made reservations
+        try:
+            child = asyncio.run(store.reserve("key:ids", budget, 1))
+            os.write(write, child.id.encode() if isinstance(child, Reservation) else b"-")
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child_id = os.read(read, 100).decode()
+    os.close(read)
+    assert child_id not in ("", "-")
+    # Two workers counting from the same prefix would hand out the same ids in a shared store.
+    assert child_id[:16] != ids[0][:16]
+    assert child_id not in ids
