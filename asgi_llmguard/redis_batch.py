@@ -4,9 +4,9 @@ Every Redis-backed check (a request's rate limits, a budget reservation, a settl
 ``EVALSHA``. Sent one by one, each costs a connection checkout, a write and a read of its own,
 and in redis-py most of that is Python: about 100 µs of CPU per call, several times what the
 script costs Redis. The batcher queues the calls made while a batch is on the wire and sends
-them as the next batch, in one pipeline (``transaction=False``): one checkout, one write, one
-read for all of them. Under load the batches grow by themselves; a lone request waits for no
-one (its call goes out on the next turn of the event loop).
+them as the next batch, pipelined on one connection it keeps (packed by hiredis, answered through
+redis-py's parser): one write and one read for all of them. Under load the batches grow by
+themselves; a lone request waits for no one (its call goes out on the next turn of the loop).
 
 What does not change: each script still runs atomically, and the calls of one batch run in the
 order they were made. A batch is bounded by ``timeout``: when Redis does not answer in time,
@@ -20,15 +20,65 @@ may still have run, as with a single call that timed out. After Redis lost its s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.connection import AbstractConnection
     from redis.commands.core import AsyncScript
 
-#: One queued call: the script, its keys and arguments, and its caller's future.
-_Call = tuple["AsyncScript", Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:  # the redis extra brings hiredis: its C packer is a fraction of redis-py's Python one
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - redis without hiredis
+    _hiredis_pack = None
+
+
+def _pack(args: tuple[Any, ...]) -> bytes:
+    """One command in the Redis protocol (RESP)."""
+    if _hiredis_pack is not None:
+        return _hiredis_pack(args)
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+#: One queued call: the script, its keys and arguments, its caller's future, and the timer that
+#: fails the future when the caller's timeout passes (cancelled once the reply is in).
+_Call = tuple[
+    "AsyncScript",
+    Sequence[Any],
+    Sequence[Any],
+    "asyncio.Future[Any]",
+    "asyncio.TimerHandle | None",
+]
+
+
+#: What `_settle` is given to cancel a call (the batcher is closing).
+_CANCEL: Any = object()
+
+
+def _settle(call: _Call, reply: Any) -> None:
+    """Answer one call: its reply, an exception for it, or `_CANCEL`; and stop its timer."""
+    future, timer = call[3], call[4]
+    if timer is not None:
+        timer.cancel()
+    if future.done():
+        return
+    if isinstance(reply, BaseException):
+        future.set_exception(reply)
+    elif reply is _CANCEL:
+        future.cancel()
+    else:
+        future.set_result(reply)
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError("Redis did not answer in time"))
 
 
 class ScriptBatcher:
@@ -48,6 +98,9 @@ class ScriptBatcher:
         self._sending = False
         self._closed = False
         self._flusher: asyncio.Task[None] | None = None
+        # The connection batches go out on (one batch is on the wire at a time), kept between
+        # batches instead of taken from the pool for each.
+        self._conn: AbstractConnection | None = None
         #: Pipelines sent and calls carried, for tests and metrics.
         self.batches = 0
         self.calls = 0
@@ -56,14 +109,24 @@ class ScriptBatcher:
         """The script (its SHA is computed here; nothing is sent)."""
         return self._client.register_script(source)
 
-    def call(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """Queue one run of ``script``; returns a future of its reply (await it)."""
+    def call(
+        self,
+        script: AsyncScript,
+        keys: Sequence[Any],
+        args: Sequence[Any],
+        *,
+        timeout: float | None = None,
+    ) -> asyncio.Future[Any]:
+        """Queue one run of ``script``; returns a future of its reply (await it). With
+        ``timeout``, the future fails with `TimeoutError` once that many seconds have passed
+        (one timer, cheaper than wrapping the wait in ``asyncio.timeout``)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if self._closed:
             future.set_exception(ConnectionError("the Redis client is closed"))
             return future
-        self._pending.append((script, keys, args, future))
+        timer = loop.call_later(timeout, _expire, future) if timeout is not None else None
+        self._pending.append((script, keys, args, future, timer))
         if not self._sending:
             self._sending = True
             self._flusher = loop.create_task(self._flush())
@@ -72,7 +135,12 @@ class ScriptBatcher:
     async def _flush(self) -> None:
         try:
             while self._pending:
-                batch = [call for call in self._pending[: self._max] if not call[3].done()]
+                batch = []
+                for call in self._pending[: self._max]:
+                    if call[3].done():  # the caller gave up before it went out: not sent
+                        _settle(call, _CANCEL)
+                    else:
+                        batch.append(call)
                 del self._pending[: self._max]
                 if batch:
                     await self._send(batch, retry=True)
@@ -83,47 +151,59 @@ class ScriptBatcher:
                 self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
     async def _send(self, batch: list[_Call], *, retry: bool) -> None:
-        from redis.exceptions import NoScriptError
+        from redis.exceptions import NoScriptError, ResponseError
 
-        pipe = self._client.pipeline(transaction=False)
-        for script, keys, args, _ in batch:
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        packed = b"".join(
+            _pack(("EVALSHA", script.sha, len(keys), *keys, *args))
+            for script, keys, args, _, _ in batch
+        )
         self.batches += 1
         self.calls += len(batch)
+        replies: list[Any] = []
         try:
             async with asyncio.timeout(self._timeout):
-                replies = await pipe.execute(raise_on_error=False)
-        except Exception as exc:
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+                conn = self._conn
+                if conn is None:
+                    pool = self._client.connection_pool
+                    conn = self._conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+                await conn.send_packed_command(packed, check_health=False)
+                for _ in batch:
+                    try:
+                        replies.append(await conn.read_response())
+                    except ResponseError as exc:  # this call's error; the stream is in step
+                        replies.append(exc)
+        except BaseException as exc:
+            # Whatever was on the wire is lost with the connection: never reuse it.
+            await self._drop_connection()
+            for call in batch:
+                _settle(call, exc if isinstance(exc, Exception) else _CANCEL)
+            if not isinstance(exc, Exception):
+                raise  # cancelled (the batcher is closing)
             return
-        except BaseException:  # cancelled (the batcher is closing): the callers learn it
-            for *_, future in batch:
-                future.cancel()
-            raise
         again: list[_Call] = []
         for call, reply in zip(batch, replies, strict=True):
-            future = call[3]
-            if future.done():
-                continue
-            if isinstance(reply, NoScriptError) and retry:
+            if isinstance(reply, NoScriptError) and retry and not call[3].done():
                 again.append(call)
-            elif isinstance(reply, Exception):
-                future.set_exception(reply)
             else:
-                future.set_result(reply)
+                _settle(call, reply)
         if again:
             try:
                 async with asyncio.timeout(self._timeout):
                     for source in {call[0].script for call in again}:
                         await self._client.script_load(source)
             except Exception as exc:
-                for *_, future in again:
-                    if not future.done():
-                        future.set_exception(exc)
+                for call in again:
+                    _settle(call, exc)
                 return
             await self._send(again, retry=False)
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await conn.disconnect()
+            finally:
+                await self._client.connection_pool.release(conn)
 
     async def aclose(self) -> None:
         """Stop sending: a batch on the wire is cancelled and its callers with it."""
@@ -132,9 +212,12 @@ class ScriptBatcher:
         if flusher is not None and not flusher.done():
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
-        for *_, future in self._pending:
-            future.cancel()
+        for call in self._pending:
+            _settle(call, _CANCEL)
         self._pending.clear()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._client.connection_pool.release(conn)
 
     def __repr__(self) -> str:
         return f"<ScriptBatcher batches={self.batches} calls={self.calls}>"

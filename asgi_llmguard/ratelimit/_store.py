@@ -126,3 +126,18 @@ class Guard:
         if self.log.failing:
             self.log.succeeded()
         return result
+
+    async def bounded(self, op: Awaitable[T]) -> T:
+        """As calling the guard, for an ``op`` that already fails with `TimeoutError` after
+        ``timeout`` seconds on its own (a `ScriptBatcher` call): no second timer."""
+        try:
+            result = await op
+        except self._errors as exc:
+            self.stats.store_errors += 1
+            self.log.failed(exc)
+            raise StoreUnavailable(
+                f"rate-limit store {self.where} unavailable ({type(exc).__name__})"
+            ) from exc
+        if self.log.failing:
+            self.log.succeeded()
+        return result

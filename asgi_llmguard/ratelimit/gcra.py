@@ -240,11 +240,12 @@ class RedisGcra(Limiter):
     async def _run(
         self, key: str, limit: ParsedLimit, cost: float, mode: str
     ) -> tuple[bool, float]:
-        reply = await self._guard(
+        reply = await self._guard.bounded(
             self._batch.call(
                 self._script,
                 [self._prefix + key],
                 [repr(limit.interval * 1000.0), repr(limit.tolerance * 1000.0), repr(cost), mode],
+                timeout=self._guard.timeout,
             )
         )
         allowed, ahead_ms = reply
@@ -271,7 +272,9 @@ class RedisGcra(Limiter):
                 repr(cost if take else 1.0),
                 "a" if take else "p",
             )
-        reply = await self._guard(self._batch.call(self._script_many, keys, args))
+        reply = await self._guard.bounded(
+            self._batch.call(self._script_many, keys, args, timeout=self._guard.timeout)
+        )
         decisions = []
         for index, (_, limit, cost, take) in enumerate(checks):
             allowed, ahead_ms = reply[2 * index], reply[2 * index + 1]

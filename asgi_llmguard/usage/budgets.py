@@ -583,10 +583,12 @@ class RedisBudgetStore(BudgetStore):
 
     async def _run(self, subject: str, op: str, *args: str | int) -> Any:
         try:
-            async with asyncio.timeout(self._timeout):
-                return await self._batch.call(
-                    self._script, self._keys(subject), [op, self._grace_ms, *args]
-                )
+            return await self._batch.call(
+                self._script,
+                self._keys(subject),
+                [op, self._grace_ms, *args],
+                timeout=self._timeout,
+            )
         except self._errors as exc:
             raise BudgetStoreError(f"budget store: {type(exc).__name__}: {exc}") from exc
 

@@ -148,3 +148,28 @@ async def test_a_closed_batcher_refuses_new_calls(shared_redis: str) -> None:
     with pytest.raises(ConnectionError):
         await batcher.call(script, ["a"], ["1"])
     await client.aclose()
+
+
+async def test_a_call_fails_at_its_own_deadline_while_redis_is_stalled(
+    own_redis: RedisServer,
+) -> None:
+    client = redis.asyncio.Redis.from_url(own_redis.url)
+    batcher = ScriptBatcher(client, timeout=3.0)
+    script = batcher.register(ECHO)
+    stall = redis.asyncio.Redis.from_url(own_redis.url)
+    try:
+        assert await batcher.call(script, ["a"], ["1"]) == [b"a", b"1"]
+        sleeping = asyncio.ensure_future(stall.execute_command("DEBUG", "SLEEP", "1.5"))
+        await asyncio.sleep(0.1)  # Redis is now busy for 1.5 s
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await batcher.call(script, ["a"], ["2"], timeout=0.2)
+        assert 0.15 < loop.time() - started < 0.6
+        await sleeping
+        # The batch that was stuck is answered once Redis is back; later calls work.
+        assert await batcher.call(script, ["b"], ["3"], timeout=2.0) == [b"b", b"3"]
+    finally:
+        await batcher.aclose()
+        await client.aclose()
+        await stall.aclose()
