@@ -31,6 +31,18 @@ def new_request_id() -> str:
     return f"{_PREFIX}{next(_counter):x}"
 
 
+def _fresh_prefix() -> None:
+    # A worker forked from a parent that imported this module (gunicorn --preload, a
+    # multiprocessing fork) would otherwise count on from the parent's prefix: two workers
+    # handing out the same ids would collide in the ledger, where an id is written once.
+    global _PREFIX, _counter
+    _PREFIX = "req_" + os.urandom(8).hex()
+    _counter = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_fresh_prefix)
+
+
 class StreamOptions(msgspec.Struct):
     include_usage: bool | None = None
 

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from asgi_llmguard.context import (
@@ -129,3 +131,25 @@ def test_azure_model_is_the_deployment():
     ctx = RequestContext("POST", "/openai/deployments/prod-4o/chat/completions")
     ctx.body = b'{"model": "ignored"}'
     assert ctx.model == "prod-4o"
+
+
+def test_a_forked_worker_hands_out_request_ids_of_its_own() -> None:
+    from asgi_llmguard.context import new_request_id
+
+    parent = [new_request_id() for _ in range(3)]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a worker forked after the parent served requests (gunicorn --preload)
+        try:
+            os.write(write, ",".join(new_request_id() for _ in range(3)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 1000).decode().split(",")
+    os.close(read)
+    assert len(child) == 3
+    assert all(i.startswith("req_") for i in child)
+    # The ledger stores one record per id: ids shared by two workers would drop records.
+    assert not set(child) & set(parent + [new_request_id() for _ in range(3)])
+    assert child[0][:20] != parent[0][:20]
