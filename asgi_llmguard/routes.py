@@ -8,7 +8,7 @@ routes (chat completions, responses, messages) is one dict lookup.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 #: The API dialect a route speaks. It decides the error shape and which upstream may serve it.
@@ -30,10 +30,11 @@ class Endpoint:
     read_only: bool = False
     #: The request body is JSON that the gateway may decode (model, stream, max tokens, ...).
     json_body: bool = False
+    #: Errors on this endpoint take Anthropic's shape (read on every request: a plain field).
+    anthropic_errors: bool = field(init=False, repr=False, compare=False)
 
-    @property
-    def anthropic_errors(self) -> bool:
-        return self.api == "anthropic"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "anthropic_errors", self.api == "anthropic")  # frozen
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +173,10 @@ def classify(method: str, path: str) -> Route:
     endpoint = methods.get(method)
     if endpoint is None:
         raise MethodNotAllowed(tuple(methods))
+    if deployment is None:
+        route = _PLAIN.get(id(endpoint))
+        if route is not None:
+            return route  # built once: routes are immutable
     return Route(endpoint, deployment)
 
 
@@ -182,4 +187,12 @@ def passthrough_route(api: Api) -> Route:
 
 _PASSTHROUGH: dict[Api, Route] = {
     api: Route(Endpoint(api, "passthrough")) for api in ("openai", "azure", "anthropic")
+}
+
+# The route of each endpoint reached without a deployment, by the endpoint's identity (the
+# endpoints are the module's own constants).
+_PLAIN: dict[int, Route] = {
+    id(endpoint): Route(endpoint)
+    for table in (*_EXACT.values(), *(methods for _, methods in _PATTERNS))
+    for endpoint in table.values()
 }

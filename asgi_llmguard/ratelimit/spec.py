@@ -15,18 +15,19 @@ import re
 from dataclasses import dataclass, field
 
 import limits
+import msgspec
 
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.policy import RateLimit
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(msgspec.Struct, frozen=True, gc=False):
     """One engine's answer for one bucket.
 
     ``remaining`` is what could still be spent right now; ``reset_after`` the seconds until the
     bucket is full again (OpenAI's ``x-ratelimit-reset-*``); ``retry_after`` the seconds until a
-    refused request of the same cost could pass (0 when allowed).
+    refused request of the same cost could pass (0 when allowed). Made for every bucket of
+    every request: a msgspec struct builds ten times faster than a frozen dataclass.
     """
 
     allowed: bool
