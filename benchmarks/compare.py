@@ -4,7 +4,8 @@
         [--connections 32,128] [--streams 1000] [--skip-litellm]
 
 1. `benchmarks.forwarding` with nginx as the upstream: ``direct`` (nginx itself), the bare
-   aiohttp forwarder, the gateway's full default stack, the same with Redis-backed limits and
+   aiohttp forwarder (also with the collector tuned as the gateway's server tunes it, for
+   reference), the gateway's full default stack, the same with Redis-backed limits and
    budgets, and LiteLLM's proxy (installed into benchmarks/.litellm-venv on first use), each
    alone on CPU 0 under wrk at every connection count, plus a sequential streaming probe;
 2. `benchmarks.layers`: the CPU each layer adds in process, over the bare `ForwardingApp`;
@@ -30,6 +31,8 @@ from benchmarks import forwarding, layers, memory
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL, REDIS, BARE, LITELLM = "gateway-full", "gateway-redis", "bare-aiohttp", "litellm"
+#: The bare forwarder with the collector tuned as the gateway is: shown beside the target ratio.
+BARE_TUNED = "bare-aiohttp-gc-tuned"
 
 
 def _find(results: list[forwarding.Result], target: str, conns: int) -> forwarding.Result | None:
@@ -57,6 +60,15 @@ def verdicts(
                 "full stack >= 0.70x bare forwarder (32 conns)",
                 f"{ratio:.2f}x",
                 verdict(ratio >= 0.70),
+            )
+        )
+    tuned = _find(results, BARE_TUNED, 32)
+    if full and tuned:
+        out.append(
+            (
+                "(reference, no target) full stack vs the bare forwarder tuned alike",
+                f"{full.rps / tuned.rps:.2f}x",
+                "-",
             )
         )
     if full and lite:
@@ -141,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-litellm", action="store_true")
     args = parser.parse_args(argv)
 
-    targets = ["direct", BARE, FULL, REDIS, *([] if args.skip_litellm else [LITELLM])]
+    targets = ["direct", BARE, BARE_TUNED, FULL, REDIS, *([] if args.skip_litellm else [LITELLM])]
     fwd_argv = ["--targets", ",".join(targets), "--connections", args.connections]
     fwd_argv += ["--rounds", str(args.rounds)]
     if args.quick:

@@ -4,6 +4,8 @@ One process, uvloop, httptools, no access log, log level warning. The benchmark 
 to one CPU with ``taskset``; ``LLMGUARD_BENCH_UPSTREAM`` names the upstream. The gateway targets
 are served as ``asgi-llmguard serve`` serves the gateway: once started, the collector is tuned
 with the ``[server]`` defaults (`asgi_llmguard.runtime`); the bare forwarders keep CPython's.
+Two targets show the collector's part: ``gateway-full-gc-default`` (CPython's collector) and
+``bare-aiohttp-gc-tuned`` (the bare forwarder tuned like the gateway).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import uvicorn
 
 from asgi_llmguard.config import ServerConfig
 from asgi_llmguard.runtime import tune_gc
-from benchmarks.targets import FACTORIES
+from benchmarks.targets import FACTORIES, GC_TUNED
 
 
 def _tuned_at_startup(app: Any) -> Any:
@@ -43,7 +45,7 @@ def main() -> None:
     parser.add_argument("port", type=int)
     args = parser.parse_args()
     factory = FACTORIES[args.target]
-    if args.target.startswith("gateway"):
+    if args.target in GC_TUNED:
         config_app: Any = lambda: _tuned_at_startup(factory())  # noqa: E731
     else:
         config_app = factory

@@ -157,4 +157,12 @@ FACTORIES: dict[str, Callable[[], Any]] = {
     "gateway-stack": gateway_stack,
     "gateway-full": gateway_full,
     "gateway-redis": gateway_redis,
+    # The collector's part, side by side: the full stack with CPython's default collector, and
+    # the bare forwarder with the collector tuned as `asgi-llmguard serve` tunes it.
+    "gateway-full-gc-default": gateway_full,
+    "bare-aiohttp-gc-tuned": bare_aiohttp,
 }
+#: Served with the collector tuned as `asgi-llmguard serve` tunes it (see `benchmarks.serve`).
+GC_TUNED = frozenset(
+    name for name in FACTORIES if name.startswith("gateway") and not name.endswith("gc-default")
+) | {"bare-aiohttp-gc-tuned"}
