@@ -238,19 +238,25 @@ class RateLimitMiddleware:
                 await self._refuse(send, refused[0], refused[1], requests, tokens, anthropic)
                 return
         else:
+            immediate = limiter.immediate
             for lim, bucket in buckets:
                 is_tokens = lim.kind == "tokens"
                 cost = 1.0
                 try:
-                    if not is_tokens:
-                        decision = await limiter.acquire(bucket, lim, 1.0)
-                    elif self._reserve:
+                    take = not is_tokens or self._reserve
+                    if is_tokens:
                         # More than a full bucket could never pass: reserve at most a full bucket,
                         # the rest is charged after the fact like any token overrun.
-                        cost = float(min(estimate, lim.burst))
+                        cost = float(min(estimate, lim.burst)) if take else 0.0
+                    if immediate:  # in memory: no coroutine per bucket
+                        decision = (
+                            limiter.acquire_now(bucket, lim, cost)
+                            if take
+                            else limiter.peek_now(bucket, lim)
+                        )
+                    elif take:
                         decision = await limiter.acquire(bucket, lim, cost)
                     else:
-                        cost = 0.0
                         decision = await limiter.peek(bucket, lim)
                 except StoreUnavailable:
                     if lim.fail_open:
@@ -306,15 +312,20 @@ class RateLimitMiddleware:
                 # The usage layer did not say. A refusal or an upstream error used nothing we
                 # could know of; otherwise (success, a cancel mid-answer) assume the estimate.
                 used = 0 if status >= 400 else estimate
-            done = self._settle(settle, used)
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                # Awaiting here would be cancelled again: finish the charge on its own.
-                background = asyncio.get_running_loop().create_task(done)
-                self._background.add(background)
-                background.add_done_callback(self._background.discard)
+            if limiter.immediate:
+                for lim, bucket, reserved in settle:
+                    if used != reserved:
+                        limiter.charge_now(bucket, lim, used - reserved)
             else:
-                await done
+                done = self._settle(settle, used)
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # Awaiting here would be cancelled again: finish the charge on its own.
+                    background = asyncio.get_running_loop().create_task(done)
+                    self._background.add(background)
+                    background.add_done_callback(self._background.discard)
+                else:
+                    await done
 
     def key_buckets(
         self, key: KeyPolicy, models: Sequence[str] = ()

@@ -131,7 +131,8 @@ class UsageMiddleware:
         endpoint = route.endpoint
         anthropic = endpoint.anthropic_errors
         try:
-            await read_body(ctx, receive)
+            if ctx.body is None:  # an earlier layer may have read it already
+                await read_body(ctx, receive)
             fields = ctx.fields()
         except ClientDisconnected:
             ctx.disconnected = True
@@ -504,7 +505,7 @@ class _Meter:
     async def send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.body":
-            await self._body(message)
+            await self._send(self._body(message))
         elif kind == "http.response.start":
             self.status = message["status"]
             self.ttfb = time.perf_counter() - self._ctx.start
@@ -528,7 +529,8 @@ class _Meter:
         else:
             await self._send(message)
 
-    async def _body(self, message: Message) -> None:
+    def _body(self, message: Message) -> Message:
+        """Meter one body message; returns the message to pass on (re-framed when stripping)."""
         body: bytes = message.get("body", b"")
         more: bool = message.get("more_body", False)
         splitter = self._splitter
@@ -556,7 +558,7 @@ class _Meter:
                     message = {"type": "http.response.body", "body": body + note}
         elif self._json is not None and body:
             self._collect(body)
-        await self._send(message)
+        return message
 
     def _collect(self, body: bytes) -> None:
         parts = self._json

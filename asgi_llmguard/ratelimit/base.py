@@ -114,6 +114,18 @@ class Limiter(ABC):
 
     #: The algorithm's name, as given to `create_limiter`.
     algorithm: str
+    #: The store answers without I/O: `acquire_now`, `peek_now` and `charge_now` do what the
+    #: coroutines do, without one coroutine per bucket per request (the in-memory token bucket).
+    immediate: bool = False
+
+    def acquire_now(self, key: str, limit: ParsedLimit, cost: float) -> Decision:
+        raise NotImplementedError
+
+    def peek_now(self, key: str, limit: ParsedLimit) -> Decision:
+        raise NotImplementedError
+
+    def charge_now(self, key: str, limit: ParsedLimit, cost: float) -> None:
+        raise NotImplementedError
 
     def __init__(self) -> None:
         self.stats = LimiterStats()

@@ -98,7 +98,9 @@ class MemoryGcra(Limiter):
                 del table[key]
         self._sweep_at = min(max(2 * len(table), self._floor), self._max_keys)
 
-    async def acquire(self, key: str, limit: ParsedLimit, cost: float) -> Decision:
+    immediate = True
+
+    def acquire_now(self, key: str, limit: ParsedLimit, cost: float) -> Decision:
         now = self._clock()
         ahead = self._ahead(key, now)
         new = ahead + cost * limit.interval
@@ -107,14 +109,23 @@ class MemoryGcra(Limiter):
         self._store(key, now, new)
         return decide(limit, True, new, cost)
 
-    async def charge(self, key: str, limit: ParsedLimit, cost: float) -> None:
+    def charge_now(self, key: str, limit: ParsedLimit, cost: float) -> None:
         now = self._clock()
         self._store(key, now, self._ahead(key, now) + cost * limit.interval)
 
-    async def peek(self, key: str, limit: ParsedLimit) -> Decision:
+    def peek_now(self, key: str, limit: ParsedLimit) -> Decision:
         ahead = self._ahead(key, self._clock())
         allowed = ahead + limit.interval - limit.tolerance <= EPS
         return decide(limit, allowed, ahead, 1.0)
+
+    async def acquire(self, key: str, limit: ParsedLimit, cost: float) -> Decision:
+        return self.acquire_now(key, limit, cost)
+
+    async def charge(self, key: str, limit: ParsedLimit, cost: float) -> None:
+        self.charge_now(key, limit, cost)
+
+    async def peek(self, key: str, limit: ParsedLimit) -> Decision:
+        return self.peek_now(key, limit)
 
     async def reset(self, key: str, limit: ParsedLimit) -> None:
         self._tat.pop(key, None)
