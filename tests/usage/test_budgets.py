@@ -533,7 +533,13 @@ async def test_reservation_ids_are_unique_and_a_forked_worker_gets_its_own() -> 
     pid = os.fork()
     if pid == 0:  # the child: a worker forked after the parent made reservations
         try:
-            child = asyncio.run(store.reserve("key:ids", budget, 1))
+            # No event loop in the child (the parent's threads are gone): the in-memory reserve
+            # never suspends, so one step of the coroutine runs it to the end.
+            step = store.reserve("key:ids", budget, 1)
+            try:
+                step.send(None)
+            except StopIteration as done:
+                child = done.value
             os.write(write, child.id.encode() if isinstance(child, Reservation) else b"-")
         finally:
             os._exit(0)
