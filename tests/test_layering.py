@@ -98,6 +98,17 @@ FORBIDDEN = {
     "tokens": ("asgi_llmguard.",),
     "routes": ("asgi_llmguard.",),
     "types": ("asgi_llmguard.",),
+    # Shared by the rate limiter and the budget stores: it knows neither.
+    "redis_batch": ("asgi_llmguard.",),
+    # Process-wide settings for the standalone server: no layer may reach for them.
+    "runtime": (
+        "asgi_llmguard.middleware",
+        "asgi_llmguard.forward",
+        "asgi_llmguard.usage",
+        "asgi_llmguard.stack",
+        "asgi_llmguard.reload",
+        "asgi_llmguard.cli",
+    ),
 }
 
 
@@ -109,3 +120,14 @@ def test_no_import_points_back_up_the_stack(package):
             if module.startswith(FORBIDDEN[package]):
                 bad.append(f"{path.relative_to(PKG)} imports {module}")
     assert not bad, bad
+
+
+def test_only_the_standalone_server_tunes_the_process():
+    # The collector settings are the process's: a layer or the stack must never apply them, or a
+    # gateway mounted in someone's app would change that app's process.
+    users = sorted(
+        str(path.relative_to(PKG))
+        for path in PKG.rglob("*.py")
+        if "asgi_llmguard.runtime" in _imports(path) and path.name != "runtime.py"
+    )
+    assert users == ["reload.py"], users
