@@ -101,6 +101,7 @@ class ScriptBatcher:
         # The connection batches go out on (one batch is on the wire at a time), kept between
         # batches instead of taken from the pool for each.
         self._conn: AbstractConnection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: Pipelines sent and calls carried, for tests and metrics.
         self.batches = 0
         self.calls = 0
@@ -125,6 +126,11 @@ class ScriptBatcher:
         if self._closed:
             future.set_exception(ConnectionError("the Redis client is closed"))
             return future
+        if self._loop is not loop:
+            # First use, or a new event loop (a second ``asyncio.run``): what belonged to the old
+            # loop (its connection, a flusher that never finished, calls it never sent) is dropped.
+            self._loop, self._conn, self._sending = loop, None, False
+            self._pending = [call for call in self._pending if call[3].get_loop() is loop]
         timer = loop.call_later(timeout, _expire, future) if timeout is not None else None
         self._pending.append((script, keys, args, future, timer))
         if not self._sending:

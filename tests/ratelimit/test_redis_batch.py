@@ -173,3 +173,26 @@ async def test_a_call_fails_at_its_own_deadline_while_redis_is_stalled(
         await batcher.aclose()
         await client.aclose()
         await stall.aclose()
+
+
+def test_a_batcher_used_again_under_a_new_event_loop_still_answers(shared_redis: str) -> None:
+    # One process, two event loops one after the other (two `asyncio.run`, as a CLI command or a
+    # test does): the connection and the sending state of the first must not leak into the second.
+    client = redis.asyncio.Redis.from_url(shared_redis)
+    batcher = ScriptBatcher(client)
+    script = batcher.register(ECHO)
+
+    async def first() -> list[bytes]:
+        reply = await batcher.call(script, ["a"], ["1"])
+        batcher.call(script, ["a"], ["lost with its loop"])  # still queued when the loop ends
+        return reply
+
+    async def second() -> list[bytes]:
+        try:
+            return await batcher.call(script, ["b"], ["2"], timeout=2.0)
+        finally:
+            await batcher.aclose()
+            await client.aclose()
+
+    assert asyncio.run(first()) == [b"a", b"1"]
+    assert asyncio.run(second()) == [b"b", b"2"]
