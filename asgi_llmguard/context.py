@@ -21,26 +21,34 @@ from asgi_llmguard.types import Message, Receive, Scope
 
 SCOPE_KEY = "llmguard.context"
 
-# Request ids: a random per-process prefix and a counter, unique across processes and restarts
-# with overwhelming probability, and far cheaper than a uuid4 per request.
-_PREFIX = "req_" + os.urandom(8).hex()
-_counter: Iterator[int] = itertools.count(1)
+
+class UniqueIds:
+    """Ids unique across processes and restarts with overwhelming probability, and far cheaper
+    than a uuid4 each: a random prefix per process, then a count.
+
+    A process forked from one that already made the source (gunicorn ``--preload``, a
+    multiprocessing fork) gets a fresh prefix: otherwise two workers would count on from the
+    same place and hand out the same ids, which collide wherever an id is stored once (the
+    ledger, a budget's reservations).
+    """
+
+    __slots__ = ("_count", "_prefix", "_tag")
+
+    def __init__(self, tag: str) -> None:
+        self._tag = tag
+        self._renew()
+        os.register_at_fork(after_in_child=self._renew)
+
+    def _renew(self) -> None:
+        self._prefix = self._tag + os.urandom(8).hex()
+        self._count: Iterator[int] = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._count):x}"
 
 
-def new_request_id() -> str:
-    return f"{_PREFIX}{next(_counter):x}"
-
-
-def _fresh_prefix() -> None:
-    # A worker forked from a parent that imported this module (gunicorn --preload, a
-    # multiprocessing fork) would otherwise count on from the parent's prefix: two workers
-    # handing out the same ids would collide in the ledger, where an id is written once.
-    global _PREFIX, _counter
-    _PREFIX = "req_" + os.urandom(8).hex()
-    _counter = itertools.count(1)
-
-
-os.register_at_fork(after_in_child=_fresh_prefix)
+#: A new request id (``req_`` + 16 random hex digits + a count).
+new_request_id = UniqueIds("req_")
 
 
 class StreamOptions(msgspec.Struct):

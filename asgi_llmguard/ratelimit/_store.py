@@ -118,11 +118,7 @@ class Guard:
             async with asyncio.timeout(self.timeout):
                 result = await op
         except self._errors as exc:
-            self.stats.store_errors += 1
-            self.log.failed(exc)
-            raise StoreUnavailable(
-                f"rate-limit store {self.where} unavailable ({type(exc).__name__})"
-            ) from exc
+            raise self._unavailable(exc) from exc
         if self.log.failing:
             self.log.succeeded()
         return result
@@ -133,11 +129,13 @@ class Guard:
         try:
             result = await op
         except self._errors as exc:
-            self.stats.store_errors += 1
-            self.log.failed(exc)
-            raise StoreUnavailable(
-                f"rate-limit store {self.where} unavailable ({type(exc).__name__})"
-            ) from exc
+            raise self._unavailable(exc) from exc
         if self.log.failing:
             self.log.succeeded()
         return result
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        """Count and log a store failure; the error the caller raises for it."""
+        self.stats.store_errors += 1
+        self.log.failed(exc)
+        return StoreUnavailable(f"rate-limit store {self.where} unavailable ({type(exc).__name__})")

@@ -30,17 +30,15 @@ from __future__ import annotations
 import abc
 import asyncio
 import functools
-import itertools
-import os
-import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from asgi_llmguard.context import UniqueIds
 from asgi_llmguard.policy import Budget
 from asgi_llmguard.redis_batch import ScriptBatcher
 from asgi_llmguard.usage.pricing import usd_to_nanos
@@ -155,27 +153,8 @@ def _check(amount: int, ttl: float) -> None:
         raise ValueError("ttl must be > 0")
 
 
-def _id_source() -> Iterator[str]:
-    prefix = secrets.token_hex(8)
-    return (f"{prefix}{n:x}" for n in itertools.count())
-
-
-_ids = _id_source()
-
-
-def _new_id() -> str:
-    """A reservation id unique across processes: a random prefix per process, then a count
-    (one ``urandom`` call per process instead of one per request)."""
-    return next(_ids)
-
-
-def _fresh_ids() -> None:
-    global _ids
-    _ids = _id_source()
-
-
-# A forked worker must not count on from its parent's prefix.
-os.register_at_fork(after_in_child=_fresh_ids)
+#: Reservation ids: unique across processes (forked workers included), no ``urandom`` per call.
+_new_id = UniqueIds("")
 
 
 class BudgetStore(abc.ABC):
