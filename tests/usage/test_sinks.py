@@ -103,6 +103,37 @@ async def test_sqlite_stores_each_event_once(tmp_path):
     assert row == (1, "key-1", 0.1, 1, '{"team":"ml","n":"7"}', 1_000_007)
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 31, 32, 33, 77, 200])
+async def test_sqlite_batches_of_any_size_store_every_field_of_every_event(tmp_path, size):
+    """Batches go out as multi-row statements of several shapes: every event of a batch of any
+    size lands once with all its values, a repeat within the same batch included."""
+    path = tmp_path / "usage.sqlite3"
+    sink = SQLiteSink(path)
+    events = make_events(size)
+    await sink.write([events[0], *events])  # the first event twice in one batch
+    await sink.aclose()
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute(
+            "SELECT request_id, attempt, started_at, key_id, input_tokens, cached_input_tokens, "
+            "cost_nanos, ttfb, stream, metadata FROM usage_events ORDER BY started_at"
+        ).fetchall()
+    assert rows == [
+        (
+            e.request_id,
+            e.attempt,
+            e.started_at,
+            e.key_id,
+            e.input_tokens,
+            e.cached_input_tokens,
+            e.cost_nanos,
+            e.ttfb,
+            int(e.stream),
+            f'{{"team":"ml","n":"{e.metadata["n"]}"}}',
+        )
+        for e in events
+    ]
+
+
 async def test_sqlite_writes_on_one_dedicated_thread(tmp_path, monkeypatch):
     sink = SQLiteSink(tmp_path / "usage.sqlite3")
     threads = set()

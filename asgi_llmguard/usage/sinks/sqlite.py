@@ -3,8 +3,8 @@
 The connection lives on one dedicated writer thread (never the event loop). The database runs in
 WAL mode, so readers (the usage report, ad-hoc ``sqlite3`` queries) never block the writer and
 several gateway processes can share one file (each waits up to ``busy_timeout`` for the lock).
-A batch is one transaction of ``INSERT ... ON CONFLICT (request_id, attempt) DO NOTHING``, so a
-retried or replayed event is stored once.
+A batch is one transaction of multi-row ``INSERT ... ON CONFLICT (request_id, attempt) DO
+NOTHING`` statements, so a retried or replayed event is stored once.
 
 ``synchronous=NORMAL`` (the default) keeps every committed batch across a crash of the process;
 a power loss can take the last transactions back. ``synchronous="FULL"`` fsyncs every commit.
@@ -16,6 +16,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Sequence
+from itertools import chain
 from typing import Literal
 
 from asgi_llmguard.usage.events import UsageEvent
@@ -53,12 +54,24 @@ CREATE INDEX IF NOT EXISTS usage_events_key ON usage_events (key_id, started_at)
 CREATE INDEX IF NOT EXISTS usage_events_model ON usage_events (model, started_at);
 """
 
-# Built from constant column names only.
-_INSERT = (
-    f"INSERT INTO usage_events ({', '.join(COLUMNS)}) "  # noqa: S608
-    f"VALUES ({', '.join('?' * len(COLUMNS))}) "
-    "ON CONFLICT (request_id, attempt) DO NOTHING"
-)
+_ROW = f"({', '.join('?' * len(COLUMNS))})"
+#: Rows per INSERT statement, largest first: a batch goes out as few multi-row statements, of
+#: four shapes (so they stay in the connection's statement cache). A statement of 32 rows costs
+#: a fifth fewer instructions per row than 32 single-row ones; its 736 parameters stay under the
+#: 999 that SQLite builds before 3.32 allow.
+_CHUNKS = (32, 8, 2, 1)
+
+
+def _insert(rows: int) -> str:
+    # Built from constant column names only.
+    return (
+        f"INSERT INTO usage_events ({', '.join(COLUMNS)}) "  # noqa: S608
+        f"VALUES {', '.join([_ROW] * rows)} "
+        "ON CONFLICT (request_id, attempt) DO NOTHING"
+    )
+
+
+_INSERTS = {rows: _insert(rows) for rows in _CHUNKS}
 
 
 class SQLiteSink:
@@ -120,7 +133,12 @@ class SQLiteSink:
         rows = [event_row(event, now) for event in events]
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(_INSERT, rows)
+            start = 0
+            for size in _CHUNKS:
+                sql = _INSERTS[size]
+                while len(rows) - start >= size:
+                    conn.execute(sql, list(chain.from_iterable(rows[start : start + size])))
+                    start += size
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
