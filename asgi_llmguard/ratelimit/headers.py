@@ -61,13 +61,36 @@ def tighter(current: Decision | None, new: Decision) -> Decision:
     return current
 
 
+def _reset(seconds: float) -> bytes:
+    """`format_reset` as bytes, with the common sub-second case formatted directly."""
+    ms = math.ceil(seconds * 1000.0 - 1e-6)
+    if ms <= 0:
+        return b"0s"
+    if ms < 1000:
+        return b"%dms" % ms
+    return format_reset(seconds).encode()
+
+
+_REQUESTS = _NAMES["requests"]
+_TOKENS = _NAMES["tokens"]
+
+
 def rate_headers(requests: Decision | None, tokens: Decision | None) -> list[tuple[bytes, bytes]]:
+    """The ``x-ratelimit-*`` headers of the binding request and token limits (set on every
+    admitted response, so formatted with bytes operations only)."""
     headers: list[tuple[bytes, bytes]] = []
-    for kind, decision in (("requests", requests), ("tokens", tokens)):
-        if decision is None:
-            continue
-        limit, remaining, reset = _NAMES[kind]
-        headers.append((limit, str(decision.limit).encode()))
-        headers.append((remaining, str(decision.remaining).encode()))
-        headers.append((reset, format_reset(decision.reset_after).encode()))
+    if requests is not None:
+        limit, remaining, reset = _REQUESTS
+        headers += (
+            (limit, b"%d" % requests.limit),
+            (remaining, b"%d" % requests.remaining),
+            (reset, _reset(requests.reset_after)),
+        )
+    if tokens is not None:
+        limit, remaining, reset = _TOKENS
+        headers += (
+            (limit, b"%d" % tokens.limit),
+            (remaining, b"%d" % tokens.remaining),
+            (reset, _reset(tokens.reset_after)),
+        )
     return headers
