@@ -147,13 +147,16 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             + scaled[3] * (output - reasoning)
             + scaled[4] * reasoning
         )
+        if not tool_calls:  # the common case: round the one fraction, no running sum
+            denominator = _pow10(exponent)
+            quotient, remainder = divmod(numerator, denominator)
+            return quotient + (2 * remainder >= denominator)
         total = _Sum()
         total.numerator, total.exponent = numerator, exponent
-        if tool_calls:
-            for tool, calls in tool_calls.items():
-                fee = self.per_call.get(tool)
-                if fee is not None and calls > 0:
-                    total.add(fee, calls * 1_000_000_000)
+        for tool, calls in tool_calls.items():
+            fee = self.per_call.get(tool)
+            if fee is not None and calls > 0:
+                total.add(fee, calls * 1_000_000_000)
         return total.round_half_up()
 
 
