@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import subprocess
@@ -67,7 +68,9 @@ def count(name: str, requests: int) -> int:
         "--requests",
         str(requests),
     ]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    # A fixed hash seed: dict and set layouts, and with them the counts, repeat run to run.
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     found = _COLLECTED.search(done.stderr)
     if done.returncode != 0 or found is None:
         raise RuntimeError(f"valgrind run of {name!r} failed:\n{done.stderr[-2000:]}")

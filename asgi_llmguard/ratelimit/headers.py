@@ -71,6 +71,15 @@ def _reset(seconds: float) -> bytes:
     return format_reset(seconds).encode()
 
 
+def _of(names: tuple[bytes, bytes, bytes], decision: Decision) -> tuple[tuple[bytes, bytes], ...]:
+    limit, remaining, reset = names
+    return (
+        (limit, b"%d" % decision.limit),
+        (remaining, b"%d" % decision.remaining),
+        (reset, _reset(decision.reset_after)),
+    )
+
+
 _REQUESTS = _NAMES["requests"]
 _TOKENS = _NAMES["tokens"]
 
@@ -80,17 +89,7 @@ def rate_headers(requests: Decision | None, tokens: Decision | None) -> list[tup
     admitted response, so formatted with bytes operations only)."""
     headers: list[tuple[bytes, bytes]] = []
     if requests is not None:
-        limit, remaining, reset = _REQUESTS
-        headers += (
-            (limit, b"%d" % requests.limit),
-            (remaining, b"%d" % requests.remaining),
-            (reset, _reset(requests.reset_after)),
-        )
+        headers += _of(_REQUESTS, requests)
     if tokens is not None:
-        limit, remaining, reset = _TOKENS
-        headers += (
-            (limit, b"%d" % tokens.limit),
-            (remaining, b"%d" % tokens.remaining),
-            (reset, _reset(tokens.reset_after)),
-        )
+        headers += _of(_TOKENS, tokens)
     return headers
