@@ -28,19 +28,24 @@ def format_reset(seconds: float) -> str:
 
     Rounded *up* to the millisecond, so a client that waits exactly this long is not early.
     """
+    return _reset(seconds).decode()
+
+
+def _reset(seconds: float) -> bytes:
+    """`format_reset` as the header value (bytes formatting: it is set on every response)."""
     ms = max(0, math.ceil(seconds * 1000.0 - 1e-6))
     if ms == 0:
-        return "0s"
+        return b"0s"
     if ms < 1000:
-        return f"{ms}ms"
+        return b"%dms" % ms
     hours, rest = divmod(ms, 3_600_000)
     minutes, rest = divmod(rest, 60_000)
-    secs = f"{rest // 1000}" if rest % 1000 == 0 else f"{rest / 1000:.3f}".rstrip("0")
+    secs = b"%d" % (rest // 1000) if rest % 1000 == 0 else (b"%.3f" % (rest / 1000)).rstrip(b"0")
     if hours:
-        return f"{hours}h{minutes}m{secs}s"
+        return b"%dh%dm%ss" % (hours, minutes, secs)
     if minutes:
-        return f"{minutes}m{secs}s"
-    return f"{secs}s"
+        return b"%dm%ss" % (minutes, secs)
+    return secs + b"s"
 
 
 def retry_after(seconds: float) -> bytes:
@@ -59,16 +64,6 @@ def tighter(current: Decision | None, new: Decision) -> Decision:
     if (new.remaining, -new.reset_after) < (current.remaining, -current.reset_after):
         return new
     return current
-
-
-def _reset(seconds: float) -> bytes:
-    """`format_reset` as bytes, with the common sub-second case formatted directly."""
-    ms = math.ceil(seconds * 1000.0 - 1e-6)
-    if ms <= 0:
-        return b"0s"
-    if ms < 1000:
-        return b"%dms" % ms
-    return format_reset(seconds).encode()
 
 
 def _of(names: tuple[bytes, bytes, bytes], decision: Decision) -> tuple[tuple[bytes, bytes], ...]:

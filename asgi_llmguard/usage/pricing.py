@@ -148,9 +148,7 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             + scaled[4] * reasoning
         )
         if not tool_calls:  # the common case: round the one fraction, no running sum
-            denominator = _pow10(exponent)
-            quotient, remainder = divmod(numerator, denominator)
-            return quotient + (2 * remainder >= denominator)
+            return _round_half_up(numerator, exponent)
         total = _Sum()
         total.numerator, total.exponent = numerator, exponent
         for tool, calls in tool_calls.items():
@@ -249,9 +247,14 @@ class _Sum:
         self.numerator += numerator * count * _pow10(self.exponent - exponent)
 
     def round_half_up(self) -> int:
-        denominator = _pow10(self.exponent)
-        quotient, remainder = divmod(self.numerator, denominator)
-        return quotient + int(2 * remainder >= denominator)
+        return _round_half_up(self.numerator, self.exponent)
+
+
+def _round_half_up(numerator: int, exponent: int) -> int:
+    """``numerator / 10**exponent`` rounded to the nearest integer, halves up."""
+    denominator = _pow10(exponent)
+    quotient, remainder = divmod(numerator, denominator)
+    return quotient + int(2 * remainder >= denominator)
 
 
 # Dated snapshots and moving aliases of one model share its price:
