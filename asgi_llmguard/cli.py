@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from asgi_llmguard.config import (
     GatewayConfig,
@@ -95,6 +96,34 @@ def _fake_upstream(host: str) -> Iterator[str]:
         yield server.url
 
 
+def _log_config(config: GatewayConfig) -> dict[str, Any]:
+    """uvicorn's logging config, plus a handler writing the access-log lines to stdout.
+
+    uvicorn configures only its own loggers; without this the gateway's access lines (INFO) had
+    no handler in the served process and were dropped. uvicorn's own access log stays off: this
+    line replaces it.
+    """
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    log_config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    access = config.access_log
+    if access.enabled:
+        log_config["formatters"]["llmguard_access"] = {"format": "%(message)s"}
+        log_config["handlers"]["llmguard_access"] = {
+            "formatter": "llmguard_access",
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stdout",
+        }
+        log_config["loggers"][access.logger_name or "asgi_llmguard.access"] = {
+            "handlers": ["llmguard_access"],
+            "level": access.level or "INFO",
+            "propagate": False,
+        }
+    return log_config
+
+
 def _banner(config: GatewayConfig, upstreams: Sequence[Upstream], fake: str | None) -> str:
     s = config.server
     base = f"http://{s.host}:{s.port}"
@@ -168,6 +197,7 @@ def _serve(args: argparse.Namespace) -> int:
             port=s.port,
             workers=s.workers,
             log_level=s.log_level,
+            log_config=_log_config(config),
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=_graceful_timeout(s),

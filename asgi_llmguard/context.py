@@ -50,6 +50,9 @@ class UniqueIds:
 #: A new request id (``req_`` + 16 random hex digits + a count).
 new_request_id = UniqueIds("req_")
 
+#: The response header that carries the gateway's own request id (`RequestContext.request_id`).
+GATEWAY_REQUEST_ID_HEADER = "x-llmguard-request-id"
+
 
 class StreamOptions(msgspec.Struct):
     include_usage: bool | None = None
@@ -143,6 +146,7 @@ class RequestContext:
         "_fields",
         "attempts",
         "body",
+        "client_request_id",
         "credential_id",
         "disconnected",
         "key",
@@ -162,7 +166,11 @@ class RequestContext:
         self.method = method
         #: The route path: the ASGI ``path`` with the ``root_path`` of a mount removed.
         self.path = path
+        #: The gateway's own id: the request's identity in every record, log line and metric.
         self.request_id = request_id or new_request_id()
+        #: The id the caller sent (``x-request-id``), when the access-log layer accepted it; it
+        #: is echoed back and sent upstream, and recorded beside ``request_id``, never as a key.
+        self.client_request_id: str | None = None
         #: ``perf_counter()`` at arrival, for latencies; ``started_at`` is wall time, for records.
         self.start = time.perf_counter()
         self.started_at = time.time()

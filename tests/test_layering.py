@@ -98,6 +98,8 @@ FORBIDDEN = {
     "tokens": ("asgi_llmguard.",),
     "routes": ("asgi_llmguard.",),
     "types": ("asgi_llmguard.",),
+    # In-place schema upgrades, shared by the ledger and capture sinks: it knows neither.
+    "migrate": ("asgi_llmguard.",),
     # Shared by the rate limiter and the budget stores: it knows neither.
     "redis_batch": ("asgi_llmguard.",),
     # Process-wide settings for the standalone server: no layer may reach for them.

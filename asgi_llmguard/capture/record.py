@@ -24,7 +24,10 @@ class CaptureRecord(msgspec.Struct, kw_only=True, frozen=True):
     ``key_id``.
     """
 
+    #: The gateway's request id (the same as in the usage record), and the caller's
+    #: ``x-request-id`` when it sent one.
     request_id: str
+    client_request_id: str | None = None
     #: Wall-clock arrival, seconds since the epoch; ``duration``: seconds from arrival to the end.
     started_at: float
     duration: float

@@ -23,6 +23,7 @@ import msgspec
 
 from asgi_llmguard.capture.record import CaptureRecord
 from asgi_llmguard.errors import ConfigurationError
+from asgi_llmguard.migrate import sqlite_add_missing_columns
 
 T = TypeVar("T")
 
@@ -123,14 +124,16 @@ CREATE TABLE IF NOT EXISTS captures (
     status INTEGER NOT NULL,
     outcome TEXT NOT NULL,
     duration REAL NOT NULL,
-    record TEXT NOT NULL
+    record TEXT NOT NULL,
+    client_request_id TEXT
 );
 CREATE INDEX IF NOT EXISTS captures_started_at ON captures (started_at);
 CREATE INDEX IF NOT EXISTS captures_key_id ON captures (key_id, started_at);
 """
 _INSERT = (
     "INSERT OR REPLACE INTO captures (request_id, started_at, key_id, api, endpoint, model,"
-    " method, path, status, outcome, duration, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " method, path, status, outcome, duration, record, client_request_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -163,6 +166,7 @@ class SQLiteCaptureSink(_ThreadedSink):
                 r.outcome,
                 r.duration,
                 _encoder.encode(r).decode("utf-8"),
+                r.client_request_id,
             )
             for r in records
         ]
@@ -178,6 +182,9 @@ class SQLiteCaptureSink(_ThreadedSink):
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=5000")
+            # A table an older version created gets the columns added since, keeping its rows
+            # (before the indexes, which may name them).
+            sqlite_add_missing_columns(db, "captures", _SCHEMA)
             db.executescript(_SCHEMA)
             self._db = db
         return db

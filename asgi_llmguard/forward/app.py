@@ -310,8 +310,8 @@ class ForwardingApp:
                 await send_error(send, 400, str(exc), anthropic=anthropic)
                 return
             headers = request_headers(scope["headers"], target.drop, target.defaults, target.static)
-            # The request id travels upstream so provider-side logs can be matched to ours.
-            headers.append(("x-request-id", ctx.request_id))
+            # The caller's id (else ours) travels upstream so provider-side logs can be matched.
+            headers.append(("x-request-id", ctx.client_request_id or ctx.request_id))
             ctx.credential_id = credential
             started_at = time.time()
             began = time.perf_counter()

@@ -1,9 +1,10 @@
 """Request ids and one structured access-log line per request.
 
-The request id: a caller's well-formed ``x-request-id`` is adopted (when trusted), otherwise the
-id the classifier generated is kept. Either way it is returned to the client as ``x-request-id``
-on every response that passes through this layer, replacing any the upstream sent, so the id a
-caller quotes is the one in the gateway's records.
+Request ids: the request's identity is always the id the classifier generated (``req_...``),
+returned as ``x-llmguard-request-id``; no value a caller chose can collide with another record.
+A caller's well-formed ``x-request-id`` is kept (when trusted) as ``client_request_id``: echoed
+back as ``x-request-id``, sent upstream, and recorded beside the gateway's id. Without one, the
+gateway's id is returned as ``x-request-id`` too. Both headers replace any the upstream sent.
 
 The line: one JSON object (orjson), written through the standard `logging` module when the
 response ends, whatever ended it (completion, client disconnect, an exception), so operators route
@@ -21,7 +22,12 @@ from typing import Any
 
 import orjson
 
-from asgi_llmguard.context import InvalidBody, RequestContext, get_context
+from asgi_llmguard.context import (
+    GATEWAY_REQUEST_ID_HEADER,
+    InvalidBody,
+    RequestContext,
+    get_context,
+)
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.types import ASGIApp, Headers, Message, Receive, Scope, Send
 
@@ -31,40 +37,40 @@ _VALID_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 
 
-def _with_id(headers: Headers, name: bytes, value: bytes) -> Headers:
-    out = [(k, v) for k, v in headers if k != name]
-    out.append((name, value))
+_GATEWAY_HEADER = GATEWAY_REQUEST_ID_HEADER.encode("latin-1")
+
+
+def _with_ids(headers: Headers, ids: Headers) -> Headers:
+    """``headers`` with ``ids`` (the two id headers) replacing any of the same names."""
+    names = (ids[0][0], ids[1][0])
+    out = [(k, v) for k, v in headers if k not in names]
+    out.extend(ids)
     return out
 
 
 class _IdSend:
-    """The wrapped ``send`` when no line is written: only sets the id header."""
+    """The wrapped ``send`` when no line is written: only sets the id headers."""
 
-    __slots__ = ("_name", "_send", "_value")
+    __slots__ = ("_ids", "_send")
 
-    def __init__(self, send: Send, name: bytes, value: bytes) -> None:
+    def __init__(self, send: Send, ids: Headers) -> None:
         self._send = send
-        self._name = name
-        self._value = value
+        self._ids = ids
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
-            message = {
-                **message,
-                "headers": _with_id(message.get("headers", []), self._name, self._value),
-            }
+            message = {**message, "headers": _with_ids(message.get("headers", []), self._ids)}
         await self._send(message)
 
 
 class _TimedSend:
-    """The wrapped ``send`` when a line is written: sets the id header, notes status and TTFB."""
+    """The wrapped ``send`` when a line is written: sets the id headers, notes status and TTFB."""
 
-    __slots__ = ("_name", "_send", "_start", "_value", "status", "ttfb")
+    __slots__ = ("_ids", "_send", "_start", "status", "ttfb")
 
-    def __init__(self, send: Send, name: bytes, value: bytes, start: float) -> None:
+    def __init__(self, send: Send, ids: Headers, start: float) -> None:
         self._send = send
-        self._name = name
-        self._value = value
+        self._ids = ids
         self._start = start
         self.status: int | None = None
         self.ttfb: float | None = None
@@ -73,24 +79,24 @@ class _TimedSend:
         if message["type"] == "http.response.start":
             self.status = message["status"]
             self.ttfb = time.perf_counter() - self._start
-            message = {
-                **message,
-                "headers": _with_id(message.get("headers", []), self._name, self._value),
-            }
+            message = {**message, "headers": _with_ids(message.get("headers", []), self._ids)}
         await self._send(message)
 
 
 class AccessLogMiddleware:
-    """Adopt or keep the request id, return it as a header, and log one JSON line per request.
+    """Return the request ids as headers, keep the caller's, and log one JSON line per request.
 
     Place it right inside `ClassifyMiddleware`, so the line covers every later refusal and the
-    whole upstream exchange, and the adopted id reaches every record the later layers write.
+    whole upstream exchange, and the caller's id reaches every record the later layers write.
 
     - ``logger_name``, ``level``: where the line goes (``logging.getLogger(logger_name)``, at
-      ``level``); a logger not enabled for ``level`` costs only the id header.
-    - ``trust_request_id``: adopt the caller's ``request_id_header`` when it is 1-128 characters
-      of ``A-Z a-z 0-9 . _ : -``; otherwise (or when ``False``) keep the generated id.
-    - ``request_id_header``: the header read from the caller and set on the response.
+      ``level``); a logger not enabled for ``level`` costs only the id headers.
+    - ``trust_request_id``: keep the caller's ``request_id_header`` as ``client_request_id``
+      when it is 1-128 characters of ``A-Z a-z 0-9 . _ : -``; otherwise (or when ``False``) the
+      caller's value is ignored. The request's own id is always the generated one.
+    - ``request_id_header``: the header read from the caller and echoed on the response (the
+      caller's id, else the generated one); ``x-llmguard-request-id`` always carries the
+      generated id.
     """
 
     def __init__(
@@ -109,6 +115,11 @@ class AccessLogMiddleware:
             raise ConfigurationError(
                 f"request_id_header must be an HTTP header name, not {request_id_header!r}"
             )
+        if name == GATEWAY_REQUEST_ID_HEADER:
+            raise ConfigurationError(
+                f"request_id_header cannot be {GATEWAY_REQUEST_ID_HEADER!r}: the gateway's own "
+                "request id is returned in that header"
+            )
         self.app = app
         self._logger = logging.getLogger(logger_name)
         self._level = level
@@ -120,20 +131,23 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         ctx = get_context(scope)
+        rid = ctx.request_id.encode("latin-1")
+        echo = rid
         if self._trust:
             header = self._header
             for name, value in scope["headers"]:
                 if name == header:
                     if _VALID_ID.fullmatch(value):
-                        ctx.request_id = value.decode("ascii")
+                        ctx.client_request_id = value.decode("ascii")
+                        echo = value
                     break
-        rid = ctx.request_id.encode("latin-1")
+        ids = [(self._header, echo), (_GATEWAY_HEADER, rid)]
 
         if not self._logger.isEnabledFor(self._level):
-            await self.app(scope, receive, _IdSend(send, self._header, rid))
+            await self.app(scope, receive, _IdSend(send, ids))
             return
 
-        timed = _TimedSend(send, self._header, rid, ctx.start)
+        timed = _TimedSend(send, ids, ctx.start)
         error: str | None = None
         try:
             await self.app(scope, receive, timed)
@@ -163,6 +177,7 @@ class AccessLogMiddleware:
         line: dict[str, Any] = {
             "ts": datetime.fromtimestamp(ctx.started_at, UTC),
             "request_id": ctx.request_id,
+            "client_request_id": ctx.client_request_id,
             "method": ctx.method,
             "path": ctx.path,
             "endpoint": endpoint.operation if endpoint is not None else None,

@@ -146,6 +146,7 @@ class _Tap:
     __slots__ = (
         "_send",
         "api",
+        "client_request_id",
         "complete",
         "credential_id",
         "disconnected",
@@ -176,6 +177,7 @@ class _Tap:
         self.upstream_receive: Receive | None = None
         self.max_bytes = max_bytes
         self.request_id = ctx.request_id
+        self.client_request_id = ctx.client_request_id
         self.method = ctx.method
         self.path = ctx.path
         self.query: bytes = scope.get("query_string", b"")
@@ -275,6 +277,7 @@ class _Tap:
         )
         return CaptureRecord(
             request_id=self.request_id,
+            client_request_id=self.client_request_id,
             started_at=self.started_at,
             duration=self.duration,
             key_id=self.key_id,

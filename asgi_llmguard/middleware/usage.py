@@ -299,6 +299,7 @@ class UsageMiddleware:
         self._emit(
             UsageEvent(
                 request_id=ctx.request_id,
+                client_request_id=ctx.client_request_id,
                 started_at=ctx.started_at,
                 key_id=key.key_id if key else None,
                 model=model,
@@ -375,6 +376,7 @@ class UsageMiddleware:
             self._emit(
                 UsageEvent(
                     request_id=ctx.request_id,
+                    client_request_id=ctx.client_request_id,
                     attempt=number,
                     started_at=failed_attempt.started_at,
                     key_id=key.key_id if key else None,
@@ -396,6 +398,7 @@ class UsageMiddleware:
         self._emit(
             UsageEvent(
                 request_id=ctx.request_id,
+                client_request_id=ctx.client_request_id,
                 attempt=len(attempts),
                 started_at=ctx.started_at,
                 key_id=key.key_id if key else None,

@@ -47,6 +47,8 @@ class UsageEvent(msgspec.Struct, kw_only=True, omit_defaults=False):
     estimated: bool = False
     #: Free-form labels from the key's policy (team, user, ...).
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
+    #: The id the caller sent (``x-request-id``), if any: recorded, never part of the identity.
+    client_request_id: str | None = None
 
     @property
     def cost_usd(self) -> float:

@@ -39,6 +39,7 @@ PRICES = PriceTable.default().with_overrides(
 FIELDS = {
     "ts",
     "request_id",
+    "client_request_id",
     "method",
     "path",
     "endpoint",
@@ -201,7 +202,12 @@ def test_client_disconnect_line(stack: Stack) -> None:
             seen += data
     assert b"x-request-id: gone-early\r\n" in seen
     (line,) = stack.lines()
-    assert (line["request_id"], line["disconnected"], line["status"]) == ("gone-early", True, 200)
+    assert line["request_id"].startswith("req_")
+    assert (line["client_request_id"], line["disconnected"], line["status"]) == (
+        "gone-early",
+        True,
+        200,
+    )
     assert line["tokens"] is not None
     assert line["tokens"] > 0  # estimated: never free
     stack.fake.wait_until(lambda: stack.fake.disconnects == 1, 1.0)
@@ -220,7 +226,8 @@ def test_well_formed_request_id_is_adopted(stack: Stack, sent: str) -> None:
     resp = _chat(stack.url, headers={"x-request-id": sent})
     assert resp.headers.get_list("x-request-id") == [sent]
     (line,) = stack.lines()
-    assert line["request_id"] == sent
+    assert line["client_request_id"] == sent
+    assert line["request_id"] == resp.headers["x-llmguard-request-id"] != sent
 
 
 @pytest.mark.parametrize(
@@ -294,7 +301,7 @@ def test_custom_logger_header_and_level(
         time.sleep(0.005)
     (record,) = [r for r in caplog.records if r.name == "ops.access"]
     assert record.levelno == logging.WARNING
-    assert orjson.loads(record.getMessage())["request_id"] == "t-1"
+    assert orjson.loads(record.getMessage())["client_request_id"] == "t-1"
 
 
 async def test_exception_is_logged_and_reraised(caplog: pytest.LogCaptureFixture) -> None:

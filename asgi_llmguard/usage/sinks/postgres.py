@@ -1,7 +1,8 @@
 """`PostgresSink`: one ledger shared by every replica, through asyncpg (the ``postgres`` extra).
 
 The pool is created on the first write, and the schema and table with it (under an advisory lock,
-so replicas starting together do not race on ``CREATE TABLE``). A batch is one statement: the
+so replicas starting together do not race on ``CREATE TABLE``); a table an older version created
+gets the columns added since (``ADD COLUMN IF NOT EXISTS``, under the same lock). A batch is one statement: the
 events travel as one array per column and ``INSERT ... SELECT FROM unnest(...) ON CONFLICT
 (request_id, attempt) DO NOTHING`` stores each once. That is a single round trip like ``COPY``
 into a temporary table followed by an ``INSERT ... SELECT``, without the temporary table (which
@@ -17,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from asgi_llmguard.errors import ConfigurationError
+from asgi_llmguard.migrate import postgres_add_columns
 from asgi_llmguard.usage.events import UsageEvent
 from asgi_llmguard.usage.sinks.base import COLUMNS, event_row
 
@@ -47,6 +49,7 @@ CREATE TABLE IF NOT EXISTS {s}.usage_events (
     estimated boolean NOT NULL,
     metadata jsonb NOT NULL DEFAULT '{{}}',
     recorded_at timestamptz NOT NULL DEFAULT now(),
+    client_request_id text,
     PRIMARY KEY (request_id, attempt)
 );
 CREATE INDEX IF NOT EXISTS usage_events_started_at ON {s}.usage_events (started_at);
@@ -77,6 +80,7 @@ _ARRAY_TYPES = (
     "float8",
     "bool",
     "bool",
+    "text",
     "text",
 )
 _CONVERT = {"started_at": "to_timestamp(started_at)", "metadata": "metadata::jsonb"}
@@ -202,7 +206,20 @@ class PostgresSink:
                         f"asgi_llmguard.usage_events.{self.schema}",
                     )
                     await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self._schema}")
-                    await conn.execute(_DDL.format(s=self._schema))
+                    ddl = _DDL.format(s=self._schema)
+                    # A ledger an older version created gets the columns added since (before
+                    # the indexes, which may name them).
+                    present = await conn.fetch(
+                        "SELECT column_name FROM information_schema.columns "
+                        "WHERE table_schema = $1 AND table_name = 'usage_events'",
+                        self.schema,
+                    )
+                    alter = postgres_add_columns(
+                        f"{self._schema}.usage_events", ddl, [r[0] for r in present]
+                    )
+                    if present and alter is not None:
+                        await conn.execute(alter)
+                    await conn.execute(ddl)
             except BaseException:
                 pool.terminate()
                 raise

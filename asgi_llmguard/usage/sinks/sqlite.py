@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from itertools import chain
 from typing import Literal
 
+from asgi_llmguard.migrate import sqlite_add_missing_columns
 from asgi_llmguard.usage.events import UsageEvent
 from asgi_llmguard.usage.sinks.base import COLUMNS, WriterThread, event_row
 
@@ -47,6 +48,7 @@ CREATE TABLE IF NOT EXISTS usage_events (
     estimated INTEGER NOT NULL,
     metadata TEXT NOT NULL DEFAULT '{}',
     recorded_at REAL NOT NULL,
+    client_request_id TEXT,
     PRIMARY KEY (request_id, attempt)
 );
 CREATE INDEX IF NOT EXISTS usage_events_started_at ON usage_events (started_at);
@@ -57,7 +59,7 @@ CREATE INDEX IF NOT EXISTS usage_events_model ON usage_events (model, started_at
 _ROW = f"({', '.join('?' * len(COLUMNS))})"
 #: Rows per INSERT statement, largest first: a batch goes out as few multi-row statements, of
 #: four shapes (so they stay in the connection's statement cache). A statement of 32 rows costs
-#: a fifth fewer instructions per row than 32 single-row ones; its 736 parameters stay under the
+#: a fifth fewer instructions per row than 32 single-row ones; its 768 parameters stay under the
 #: 999 that SQLite builds before 3.32 allow.
 _CHUNKS = (32, 8, 2, 1)
 
@@ -120,6 +122,9 @@ class SQLiteSink:
         try:
             conn.execute("PRAGMA journal_mode=WAL").fetchone()
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            # A ledger an older version created gets the columns added since, keeping its rows
+            # (before the indexes, which may name them).
+            sqlite_add_missing_columns(conn, "usage_events", SCHEMA)
             conn.executescript(SCHEMA)
         except BaseException:
             conn.close()
