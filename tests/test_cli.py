@@ -325,3 +325,35 @@ def test_health_endpoints_answer_on_the_standalone_server(tmp_path):
     # Nothing listens on port 1: the Redis readiness check fails, and says which.
     assert ready.status_code == 503
     assert ready.json()["checks"]["redis"] in ("fail", "timeout")
+
+
+def test_serve_writes_one_access_line_per_request_to_stdout(tmp_path):
+    """The documented default: one JSON line per request in the served process's output, naming
+    the gateway's request id and the caller's."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [SCRIPT, "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for_port(port, proc)
+        raw = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="anything", max_retries=0
+        ).chat.completions.with_raw_response.create(
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-request-id": "caller-trace-1"},
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+    ours = raw.headers["x-llmguard-request-id"]
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    mine = [line for line in lines if line.get("request_id") == ours]
+    assert len(mine) == 1, out
+    assert mine[0]["client_request_id"] == "caller-trace-1"
+    assert (mine[0]["status"], mine[0]["path"]) == (200, "/v1/chat/completions")
