@@ -3,10 +3,10 @@
 The pool is created on the first write, and the schema and table with it (under an advisory lock,
 so replicas starting together do not race on ``CREATE TABLE``); a table an older version created
 gets the columns added since (``ADD COLUMN IF NOT EXISTS``, under the same lock). A batch is one
-statement: the events travel as one array per column and ``INSERT ... SELECT FROM unnest(...) ON CONFLICT
-(request_id, attempt) DO NOTHING`` stores each once. That is a single round trip like ``COPY``
-into a temporary table followed by an ``INSERT ... SELECT``, without the temporary table (which
-poolers in transaction mode, such as PgBouncer, do not keep between statements).
+statement: the events travel as one array per column and ``INSERT ... SELECT FROM unnest(...)
+ON CONFLICT (request_id, attempt) DO NOTHING`` stores each once. That is a single round trip
+like ``COPY`` into a temporary table followed by an ``INSERT ... SELECT``, without the temporary
+table (which poolers in transaction mode, such as PgBouncer, do not keep between statements).
 """
 
 from __future__ import annotations
