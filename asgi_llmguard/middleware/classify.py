@@ -16,10 +16,21 @@ from asgi_llmguard.types import ASGIApp, Receive, Scope, Send
 
 # RFC 9112 section 3.2 / RFC 3986 section 3.2.2: Host = uri-host [ ":" port ], where uri-host is
 # an IP-literal in brackets or a reg-name (which also covers IPv4 addresses).
-_valid_host = re.compile(
+_REG_NAME = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-._~!$&'()*+,;="
+_host_syntax = re.compile(
     rb"(?:\[[0-9A-Za-z:.+!$&'()*,;=~_-]+\]|(?:[0-9A-Za-z._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)"
     rb"(?::[0-9]*)?"
 ).fullmatch
+
+
+def _valid_host(host: bytes) -> bool:
+    """RFC 3986 host with optional port; the usual name or address (and port) by a byte table."""
+    if not host.translate(None, _REG_NAME):
+        return True
+    name, _, port = host.rpartition(b":")
+    if (not port or port.isdigit()) and not name.translate(None, _REG_NAME):
+        return True
+    return _host_syntax(host) is not None  # IP literals, percent-encoding, or malformed
 
 
 def _host_error(scope: Scope) -> str | None:
@@ -32,7 +43,7 @@ def _host_error(scope: Scope) -> str | None:
             host = value
     if host is None:
         return "The request has no Host header." if scope.get("http_version") == "1.1" else None
-    return None if _valid_host(host) is not None else "The request's Host header is malformed."
+    return None if _valid_host(host) else "The request's Host header is malformed."
 
 
 class ClassifyMiddleware:

@@ -4,8 +4,10 @@ import json
 import socket
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from asgi_llmguard.middleware.classify import ClassifyMiddleware
+from asgi_llmguard.middleware.classify import ClassifyMiddleware, _host_syntax, _valid_host
 from asgi_llmguard.testing import serve
 
 
@@ -65,3 +67,8 @@ def test_missing_host_on_http11_is_refused_in_the_callers_dialect(port):
 def test_missing_host_on_http10_is_served(port):
     status, body = _request(port, b"GET /v1/models HTTP/1.0\r\n\r\n")
     assert (status, body) == (200, b"ok")
+
+
+@given(st.binary(max_size=12) | st.text(alphabet="a1.-:[]%/?#@ ", max_size=12).map(str.encode))
+def test_the_fast_check_agrees_with_the_rfc_3986_grammar(host):
+    assert _valid_host(host) == (_host_syntax(host) is not None)
