@@ -50,6 +50,15 @@ _ANTHROPIC_TYPES = {
 }
 
 _JSON = (b"content-type", b"application/json")
+# The OpenAI and Anthropic SDKs (and the CLIs built on them) retry 4xx answers such as 401 and 403
+# unless told not to; a refusal the gateway makes for these statuses cannot be fixed by retrying.
+# 429 and 503 refusals carry ``Retry-After``: a short wait helps, so they say so.
+_NO_RETRY = (b"x-should-retry", b"false")
+_RETRY = (b"x-should-retry", b"true")
+_SHOULD_RETRY = {
+    **dict.fromkeys((400, 401, 403, 404, 405, 413), _NO_RETRY),
+    **dict.fromkeys((429, 503), _RETRY),
+}
 
 
 def error_body(
@@ -78,27 +87,42 @@ async def send_error(
     type: str | None = None,
     code: str | None = None,
     headers: Iterable[tuple[bytes, bytes]] = (),
+    should_retry: bool | None = None,
 ) -> None:
-    """Send a complete JSON error response."""
+    """Send a complete JSON error response (``should_retry`` as in `send_body`)."""
     await send_body(
         send,
         status,
         error_body(status, message, anthropic=anthropic, type=type, code=code),
         headers,
+        should_retry=should_retry,
     )
 
 
 async def send_body(
-    send: Send, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    *,
+    should_retry: bool | None = None,
 ) -> None:
-    """Send a complete JSON response whose body is already encoded (e.g. prebuilt in __init__)."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [_JSON, (b"content-length", str(len(body)).encode()), *headers],
-        }
+    """Send a complete JSON response whose body is already encoded (e.g. prebuilt in __init__).
+
+    The OpenAI and Anthropic SDKs honour ``x-should-retry``. A refusal with a status retrying
+    cannot change (400, 401, 403, 404, 405, 413) says ``false``, so clients fail at once; a 429 or
+    503 (sent with ``Retry-After``) says ``true``. ``should_retry`` overrides the status's default,
+    e.g. for a budget that will not reset soon.
+    """
+    start = [_JSON, (b"content-length", str(len(body)).encode()), *headers]
+    retry = (
+        _SHOULD_RETRY.get(status)
+        if should_retry is None
+        else (_RETRY if should_retry else _NO_RETRY)
     )
+    if retry is not None:
+        start.append(retry)
+    await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 

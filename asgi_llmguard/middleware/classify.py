@@ -7,14 +7,48 @@ so no path spelling can reach a route that the later layers would not recognise.
 
 from __future__ import annotations
 
+import re
+
 from asgi_llmguard.context import SCOPE_KEY, RequestContext
-from asgi_llmguard.errors import ConfigurationError, send_route_error
+from asgi_llmguard.errors import ConfigurationError, send_error, send_route_error
 from asgi_llmguard.routes import Api, RouteNotFound, passthrough_route
 from asgi_llmguard.types import ASGIApp, Receive, Scope, Send
 
+# RFC 9112 section 3.2 / RFC 3986 section 3.2.2: Host = uri-host [ ":" port ], where uri-host is
+# an IP-literal in brackets or a reg-name (which also covers IPv4 addresses).
+_REG_NAME = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-._~!$&'()*+,;="
+_host_syntax = re.compile(
+    rb"(?:\[[0-9A-Za-z:.+!$&'()*,;=~_-]+\]|(?:[0-9A-Za-z._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)"
+    rb"(?::[0-9]*)?"
+).fullmatch
+
+
+def _valid_host(host: bytes) -> bool:
+    """RFC 3986 host with optional port; the usual name or address (and port) by a byte table."""
+    if not host.translate(None, _REG_NAME):
+        return True
+    name, _, port = host.rpartition(b":")
+    if (not port or port.isdigit()) and not name.translate(None, _REG_NAME):
+        return True
+    return _host_syntax(host) is not None  # IP literals, percent-encoding, or malformed
+
+
+def _host_error(scope: Scope) -> str | None:
+    """Why the request's Host header is unacceptable, or None when it is fine."""
+    host = None
+    for name, value in scope["headers"]:
+        if name == b"host":
+            if host is not None:
+                return "The request has more than one Host header."
+            host = value
+    if host is None:
+        return "The request has no Host header." if scope.get("http_version") == "1.1" else None
+    return None if _valid_host(host) else "The request's Host header is malformed."
+
 
 class ClassifyMiddleware:
-    """Create the request's `RequestContext` and refuse unknown routes (404) and methods (405).
+    """Create the request's `RequestContext`; refuse a malformed or missing Host (400), unknown
+    routes (404) and methods (405).
 
     ``passthrough``: forward unknown paths under ``/v1/`` to the upstream serving this API
     (``"openai"`` or ``"anthropic"``) instead of answering 404. Such requests are forwarded
@@ -36,6 +70,10 @@ class ClassifyMiddleware:
         ctx = scope.get(SCOPE_KEY)
         if ctx is None:  # an outer layer (the access log) may have created it already
             ctx = scope[SCOPE_KEY] = RequestContext.from_scope(scope)
+        host_error = _host_error(scope)
+        if host_error is not None:
+            await send_error(send, 400, host_error, anthropic=ctx.path.startswith("/v1/messages"))
+            return
         if ctx.route is None:
             error = ctx.route_error
             passthrough = self._passthrough

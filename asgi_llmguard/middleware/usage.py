@@ -54,6 +54,8 @@ _JSON_WHOLE = 4 << 20
 _JSON_TAIL = 64 << 10
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
 _STRIPPED_OPERATIONS = frozenset({"chat.completions", "completions"})
+# A budget refusal whose reset is further away than this tells clients not to retry.
+_SHORT_WAIT = 60
 
 
 class EventSink(Protocol):
@@ -166,11 +168,8 @@ class UsageMiddleware:
                 self._reject(ctx, endpoint, model, 429 if refused else 503)
                 if refused:
                     resets_at = refused.resets_at
-                    headers = (
-                        [(b"retry-after", str(max(1, math.ceil(resets_at - time.time()))).encode())]
-                        if resets_at is not None
-                        else []
-                    )
+                    wait = None if resets_at is None else max(1, math.ceil(resets_at - time.time()))
+                    headers = [] if wait is None else [(b"retry-after", str(wait).encode())]
                     await send_error(
                         send,
                         429,
@@ -179,6 +178,8 @@ class UsageMiddleware:
                         type="insufficient_quota" if not anthropic else None,
                         code="insufficient_quota",
                         headers=headers,
+                        # a total budget never resets; clients should not sleep for hours
+                        should_retry=wait is not None and wait <= _SHORT_WAIT,
                     )
                 else:
                     await send_error(
