@@ -10,10 +10,11 @@ REPLY = "Hello from the fake provider."
 
 def test_openai_js_chat_and_responses_are_answered_and_recorded(gateway):
     require_node_package("openai")
+    gateway.fake.configure(cached_tokens=2, reasoning_tokens=3)
     out = run_node("openai.mjs", {"GATEWAY_URL": gateway.url, "GATEWAY_KEY": CALLER_KEY})
 
     words = FakeProvider.count_tokens
-    reply = words(REPLY)
+    reply = words(REPLY) + 3  # the reply's words and the reported reasoning tokens
     # What the client got: the upstream's answer and its own usage numbers.
     assert out["chat"]["text"] == REPLY
     assert out["chat_stream"]["text"] == REPLY
@@ -37,4 +38,7 @@ def test_openai_js_chat_and_responses_are_answered_and_recorded(gateway):
     assert got == expected
     assert all(r["key_id"] == "clients" and r["outcome"] == "ok" for r in rows)
     assert all(not r["estimated"] for r in rows)
+    assert [(r["cached_input_tokens"], r["reasoning_tokens"]) for r in rows] == [(2, 3)] * 4
+    assert out["chat"]["usage"]["prompt_tokens_details"]["cached_tokens"] == 2
+    assert out["responses"]["usage"]["output_tokens_details"]["reasoning_tokens"] == 3
     assert len(gateway.fake.requests) == 4
