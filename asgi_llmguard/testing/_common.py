@@ -193,6 +193,10 @@ class Generation:
     chunks: int | None
     model: str | None = None
     """Overrides the body's ``model`` (the Azure deployment name)."""
+    cached_tokens: int = 0
+    """OpenAI: prompt tokens reported as read from the cache (at most the prompt's)."""
+    reasoning_tokens: int = 0
+    """OpenAI: reasoning tokens reported on top of the reply's (counted in the output)."""
 
 
 def wants_stream(body: dict[str, Any]) -> bool:

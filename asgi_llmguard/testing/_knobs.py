@@ -22,6 +22,8 @@ class Knobs:
     truncate_after_chunks: int | None = None
     chunks: int | None = None
     reply: str = DEFAULT_REPLY
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 def seconds(name: str, value: object) -> float:
@@ -53,6 +55,8 @@ def validate(knobs: Knobs) -> Knobs:
         status_code("status", knobs.status)
     if knobs.retry_after is not None:
         seconds("retry_after", knobs.retry_after)
+    count("cached_tokens", knobs.cached_tokens)
+    count("reasoning_tokens", knobs.reasoning_tokens)
     for name in ("reset_after_chunks", "truncate_after_chunks", "chunks"):
         value = getattr(knobs, name)
         if value is not None:
@@ -72,6 +76,8 @@ HEADER_KNOBS: dict[str, tuple[str, Callable[[str], object]]] = {
     "x-fake-truncate-after-chunks": ("truncate_after_chunks", int),
     "x-fake-chunks": ("chunks", int),
     "x-fake-reply": ("reply", lambda text: text.encode("latin-1").decode("utf-8")),
+    "x-fake-cached-tokens": ("cached_tokens", int),
+    "x-fake-reasoning-tokens": ("reasoning_tokens", int),
 }
 OPTIONAL_KNOBS = {"status", "retry_after", "reset_after_chunks", "truncate_after_chunks", "chunks"}
 

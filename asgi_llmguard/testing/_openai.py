@@ -70,14 +70,18 @@ def _finish(c: Completion) -> str:
     return "length" if c.capped else "stop"
 
 
-def _chat_usage(c: Completion) -> dict[str, Any]:
+def _chat_usage(c: Completion, gen: Generation) -> dict[str, Any]:
+    output = c.completion_tokens + gen.reasoning_tokens
     return {
         "prompt_tokens": c.prompt_tokens,
-        "completion_tokens": c.completion_tokens,
-        "total_tokens": c.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens": output,
+        "total_tokens": c.prompt_tokens + output,
+        "prompt_tokens_details": {
+            "cached_tokens": min(gen.cached_tokens, c.prompt_tokens),
+            "audio_tokens": 0,
+        },
         "completion_tokens_details": {
-            "reasoning_tokens": 0,
+            "reasoning_tokens": gen.reasoning_tokens,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
@@ -132,7 +136,7 @@ def chat(body: dict[str, Any], gen: Generation) -> dict[str, Any] | StreamPlan:
                     "finish_reason": _finish(c),
                 }
             ],
-            "usage": _chat_usage(c),
+            "usage": _chat_usage(c, gen),
             "service_tier": "default",
             "system_fingerprint": SYSTEM_FINGERPRINT,
         }
@@ -158,7 +162,7 @@ def chat(body: dict[str, Any], gen: Generation) -> dict[str, Any] | StreamPlan:
 
     tail = [chunk(choice({}, _finish(c)))]
     if include_usage:
-        tail.append(chunk([], _chat_usage(c)))
+        tail.append(chunk([], _chat_usage(c, gen)))
     tail.append(DONE)
     return StreamPlan(
         head=[chunk(choice({"role": "assistant", "content": "", "refusal": None}))],
@@ -286,10 +290,12 @@ def responses(body: dict[str, Any], gen: Generation) -> dict[str, Any] | StreamP
             "usage": (
                 {
                     "input_tokens": c.prompt_tokens,
-                    "input_tokens_details": {"cached_tokens": 0},
-                    "output_tokens": c.completion_tokens,
-                    "output_tokens_details": {"reasoning_tokens": 0},
-                    "total_tokens": c.total_tokens,
+                    "input_tokens_details": {
+                        "cached_tokens": min(gen.cached_tokens, c.prompt_tokens)
+                    },
+                    "output_tokens": c.completion_tokens + gen.reasoning_tokens,
+                    "output_tokens_details": {"reasoning_tokens": gen.reasoning_tokens},
+                    "total_tokens": c.total_tokens + gen.reasoning_tokens,
                 }
                 if done
                 else None

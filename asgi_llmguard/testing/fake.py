@@ -46,9 +46,11 @@ Non-streamed answers carry the same usage their stream would report.
 
 **Knobs.** Every constructor default can be overridden for one request with a header:
 ``x-fake-latency``, ``x-fake-chunk-delay``, ``x-fake-status``, ``x-fake-retry-after``,
-``x-fake-reset-after-chunks``, ``x-fake-truncate-after-chunks``, ``x-fake-chunks`` and
-``x-fake-reply`` (UTF-8). The value ``none`` clears an optional knob and ``x-fake-status: 200``
-turns a default error status off. A bad value or an unknown ``x-fake-*`` header answers 400.
+``x-fake-reset-after-chunks``, ``x-fake-truncate-after-chunks``, ``x-fake-chunks``,
+``x-fake-reply`` (UTF-8), ``x-fake-cached-tokens`` and ``x-fake-reasoning-tokens`` (OpenAI's
+``cached_tokens`` and ``reasoning_tokens`` usage details; reasoning counts in the output).
+The value ``none`` clears an optional knob and ``x-fake-status: 200`` turns
+a default error status off. A bad value or an unknown ``x-fake-*`` header answers 400.
 ``chunk_delay``, ``reset_after_chunks`` and ``truncate_after_chunks`` only affect streams.
 """
 
@@ -427,6 +429,8 @@ class FakeProvider:
             reply=knobs.reply,
             chunks=knobs.chunks,
             model=route.arg if route.api == "azure" else None,
+            cached_tokens=knobs.cached_tokens,
+            reasoning_tokens=knobs.reasoning_tokens,
         )
         match route.endpoint:
             case "chat":
