@@ -15,7 +15,13 @@ from collections.abc import Iterator
 import msgspec
 
 from asgi_llmguard.policy import KeyPolicy
-from asgi_llmguard.routes import MethodNotAllowed, Route, RouteNotFound, classify
+from asgi_llmguard.routes import (
+    MethodNotAllowed,
+    Route,
+    RouteNotFound,
+    classify,
+    is_shared_path,
+)
 from asgi_llmguard.tokens import TokenUsage
 from asgi_llmguard.types import Message, Receive, Scope
 
@@ -158,7 +164,9 @@ class RequestContext:
         "usage_tokens",
     )
 
-    def __init__(self, method: str, path: str, request_id: str | None = None) -> None:
+    def __init__(
+        self, method: str, path: str, request_id: str | None = None, anthropic: bool = False
+    ) -> None:
         self.method = method
         #: The route path: the ASGI ``path`` with the ``root_path`` of a mount removed.
         self.path = path
@@ -188,13 +196,18 @@ class RequestContext:
         self.usage_tokens: int | None = None
         self.route_error: RouteNotFound | MethodNotAllowed | None = None
         try:
-            self.route = classify(method, path)
+            self.route = classify(method, path, anthropic)
         except (RouteNotFound, MethodNotAllowed) as exc:
             self.route_error = exc
 
     @classmethod
     def from_scope(cls, scope: Scope) -> RequestContext:
-        return cls(scope["method"], route_path(scope))
+        path = route_path(scope)
+        # Model lists and files exist in both dialects: Anthropic's headers pick Anthropic's.
+        anthropic = is_shared_path(path) and any(
+            name == b"anthropic-version" or name == b"x-api-key" for name, _ in scope["headers"]
+        )
+        return cls(scope["method"], path, anthropic=anthropic)
 
     def fields(self) -> RequestFields:
         """The decoded request fields; decoded at most once, from the body a layer has read.
