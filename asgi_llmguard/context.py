@@ -63,6 +63,14 @@ class StreamOptions(msgspec.Struct):
 
 class Tool(msgspec.Struct):
     type: str | None = None
+    #: The remote MCP server of a Responses-API ``mcp`` tool.
+    server_url: str | None = None
+
+
+class McpServer(msgspec.Struct):
+    """An entry of Anthropic's ``mcp_servers`` (the MCP connector)."""
+
+    url: str | None = None
 
 
 class RequestFields(msgspec.Struct):
@@ -76,6 +84,10 @@ class RequestFields(msgspec.Struct):
     max_output_tokens: int | None = None
     tools: list[Tool] | None = None
     background: bool | None = None
+    #: Chat completions' hosted web search (a tool outside ``tools``).
+    web_search_options: dict[str, object] | None = None
+    #: Anthropic's MCP connector (servers outside ``tools``).
+    mcp_servers: list[McpServer] | None = None
 
     @property
     def max_output(self) -> int | None:
