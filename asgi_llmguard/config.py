@@ -187,6 +187,7 @@ class KeyConfig(_Strict):
     endpoints: list[str] | None = None
     models: list[str] | None = None
     tool_types: list[str] | None = None
+    mcp_servers: list[str] | None = None
     allow_background: bool | None = None
     rate_limits: list[RateLimit] | None = None
     max_concurrency: int | None = None

@@ -15,7 +15,13 @@ from collections.abc import Iterator
 import msgspec
 
 from asgi_llmguard.policy import KeyPolicy
-from asgi_llmguard.routes import MethodNotAllowed, Route, RouteNotFound, classify
+from asgi_llmguard.routes import (
+    MethodNotAllowed,
+    Route,
+    RouteNotFound,
+    classify,
+    is_shared_path,
+)
 from asgi_llmguard.tokens import TokenUsage
 from asgi_llmguard.types import Message, Receive, Scope
 
@@ -60,6 +66,14 @@ class StreamOptions(msgspec.Struct):
 
 class Tool(msgspec.Struct):
     type: str | None = None
+    #: The remote MCP server of a Responses-API ``mcp`` tool.
+    server_url: str | None = None
+
+
+class McpServer(msgspec.Struct):
+    """An entry of Anthropic's ``mcp_servers`` (the MCP connector)."""
+
+    url: str | None = None
 
 
 class RequestFields(msgspec.Struct):
@@ -73,6 +87,10 @@ class RequestFields(msgspec.Struct):
     max_output_tokens: int | None = None
     tools: list[Tool] | None = None
     background: bool | None = None
+    #: Chat completions' hosted web search (a tool outside ``tools``).
+    web_search_options: dict[str, object] | None = None
+    #: Anthropic's MCP connector (servers outside ``tools``).
+    mcp_servers: list[McpServer] | None = None
 
     @property
     def max_output(self) -> int | None:
@@ -162,7 +180,9 @@ class RequestContext:
         "usage_tokens",
     )
 
-    def __init__(self, method: str, path: str, request_id: str | None = None) -> None:
+    def __init__(
+        self, method: str, path: str, request_id: str | None = None, anthropic: bool = False
+    ) -> None:
         self.method = method
         #: The route path: the ASGI ``path`` with the ``root_path`` of a mount removed.
         self.path = path
@@ -196,13 +216,18 @@ class RequestContext:
         self.usage_tokens: int | None = None
         self.route_error: RouteNotFound | MethodNotAllowed | None = None
         try:
-            self.route = classify(method, path)
+            self.route = classify(method, path, anthropic)
         except (RouteNotFound, MethodNotAllowed) as exc:
             self.route_error = exc
 
     @classmethod
     def from_scope(cls, scope: Scope) -> RequestContext:
-        return cls(scope["method"], route_path(scope))
+        path = route_path(scope)
+        # Model lists and files exist in both dialects: Anthropic's headers pick Anthropic's.
+        anthropic = is_shared_path(path) and any(
+            name == b"anthropic-version" or name == b"x-api-key" for name, _ in scope["headers"]
+        )
+        return cls(scope["method"], path, anthropic=anthropic)
 
     def fields(self) -> RequestFields:
         """The decoded request fields; decoded at most once, from the body a layer has read.

@@ -70,6 +70,9 @@ class KeyPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_de
     models: tuple[str, ...] | None = None
     #: Responses-API / Messages tool types this key may use (``"web_search"``, ``"function"``).
     tool_types: frozenset[str] | None = None
+    #: Remote MCP servers this key may reach (Anthropic ``mcp_servers``, Responses ``mcp`` tools):
+    #: an entry matches the same URL, or every URL under it when it ends with ``/``.
+    mcp_servers: tuple[str, ...] | None = None
     #: Whether ``background: true`` (Responses API) is allowed.
     allow_background: bool = True
     rate_limits: tuple[RateLimit, ...] = ()
@@ -85,3 +88,15 @@ class KeyPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_de
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
     #: Revoked keys are refused like unknown ones (kept for the record).
     revoked: bool = False
+
+    def __post_init__(self) -> None:
+        for url in self.mcp_servers or ():
+            if not url.startswith(("https://", "http://")) or len(url) <= len("https://"):
+                raise ValueError(f"mcp_servers: {url[:80]!r} is not an http(s) URL")
+
+
+def mcp_server_allowed(allowed: tuple[str, ...], url: str) -> bool:
+    """Whether ``url`` is one of ``allowed``: equal to an entry, or under an entry ending in
+    ``/`` (``https://mcp.example.com/`` allows ``https://mcp.example.com/sse``, while
+    ``https://mcp.example.com`` allows only itself, not ``https://mcp.example.com.evil``)."""
+    return any(url == a or (a.endswith("/") and url.startswith(a)) for a in allowed)

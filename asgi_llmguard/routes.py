@@ -72,6 +72,11 @@ _READ = {"read_only": True}
 _EXACT: dict[str, dict[str, Endpoint]] = {
     "/v1/chat/completions": {"POST": _e("openai", "chat.completions", **_LLM)},
     "/v1/responses": {"POST": _e("openai", "responses", **_LLM)},
+    "/v1/responses/compact": {"POST": _e("openai", "responses.compact", **_BILL)},
+    "/v1/responses/input_tokens": {
+        "POST": _e("openai", "responses.input_tokens", read_only=True, json_body=True)
+    },
+    "/v1/conversations": {"POST": _e("openai", "conversations.create", json_body=True)},
     "/v1/completions": {"POST": _e("openai", "completions", **_LLM)},
     "/v1/embeddings": {"POST": _e("openai", "embeddings", **_BILL)},
     "/v1/moderations": {"POST": _e("openai", "moderations", json_body=True)},
@@ -94,6 +99,10 @@ _EXACT: dict[str, dict[str, Endpoint]] = {
     "/v1/messages/count_tokens": {
         "POST": _e("anthropic", "messages.count_tokens", read_only=True, json_body=True)
     },
+    "/v1/messages/batches": {
+        "GET": _e("anthropic", "messages.batches.list", **_READ),
+        "POST": _e("anthropic", "messages.batches.create", json_body=True),
+    },
 }
 
 _ID = r"[A-Za-z0-9_.:\-]{1,256}"
@@ -114,6 +123,47 @@ _PATTERNS: list[tuple[re.Pattern[str], dict[str, Endpoint]]] = [
         {"POST": _e("openai", "responses.cancel")},
     ),
     (
+        re.compile(rf"/v1/responses/(?P<id>{_ID})/input_items"),
+        {"GET": _e("openai", "responses.input_items", **_READ)},
+    ),
+    (
+        re.compile(rf"/v1/conversations/(?P<id>{_ID})"),
+        {
+            "GET": _e("openai", "conversations.retrieve", **_READ),
+            "POST": _e("openai", "conversations.update", json_body=True),
+            "DELETE": _e("openai", "conversations.delete"),
+        },
+    ),
+    (
+        re.compile(rf"/v1/conversations/(?P<id>{_ID})/items"),
+        {
+            "GET": _e("openai", "conversations.items.list", **_READ),
+            "POST": _e("openai", "conversations.items.create", json_body=True),
+        },
+    ),
+    (
+        re.compile(rf"/v1/conversations/(?P<id>{_ID})/items/(?P<item>{_ID})"),
+        {
+            "GET": _e("openai", "conversations.items.retrieve", **_READ),
+            "DELETE": _e("openai", "conversations.items.delete"),
+        },
+    ),
+    (
+        re.compile(rf"/v1/messages/batches/(?P<id>{_ID})"),
+        {
+            "GET": _e("anthropic", "messages.batches.retrieve", **_READ),
+            "DELETE": _e("anthropic", "messages.batches.delete"),
+        },
+    ),
+    (
+        re.compile(rf"/v1/messages/batches/(?P<id>{_ID})/results"),
+        {"GET": _e("anthropic", "messages.batches.results", **_READ)},
+    ),
+    (
+        re.compile(rf"/v1/messages/batches/(?P<id>{_ID})/cancel"),
+        {"POST": _e("anthropic", "messages.batches.cancel")},
+    ),
+    (
         re.compile(rf"/v1/files/(?P<id>{_ID})"),
         {"GET": _e("openai", "files.retrieve", **_READ), "DELETE": _e("openai", "files.delete")},
     ),
@@ -131,6 +181,45 @@ _PATTERNS: list[tuple[re.Pattern[str], dict[str, Endpoint]]] = [
     ),
 ]
 
+# Paths both providers serve (model lists, files): the request's headers decide the dialect
+# (``anthropic-version`` or ``x-api-key`` present: Anthropic). Only these paths look at headers.
+_ANTHROPIC_EXACT: dict[str, dict[str, Endpoint]] = {
+    "/v1/models": {"GET": _e("anthropic", "models.list", **_READ)},
+    "/v1/files": {
+        "GET": _e("anthropic", "files.list", **_READ),
+        "POST": _e("anthropic", "files.create"),
+    },
+}
+_ANTHROPIC_PATTERNS: list[tuple[re.Pattern[str], dict[str, Endpoint]]] = [
+    (
+        re.compile(rf"/v1/models/(?P<id>{_ID})"),
+        {"GET": _e("anthropic", "models.retrieve", **_READ)},
+    ),
+    (
+        re.compile(rf"/v1/files/(?P<id>{_ID})"),
+        {
+            "GET": _e("anthropic", "files.retrieve", **_READ),
+            "DELETE": _e("anthropic", "files.delete"),
+        },
+    ),
+    (
+        re.compile(rf"/v1/files/(?P<id>{_ID})/content"),
+        {"GET": _e("anthropic", "files.content", **_READ)},
+    ),
+]
+#: Path prefixes whose dialect depends on the request's headers (see `is_shared_path`).
+SHARED_PREFIXES = ("/v1/models", "/v1/files")
+
+
+def is_shared_path(path: str) -> bool:
+    """Whether both dialects serve ``path``, so the caller's headers decide which one it is."""
+    return path.startswith(SHARED_PREFIXES)
+
+
+# The tables for a request with Anthropic's headers: Anthropic's endpoints on shared paths first.
+_EXACT_A = {**_EXACT, **_ANTHROPIC_EXACT}
+_PATTERNS_A = [*_ANTHROPIC_PATTERNS, *_PATTERNS]
+
 # Azure OpenAI data-plane paths: /openai/deployments/{deployment}/{operation}?api-version=...
 _AZURE_OPERATIONS: dict[str, Endpoint] = {
     "chat/completions": _e("azure", "chat.completions", **_LLM),
@@ -144,7 +233,7 @@ _AZURE_OPERATIONS: dict[str, Endpoint] = {
 _AZURE = re.compile(rf"/openai/deployments/(?P<deployment>{_ID})/(?P<op>[a-z/]+)")
 
 
-def classify(method: str, path: str) -> Route:
+def classify(method: str, path: str, anthropic: bool = False) -> Route:
     """Map a request to its route.
 
     ``path`` is the route path (the ASGI ``path`` minus ``root_path``), already percent-decoded by
@@ -152,9 +241,13 @@ def classify(method: str, path: str) -> Route:
     a trailing slash or ``/V1`` are unknown routes, so nothing can slip past a check by spelling a
     path differently.
 
+    ``anthropic``: the request carries Anthropic's headers; on the paths both providers serve
+    (`is_shared_path`) it picks Anthropic's endpoint.
+
     Raises `RouteNotFound` or `MethodNotAllowed`.
     """
-    methods = _EXACT.get(path)
+    exact, patterns = (_EXACT_A, _PATTERNS_A) if anthropic else (_EXACT, _PATTERNS)
+    methods = exact.get(path)
     deployment: str | None = None
     if methods is None:
         if path.startswith("/openai/deployments/"):
@@ -164,7 +257,7 @@ def classify(method: str, path: str) -> Route:
             methods = {"POST": azure}
             deployment = m["deployment"]
         else:
-            for pattern, candidate in _PATTERNS:
+            for pattern, candidate in patterns:
                 if pattern.fullmatch(path):
                     methods = candidate
                     break
@@ -193,6 +286,11 @@ _PASSTHROUGH: dict[Api, Route] = {
 # endpoints are the module's own constants).
 _PLAIN: dict[int, Route] = {
     id(endpoint): Route(endpoint)
-    for table in (*_EXACT.values(), *(methods for _, methods in _PATTERNS))
+    for table in (
+        *_EXACT.values(),
+        *(methods for _, methods in _PATTERNS),
+        *_ANTHROPIC_EXACT.values(),
+        *(methods for _, methods in _ANTHROPIC_PATTERNS),
+    )
     for endpoint in table.values()
 }

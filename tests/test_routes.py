@@ -91,3 +91,74 @@ def test_wrong_method_lists_the_allowed_ones():
     with pytest.raises(MethodNotAllowed) as info:
         classify("PUT", "/v1/files")
     assert set(info.value.allowed) == {"GET", "POST"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "operation", "billable", "read_only"),
+    [
+        ("POST", "/v1/responses/compact", "responses.compact", True, False),
+        ("POST", "/v1/responses/input_tokens", "responses.input_tokens", False, True),
+        ("POST", "/v1/responses/resp_1/cancel", "responses.cancel", False, False),
+        ("GET", "/v1/responses/resp_1/input_items", "responses.input_items", False, True),
+        ("POST", "/v1/conversations", "conversations.create", False, False),
+        ("GET", "/v1/conversations/conv_1", "conversations.retrieve", False, True),
+        ("DELETE", "/v1/conversations/conv_1", "conversations.delete", False, False),
+        ("POST", "/v1/conversations/conv_1/items", "conversations.items.create", False, False),
+        (
+            "GET",
+            "/v1/conversations/conv_1/items/msg_1",
+            "conversations.items.retrieve",
+            False,
+            True,
+        ),
+    ],
+)
+def test_newer_openai_routes(method, path, operation, billable, read_only):
+    e = classify(method, path).endpoint
+    assert (e.api, e.operation, e.billable, e.read_only) == (
+        "openai",
+        operation,
+        billable,
+        read_only,
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "operation"),
+    [
+        ("GET", "/v1/models", "models.list"),
+        ("GET", "/v1/models/claude-haiku-4-5", "models.retrieve"),
+        ("GET", "/v1/files", "files.list"),
+        ("POST", "/v1/files", "files.create"),
+        ("GET", "/v1/files/file_1", "files.retrieve"),
+        ("DELETE", "/v1/files/file_1", "files.delete"),
+        ("GET", "/v1/files/file_1/content", "files.content"),
+    ],
+)
+def test_shared_paths_take_the_callers_dialect(method, path, operation):
+    assert classify(method, path, anthropic=True).endpoint.api == "anthropic"
+    assert classify(method, path, anthropic=True).endpoint.operation == operation
+    assert classify(method, path).endpoint.api == "openai"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "operation"),
+    [
+        ("POST", "/v1/messages/batches", "messages.batches.create"),
+        ("GET", "/v1/messages/batches", "messages.batches.list"),
+        ("GET", "/v1/messages/batches/msgbatch_1", "messages.batches.retrieve"),
+        ("DELETE", "/v1/messages/batches/msgbatch_1", "messages.batches.delete"),
+        ("GET", "/v1/messages/batches/msgbatch_1/results", "messages.batches.results"),
+        ("POST", "/v1/messages/batches/msgbatch_1/cancel", "messages.batches.cancel"),
+    ],
+)
+def test_message_batches_routes(method, path, operation):
+    for anthropic in (False, True):
+        e = classify(method, path, anthropic=anthropic).endpoint
+        assert (e.api, e.operation, e.billable) == ("anthropic", operation, False)
+
+
+def test_anthropic_headers_do_not_change_other_routes():
+    assert classify("POST", "/v1/messages", anthropic=True).endpoint.operation == "messages"
+    e = classify("POST", "/v1/chat/completions", anthropic=True).endpoint
+    assert e.api == "openai"

@@ -25,13 +25,14 @@ from asgi_llmguard.context import (
     ClientDisconnected,
     InvalidBody,
     RequestContext,
+    RequestFields,
     get_context,
     read_body,
     replay_receive,
 )
 from asgi_llmguard.errors import ConfigurationError, error_body, send_body, send_error
 from asgi_llmguard.keys.base import KeyStore
-from asgi_llmguard.policy import KeyPolicy
+from asgi_llmguard.policy import KeyPolicy, mcp_server_allowed
 from asgi_llmguard.routes import Endpoint
 from asgi_llmguard.types import ASGIApp, Receive, Scope, Send
 
@@ -208,6 +209,7 @@ class AuthMiddleware:
             and policy.endpoints is None
             and policy.models is None
             and policy.tool_types is None
+            and policy.mcp_servers is None
             and policy.allow_background
         ):
             await self.app(scope, receive, send)  # the common case: an unrestricted key
@@ -273,6 +275,7 @@ class AuthMiddleware:
         fields = None
         if endpoint.json_body and (
             tool_types is not None
+            or policy.mcp_servers is not None
             or not policy.allow_background
             or (models is not None and model is None)
         ):
@@ -302,12 +305,26 @@ class AuthMiddleware:
                     "model_not_allowed",
                 )
         if fields is not None:
-            if tool_types is not None and fields.tools:
-                # Anthropic's client tools have no type: they are "custom" tools.
-                used = {tool.type or "custom" for tool in fields.tools}
+            if tool_types is not None and (
+                fields.tools or fields.web_search_options is not None or fields.mcp_servers
+            ):
+                # Anthropic's client tools have no type: they are "custom" tools. Hosted tools
+                # enabled outside ``tools`` count as their tool type.
+                used = {tool.type or "custom" for tool in fields.tools or ()}
+                if fields.web_search_options is not None:
+                    used.add("web_search")
+                if fields.mcp_servers:
+                    used.add("mcp")
                 if not used <= tool_types:
                     shown = ", ".join(_shown(t, 64) for t in sorted(used - tool_types)[:5])
                     return (f"This API key may not use tools of type: {shown}.", "tool_not_allowed")
+            if policy.mcp_servers is not None:
+                refused = _refused_mcp_server(policy.mcp_servers, fields)
+                if refused is not None:
+                    return (
+                        f"This API key may not use the MCP server '{_shown(refused, 128)}'.",
+                        "mcp_server_not_allowed",
+                    )
             if fields.background and not policy.allow_background:
                 return (
                     "This API key may not run background responses (`background: true`).",
@@ -330,3 +347,16 @@ class AuthMiddleware:
     ) -> None:
         logger.debug("%s refused for key %s: %s", ctx.request_id, policy.key_id, code)
         await send_error(send, 403, message, anthropic=anthropic, code=code)
+
+
+def _refused_mcp_server(allowed: tuple[str, ...], fields: RequestFields) -> str | None:
+    """The first MCP server of the request that ``allowed`` does not list (a server named
+    without a URL, such as a Responses connector, is shown as ``(no server_url)``)."""
+    urls = [server.url for server in fields.mcp_servers or ()]
+    urls += [tool.server_url for tool in fields.tools or () if tool.type == "mcp"]
+    for url in urls:
+        if url is None:
+            return "(no server_url)"
+        if not mcp_server_allowed(allowed, url):
+            return url
+    return None

@@ -4,6 +4,7 @@ documented at https://docs.anthropic.com/en/api/messages and .../messages-stream
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from asgi_llmguard.testing._common import (
@@ -131,6 +132,41 @@ def model(model_id: str) -> dict[str, Any]:
         "display_name": model_id,
         "created_at": MODELS_CREATED_AT,
     }
+
+
+def batch(batch_id: str, processing: int) -> dict[str, Any]:
+    """A ``message_batch`` still in progress (the fake runs no batch)."""
+    now = time.time()
+    return {
+        "id": batch_id,
+        "type": "message_batch",
+        "processing_status": "in_progress",
+        "request_counts": {
+            "processing": processing,
+            "succeeded": 0,
+            "errored": 0,
+            "canceled": 0,
+            "expired": 0,
+        },
+        "created_at": _rfc3339(now),
+        "expires_at": _rfc3339(now + 86400),
+        "ended_at": None,
+        "archived_at": None,
+        "cancel_initiated_at": None,
+        "results_url": None,
+    }
+
+
+def batches_create(body: dict[str, Any]) -> dict[str, Any]:
+    """``POST /v1/messages/batches``: the new batch, all its requests processing."""
+    requests = body.get("requests")
+    if not isinstance(requests, list) or not requests:
+        raise ApiError(400, "requests: Field required")
+    return batch(new_id("msgbatch_"), len(requests))
+
+
+def _rfc3339(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def models() -> dict[str, Any]:

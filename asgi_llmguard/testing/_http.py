@@ -68,6 +68,12 @@ def route_of(request: ReceivedRequest, path: str) -> Route:
         return Route("anthropic", "messages")
     if path == "/v1/messages/count_tokens":
         return Route("anthropic", "count_tokens")
+    if path == "/v1/responses/compact":
+        return Route("openai", "compact")
+    if path == "/v1/messages/batches":
+        return Route("anthropic", "batches.create")
+    if path.startswith("/v1/messages/batches/") and "/" not in path[21:]:
+        return Route("anthropic", "batch", ("GET",), path[21:])
     if path == "/v1/models" or path.startswith("/v1/models/"):
         api: Api = "anthropic" if request.header("anthropic-version") else "openai"
         model_id = path.removeprefix("/v1/models").removeprefix("/")

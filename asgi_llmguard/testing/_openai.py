@@ -351,6 +351,22 @@ def responses(body: dict[str, Any], gen: Generation) -> dict[str, Any] | StreamP
 # -- embeddings -----------------------------------------------------------------------------------
 
 
+def compact(body: dict[str, Any], gen: Generation) -> dict[str, Any]:
+    """``POST /v1/responses/compact``: a ``response.compaction`` with one opaque compaction item
+    and the usage ``/v1/responses`` would report for the same input."""
+    full = responses({**body, "stream": False}, gen)
+    assert isinstance(full, dict)
+    return {
+        "id": new_id("resp_"),
+        "object": "response.compaction",
+        "created_at": int(time.time()),
+        "output": [
+            {"id": new_id("cmp_"), "type": "compaction", "encrypted_content": "fake-compaction"}
+        ],
+        "usage": full["usage"],
+    }
+
+
 def embed(value: str | list[int], dimensions: int = DEFAULT_DIMENSIONS) -> list[float]:
     """The fake's embedding of one input: deterministic, exact in float32, in ``[-1, 1)``."""
     seed = (

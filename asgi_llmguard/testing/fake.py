@@ -17,6 +17,10 @@ at ``<url>`` and an Azure OpenAI SDK at ``azure_endpoint=<url>``):
                                                              request has ``anthropic-version``
 ``POST /v1/messages``                                        Anthropic Messages (idem)
 ``POST /v1/messages/count_tokens``                           Anthropic token counting
+``POST /v1/responses/compact``                               OpenAI compaction (one ``compaction``
+                                                             item; usage as ``/v1/responses``)
+``POST /v1/messages/batches``, ``GET .../batches/{id}``      Anthropic Message Batches (a batch
+                                                             ``in_progress``; nothing is run)
 ``POST /openai/deployments/{name}/chat/completions``         Azure OpenAI; also ``/completions``
                                                              and ``/embeddings``; needs the
                                                              ``api-version`` query parameter
@@ -411,6 +415,8 @@ class FakeProvider:
     ) -> dict[str, Any] | StreamPlan:
         if route.endpoint == "models":
             return _anthropic.models() if route.api == "anthropic" else _openai.models()
+        if route.endpoint == "batch":
+            return _anthropic.batch(route.arg, 0)
         if route.endpoint == "model":
             if route.api == "anthropic":
                 return _anthropic.model(route.arg)
@@ -441,8 +447,12 @@ class FakeProvider:
                 return _openai.responses(body, generation)
             case "embeddings":
                 return _openai.embeddings(body, generation)
+            case "compact":
+                return _openai.compact(body, generation)
             case "messages":
                 return _anthropic.messages(body, generation)
+            case "batches.create":
+                return _anthropic.batches_create(body)
             case _:
                 return _anthropic.count_tokens(body)
 

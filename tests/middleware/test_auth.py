@@ -90,6 +90,12 @@ def keys_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SQLiteKe
                 tool_types=["function"],
                 allow_background=False,
             ),
+            "codex": await issue_key(
+                store,
+                name="codex",
+                tool_types=["function", "custom", "namespace", "web_search", "mcp"],
+                mcp_servers=["https://mcp.example.com/", "https://tools.example.org/sse"],
+            ),
             "revoked": await issue_key(store, name="gone"),
             "openai_only": await issue_key(store, providers=["openai", "azure"]),
             "azure": await issue_key(store, name="azure-4o", models=["gpt-4o"]),
@@ -287,6 +293,58 @@ def test_a_forbidden_tool_type_and_background_are_403(gw, fake):
     function = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     assert _chat(client, tools=[function]).choices
     assert client.responses.create(model="gpt-5", input="now", background=False).output_text
+    assert len(fake.requests) == 2
+
+
+def test_codex_like_tools_pass_the_documented_example(gw, fake):
+    client = oai(gw, gw.keys["codex"])
+    tools: Any = [
+        {"type": "function", "name": "shell", "parameters": {"type": "object"}},
+        {"type": "namespace", "name": "mcp__docs", "tools": []},
+        {"type": "web_search"},
+    ]
+    assert client.responses.create(model="gpt-5", input="fix it", tools=tools).output_text
+    assert len(fake.requests) == 1
+
+
+def test_web_search_options_count_as_a_web_search_tool(gw, fake):
+    with pytest.raises(openai.PermissionDeniedError) as err:
+        _chat(oai(gw, gw.keys["restricted"]), web_search_options={})
+    assert err.value.body["code"] == "tool_not_allowed"
+    assert "web_search" in err.value.body["message"]
+    assert _chat(oai(gw, gw.keys["codex"]), web_search_options={}).choices
+    assert len(fake.requests) == 1
+
+
+def _mcp_message(client: anthropic.Anthropic, url: str) -> Any:
+    return client.messages.create(
+        model="claude-sonnet-4-6",
+        max_tokens=50,
+        messages=[{"role": "user", "content": "hi"}],
+        extra_body={"mcp_servers": [{"type": "url", "url": url, "name": "x"}]},
+        extra_headers={"anthropic-beta": "mcp-client-2025-04-04"},
+    )
+
+
+def test_mcp_servers_outside_the_keys_allow_list_are_403(gw, fake):
+    client = ant(gw, gw.keys["codex"])
+    for url in ("https://mcp.example.com.evil/x", "https://tools.example.org/sse/more"):
+        with pytest.raises(anthropic.PermissionDeniedError) as err:
+            _mcp_message(client, url)
+        assert err.value.body["type"] == "error"
+        assert url in err.value.body["error"]["message"]
+    with pytest.raises(openai.PermissionDeniedError) as oerr:
+        oai(gw, gw.keys["codex"]).responses.create(
+            model="gpt-5",
+            input="x",
+            tools=[{"type": "mcp", "server_label": "e", "server_url": "https://evil.test/mcp"}],
+        )
+    assert "https://evil.test/mcp" in oerr.value.body["message"]
+    assert len(fake.requests) == 0
+    assert _mcp_message(client, "https://mcp.example.com/sse").content
+    assert _mcp_message(client, "https://tools.example.org/sse").content
+    with pytest.raises(anthropic.PermissionDeniedError):  # mcp is not a tool of this key
+        _mcp_message(ant(gw, gw.keys["restricted"]), "https://mcp.example.com/sse")
     assert len(fake.requests) == 2
 
 

@@ -424,3 +424,21 @@ def test_per_call_tool_fees_are_charged():
             ).raise_for_status()
     (e,) = events.wait(1)
     assert e.cost_nanos == nanos(10, 20) + 2 * 10_000_000
+
+
+def test_responses_compact_is_metered_and_anthropic_models_list_is_not(stack):
+    r = httpx.post(
+        f"{stack.url}/v1/responses/compact",
+        json={"model": "test-model", "input": "one two three"},
+        headers={"authorization": "Bearer client-key"},
+    )
+    assert r.status_code == 200, r.text
+    stack.anthropic().models.list()
+    compact, models = stack.events.wait(2)
+    assert (compact.endpoint, compact.input_tokens, compact.output_tokens) == (
+        "responses.compact",
+        3,
+        WORDS,
+    )
+    assert compact.cost_nanos == nanos(3, WORDS)
+    assert (models.provider, models.endpoint, models.cost_nanos) == ("anthropic", "models.list", 0)
