@@ -322,7 +322,7 @@ class UsageMiddleware:
         failed: bool,
     ) -> None:
         usage, served, tool_calls = meter.result()
-        estimated = False
+        estimated = meter.estimated
         outcome: Outcome
         if ctx.disconnected:
             outcome = "cancelled"
@@ -575,6 +575,11 @@ class _Meter:
     def deltas(self) -> int:
         """Output events relayed so far: the estimate of output tokens when usage is missing."""
         return self.meter.deltas if self.meter is not None else 0
+
+    @property
+    def estimated(self) -> bool:
+        """The stream's usage holds an estimated output count (see `StreamMeter.estimated`)."""
+        return self.meter is not None and self.meter.estimated
 
     def result(self) -> tuple[TokenUsage | None, str | None, dict[str, int]]:
         """The provider's usage (or ``None``), the served model, and server-side tool calls."""

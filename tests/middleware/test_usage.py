@@ -256,6 +256,54 @@ def test_client_disconnect_after_five_chunks_is_a_cancelled_record(stack):
     stack.fake.wait_until(lambda: stack.fake.disconnects == 1, 1.0)
 
 
+def test_anthropic_client_leaving_mid_stream_is_billed_what_was_streamed(stack):
+    """message_start's output_tokens is a placeholder: a client that reads ten text deltas and
+    leaves is billed an estimate of what was streamed, flagged estimated."""
+    client = stack.anthropic(**{"x-fake-chunk-delay": "0.05", "x-fake-chunks": "100"})
+    texts: list[str] = []
+    with client.messages.stream(
+        model="claude-test", max_tokens=1000, messages=[{"role": "user", "content": "a b c"}]
+    ) as stream:
+        for text in stream.text_stream:
+            texts.append(text)
+            if len(texts) == 10:
+                break
+    e = one(stack)
+    assert e.outcome == "cancelled"
+    assert e.estimated
+    assert e.input_tokens == 3  # from message_start: the provider's own number
+    # The fake's token rule: one token per word streamed; a few more may have gone out
+    # before the gateway noticed the client had gone.
+    assert FakeProvider.count_tokens("".join(texts)) == 10
+    assert 10 <= e.output_tokens <= 14
+    assert e.cost_nanos == nanos(3, e.output_tokens)
+    stack.fake.wait_until(lambda: stack.fake.disconnects == 1, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("knob", "outcome"),
+    [
+        ("x-fake-reset-after-chunks", "upstream_error"),
+        ("x-fake-truncate-after-chunks", "upstream_truncated"),
+    ],
+)
+def test_anthropic_stream_the_upstream_breaks_is_billed_what_was_streamed(stack, knob, outcome):
+    client = stack.anthropic(**{knob: "4", "x-fake-chunks": "50"})
+    texts: list[str] = []
+
+    def consume() -> None:
+        with client.messages.stream(
+            model="claude-test", max_tokens=1000, messages=[{"role": "user", "content": "a b"}]
+        ) as stream:
+            texts.extend(stream.text_stream)
+
+    with pytest.raises((anthropic.APIStatusError, anthropic.APIConnectionError)):
+        consume()
+    e = one(stack)
+    assert FakeProvider.count_tokens("".join(texts)) == 4
+    assert (e.outcome, e.estimated, e.input_tokens, e.output_tokens) == (outcome, True, 2, 4)
+
+
 def test_disconnect_before_the_first_token(stack):
     body = b'{"model": "test-model", "messages": [{"role": "user", "content": "x"}]}'
     host, port = stack.url.removeprefix("http://").split(":")
