@@ -43,7 +43,7 @@ from asgi_llmguard.tokens import TokenUsage
 from asgi_llmguard.types import ASGIApp, Message, Receive, Scope, Send
 from asgi_llmguard.usage.budgets import BudgetExceeded, BudgetStore, BudgetStoreError, Reservation
 from asgi_llmguard.usage.estimate import estimate_prompt_tokens, heuristic_prompt_tokens
-from asgi_llmguard.usage.events import Outcome, UsageEvent
+from asgi_llmguard.usage.events import Outcome, Reason, UsageEvent
 from asgi_llmguard.usage.pricing import MissingPrice, ModelPrice, PriceTable, estimate_nanos
 
 logger = logging.getLogger("asgi_llmguard.usage")
@@ -210,8 +210,11 @@ class UsageMiddleware:
             await self.app(scope, receive, meter.send)
             failed = False
         finally:
-            done = self._finish(ctx, endpoint, model, price, meter, reservations, failed)
-            if _cancelling():
+            cancelling = _cancelling()
+            done = self._finish(
+                ctx, endpoint, model, price, meter, reservations, failed, failed and cancelling
+            )
+            if cancelling:
                 # The settlement outlives the cancelled request; give the layers above (token
                 # rate limits) the tokens now, estimated cheaply if the provider did not say.
                 usage, _, _ = meter.result()
@@ -320,12 +323,18 @@ class UsageMiddleware:
         meter: _Meter,
         reservations: list[Reservation],
         failed: bool,
+        ended: bool,
     ) -> None:
+        """Settle and record the attempt; ``ended``: the request was cancelled from outside (the
+        server shutting down) rather than completed."""
         usage, served, tool_calls = meter.result()
         estimated = meter.estimated
         outcome: Outcome
+        reason: Reason | None = None
         if ctx.disconnected:
-            outcome = "cancelled"
+            outcome, reason = "cancelled", "client_disconnected"
+        elif ended or ctx.upstream_error == "shutdown":
+            outcome, reason = "cancelled", "shutdown"
         elif meter.truncated:
             outcome = "upstream_truncated"
         elif ctx.upstream_error is not None or failed or meter.stream_error or meter.status >= 400:
@@ -417,6 +426,7 @@ class UsageMiddleware:
                 stream=meter.sse,
                 estimated=estimated,
                 metadata=dict(key.metadata) if key else {},
+                reason=reason,
             )
         )
 

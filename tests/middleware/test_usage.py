@@ -248,7 +248,7 @@ def test_client_disconnect_after_five_chunks_is_a_cancelled_record(stack):
             assert data
             seen += data
     e = one(stack)
-    assert e.outcome == "cancelled"
+    assert (e.outcome, e.reason) == ("cancelled", "client_disconnected")
     assert e.estimated
     assert 5 <= e.output_tokens <= 8  # what went out before the disconnect was noticed
     assert e.input_tokens > 0  # estimated from the request: never free
@@ -314,7 +314,12 @@ def test_disconnect_before_the_first_token(stack):
         )
         stack.fake.wait_until(lambda: len(stack.fake.requests) == 1, 2.0)
     e = one(stack)
-    assert (e.outcome, e.output_tokens, e.status) == ("cancelled", 0, 0)
+    assert (e.outcome, e.reason, e.output_tokens, e.status) == (
+        "cancelled",
+        "client_disconnected",
+        0,
+        0,
+    )
 
 
 def test_truncated_stream_ends_with_an_error_event_and_keeps_partial_usage(stack):

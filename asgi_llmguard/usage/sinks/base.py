@@ -46,6 +46,7 @@ COLUMNS = (
     "stream",
     "estimated",
     "metadata",
+    "reason",
     "recorded_at",
 )
 
@@ -103,6 +104,7 @@ def event_row(event: UsageEvent, recorded_at: float) -> tuple[Any, ...]:
         e.stream,
         e.estimated,
         _encode_metadata(e.metadata).decode(),
+        e.reason,
         recorded_at,
     )
 

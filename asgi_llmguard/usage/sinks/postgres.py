@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS {s}.usage_events (
     stream boolean NOT NULL,
     estimated boolean NOT NULL,
     metadata jsonb NOT NULL DEFAULT '{{}}',
+    reason text,
     recorded_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (request_id, attempt)
 );
@@ -77,6 +78,7 @@ _ARRAY_TYPES = (
     "float8",
     "bool",
     "bool",
+    "text",
     "text",
 )
 _CONVERT = {"started_at": "to_timestamp(started_at)", "metadata": "metadata::jsonb"}

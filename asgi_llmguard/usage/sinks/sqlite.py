@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS usage_events (
     stream INTEGER NOT NULL,
     estimated INTEGER NOT NULL,
     metadata TEXT NOT NULL DEFAULT '{}',
+    reason TEXT,
     recorded_at REAL NOT NULL,
     PRIMARY KEY (request_id, attempt)
 );
@@ -57,7 +58,7 @@ CREATE INDEX IF NOT EXISTS usage_events_model ON usage_events (model, started_at
 _ROW = f"({', '.join('?' * len(COLUMNS))})"
 #: Rows per INSERT statement, largest first: a batch goes out as few multi-row statements, of
 #: four shapes (so they stay in the connection's statement cache). A statement of 32 rows costs
-#: a fifth fewer instructions per row than 32 single-row ones; its 736 parameters stay under the
+#: a fifth fewer instructions per row than 32 single-row ones; its 768 parameters stay under the
 #: 999 that SQLite builds before 3.32 allow.
 _CHUNKS = (32, 8, 2, 1)
 
