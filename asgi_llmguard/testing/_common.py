@@ -193,6 +193,7 @@ class Generation:
     chunks: int | None
     model: str | None = None
     """Overrides the body's ``model`` (the Azure deployment name)."""
+    usage_in_last_chunk: bool = False
 
 
 def wants_stream(body: dict[str, Any]) -> bool:

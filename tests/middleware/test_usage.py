@@ -7,6 +7,7 @@ numbers asserted come from the upstream, not from the gateway under test.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -84,6 +85,7 @@ class Stack:
     url: str
     events: Collector
     fake: FakeProvider
+    fake_url: str = ""
 
     def openai(self, **headers: str) -> openai.OpenAI:
         return openai.OpenAI(
@@ -125,7 +127,7 @@ def stack(fake_server) -> Iterator[Stack]:
     fake.reset()
     events = Collector()
     with serve(_stack(upstream.url, events)) as server:
-        yield Stack(server.url, events, fake)
+        yield Stack(server.url, events, fake, upstream.url)
 
 
 def one(stack: Stack) -> UsageEvent:
@@ -178,6 +180,39 @@ def test_stream_without_include_usage_is_metered_and_unchanged_for_the_client(st
     e = one(stack)
     assert (e.input_tokens, e.output_tokens, e.estimated, e.stream) == (2, WORDS, False, True)
     assert e.cost_nanos == nanos(2, WORDS)
+
+
+_IDS = re.compile(rb'"id":"chatcmpl-[0-9a-f]+","object":"chat\.completion\.chunk","created":\d+')
+
+
+@pytest.mark.parametrize("line_ending", ["crlf", "cr", "lf"])
+@pytest.mark.parametrize("usage_in_last_chunk", ["true", "false"])
+def test_stripped_stream_is_byte_for_byte_what_the_client_would_have_got(
+    stack, line_ending, usage_in_last_chunk
+):
+    """The gateway asks for usage and removes exactly what that added: the upstream's own
+    separators and bytes reach the client, whether usage came in its own chunk or on the last
+    chunk with choices."""
+    request = {
+        "model": "test-model",
+        "stream": True,
+        "messages": [{"role": "user", "content": "a b"}],
+    }
+    headers = {
+        "x-fake-line-ending": line_ending,
+        "x-fake-usage-in-last-chunk": usage_in_last_chunk,
+        "authorization": f"Bearer {KEY}",
+    }
+    with httpx.Client() as http:
+        through = http.post(f"{stack.url}/v1/chat/completions", json=request, headers=headers)
+        direct = http.post(f"{stack.fake_url}/v1/chat/completions", json=request, headers=headers)
+    assert stack.fake.requests[0].json()["stream_options"] == {"include_usage": True}
+    sep = {"crlf": b"\r\n\r\n", "cr": b"\r\r", "lf": b"\n\n"}[line_ending]
+    assert direct.content.count(sep) == len(FakeProvider.reply_chunks(REPLY)) + 3
+    # Only the chunk ids and timestamps differ between two answers of the fake.
+    assert _IDS.sub(b"ID", through.content) == _IDS.sub(b"ID", direct.content)
+    e = stack.events.wait(1)[0]
+    assert (e.input_tokens, e.output_tokens, e.estimated) == (2, WORDS, False)
 
 
 def test_stream_with_include_usage_keeps_the_chunk_for_the_client(stack):
