@@ -556,8 +556,12 @@ class _Meter:
                 # the usage the gateway asked for taken out; the unfinished tail waits.
                 held = self._held + body if self._held else body
                 if more:
-                    cut = len(held) - splitter.pending
-                    held, self._held = held[:cut], held[cut:]
+                    pending = splitter.pending
+                    if pending:
+                        cut = len(held) - pending
+                        held, self._held = held[:cut], held[cut:]
+                    else:
+                        self._held = b""
                 else:
                     self._held = b""
                 body = _strip_usage(held)
@@ -645,9 +649,10 @@ def _strip_usage(data: bytes) -> bytes:
     """Whole events as the upstream framed them, without what asking for usage added: the
     ``"usage": null`` member of every chunk, the usage-only chunk (``choices: []``), and the
     ``usage`` member of a chunk that also carries choices. Everything else is left as it is."""
+    data = data.replace(_NULL_USAGE[0], b"")  # the common case: OpenAI's own spelling
     if b'"usage"' not in data:
         return data
-    for null in _NULL_USAGE:
+    for null in _NULL_USAGE[1:]:
         if null in data:
             data = data.replace(null, b"")
     for mark in _USAGE_OBJECTS:
