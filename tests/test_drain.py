@@ -28,6 +28,7 @@ import pytest
 
 from asgi_llmguard import SQLiteSink, Upstream, UsagePipeline, build_stack
 from asgi_llmguard.testing import FakeProvider, serve, serve_async
+from asgi_llmguard.usage.query import UsageFilter, query_usage
 
 STREAM = {
     "model": "gpt-4o-mini",
@@ -103,6 +104,18 @@ def ledger_rows(ledger: Path) -> list[tuple[str, str, int, int]]:
         return list(
             db.execute("SELECT request_id, outcome, stream, output_tokens FROM usage_events")
         )
+
+
+def ledger_reasons(ledger: Path) -> list[tuple[str, str | None, int]]:
+    """(outcome, reason, estimated) of every record."""
+    with contextlib.closing(sqlite3.connect(ledger)) as db:
+        return list(db.execute("SELECT outcome, reason, estimated FROM usage_events"))
+
+
+async def ledger_errors(ledger: Path) -> int:
+    """The errors the admin API and dashboard count in the ledger."""
+    (total,) = await query_usage(f"sqlite:///{ledger}", UsageFilter(start=0))
+    return total.errors
 
 
 # -- in process: refusals while draining, streams within the grace finish ---------------------
@@ -197,9 +210,11 @@ async def test_stream_past_the_grace_ends_with_an_error_event_and_is_recorded(
     assert "shutting down" in error["message"]
     rows = ledger_rows(ledger)
     assert len(rows) == 1
-    assert rows[0][1] in ("cancelled", "upstream_error")
     assert rows[0][2] == 1
     assert rows[0][3] > 0
+    # Ended by the shutdown: cancelled with its reason, not an upstream error.
+    assert ledger_reasons(ledger) == [("cancelled", "shutdown", 1)]
+    assert await ledger_errors(ledger) == 0
 
 
 # -- a real ``asgi-llmguard serve`` process and SIGTERM -----------------------------------------
@@ -258,5 +273,6 @@ def test_sigterm_ends_long_streams_with_an_error_event(tmp_path: Path) -> None:
     rows = ledger_rows(ledger)
     assert len(rows) == 3
     assert len({r[0] for r in rows}) == 3
-    assert {r[1] for r in rows} <= {"cancelled", "upstream_error"}
     assert all(r[2] == 1 and r[3] > 0 for r in rows)
+    assert ledger_reasons(ledger) == [("cancelled", "shutdown", 1)] * 3
+    assert asyncio.run(ledger_errors(ledger)) == 0

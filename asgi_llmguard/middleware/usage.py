@@ -43,7 +43,7 @@ from asgi_llmguard.tokens import TokenUsage
 from asgi_llmguard.types import ASGIApp, Message, Receive, Scope, Send
 from asgi_llmguard.usage.budgets import BudgetExceeded, BudgetStore, BudgetStoreError, Reservation
 from asgi_llmguard.usage.estimate import estimate_prompt_tokens, heuristic_prompt_tokens
-from asgi_llmguard.usage.events import Outcome, UsageEvent
+from asgi_llmguard.usage.events import Outcome, Reason, UsageEvent
 from asgi_llmguard.usage.pricing import MissingPrice, ModelPrice, PriceTable, estimate_nanos
 
 logger = logging.getLogger("asgi_llmguard.usage")
@@ -211,8 +211,11 @@ class UsageMiddleware:
             await self.app(scope, receive, meter.send)
             failed = False
         finally:
-            done = self._finish(ctx, endpoint, model, price, meter, reservations, failed)
-            if _cancelling():
+            cancelling = _cancelling()
+            done = self._finish(
+                ctx, endpoint, model, price, meter, reservations, failed, failed and cancelling
+            )
+            if cancelling:
                 # The settlement outlives the cancelled request; give the layers above (token
                 # rate limits) the tokens now, estimated cheaply if the provider did not say.
                 usage, _, _ = meter.result()
@@ -322,12 +325,18 @@ class UsageMiddleware:
         meter: _Meter,
         reservations: list[Reservation],
         failed: bool,
+        ended: bool,
     ) -> None:
+        """Settle and record the attempt; ``ended``: the request was cancelled from outside (the
+        server shutting down) rather than completed."""
         usage, served, tool_calls = meter.result()
-        estimated = False
+        estimated = meter.estimated
         outcome: Outcome
+        reason: Reason | None = None
         if ctx.disconnected:
-            outcome = "cancelled"
+            outcome, reason = "cancelled", "client_disconnected"
+        elif ended or ctx.upstream_error == "shutdown":
+            outcome, reason = "cancelled", "shutdown"
         elif meter.truncated:
             outcome = "upstream_truncated"
         elif ctx.upstream_error is not None or failed or meter.stream_error or meter.status >= 400:
@@ -421,6 +430,7 @@ class UsageMiddleware:
                 stream=meter.sse,
                 estimated=estimated,
                 metadata=dict(key.metadata) if key else {},
+                reason=reason,
             )
         )
 
@@ -469,6 +479,7 @@ class _Meter:
     __slots__ = (
         "_ctx",
         "_endpoint",
+        "_held",
         "_json",
         "_json_size",
         "_send",
@@ -497,6 +508,8 @@ class _Meter:
         self.meter = meter
         self.strip = strip
         self._splitter: EventSplitter | None = None
+        #: The unfinished event held back while stripping.
+        self._held = b""
         self._json: list[bytes] | None = None
         self._json_size = 0
         self._tail_only = False
@@ -542,13 +555,25 @@ class _Meter:
             meter = self.meter
             assert meter is not None
             events = splitter.feed(body) if body else []
+            if self.strip:
+                # Relay the upstream's bytes up to the end of the last whole event, with only
+                # the usage the gateway asked for taken out; the unfinished tail waits.
+                held = self._held + body if self._held else body
+                if more:
+                    pending = splitter.pending
+                    if pending:
+                        cut = len(held) - pending
+                        held, self._held = held[:cut], held[cut:]
+                    else:
+                        self._held = b""
+                else:
+                    self._held = b""
+                body = _strip_usage(held)
+                message = {"type": "http.response.body", "body": body, "more_body": more}
             if not more:
                 events += splitter.close()
             for event in events:
                 meter.event(event)
-            if self.strip:
-                body = _strip_usage(events)
-                message = {"type": "http.response.body", "body": body, "more_body": more}
             if not more and not meter.finished:
                 if meter.error:
                     self.stream_error = True
@@ -579,6 +604,11 @@ class _Meter:
     def deltas(self) -> int:
         """Output events relayed so far: the estimate of output tokens when usage is missing."""
         return self.meter.deltas if self.meter is not None else 0
+
+    @property
+    def estimated(self) -> bool:
+        """The stream's usage holds an estimated output count (see `StreamMeter.estimated`)."""
+        return self.meter is not None and self.meter.estimated
 
     def result(self) -> tuple[TokenUsage | None, str | None, dict[str, int]]:
         """The provider's usage (or ``None``), the served model, and server-side tool calls."""
@@ -614,17 +644,79 @@ def _with_include_usage(body: bytes) -> bytes | None:
     return orjson.dumps(obj)
 
 
-def _strip_usage(events: list[bytes]) -> bytes:
-    """Re-frame the events, without the usage-only chunk and the ``"usage":null`` members."""
-    out = []
-    for event in events:
-        if b'"usage"' in event:
-            if b'"choices":[]' in event or b'"choices": []' in event:
-                continue
-            event = event.replace(b',"usage":null', b"").replace(b', "usage": null', b"")
-        out.append(event)
-        out.append(b"\n\n")
-    return b"".join(out)
+_NULL_USAGE = (b',"usage":null', b', "usage": null', b'"usage":null,', b'"usage": null, ')
+_USAGE_OBJECTS = (b'"usage":{', b'"usage": {')
+_NO_CHOICES = (b'"choices":[]', b'"choices": []')
+
+
+def _strip_usage(data: bytes) -> bytes:
+    """Whole events as the upstream framed them, without what asking for usage added: the
+    ``"usage": null`` member of every chunk, the usage-only chunk (``choices: []``), and the
+    ``usage`` member of a chunk that also carries choices. Everything else is left as it is."""
+    data = data.replace(_NULL_USAGE[0], b"")  # the common case: OpenAI's own spelling
+    if b'"usage"' not in data:
+        return data
+    for null in _NULL_USAGE[1:]:
+        if null in data:
+            data = data.replace(null, b"")
+    for mark in _USAGE_OBJECTS:
+        at = data.find(mark)
+        while at >= 0:
+            # The event's line: OpenAI-style chunks are one ``data:`` line each.
+            start = max(data.rfind(b"\n", 0, at), data.rfind(b"\r", 0, at)) + 1
+            end = at
+            while end < len(data) and data[end] not in b"\r\n":
+                end += 1
+            line = data[start:end]
+            if _NO_CHOICES[0] in line or _NO_CHOICES[1] in line:
+                # The usage-only chunk: drop it and the blank line that ends it.
+                stop = end
+                while stop < len(data) and data[stop] in b"\r\n":
+                    stop += 1
+                data = data[:start] + data[stop:]
+                at = data.find(mark, start)
+            else:
+                stripped = _without_member(line, at - start)
+                data = data[:start] + stripped + data[end:]
+                at = data.find(mark, start + len(stripped))
+    return data
+
+
+def _without_member(line: bytes, key: int) -> bytes:
+    """``line`` without the JSON member whose key starts at ``key`` (and its comma)."""
+    i = line.find(b"{", key)
+    if i < 0:
+        return line
+    depth = 0
+    in_string = escaped = False
+    end = -1
+    for j in range(i, len(line)):
+        c = line[j]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == 0x5C:
+                escaped = True
+            elif c == 0x22:
+                in_string = False
+        elif c == 0x22:
+            in_string = True
+        elif c == 0x7B:
+            depth += 1
+        elif c == 0x7D:
+            depth -= 1
+            if depth == 0:
+                end = j + 1
+                break
+    if end < 0:
+        return line
+    before = line[:key].rstrip()
+    if before.endswith(b","):
+        return before[:-1] + line[end:]
+    after = line[end:].lstrip()
+    if after.startswith(b","):
+        return before + after[1:].lstrip()
+    return line
 
 
 def _usage_slice(tail: bytes) -> bytes:

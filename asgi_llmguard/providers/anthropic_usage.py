@@ -4,6 +4,10 @@ A message's ``usage`` has ``input_tokens`` (the uncached prompt), ``cache_read_i
 ``cache_creation_input_tokens`` and ``output_tokens``. Streamed, ``message_start`` carries the
 input side and ``message_delta`` the cumulative output (and, with server tools, updated input
 counts); ``message_stop`` ends the stream.
+
+``message_start``'s ``output_tokens`` is a placeholder (typically 1), not a count: until a
+``message_delta`` brings the real one, the output is estimated from the deltas streamed so far
+and the usage is flagged ``estimated`` (a client that left, an upstream that broke).
 """
 
 from __future__ import annotations
@@ -44,6 +48,12 @@ class _Start(msgspec.Struct):
     message: _Message | None = None
 
 
+# The JSON around the text of a ``content_block_delta``:
+# ``{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":""}}``.
+_DELTA_ENVELOPE = 80
+#: Bytes of streamed text per estimated token.
+_BYTES_PER_TOKEN = 4
+
 _message = msgspec.json.Decoder(_Message)
 _start = msgspec.json.Decoder(_Start)
 
@@ -80,9 +90,11 @@ class MessagesStreamMeter:
     __slots__ = (
         "_cache_creation",
         "_cache_read",
+        "_final",
         "_input",
         "_output",
         "_seen",
+        "_streamed",
         "deltas",
         "error",
         "finished",
@@ -94,6 +106,10 @@ class MessagesStreamMeter:
         self.tool_calls: dict[str, int] = {}
         self._input = self._cache_read = self._cache_creation = self._output = 0
         self._seen = False
+        #: A ``message_delta`` brought the output count; before it, the count is a placeholder.
+        self._final = False
+        #: Bytes of the ``content_block_delta`` events' data (text, thinking, tool input).
+        self._streamed = 0
         self.model: str | None = None
         self.finished = False
         self.error = False
@@ -103,7 +119,18 @@ class MessagesStreamMeter:
     def usage(self) -> TokenUsage | None:
         if not self._seen:
             return None
-        return _tokens(self._input, self._cache_read, self._cache_creation, self._output)
+        output = self._output if self._final else max(self._output, self._streamed_tokens())
+        return _tokens(self._input, self._cache_read, self._cache_creation, output)
+
+    @property
+    def estimated(self) -> bool:
+        """The output count is the gateway's estimate: no ``message_delta`` gave the real one."""
+        return self._seen and not self._final
+
+    def _streamed_tokens(self) -> int:
+        """Output tokens estimated from what was streamed: at least one per delta."""
+        deltas = self.deltas
+        return max(deltas, (self._streamed - _DELTA_ENVELOPE * deltas) // _BYTES_PER_TOKEN)
 
     def _apply(self, u: _Usage) -> None:
         self._seen = True
@@ -122,6 +149,7 @@ class MessagesStreamMeter:
         name, data = event_fields(event)
         if name == b"content_block_delta":
             self.deltas += 1
+            self._streamed += len(data)
         elif name == b"message_start":
             try:
                 start = _start.decode(data)
@@ -138,6 +166,8 @@ class MessagesStreamMeter:
                 return
             if delta.usage is not None:
                 self._apply(delta.usage)
+                if delta.usage.output_tokens is not None:
+                    self._final = True
         elif name == b"message_stop":
             self.finished = True
         elif name == b"error":

@@ -12,9 +12,15 @@ from asgi_llmguard.tokens import TokenUsage
 class StreamMeter(Protocol):
     """Reads a response stream one whole event at a time (see `EventSplitter`)."""
 
-    #: The provider's own usage, once an event carried it.
+    #: The provider's usage, once an event carried it (its output count completed by an
+    #: estimate while the provider's final count has not arrived; see ``estimated``).
     @property
     def usage(self) -> TokenUsage | None: ...
+
+    #: ``usage`` holds the gateway's estimate of the output: the stream ended before the
+    #: provider's final count (a placeholder or running count is never taken as final).
+    @property
+    def estimated(self) -> bool: ...
 
     model: str | None
     #: The provider's end-of-stream marker was seen (``[DONE]``, ``message_stop``, ...).

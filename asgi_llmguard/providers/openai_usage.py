@@ -97,25 +97,64 @@ def usage_from_json(body: bytes) -> tuple[TokenUsage | None, str | None, dict[st
 
 
 _USAGE_OBJECT = (b'"usage":{', b'"usage": {')
-_DELTA_MARKS = (b'"content":"', b'"text":"', b'"arguments":"', b'"reasoning_content":"')
+_DELTA_MARKS = (
+    b'"content":"',
+    b'"text":"',
+    b'"arguments":"',
+    b'"reasoning_content":"',
+    b'"reasoning":"',
+    b'"refusal":"',
+)
 _CONTENT = b'"content":"'
 _EMPTY_CONTENT = b'"content":""'
-_EMPTY_MARKS = (b'"content":""', b'"text":""', b'"arguments":""', b'"reasoning_content":""')
+_EMPTY_MARKS = (
+    b'"content":""',
+    b'"text":""',
+    b'"arguments":""',
+    b'"reasoning_content":""',
+    b'"reasoning":""',
+    b'"refusal":""',
+)
+_NO_CHOICES = (b'"choices":[]', b'"choices": []')
 
 
 class ChatStreamMeter:
-    """Chat and legacy completions streams: ``data: {chunk}`` events ending in ``[DONE]``."""
+    """Chat and legacy completions streams: ``data: {chunk}`` events ending in ``[DONE]``.
 
-    __slots__ = ("deltas", "error", "finished", "model", "tool_calls", "usage")
+    Usage in a usage-only chunk (``choices: []``) is the final count. Usage on a chunk that also
+    carries content (servers that put it on the last content chunk, or send a running count on
+    every chunk) is final only once the stream finished; a stream cut before that gets the last
+    count plus the deltas streamed after it, flagged ``estimated``.
+    """
+
+    __slots__ = ("_at", "_final", "_usage", "deltas", "error", "finished", "model", "tool_calls")
 
     def __init__(self) -> None:
         self.tool_calls: dict[str, int] = {}
-        self.usage: TokenUsage | None = None
+        self._usage: TokenUsage | None = None
+        self._final = False
+        #: ``deltas`` when the last usage was read.
+        self._at = 0
         self.model: str | None = None
         self.finished = False
         self.error = False
         #: Events that carried generated text: an estimate of the output tokens sent so far.
         self.deltas = 0
+
+    @property
+    def usage(self) -> TokenUsage | None:
+        usage = self._usage
+        if usage is None or self._final or self.finished or self.deltas <= self._at:
+            return usage
+        return msgspec.structs.replace(
+            usage, output_tokens=usage.output_tokens + self.deltas - self._at
+        )
+
+    @property
+    def estimated(self) -> bool:
+        """The output count is partly the gateway's estimate: the stream ended before the
+        provider's final usage."""
+        return self._usage is not None and not self._final and not self.finished
 
     def event(self, event: bytes) -> None:
         # Fast path: providers send each chunk as one "data: " line.
@@ -131,6 +170,13 @@ class ChatStreamMeter:
         if data.startswith(b'{"error"'):
             self.error = True
             return
+        if _CONTENT in data:  # the common case: a content delta
+            if _EMPTY_CONTENT not in data:
+                self.deltas += 1
+        elif any(m in data for m in _DELTA_MARKS) and not all(
+            e in data for m, e in zip(_DELTA_MARKS, _EMPTY_MARKS, strict=True) if m in data
+        ):
+            self.deltas += 1
         if self.model is None or (_USAGE_OBJECT[0] in data or _USAGE_OBJECT[1] in data):
             try:
                 decoded = _body.decode(data)
@@ -139,23 +185,31 @@ class ChatStreamMeter:
             if self.model is None:
                 self.model = decoded.model
             if decoded.usage is not None:
-                self.usage = decoded.usage.tokens()
-        if _CONTENT in data:  # the common case: a content delta
-            if _EMPTY_CONTENT not in data:
-                self.deltas += 1
-        elif any(m in data for m in _DELTA_MARKS) and not all(
-            e in data for m, e in zip(_DELTA_MARKS, _EMPTY_MARKS, strict=True) if m in data
-        ):
-            self.deltas += 1
+                self._usage = decoded.usage.tokens()
+                self._at = self.deltas
+                self._final = _NO_CHOICES[0] in data or _NO_CHOICES[1] in data
 
 
 _TERMINAL = frozenset({b"response.completed", b"response.incomplete", b"response.failed"})
+#: Events that stream generated output: text, reasoning, refusals, tool-call input.
+_OUTPUT_DELTAS = frozenset(
+    {
+        b"response.output_text.delta",
+        b"response.reasoning_summary_text.delta",
+        b"response.reasoning_text.delta",
+        b"response.refusal.delta",
+        b"response.function_call_arguments.delta",
+        b"response.custom_tool_call_input.delta",
+    }
+)
 
 
 class ResponsesStreamMeter:
     """Responses API streams: named events, usage in the terminal ``response.*`` event."""
 
     __slots__ = ("deltas", "error", "finished", "model", "tool_calls", "usage")
+    #: Usage is read only from the terminal event: it is final or absent.
+    estimated = False
 
     def __init__(self) -> None:
         self.tool_calls: dict[str, int] = {}
@@ -170,7 +224,7 @@ class ResponsesStreamMeter:
         if name is None and data.startswith(b'{"type":"'):
             # Some servers omit the "event:" line; the type is in the payload.
             name = data[9 : data.find(b'"', 9)]
-        if name in (b"response.output_text.delta", b"response.reasoning_summary_text.delta"):
+        if name in _OUTPUT_DELTAS:
             self.deltas += 1
         elif name in _TERMINAL or name == b"response.created":
             try:
@@ -179,9 +233,10 @@ class ResponsesStreamMeter:
                 return
             if decoded.response is not None:
                 self.model = decoded.response.model or self.model
-                if decoded.response.usage is not None:
-                    self.usage = decoded.response.usage.tokens()
                 if name in _TERMINAL:
+                    # Only the terminal event's usage is the final count.
+                    if decoded.response.usage is not None:
+                        self.usage = decoded.response.usage.tokens()
                     self.tool_calls = decoded.response.tool_calls()
             if name in _TERMINAL:
                 self.finished = True

@@ -9,9 +9,10 @@ no event the gateway needs is that large.
 
 from __future__ import annotations
 
-# An event ends at a blank line. Providers send "\n\n"; "\r\n\r\n" is accepted too.
+# An event ends at a blank line. Providers send "\n\n"; "\r\n\r\n" and "\r\r" are accepted too.
 _LF2 = b"\n\n"
 _CRLF2 = b"\r\n\r\n"
+_CR2 = b"\r\r"
 
 
 class EventSplitter:
@@ -32,7 +33,12 @@ class EventSplitter:
         if not self._crlf and b"\r" in chunk:
             self._crlf = True
         data = self._tail + chunk if self._tail else chunk
-        sep = _CRLF2 if self._crlf and _CRLF2 in data else _LF2
+        sep = _LF2
+        if self._crlf:  # rare: only streams with carriage returns look further
+            if _CRLF2 in data:
+                sep = _CRLF2
+            elif _CR2 in data:
+                sep = _CR2
         parts = data.split(sep)
         self._tail = parts.pop()
         if self._skipping and parts:
@@ -44,6 +50,11 @@ class EventSplitter:
             self._skipping = True
             self.oversized += 1
         return [p for p in parts if p]
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet handed out as part of an event."""
+        return len(self._tail)
 
     def close(self) -> list[bytes]:
         """At the end of the stream: the last event, if the upstream did not end it with a blank

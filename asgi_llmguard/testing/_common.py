@@ -197,6 +197,7 @@ class Generation:
     """OpenAI: prompt tokens reported as read from the cache (at most the prompt's)."""
     reasoning_tokens: int = 0
     """OpenAI: reasoning tokens reported on top of the reply's (counted in the output)."""
+    usage_in_last_chunk: bool = False
 
 
 def wants_stream(body: dict[str, Any]) -> bool:

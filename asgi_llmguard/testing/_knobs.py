@@ -24,6 +24,11 @@ class Knobs:
     reply: str = DEFAULT_REPLY
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    #: The line ending of streamed events: "lf" (``\n``), "crlf" or "cr"; all are valid SSE.
+    line_ending: str = "lf"
+    #: Chat streams asked for usage carry it on the last chunk with choices, not on a chunk of
+    #: its own (as some OpenAI-compatible servers do).
+    usage_in_last_chunk: bool = False
 
 
 def seconds(name: str, value: object) -> float:
@@ -63,6 +68,10 @@ def validate(knobs: Knobs) -> Knobs:
             count(name, value)
     if not isinstance(knobs.reply, str):
         raise ValueError("reply must be a string")
+    if knobs.line_ending not in LINE_ENDINGS:
+        raise ValueError("line_ending must be 'lf', 'crlf' or 'cr'")
+    if not isinstance(knobs.usage_in_last_chunk, bool):
+        raise ValueError("usage_in_last_chunk must be a boolean")
     return knobs
 
 
@@ -78,7 +87,10 @@ HEADER_KNOBS: dict[str, tuple[str, Callable[[str], object]]] = {
     "x-fake-reply": ("reply", lambda text: text.encode("latin-1").decode("utf-8")),
     "x-fake-cached-tokens": ("cached_tokens", int),
     "x-fake-reasoning-tokens": ("reasoning_tokens", int),
+    "x-fake-line-ending": ("line_ending", str.lower),
+    "x-fake-usage-in-last-chunk": ("usage_in_last_chunk", lambda text: text.lower() == "true"),
 }
+LINE_ENDINGS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
 OPTIONAL_KNOBS = {"status", "retry_after", "reset_after_chunks", "truncate_after_chunks", "chunks"}
 
 

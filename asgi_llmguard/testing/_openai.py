@@ -160,9 +160,12 @@ def chat(body: dict[str, Any], gen: Generation) -> dict[str, Any] | StreamPlan:
     def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
         return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
 
-    tail = [chunk(choice({}, _finish(c)))]
-    if include_usage:
-        tail.append(chunk([], _chat_usage(c, gen)))
+    if include_usage and gen.usage_in_last_chunk:
+        tail = [chunk(choice({}, _finish(c)), _chat_usage(c, gen))]
+    else:
+        tail = [chunk(choice({}, _finish(c)))]
+        if include_usage:
+            tail.append(chunk([], _chat_usage(c, gen)))
     tail.append(DONE)
     return StreamPlan(
         head=[chunk(choice({"role": "assistant", "content": "", "refusal": None}))],

@@ -52,9 +52,12 @@ Non-streamed answers carry the same usage their stream would report.
 ``x-fake-latency``, ``x-fake-chunk-delay``, ``x-fake-status``, ``x-fake-retry-after``,
 ``x-fake-reset-after-chunks``, ``x-fake-truncate-after-chunks``, ``x-fake-chunks``,
 ``x-fake-reply`` (UTF-8), ``x-fake-cached-tokens`` and ``x-fake-reasoning-tokens`` (OpenAI's
-``cached_tokens`` and ``reasoning_tokens`` usage details; reasoning counts in the output).
-The value ``none`` clears an optional knob and ``x-fake-status: 200`` turns
-a default error status off. A bad value or an unknown ``x-fake-*`` header answers 400.
+``cached_tokens`` and ``reasoning_tokens`` usage details; reasoning counts in the output),
+``x-fake-line-ending`` (``lf``, ``crlf`` or ``cr``: the line ending of streamed events) and
+``x-fake-usage-in-last-chunk`` (``true``: a chat stream asked for usage carries it on its last
+chunk with choices instead of a usage-only chunk). The value ``none`` clears an optional knob and
+``x-fake-status: 200`` turns a default error status off. A bad value or an unknown ``x-fake-*``
+header answers 400.
 ``chunk_delay``, ``reset_after_chunks`` and ``truncate_after_chunks`` only affect streams.
 """
 
@@ -91,7 +94,14 @@ from asgi_llmguard.testing._http import (
     Send,
     route_of,
 )
-from asgi_llmguard.testing._knobs import DEFAULT_REPLY, Knobs, count, override, validate
+from asgi_llmguard.testing._knobs import (
+    DEFAULT_REPLY,
+    LINE_ENDINGS,
+    Knobs,
+    count,
+    override,
+    validate,
+)
 from asgi_llmguard.testing._wait import wait_for, wait_until
 
 __all__ = ["FakeConnectionReset", "FakeProvider", "ReceivedRequest"]
@@ -437,6 +447,7 @@ class FakeProvider:
             model=route.arg if route.api == "azure" else None,
             cached_tokens=knobs.cached_tokens,
             reasoning_tokens=knobs.reasoning_tokens,
+            usage_in_last_chunk=knobs.usage_in_last_chunk,
         )
         match route.endpoint:
             case "chat":
@@ -493,6 +504,14 @@ class FakeProvider:
         await self._send_json(exchange, api, error.status, body, error.headers)
 
     async def _stream(self, exchange: Exchange, api: Api, plan: StreamPlan, knobs: Knobs) -> None:
+        if knobs.line_ending != "lf":
+            eol = LINE_ENDINGS[knobs.line_ending]
+            plan = StreamPlan(
+                *(
+                    [e.replace(b"\n", eol) for e in part]
+                    for part in (plan.head, plan.content, plan.tail)
+                )
+            )
         await exchange.start(200, [*_SSE_HEADERS, self._id_header(api)])
         if plan.head:
             await exchange.body(b"".join(plan.head))

@@ -7,6 +7,8 @@ from typing import Literal
 import msgspec
 
 Outcome = Literal["ok", "cancelled", "upstream_error", "upstream_truncated", "rejected", "warmup"]
+#: Why an attempt was ``cancelled``: the client went away, or the gateway was shutting down.
+Reason = Literal["client_disconnected", "shutdown"]
 
 
 class UsageEvent(msgspec.Struct, kw_only=True, omit_defaults=False):
@@ -49,6 +51,8 @@ class UsageEvent(msgspec.Struct, kw_only=True, omit_defaults=False):
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
     #: The id the caller sent (``x-request-id``), if any: recorded, never part of the identity.
     client_request_id: str | None = None
+    #: Why a ``cancelled`` attempt ended (`Reason`); ``None`` for the other outcomes.
+    reason: str | None = None
 
     @property
     def cost_usd(self) -> float:

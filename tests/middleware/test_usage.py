@@ -7,6 +7,7 @@ numbers asserted come from the upstream, not from the gateway under test.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -84,6 +85,7 @@ class Stack:
     url: str
     events: Collector
     fake: FakeProvider
+    fake_url: str = ""
 
     def openai(self, **headers: str) -> openai.OpenAI:
         return openai.OpenAI(
@@ -125,7 +127,7 @@ def stack(fake_server) -> Iterator[Stack]:
     fake.reset()
     events = Collector()
     with serve(_stack(upstream.url, events)) as server:
-        yield Stack(server.url, events, fake)
+        yield Stack(server.url, events, fake, upstream.url)
 
 
 def one(stack: Stack) -> UsageEvent:
@@ -178,6 +180,39 @@ def test_stream_without_include_usage_is_metered_and_unchanged_for_the_client(st
     e = one(stack)
     assert (e.input_tokens, e.output_tokens, e.estimated, e.stream) == (2, WORDS, False, True)
     assert e.cost_nanos == nanos(2, WORDS)
+
+
+_IDS = re.compile(rb'"id":"chatcmpl-[0-9a-f]+","object":"chat\.completion\.chunk","created":\d+')
+
+
+@pytest.mark.parametrize("line_ending", ["crlf", "cr", "lf"])
+@pytest.mark.parametrize("usage_in_last_chunk", ["true", "false"])
+def test_stripped_stream_is_byte_for_byte_what_the_client_would_have_got(
+    stack, line_ending, usage_in_last_chunk
+):
+    """The gateway asks for usage and removes exactly what that added: the upstream's own
+    separators and bytes reach the client, whether usage came in its own chunk or on the last
+    chunk with choices."""
+    request = {
+        "model": "test-model",
+        "stream": True,
+        "messages": [{"role": "user", "content": "a b"}],
+    }
+    headers = {
+        "x-fake-line-ending": line_ending,
+        "x-fake-usage-in-last-chunk": usage_in_last_chunk,
+        "authorization": f"Bearer {KEY}",
+    }
+    with httpx.Client() as http:
+        through = http.post(f"{stack.url}/v1/chat/completions", json=request, headers=headers)
+        direct = http.post(f"{stack.fake_url}/v1/chat/completions", json=request, headers=headers)
+    assert stack.fake.requests[0].json()["stream_options"] == {"include_usage": True}
+    sep = {"crlf": b"\r\n\r\n", "cr": b"\r\r", "lf": b"\n\n"}[line_ending]
+    assert direct.content.count(sep) == len(FakeProvider.reply_chunks(REPLY)) + 3
+    # Only the chunk ids and timestamps differ between two answers of the fake.
+    assert _IDS.sub(b"ID", through.content) == _IDS.sub(b"ID", direct.content)
+    e = stack.events.wait(1)[0]
+    assert (e.input_tokens, e.output_tokens, e.estimated) == (2, WORDS, False)
 
 
 def test_stream_with_include_usage_keeps_the_chunk_for_the_client(stack):
@@ -248,12 +283,60 @@ def test_client_disconnect_after_five_chunks_is_a_cancelled_record(stack):
             assert data
             seen += data
     e = one(stack)
-    assert e.outcome == "cancelled"
+    assert (e.outcome, e.reason) == ("cancelled", "client_disconnected")
     assert e.estimated
     assert 5 <= e.output_tokens <= 8  # what went out before the disconnect was noticed
     assert e.input_tokens > 0  # estimated from the request: never free
     assert e.cost_nanos > 0
     stack.fake.wait_until(lambda: stack.fake.disconnects == 1, 1.0)
+
+
+def test_anthropic_client_leaving_mid_stream_is_billed_what_was_streamed(stack):
+    """message_start's output_tokens is a placeholder: a client that reads ten text deltas and
+    leaves is billed an estimate of what was streamed, flagged estimated."""
+    client = stack.anthropic(**{"x-fake-chunk-delay": "0.05", "x-fake-chunks": "100"})
+    texts: list[str] = []
+    with client.messages.stream(
+        model="claude-test", max_tokens=1000, messages=[{"role": "user", "content": "a b c"}]
+    ) as stream:
+        for text in stream.text_stream:
+            texts.append(text)
+            if len(texts) == 10:
+                break
+    e = one(stack)
+    assert e.outcome == "cancelled"
+    assert e.estimated
+    assert e.input_tokens == 3  # from message_start: the provider's own number
+    # The fake's token rule: one token per word streamed; a few more may have gone out
+    # before the gateway noticed the client had gone.
+    assert FakeProvider.count_tokens("".join(texts)) == 10
+    assert 10 <= e.output_tokens <= 14
+    assert e.cost_nanos == nanos(3, e.output_tokens)
+    stack.fake.wait_until(lambda: stack.fake.disconnects == 1, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("knob", "outcome"),
+    [
+        ("x-fake-reset-after-chunks", "upstream_error"),
+        ("x-fake-truncate-after-chunks", "upstream_truncated"),
+    ],
+)
+def test_anthropic_stream_the_upstream_breaks_is_billed_what_was_streamed(stack, knob, outcome):
+    client = stack.anthropic(**{knob: "4", "x-fake-chunks": "50"})
+    texts: list[str] = []
+
+    def consume() -> None:
+        with client.messages.stream(
+            model="claude-test", max_tokens=1000, messages=[{"role": "user", "content": "a b"}]
+        ) as stream:
+            texts.extend(stream.text_stream)
+
+    with pytest.raises((anthropic.APIStatusError, anthropic.APIConnectionError)):
+        consume()
+    e = one(stack)
+    assert FakeProvider.count_tokens("".join(texts)) == 4
+    assert (e.outcome, e.estimated, e.input_tokens, e.output_tokens) == (outcome, True, 2, 4)
 
 
 def test_disconnect_before_the_first_token(stack):
@@ -266,7 +349,12 @@ def test_disconnect_before_the_first_token(stack):
         )
         stack.fake.wait_until(lambda: len(stack.fake.requests) == 1, 2.0)
     e = one(stack)
-    assert (e.outcome, e.output_tokens, e.status) == ("cancelled", 0, 0)
+    assert (e.outcome, e.reason, e.output_tokens, e.status) == (
+        "cancelled",
+        "client_disconnected",
+        0,
+        0,
+    )
 
 
 def test_truncated_stream_ends_with_an_error_event_and_keeps_partial_usage(stack):

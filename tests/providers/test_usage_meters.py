@@ -152,12 +152,11 @@ def _split(data: bytes, cuts: list[int]) -> list[bytes]:
     kind=st.sampled_from(sorted(EXPECTED)),
     cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=40),
     drop_final_blank=st.booleans(),
-    crlf=st.booleans(),
+    eol=st.sampled_from([b"\n", b"\r\n", b"\r"]),
 )
-def test_usage_is_exact_however_the_stream_is_split(kind, cuts, drop_final_blank, crlf):
+def test_usage_is_exact_however_the_stream_is_split(kind, cuts, drop_final_blank, eol):
     endpoint, stream, usage, model = EXPECTED[kind]
-    if crlf:
-        stream = stream.replace(b"\n", b"\r\n")
+    stream = stream.replace(b"\n", eol)
     if drop_final_blank:
         stream = stream.rstrip(b"\r\n")
     chunks = _split(stream, cuts)
@@ -182,6 +181,41 @@ def test_usage_in_a_chunk_that_also_has_choices():
     last = _chunk("!", usage={"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7})
     meter, _ = _meter(CHAT, [_sse(_chunk("hi"), last, "[DONE]")])
     assert meter.usage == TokenUsage(input_tokens=3, output_tokens=4)
+    assert not meter.estimated
+
+
+def test_a_running_usage_count_is_not_final_until_the_stream_finishes():
+    """A server sending usage on content chunks (a running count) and a stream cut before its
+    end: the last count plus the deltas after it, flagged estimated."""
+    running = _chunk("a", usage={"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7})
+    meter, _ = _meter(CHAT, [_sse(_chunk("hi"), running, _chunk("b"), _chunk("c"))])
+    assert meter.usage == TokenUsage(input_tokens=3, output_tokens=6)
+    assert meter.estimated
+    # The usage-only chunk is the final count, even if [DONE] never comes.
+    final = _chunk(None, usage={"prompt_tokens": 3, "completion_tokens": 5}, choices=False)
+    meter, _ = _meter(CHAT, [_sse(_chunk("hi"), running, _chunk("b"), final)])
+    assert meter.usage == TokenUsage(input_tokens=3, output_tokens=5)
+    assert not meter.estimated
+
+
+def test_only_the_terminal_responses_event_gives_usage():
+    usage = {"output_tokens": 1}
+    created = {"type": "response.created", "response": {"model": "m", "usage": usage}}
+    delta = {"type": "response.output_text.delta", "delta": "x"}
+    args = {"type": "response.function_call_arguments.delta", "delta": "{"}
+    meter, _ = _meter(
+        RESPONSES,
+        [
+            _sse(
+                ("response.created", created),
+                ("response.output_text.delta", delta),
+                ("response.function_call_arguments.delta", args),
+            )
+        ],
+    )
+    assert meter.usage is None  # the middleware estimates it from the deltas
+    assert meter.deltas == 2
+    assert not meter.finished
 
 
 def test_truncated_stream_is_not_finished_and_keeps_partial_usage():
@@ -191,7 +225,10 @@ def test_truncated_stream_is_not_finished_and_keeps_partial_usage():
     assert not meter.finished
     assert meter.usage is not None
     assert meter.usage.input_tokens == 125
-    assert meter.usage.output_tokens == 1
+    # message_start's output_tokens (1) is a placeholder: the output is estimated from the
+    # two deltas streamed, and flagged as such.
+    assert meter.usage.output_tokens == 2
+    assert meter.estimated
     assert meter.deltas == 2
 
 

@@ -46,6 +46,8 @@ def make_events(n: int, *, prefix: str = "req", start: int = 0) -> list[UsageEve
             ttfb=0.1 if i % 2 else None,
             stream=bool(i % 2),
             metadata={"team": "ml", "n": str(i)},
+            outcome="cancelled" if i % 7 == 0 else "ok",
+            reason="shutdown" if i % 7 == 0 else None,
         )
         for i in range(start, start + n)
     ]
@@ -97,10 +99,12 @@ async def test_sqlite_stores_each_event_once(tmp_path):
         indexes = {r[1] for r in conn.execute("PRAGMA index_list(usage_events)")}
         assert {"usage_events_started_at", "usage_events_key", "usage_events_model"} <= indexes
         row = conn.execute(
-            "SELECT attempt, key_id, ttfb, stream, metadata, cost_nanos FROM usage_events "
-            "WHERE request_id = 'req-7'"
+            "SELECT attempt, key_id, ttfb, stream, metadata, cost_nanos, outcome, reason "
+            "FROM usage_events WHERE request_id = 'req-7'"
         ).fetchone()
-    assert row == (1, "key-1", 0.1, 1, '{"team":"ml","n":"7"}', 1_000_007)
+        reasons = dict(conn.execute("SELECT request_id, reason FROM usage_events"))
+    assert row == (1, "key-1", 0.1, 1, '{"team":"ml","n":"7"}', 1_000_007, "cancelled", "shutdown")
+    assert reasons["req-8"] is None
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 31, 32, 33, 77, 200])
@@ -171,10 +175,11 @@ async def test_postgres_stores_each_event_once(pg_schema):
     assert rows[0]["n"] == 60
     [row] = await pg_fetch(
         pg_schema,
-        "SELECT attempt, key_id, ttfb, stream, metadata->>'n' AS n, cost_nanos, "
+        "SELECT attempt, key_id, ttfb, stream, metadata->>'n' AS n, cost_nanos, reason, "
         "extract(epoch FROM started_at) AS started FROM {s}.usage_events "
         "WHERE request_id = 'req-7'",
     )
+    assert row["reason"] == "shutdown"
     assert (row["attempt"], row["key_id"], row["ttfb"], row["stream"]) == (1, "key-1", 0.1, True)
     assert (row["n"], row["cost_nanos"], float(row["started"])) == ("7", 1_000_007, 1_700_000_007)
 
@@ -234,6 +239,7 @@ async def test_jsonl_dedupes_in_process_and_after_reopening(tmp_path):
     await sink.aclose()
     lines = read_lines(path)
     assert len(lines) == 35
+    assert {e.request_id: e.reason for e in lines}["req-14"] == "shutdown"
     assert len({(e.request_id, e.attempt) for e in lines}) == 35
 
 

@@ -47,6 +47,7 @@ COLUMNS = (
     "estimated",
     "metadata",
     "client_request_id",
+    "reason",
     "recorded_at",
 )
 
@@ -105,6 +106,7 @@ def event_row(event: UsageEvent, recorded_at: float) -> tuple[Any, ...]:
         e.estimated,
         _encode_metadata(e.metadata).decode(),
         e.client_request_id,
+        e.reason,
         recorded_at,
     )
 

@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS {s}.usage_events (
     stream boolean NOT NULL,
     estimated boolean NOT NULL,
     metadata jsonb NOT NULL DEFAULT '{{}}',
+    reason text,
     recorded_at timestamptz NOT NULL DEFAULT now(),
     client_request_id text,
     PRIMARY KEY (request_id, attempt)

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS usage_events (
     stream INTEGER NOT NULL,
     estimated INTEGER NOT NULL,
     metadata TEXT NOT NULL DEFAULT '{}',
+    reason TEXT,
     recorded_at REAL NOT NULL,
     client_request_id TEXT,
     PRIMARY KEY (request_id, attempt)
