@@ -83,6 +83,7 @@ _ARRAY_TYPES = (
     "bool",
     "text",
     "text",
+    "text",
 )
 _CONVERT = {"started_at": "to_timestamp(started_at)", "metadata": "metadata::jsonb"}
 
