@@ -682,22 +682,18 @@ def _strip_usage(data: bytes) -> bytes:
     return data
 
 
-def _without_member(line: bytes, key: int) -> bytes:
-    """``line`` without the JSON member whose key starts at ``key`` (and its comma)."""
-    i = line.find(b"{", key)
-    if i < 0:
-        return line
+def _object_end(data: bytes, start: int) -> int:
+    """The index just past the JSON object that opens at ``data[start]``, or -1 if it is cut."""
     depth = 0
     in_string = escaped = False
-    end = -1
-    for j in range(i, len(line)):
-        c = line[j]
+    for i in range(start, len(data)):
+        c = data[i]
         if in_string:
             if escaped:
                 escaped = False
-            elif c == 0x5C:
+            elif c == 0x5C:  # backslash
                 escaped = True
-            elif c == 0x22:
+            elif c == 0x22:  # quote
                 in_string = False
         elif c == 0x22:
             in_string = True
@@ -706,8 +702,16 @@ def _without_member(line: bytes, key: int) -> bytes:
         elif c == 0x7D:
             depth -= 1
             if depth == 0:
-                end = j + 1
-                break
+                return i + 1
+    return -1
+
+
+def _without_member(line: bytes, key: int) -> bytes:
+    """``line`` without the JSON member whose key starts at ``key`` (and its comma)."""
+    i = line.find(b"{", key)
+    if i < 0:
+        return line
+    end = _object_end(line, i)
     if end < 0:
         return line
     before = line[:key].rstrip()
@@ -727,23 +731,5 @@ def _usage_slice(tail: bytes) -> bytes:
     start = tail.find(b"{", at)
     if start < 0:
         return b""
-    depth = 0
-    in_string = escaped = False
-    for i in range(start, len(tail)):
-        c = tail[i]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif c == 0x5C:  # backslash
-                escaped = True
-            elif c == 0x22:  # quote
-                in_string = False
-        elif c == 0x22:
-            in_string = True
-        elif c == 0x7B:
-            depth += 1
-        elif c == 0x7D:
-            depth -= 1
-            if depth == 0:
-                return b'{"usage":' + tail[start : i + 1] + b"}"
-    return b""
+    end = _object_end(tail, start)
+    return b'{"usage":' + tail[start:end] + b"}" if end >= 0 else b""
