@@ -15,6 +15,8 @@ class TokenUsage(msgspec.Struct, omit_defaults=True):
     - ``output_tokens``: everything generated, reasoning included (OpenAI's
       ``completion_tokens``; Anthropic's ``output_tokens``).
     - ``reasoning_tokens``: the part of the output spent on reasoning.
+    - ``cache_creation_1h_tokens``: the part of ``cache_creation_tokens`` written to the 1-hour
+      cache (Anthropic's ``cache_creation.ephemeral_1h_input_tokens``); the rest is 5-minute.
 
     So ``cached_input_tokens + cache_creation_tokens <= input_tokens`` and
     ``reasoning_tokens <= output_tokens``; pricing must not count a part twice.
@@ -25,6 +27,8 @@ class TokenUsage(msgspec.Struct, omit_defaults=True):
     cached_input_tokens: int = 0
     cache_creation_tokens: int = 0
     reasoning_tokens: int = 0
+    #: The part of ``cache_creation_tokens`` written to Anthropic's 1-hour cache.
+    cache_creation_1h_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

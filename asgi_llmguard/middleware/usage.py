@@ -431,6 +431,7 @@ class UsageMiddleware:
                 estimated=estimated,
                 metadata=dict(key.metadata) if key else {},
                 reason=reason,
+                cache_creation_1h_tokens=u.cache_creation_1h_tokens,
             )
         )
 

@@ -1,8 +1,9 @@
 """Usage in Anthropic's Messages wire format.
 
 A message's ``usage`` has ``input_tokens`` (the uncached prompt), ``cache_read_input_tokens``,
-``cache_creation_input_tokens`` and ``output_tokens``. Streamed, ``message_start`` carries the
-input side and ``message_delta`` the cumulative output (and, with server tools, updated input
+``cache_creation_input_tokens`` (split by cache lifetime in ``cache_creation``:
+``ephemeral_5m_input_tokens`` and ``ephemeral_1h_input_tokens``) and ``output_tokens``.
+Streamed, ``message_start`` carries the input side and ``message_delta`` the cumulative output (and, with server tools, updated input
 counts); ``message_stop`` ends the stream.
 
 ``message_start``'s ``output_tokens`` is a placeholder (typically 1), not a count: until a
@@ -31,12 +32,22 @@ class _ServerToolUse(msgspec.Struct):
         return calls
 
 
+class _CacheCreation(msgspec.Struct):
+    ephemeral_5m_input_tokens: int | None = None
+    ephemeral_1h_input_tokens: int | None = None
+
+
 class _Usage(msgspec.Struct):
     server_tool_use: _ServerToolUse | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
     cache_read_input_tokens: int | None = None
     cache_creation_input_tokens: int | None = None
+    cache_creation: _CacheCreation | None = None
+
+    def creation_1h(self) -> int | None:
+        c = self.cache_creation
+        return None if c is None else c.ephemeral_1h_input_tokens
 
 
 class _Message(msgspec.Struct):
@@ -59,13 +70,14 @@ _start = msgspec.json.Decoder(_Start)
 
 
 def _tokens(
-    input_tokens: int, cache_read: int, cache_creation: int, output_tokens: int
+    input_tokens: int, cache_read: int, cache_creation: int, output_tokens: int, creation_1h: int
 ) -> TokenUsage:
     return TokenUsage(
         input_tokens=input_tokens + cache_read + cache_creation,
         output_tokens=output_tokens,
         cached_input_tokens=cache_read,
         cache_creation_tokens=cache_creation,
+        cache_creation_1h_tokens=creation_1h,
     )
 
 
@@ -82,6 +94,7 @@ def usage_from_json(body: bytes) -> tuple[TokenUsage | None, str | None, dict[st
         u.cache_read_input_tokens or 0,
         u.cache_creation_input_tokens or 0,
         u.output_tokens or 0,
+        u.creation_1h() or 0,
     )
     return usage, decoded.model, u.server_tool_use.calls() if u.server_tool_use else {}
 
@@ -89,6 +102,7 @@ def usage_from_json(body: bytes) -> tuple[TokenUsage | None, str | None, dict[st
 class MessagesStreamMeter:
     __slots__ = (
         "_cache_creation",
+        "_cache_creation_1h",
         "_cache_read",
         "_final",
         "_input",
@@ -105,6 +119,7 @@ class MessagesStreamMeter:
     def __init__(self) -> None:
         self.tool_calls: dict[str, int] = {}
         self._input = self._cache_read = self._cache_creation = self._output = 0
+        self._cache_creation_1h = 0
         self._seen = False
         #: A ``message_delta`` brought the output count; before it, the count is a placeholder.
         self._final = False
@@ -120,7 +135,9 @@ class MessagesStreamMeter:
         if not self._seen:
             return None
         output = self._output if self._final else max(self._output, self._streamed_tokens())
-        return _tokens(self._input, self._cache_read, self._cache_creation, output)
+        return _tokens(
+            self._input, self._cache_read, self._cache_creation, output, self._cache_creation_1h
+        )
 
     @property
     def estimated(self) -> bool:
@@ -140,6 +157,9 @@ class MessagesStreamMeter:
             self._cache_read = u.cache_read_input_tokens
         if u.cache_creation_input_tokens is not None:
             self._cache_creation = u.cache_creation_input_tokens
+        creation_1h = u.creation_1h()
+        if creation_1h is not None:
+            self._cache_creation_1h = creation_1h
         if u.output_tokens is not None:
             self._output = u.output_tokens
         if u.server_tool_use is not None:  # cumulative, like output_tokens

@@ -83,8 +83,12 @@ def messages(body: dict[str, Any], gen: Generation) -> dict[str, Any] | StreamPl
             "stop_sequence": None,
             "usage": {
                 "input_tokens": c.prompt_tokens,
-                "cache_creation_input_tokens": 0,
+                "cache_creation_input_tokens": gen.cache_write_5m + gen.cache_write_1h,
                 "cache_read_input_tokens": 0,
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": gen.cache_write_5m,
+                    "ephemeral_1h_input_tokens": gen.cache_write_1h,
+                },
                 "output_tokens": output_tokens,
             },
         }

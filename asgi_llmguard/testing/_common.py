@@ -198,6 +198,9 @@ class Generation:
     reasoning_tokens: int = 0
     """OpenAI: reasoning tokens reported on top of the reply's (counted in the output)."""
     usage_in_last_chunk: bool = False
+    cache_write_5m: int = 0
+    cache_write_1h: int = 0
+    """Prompt tokens reported written to Anthropic's 5-minute and 1-hour caches."""
 
 
 def wants_stream(body: dict[str, Any]) -> bool:

@@ -29,6 +29,8 @@ class Knobs:
     #: Chat streams asked for usage carry it on the last chunk with choices, not on a chunk of
     #: its own (as some OpenAI-compatible servers do).
     usage_in_last_chunk: bool = False
+    cache_write_5m: int = 0
+    cache_write_1h: int = 0
 
 
 def seconds(name: str, value: object) -> float:
@@ -62,7 +64,13 @@ def validate(knobs: Knobs) -> Knobs:
         seconds("retry_after", knobs.retry_after)
     count("cached_tokens", knobs.cached_tokens)
     count("reasoning_tokens", knobs.reasoning_tokens)
-    for name in ("reset_after_chunks", "truncate_after_chunks", "chunks"):
+    for name in (
+        "reset_after_chunks",
+        "truncate_after_chunks",
+        "chunks",
+        "cache_write_5m",
+        "cache_write_1h",
+    ):
         value = getattr(knobs, name)
         if value is not None:
             count(name, value)
@@ -89,6 +97,8 @@ HEADER_KNOBS: dict[str, tuple[str, Callable[[str], object]]] = {
     "x-fake-reasoning-tokens": ("reasoning_tokens", int),
     "x-fake-line-ending": ("line_ending", str.lower),
     "x-fake-usage-in-last-chunk": ("usage_in_last_chunk", lambda text: text.lower() == "true"),
+    "x-fake-cache-write-5m": ("cache_write_5m", int),
+    "x-fake-cache-write-1h": ("cache_write_1h", int),
 }
 LINE_ENDINGS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
 OPTIONAL_KNOBS = {"status", "retry_after", "reset_after_chunks", "truncate_after_chunks", "chunks"}

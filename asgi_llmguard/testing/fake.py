@@ -55,7 +55,9 @@ Non-streamed answers carry the same usage their stream would report.
 ``cached_tokens`` and ``reasoning_tokens`` usage details; reasoning counts in the output),
 ``x-fake-line-ending`` (``lf``, ``crlf`` or ``cr``: the line ending of streamed events) and
 ``x-fake-usage-in-last-chunk`` (``true``: a chat stream asked for usage carries it on its last
-chunk with choices instead of a usage-only chunk). The value ``none`` clears an optional knob and
+chunk with choices instead of a usage-only chunk), and ``x-fake-cache-write-5m`` /
+``x-fake-cache-write-1h`` (prompt tokens an Anthropic message reports written to its 5-minute /
+1-hour prompt cache, in ``usage.cache_creation``). The value ``none`` clears an optional knob and
 ``x-fake-status: 200`` turns a default error status off. A bad value or an unknown ``x-fake-*``
 header answers 400.
 ``chunk_delay``, ``reset_after_chunks`` and ``truncate_after_chunks`` only affect streams.
@@ -151,6 +153,9 @@ class FakeProvider:
             without its final events: no finish chunk, usage or ``[DONE]``; no ``message_delta``
             or ``message_stop``; no ``response.completed``.
         chunks: Produce exactly this many content chunks, repeating the reply's words.
+        cache_write_5m: Prompt tokens an Anthropic message reports written to the 5-minute
+            prompt cache (``usage.cache_creation.ephemeral_5m_input_tokens``).
+        cache_write_1h: The same for the 1-hour cache (``ephemeral_1h_input_tokens``).
         max_requests_kept: How many requests :attr:`requests` remembers (oldest dropped first).
 
     The knobs can be changed later with :meth:`configure`, or per request with ``x-fake-*``
@@ -178,6 +183,8 @@ class FakeProvider:
         truncate_after_chunks: int | None = None,
         chunks: int | None = None,
         max_requests_kept: int = 1000,
+        cache_write_5m: int = 0,
+        cache_write_1h: int = 0,
     ) -> None:
         self.api_key = api_key
         self._defaults = validate(
@@ -190,6 +197,8 @@ class FakeProvider:
                 truncate_after_chunks=truncate_after_chunks,
                 chunks=chunks,
                 reply=reply,
+                cache_write_5m=cache_write_5m,
+                cache_write_1h=cache_write_1h,
             )
         )
         self._requests: collections.deque[ReceivedRequest] = collections.deque(
@@ -205,7 +214,8 @@ class FakeProvider:
         """Change default knobs for the requests that follow, e.g. ``fake.configure(status=503)``.
 
         Takes the constructor's knob names (``reply``, ``latency``, ``chunk_delay``, ``status``,
-        ``retry_after``, ``reset_after_chunks``, ``truncate_after_chunks``, ``chunks``);
+        ``retry_after``, ``reset_after_chunks``, ``truncate_after_chunks``, ``chunks``,
+        ``cache_write_5m``, ``cache_write_1h``);
         requests already in progress keep the knobs they started with.
         """
         unknown = set(knobs) - {f.name for f in dataclasses.fields(Knobs)}
@@ -448,6 +458,8 @@ class FakeProvider:
             cached_tokens=knobs.cached_tokens,
             reasoning_tokens=knobs.reasoning_tokens,
             usage_in_last_chunk=knobs.usage_in_last_chunk,
+            cache_write_5m=knobs.cache_write_5m,
+            cache_write_1h=knobs.cache_write_1h,
         )
         match route.endpoint:
             case "chat":

@@ -53,6 +53,8 @@ class UsageEvent(msgspec.Struct, kw_only=True, omit_defaults=False):
     client_request_id: str | None = None
     #: Why a ``cancelled`` attempt ended (`Reason`); ``None`` for the other outcomes.
     reason: str | None = None
+    #: The part of ``cache_creation_tokens`` written to Anthropic's 1-hour cache.
+    cache_creation_1h_tokens: int = 0
 
     @property
     def cost_usd(self) -> float:

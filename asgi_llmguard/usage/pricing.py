@@ -63,6 +63,7 @@ class PriceTier(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_de
     cache_creation: _Price | None = None
     output: _Price | None = None
     reasoning: _Price | None = None
+    cache_creation_1h: _Price | None = None
 
 
 class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -73,6 +74,8 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     - ``cache_creation``: prompt tokens written to the cache (default: ``input``). Anthropic
       charges 1.25 * input for a 5-minute cache write; the shipped table says so explicitly for
       every Claude model rather than guessing it for models whose provider has no such charge.
+    - ``cache_creation_1h``: prompt tokens written to Anthropic's 1-hour cache (default:
+      2 * ``input``, Anthropic's rate for a 1-hour write, whatever ``cache_creation`` says).
     - ``output``: generated tokens (required: write ``output = 0`` for embeddings).
     - ``reasoning``: the reasoning part of the output (default: ``output``, as OpenAI and
       Anthropic bill it).
@@ -89,14 +92,17 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     reasoning: _Price | None = None
     per_call: dict[str, _Price] = msgspec.field(default_factory=dict)
     tiers: tuple[PriceTier, ...] = ()
+    cache_creation_1h: _Price | None = None
 
     def __post_init__(self) -> None:
         prices = [self.input, self.cached_input, self.cache_creation, self.output, self.reasoning]
+        prices.append(self.cache_creation_1h)
         prices.extend(self.per_call.values())
         for tier in self.tiers:
             prices.extend(
                 (tier.input, tier.cached_input, tier.cache_creation, tier.output, tier.reasoning)
             )
+            prices.append(tier.cache_creation_1h)
         # Checked here too: a struct built in code is not validated by msgspec's Meta.
         if any(p is not None and not (math.isfinite(p) and p >= 0) for p in prices):
             raise ValueError("prices must be finite numbers >= 0")
@@ -104,11 +110,12 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         if thresholds != sorted(set(thresholds)):
             raise ValueError("tiers must be sorted by `above`, each threshold once")
 
-    def rates(self, input_tokens: int = 0) -> tuple[float, float, float, float, float]:
-        """The effective ``(input, cached_input, cache_creation, output, reasoning)`` prices for
-        a prompt of ``input_tokens`` tokens: the tier that applies, then the defaults."""
+    def rates(self, input_tokens: int = 0) -> tuple[float, float, float, float, float, float]:
+        """The effective ``(input, cached_input, cache_creation, output, reasoning,
+        cache_creation_1h)`` prices for a prompt of ``input_tokens`` tokens: the tier that
+        applies, then the defaults."""
         inp, cached, creation = self.input, self.cached_input, self.cache_creation
-        out, reasoning = self.output, self.reasoning
+        out, reasoning, creation_1h = self.output, self.reasoning, self.cache_creation_1h
         for tier in reversed(self.tiers):
             if input_tokens > tier.above:
                 inp = tier.input if tier.input is not None else inp
@@ -116,6 +123,10 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
                 creation = tier.cache_creation if tier.cache_creation is not None else creation
                 out = tier.output if tier.output is not None else out
                 reasoning = tier.reasoning if tier.reasoning is not None else reasoning
+                if tier.cache_creation_1h is not None:
+                    creation_1h = tier.cache_creation_1h
+                elif tier.input is not None:  # a tier's input price rescales the 1-hour default
+                    creation_1h = None
                 break
         return (
             inp,
@@ -123,6 +134,7 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             inp if creation is None else creation,
             out,
             out if reasoning is None else reasoning,
+            2 * inp if creation_1h is None else creation_1h,
         )
 
     def cost_nanos(self, usage: TokenUsage, tool_calls: Mapping[str, int] = _NO_CALLS) -> int:
@@ -136,6 +148,7 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         """
         cached = max(0, usage.cached_input_tokens)
         creation = max(0, usage.cache_creation_tokens)
+        creation_1h = min(creation, max(0, usage.cache_creation_1h_tokens))
         prompt = max(usage.input_tokens, cached + creation)
         reasoning = max(0, usage.reasoning_tokens)
         output = max(usage.output_tokens, reasoning)
@@ -143,7 +156,8 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         numerator = 1000 * (
             scaled[0] * (prompt - cached - creation)
             + scaled[1] * cached
-            + scaled[2] * creation
+            + scaled[2] * (creation - creation_1h)
+            + scaled[5] * creation_1h
             + scaled[3] * (output - reasoning)
             + scaled[4] * reasoning
         )
@@ -194,7 +208,8 @@ def estimate_nanos(price: ModelPrice, prompt_tokens_estimate: int, max_output_to
     # The prices as integers over one power of ten (cached), so the max of the numerators is
     # the numerator of the max: one exact dot product, rounded up.
     s, exponent = _scaled(price.rates(prompt))
-    numerator = 1000 * (max(s[0], s[1], s[2]) * prompt + max(s[3], s[4]) * output)
+    dearest = max(s[0], s[1], s[2], s[5] if price.cache_creation_1h is not None else 0)
+    numerator = 1000 * (dearest * prompt + max(s[3], s[4]) * output)
     return -(-numerator // _pow10(exponent))
 
 

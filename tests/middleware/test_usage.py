@@ -530,3 +530,44 @@ def test_responses_compact_is_metered_and_anthropic_models_list_is_not(stack):
     )
     assert compact.cost_nanos == nanos(3, WORDS)
     assert (models.provider, models.endpoint, models.cost_nanos) == ("anthropic", "models.list", 0)
+@pytest.mark.parametrize("streamed", [False, True])
+def test_anthropic_one_hour_cache_writes_are_priced_at_their_own_rate(stack, streamed):
+    # claude-sonnet-4-5 from the shipped table: $3/M input, 5-minute write $3.75/M (1.25x),
+    # 1-hour write $6/M (2x), $15/M output.
+    client = stack.anthropic(**{"x-fake-cache-write-5m": "100", "x-fake-cache-write-1h": "1000"})
+    request = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "hi you"}],
+    }
+    if streamed:
+        with client.messages.stream(**request) as stream:
+            assert "".join(stream.text_stream) == REPLY
+            usage = stream.get_final_message().usage
+    else:
+        usage = client.messages.create(**request).usage
+    assert usage.cache_creation.ephemeral_1h_input_tokens == 1000
+    e = one(stack)
+    assert (e.input_tokens, e.cache_creation_tokens, e.cache_creation_1h_tokens) == (
+        1102,
+        1100,
+        1000,
+    )
+    assert e.cost_nanos == 2 * 3_000 + 100 * 3_750 + 1000 * 6_000 + WORDS * 15_000
+
+
+def test_a_price_with_one_cache_write_price_charges_one_hour_writes_at_twice_input(fake_server):
+    _, upstream = fake_server
+    events = Collector()
+    prices = PriceTable.default().with_overrides(
+        models={"claude-one-write": ModelPrice(input=1.0, cache_creation=1.25, output=2.0)}
+    )
+    with serve(_stack(upstream.url, events, prices=prices)) as server:
+        client = Stack(server.url, events, fake_server[0]).anthropic(
+            **{"x-fake-cache-write-5m": "100", "x-fake-cache-write-1h": "1000"}
+        )
+        client.messages.create(
+            model="claude-one-write", max_tokens=100, messages=[{"role": "user", "content": "hi"}]
+        )
+        (e,) = events.wait(1)
+    assert e.cost_nanos == 1 * 1_000 + 100 * 1_250 + 1000 * 2_000 + WORDS * 2_000

@@ -82,9 +82,9 @@ def test_highest_applicable_tier_wins_and_unset_fields_inherit():
         output=2,
         tiers=(PriceTier(above=100, input=2), PriceTier(above=1000, input=4, output=8)),
     )
-    assert price.rates(100) == (1, 0.5, 1, 2, 2)
-    assert price.rates(101) == (2, 0.5, 2, 2, 2)
-    assert price.rates(1001) == (4, 0.5, 4, 8, 8)
+    assert price.rates(100) == (1, 0.5, 1, 2, 2, 2)
+    assert price.rates(101) == (2, 0.5, 2, 2, 2, 4)
+    assert price.rates(1001) == (4, 0.5, 4, 8, 8, 8)
 
 
 def test_per_call_tool_fees():
@@ -229,7 +229,7 @@ def test_lookup_cache_is_bounded():
 def test_shipped_table_is_sane():
     assert len(DEFAULT) >= 40
     for name, price in DEFAULT.models.items():
-        inp, cached, _, out, _ = price.rates(0)
+        inp, cached, _, out, _, _ = price.rates(0)
         assert inp > 0, name
         assert cached <= inp, name
         if name.startswith("text-embedding"):
@@ -238,6 +238,7 @@ def test_shipped_table_is_sane():
             assert out >= inp, name
         if name.startswith("claude") and name != "claude-3-haiku":  # 3 Haiku: 1.2x, 0.12x
             assert price.cache_creation == pytest.approx(1.25 * inp), name
+            assert price.cache_creation_1h == pytest.approx(2 * inp), name
             assert price.cached_input == pytest.approx(0.1 * inp), name
         for tier in price.tiers:  # a tier never makes a longer prompt cheaper
             higher = price.rates(tier.above + 1)
@@ -298,7 +299,7 @@ def test_from_toml_in_the_config_shape():
         """
     )
     assert table.price_for("my-model").per_call == {"web_search": 0.02}
-    assert table.price_for("my-model-long").rates(128_001) == (2, 2, 2, 4, 4)
+    assert table.price_for("my-model-long").rates(128_001) == (2, 2, 2, 4, 4, 4)
 
 
 # --- estimates ----------------------------------------------------------------------------------
@@ -306,10 +307,10 @@ def test_from_toml_in_the_config_shape():
 
 def test_estimate_is_the_worst_case():
     price = DEFAULT.price_for("claude-sonnet-4-5")
-    # prompt at the cache-write price (3.75 > 3), output at 15, rounded up
-    assert estimate_nanos(price, 1_000, 1_000) == 1_000 * 3_750 + 1_000 * 15_000
+    # prompt at the 1-hour cache-write price (6 > 3.75 > 3), output at 15, rounded up
+    assert estimate_nanos(price, 1_000, 1_000) == 1_000 * 6_000 + 1_000 * 15_000
     # the long-context tier follows the prompt estimate
-    assert estimate_nanos(price, 300_000, 0) == 300_000 * 7_500
+    assert estimate_nanos(price, 300_000, 0) == 300_000 * 12_000
     reasoning = ModelPrice(input=1, output=2, reasoning=3)
     assert estimate_nanos(reasoning, 0, 10) == 10 * 3_000
     assert estimate_nanos(ModelPrice(input=0.0001, output=0), 1, 0) == 1  # 0.1 nano, rounded up

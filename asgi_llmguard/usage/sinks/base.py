@@ -48,6 +48,7 @@ COLUMNS = (
     "metadata",
     "client_request_id",
     "reason",
+    "cache_creation_1h_tokens",
     "recorded_at",
 )
 
@@ -107,6 +108,7 @@ def event_row(event: UsageEvent, recorded_at: float) -> tuple[Any, ...]:
         _encode_metadata(e.metadata).decode(),
         e.client_request_id,
         e.reason,
+        e.cache_creation_1h_tokens,
         recorded_at,
     )
 

@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS {s}.usage_events (
     estimated boolean NOT NULL,
     metadata jsonb NOT NULL DEFAULT '{{}}',
     reason text,
+    cache_creation_1h_tokens bigint NOT NULL DEFAULT 0,
     recorded_at timestamptz NOT NULL DEFAULT now(),
     client_request_id text,
     PRIMARY KEY (request_id, attempt)
@@ -84,6 +85,7 @@ _ARRAY_TYPES = (
     "text",
     "text",
     "text",
+    "int8",
 )
 _CONVERT = {"started_at": "to_timestamp(started_at)", "metadata": "metadata::jsonb"}
 

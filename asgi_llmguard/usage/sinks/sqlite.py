@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS usage_events (
     estimated INTEGER NOT NULL,
     metadata TEXT NOT NULL DEFAULT '{}',
     reason TEXT,
+    cache_creation_1h_tokens INTEGER NOT NULL DEFAULT 0,
     recorded_at REAL NOT NULL,
     client_request_id TEXT,
     PRIMARY KEY (request_id, attempt)
