@@ -3,8 +3,8 @@
 A message's ``usage`` has ``input_tokens`` (the uncached prompt), ``cache_read_input_tokens``,
 ``cache_creation_input_tokens`` (split by cache lifetime in ``cache_creation``:
 ``ephemeral_5m_input_tokens`` and ``ephemeral_1h_input_tokens``) and ``output_tokens``.
-Streamed, ``message_start`` carries the input side and ``message_delta`` the cumulative output (and, with server tools, updated input
-counts); ``message_stop`` ends the stream.
+Streamed, ``message_start`` carries the input side and ``message_delta`` the cumulative output
+(and, with server tools, updated input counts); ``message_stop`` ends the stream.
 
 ``message_start``'s ``output_tokens`` is a placeholder (typically 1), not a count: until a
 ``message_delta`` brings the real one, the output is estimated from the deltas streamed so far
