@@ -530,6 +530,8 @@ def test_responses_compact_is_metered_and_anthropic_models_list_is_not(stack):
     )
     assert compact.cost_nanos == nanos(3, WORDS)
     assert (models.provider, models.endpoint, models.cost_nanos) == ("anthropic", "models.list", 0)
+
+
 @pytest.mark.parametrize("streamed", [False, True])
 def test_anthropic_one_hour_cache_writes_are_priced_at_their_own_rate(stack, streamed):
     # claude-sonnet-4-5 from the shipped table: $3/M input, 5-minute write $3.75/M (1.25x),
