@@ -34,7 +34,7 @@ from asgi_llmguard.context import (
     get_context,
     read_body,
 )
-from asgi_llmguard.errors import ConfigurationError, send_error, sse_error_event
+from asgi_llmguard.errors import ConfigurationError, send_error, sse_error_event, worth_waiting
 from asgi_llmguard.policy import Budget
 from asgi_llmguard.providers.metering import StreamMeter, stream_meter, usage_from_json
 from asgi_llmguard.providers.sse import EventSplitter
@@ -54,8 +54,6 @@ _JSON_WHOLE = 4 << 20
 _JSON_TAIL = 64 << 10
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
 _STRIPPED_OPERATIONS = frozenset({"chat.completions", "completions"})
-# A budget refusal whose reset is further away than this tells clients not to retry.
-_SHORT_WAIT = 60
 
 
 class EventSink(Protocol):
@@ -179,7 +177,7 @@ class UsageMiddleware:
                         code="insufficient_quota",
                         headers=headers,
                         # a total budget never resets; clients should not sleep for hours
-                        should_retry=wait is not None and wait <= _SHORT_WAIT,
+                        should_retry=worth_waiting(wait),
                     )
                 else:
                     await send_error(
