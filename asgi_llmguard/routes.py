@@ -30,6 +30,10 @@ class Endpoint:
     read_only: bool = False
     #: The request body is JSON that the gateway may decode (model, stream, max tokens, ...).
     json_body: bool = False
+    #: Starts work the provider charges for but the gateway does not meter (a fine-tuning job, an
+    #: eval run, a Realtime session): it names a model the gateway does not read, so a
+    #: key restricted to some models may not call it.
+    spends: bool = False
     #: Errors on this endpoint take Anthropic's shape (read on every request: a plain field).
     anthropic_errors: bool = field(init=False, repr=False, compare=False)
 
@@ -66,11 +70,15 @@ _LLM = {"billable": True, "streamable": True, "json_body": True}
 _BILL = {"billable": True, "json_body": True}
 _UPLOAD = {"billable": True}
 _READ = {"read_only": True}
+_SPEND = {"spends": True}
 
 # path -> {method: endpoint}. OpenAI-style paths live under /v1 as the SDKs send them when their
 # base URL is "<gateway>/v1"; Anthropic's SDK uses "<gateway>" as base URL and adds /v1/messages.
 _EXACT: dict[str, dict[str, Endpoint]] = {
-    "/v1/chat/completions": {"POST": _e("openai", "chat.completions", **_LLM)},
+    "/v1/chat/completions": {
+        "POST": _e("openai", "chat.completions", **_LLM),
+        "GET": _e("openai", "chat.completions.list", **_READ),
+    },
     "/v1/responses": {"POST": _e("openai", "responses", **_LLM)},
     "/v1/responses/compact": {"POST": _e("openai", "responses.compact", **_BILL)},
     "/v1/responses/input_tokens": {
@@ -86,6 +94,11 @@ _EXACT: dict[str, dict[str, Endpoint]] = {
     "/v1/audio/speech": {"POST": _e("openai", "audio.speech", **_BILL)},
     "/v1/audio/transcriptions": {"POST": _e("openai", "audio.transcriptions", **_UPLOAD)},
     "/v1/audio/translations": {"POST": _e("openai", "audio.translations", **_UPLOAD)},
+    "/v1/audio/voices": {"POST": _e("openai", "audio.voices.create")},
+    "/v1/audio/voice_consents": {
+        "GET": _e("openai", "audio.voice_consents.list", **_READ),
+        "POST": _e("openai", "audio.voice_consents.create"),
+    },
     "/v1/models": {"GET": _e("openai", "models.list", **_READ)},
     "/v1/files": {
         "GET": _e("openai", "files.list", **_READ),
@@ -94,6 +107,41 @@ _EXACT: dict[str, dict[str, Endpoint]] = {
     "/v1/batches": {
         "GET": _e("openai", "batches.list", **_READ),
         "POST": _e("openai", "batches.create", json_body=True),
+    },
+    "/v1/uploads": {"POST": _e("openai", "uploads.create")},
+    "/v1/vector_stores": {
+        "GET": _e("openai", "vector_stores.list", **_READ),
+        "POST": _e("openai", "vector_stores.create"),
+    },
+    "/v1/fine_tuning/jobs": {
+        "GET": _e("openai", "fine_tuning.jobs.list", **_READ),
+        "POST": _e("openai", "fine_tuning.jobs.create", **_SPEND),
+    },
+    "/v1/fine_tuning/alpha/graders/run": {
+        "POST": _e("openai", "fine_tuning.alpha.graders.run", **_SPEND)
+    },
+    "/v1/fine_tuning/alpha/graders/validate": {
+        "POST": _e("openai", "fine_tuning.alpha.graders.validate")
+    },
+    "/v1/evals": {
+        "GET": _e("openai", "evals.list", **_READ),
+        "POST": _e("openai", "evals.create"),
+    },
+    "/v1/containers": {
+        "GET": _e("openai", "containers.list", **_READ),
+        "POST": _e("openai", "containers.create"),
+    },
+    "/v1/realtime/client_secrets": {
+        "POST": _e("openai", "realtime.client_secrets.create", **_SPEND)
+    },
+    "/v1/realtime/sessions": {"POST": _e("openai", "realtime.sessions.create", **_SPEND)},
+    "/v1/realtime/transcription_sessions": {
+        "POST": _e("openai", "realtime.transcription_sessions.create", **_SPEND)
+    },
+    "/v1/realtime/calls": {"POST": _e("openai", "realtime.calls.create", **_SPEND)},
+    "/v1/skills": {
+        "GET": _e("openai", "skills.list", **_READ),
+        "POST": _e("openai", "skills.create"),
     },
     "/v1/messages": {"POST": _e("anthropic", "messages", **_LLM)},
     "/v1/messages/count_tokens": {
@@ -109,7 +157,10 @@ _ID = r"[A-Za-z0-9_.:\-]{1,256}"
 _PATTERNS: list[tuple[re.Pattern[str], dict[str, Endpoint]]] = [
     (
         re.compile(rf"/v1/models/(?P<id>{_ID}(?:/{_ID})?)"),
-        {"GET": _e("openai", "models.retrieve", **_READ)},
+        {
+            "GET": _e("openai", "models.retrieve", **_READ),
+            "DELETE": _e("openai", "models.delete"),
+        },
     ),
     (
         re.compile(rf"/v1/responses/(?P<id>{_ID})"),
@@ -179,6 +230,231 @@ _PATTERNS: list[tuple[re.Pattern[str], dict[str, Endpoint]]] = [
         re.compile(rf"/v1/batches/(?P<id>{_ID})/cancel"),
         {"POST": _e("openai", "batches.cancel")},
     ),
+    (
+        re.compile(rf"/v1/chat/completions/(?P<id>{_ID})"),
+        {
+            "GET": _e("openai", "chat.completions.retrieve", **_READ),
+            "POST": _e("openai", "chat.completions.update"),
+            "DELETE": _e("openai", "chat.completions.delete"),
+        },
+    ),
+    (
+        re.compile(rf"/v1/chat/completions/(?P<id>{_ID})/messages"),
+        {"GET": _e("openai", "chat.completions.messages.list", **_READ)},
+    ),
+    (
+        re.compile(rf"/v1/audio/voices/(?P<id>{_ID})"),
+        {"DELETE": _e("openai", "audio.voices.delete")},
+    ),
+    (
+        re.compile(rf"/v1/audio/voice_consents/(?P<id>{_ID})"),
+        {
+            "GET": _e("openai", "audio.voice_consents.retrieve", **_READ),
+            "POST": _e("openai", "audio.voice_consents.update"),
+            "DELETE": _e("openai", "audio.voice_consents.delete"),
+        },
+    ),
+    (
+        re.compile(rf"/v1/uploads/(?P<id>{_ID})/parts"),
+        {"POST": _e("openai", "uploads.parts.create")},
+    ),
+    (
+        re.compile(rf"/v1/uploads/(?P<id>{_ID})/complete"),
+        {"POST": _e("openai", "uploads.complete")},
+    ),
+    (
+        re.compile(rf"/v1/uploads/(?P<id>{_ID})/cancel"),
+        {"POST": _e("openai", "uploads.cancel")},
+    ),
+    (
+        re.compile(rf"/v1/vector_stores/(?P<id>{_ID})"),
+        {
+            "GET": _e("openai", "vector_stores.retrieve", **_READ),
+            "POST": _e("openai", "vector_stores.update"),
+            "DELETE": _e("openai", "vector_stores.delete"),
+        },
+    ),
+    (
+        re.compile(rf"/v1/vector_stores/(?P<id>{_ID})/search"),
+        {"POST": _e("openai", "vector_stores.search")},
+    ),
+    (
+        re.compile(rf"/v1/vector_stores/(?P<id>{_ID})/files"),
+        {
+            "GET": _e("openai", "vector_stores.files.list", **_READ),
+            "POST": _e("openai", "vector_stores.files.create"),
+        },
+    ),
+    (
+        re.compile(rf"/v1/vector_stores/(?P<id>{_ID})/files/(?P<file>{_ID})"),
+        {
+            "GET": _e("openai", "vector_stores.files.retrieve", **_READ),
+            "POST": _e("openai", "vector_stores.files.update"),
+            "DELETE": _e("openai", "vector_stores.files.delete"),
+        },
+    ),
+    (
+        re.compile(rf"/v1/vector_stores/(?P<id>{_ID})/files/(?P<file>{_ID})/content"),
+        {"GET": _e("openai", "vector_stores.files.content", **_READ)},
+    ),
+    (
+        re.compile(rf"/v1/vector_stores/(?P<id>{_ID})/file_batches"),
+        {"POST": _e("openai", "vector_stores.file_batches.create")},
+    ),
+    (
+        re.compile(rf"/v1/vector_stores/(?P<id>{_ID})/file_batches/(?P<batch>{_ID})"),
+        {"GET": _e("openai", "vector_stores.file_batches.retrieve", **_READ)},
+    ),
+    (
+        re.compile(rf"/v1/vector_stores/(?P<id>{_ID})/file_batches/(?P<batch>{_ID})/cancel"),
+        {"POST": _e("openai", "vector_stores.file_batches.cancel")},
+    ),
+    (
+        re.compile(rf"/v1/vector_stores/(?P<id>{_ID})/file_batches/(?P<batch>{_ID})/files"),
+        {"GET": _e("openai", "vector_stores.file_batches.list_files", **_READ)},
+    ),
+    (
+        re.compile(rf"/v1/fine_tuning/jobs/(?P<id>{_ID})"),
+        {"GET": _e("openai", "fine_tuning.jobs.retrieve", **_READ)},
+    ),
+    (
+        re.compile(rf"/v1/fine_tuning/jobs/(?P<id>{_ID})/cancel"),
+        {"POST": _e("openai", "fine_tuning.jobs.cancel")},
+    ),
+    (
+        re.compile(rf"/v1/fine_tuning/jobs/(?P<id>{_ID})/pause"),
+        {"POST": _e("openai", "fine_tuning.jobs.pause")},
+    ),
+    (
+        re.compile(rf"/v1/fine_tuning/jobs/(?P<id>{_ID})/resume"),
+        {"POST": _e("openai", "fine_tuning.jobs.resume", **_SPEND)},
+    ),
+    (
+        re.compile(rf"/v1/fine_tuning/jobs/(?P<id>{_ID})/events"),
+        {"GET": _e("openai", "fine_tuning.jobs.list_events", **_READ)},
+    ),
+    (
+        re.compile(rf"/v1/fine_tuning/jobs/(?P<id>{_ID})/checkpoints"),
+        {"GET": _e("openai", "fine_tuning.jobs.checkpoints.list", **_READ)},
+    ),
+    (
+        re.compile(rf"/v1/fine_tuning/checkpoints/(?P<id>{_ID})/permissions"),
+        {
+            "GET": _e("openai", "fine_tuning.checkpoints.permissions.list", **_READ),
+            "POST": _e("openai", "fine_tuning.checkpoints.permissions.create"),
+        },
+    ),
+    (
+        re.compile(rf"/v1/fine_tuning/checkpoints/(?P<id>{_ID})/permissions/(?P<perm>{_ID})"),
+        {"DELETE": _e("openai", "fine_tuning.checkpoints.permissions.delete")},
+    ),
+    (
+        re.compile(rf"/v1/evals/(?P<id>{_ID})"),
+        {
+            "GET": _e("openai", "evals.retrieve", **_READ),
+            "POST": _e("openai", "evals.update"),
+            "DELETE": _e("openai", "evals.delete"),
+        },
+    ),
+    (
+        re.compile(rf"/v1/evals/(?P<id>{_ID})/runs"),
+        {
+            "GET": _e("openai", "evals.runs.list", **_READ),
+            "POST": _e("openai", "evals.runs.create", **_SPEND),
+        },
+    ),
+    (
+        # POST on the run itself cancels it, as does POST .../cancel (both are documented)
+        re.compile(rf"/v1/evals/(?P<id>{_ID})/runs/(?P<run>{_ID})"),
+        {
+            "GET": _e("openai", "evals.runs.retrieve", **_READ),
+            "POST": _e("openai", "evals.runs.cancel"),
+            "DELETE": _e("openai", "evals.runs.delete"),
+        },
+    ),
+    (
+        re.compile(rf"/v1/evals/(?P<id>{_ID})/runs/(?P<run>{_ID})/cancel"),
+        {"POST": _e("openai", "evals.runs.cancel")},
+    ),
+    (
+        re.compile(rf"/v1/evals/(?P<id>{_ID})/runs/(?P<run>{_ID})/output_items"),
+        {"GET": _e("openai", "evals.runs.output_items.list", **_READ)},
+    ),
+    (
+        re.compile(rf"/v1/evals/(?P<id>{_ID})/runs/(?P<run>{_ID})/output_items/(?P<item>{_ID})"),
+        {"GET": _e("openai", "evals.runs.output_items.retrieve", **_READ)},
+    ),
+    (
+        re.compile(rf"/v1/containers/(?P<id>{_ID})"),
+        {
+            "GET": _e("openai", "containers.retrieve", **_READ),
+            "DELETE": _e("openai", "containers.delete"),
+        },
+    ),
+    (
+        re.compile(rf"/v1/containers/(?P<id>{_ID})/files"),
+        {
+            "GET": _e("openai", "containers.files.list", **_READ),
+            "POST": _e("openai", "containers.files.create"),
+        },
+    ),
+    (
+        re.compile(rf"/v1/containers/(?P<id>{_ID})/files/(?P<file>{_ID})"),
+        {
+            "GET": _e("openai", "containers.files.retrieve", **_READ),
+            "DELETE": _e("openai", "containers.files.delete"),
+        },
+    ),
+    (
+        re.compile(rf"/v1/containers/(?P<id>{_ID})/files/(?P<file>{_ID})/content"),
+        {"GET": _e("openai", "containers.files.content", **_READ)},
+    ),
+    (
+        re.compile(rf"/v1/realtime/calls/(?P<id>{_ID})/accept"),
+        {"POST": _e("openai", "realtime.calls.accept", **_SPEND)},
+    ),
+    (
+        re.compile(rf"/v1/realtime/calls/(?P<id>{_ID})/hangup"),
+        {"POST": _e("openai", "realtime.calls.hangup")},
+    ),
+    (
+        re.compile(rf"/v1/realtime/calls/(?P<id>{_ID})/refer"),
+        {"POST": _e("openai", "realtime.calls.refer")},
+    ),
+    (
+        re.compile(rf"/v1/realtime/calls/(?P<id>{_ID})/reject"),
+        {"POST": _e("openai", "realtime.calls.reject")},
+    ),
+    (
+        re.compile(rf"/v1/skills/(?P<id>{_ID})"),
+        {
+            "GET": _e("openai", "skills.retrieve", **_READ),
+            "POST": _e("openai", "skills.update"),
+            "DELETE": _e("openai", "skills.delete"),
+        },
+    ),
+    (
+        re.compile(rf"/v1/skills/(?P<id>{_ID})/content"),
+        {"GET": _e("openai", "skills.content", **_READ)},
+    ),
+    (
+        re.compile(rf"/v1/skills/(?P<id>{_ID})/versions"),
+        {
+            "GET": _e("openai", "skills.versions.list", **_READ),
+            "POST": _e("openai", "skills.versions.create"),
+        },
+    ),
+    (
+        re.compile(rf"/v1/skills/(?P<id>{_ID})/versions/(?P<version>{_ID})"),
+        {
+            "GET": _e("openai", "skills.versions.retrieve", **_READ),
+            "DELETE": _e("openai", "skills.versions.delete"),
+        },
+    ),
+    (
+        re.compile(rf"/v1/skills/(?P<id>{_ID})/versions/(?P<version>{_ID})/content"),
+        {"GET": _e("openai", "skills.versions.content", **_READ)},
+    ),
 ]
 
 # Paths both providers serve (model lists, files): the request's headers decide the dialect
@@ -188,6 +464,10 @@ _ANTHROPIC_EXACT: dict[str, dict[str, Endpoint]] = {
     "/v1/files": {
         "GET": _e("anthropic", "files.list", **_READ),
         "POST": _e("anthropic", "files.create"),
+    },
+    "/v1/skills": {
+        "GET": _e("anthropic", "skills.list", **_READ),
+        "POST": _e("anthropic", "skills.create"),
     },
 }
 _ANTHROPIC_PATTERNS: list[tuple[re.Pattern[str], dict[str, Endpoint]]] = [
@@ -206,9 +486,34 @@ _ANTHROPIC_PATTERNS: list[tuple[re.Pattern[str], dict[str, Endpoint]]] = [
         re.compile(rf"/v1/files/(?P<id>{_ID})/content"),
         {"GET": _e("anthropic", "files.content", **_READ)},
     ),
+    (
+        re.compile(rf"/v1/skills/(?P<id>{_ID})"),
+        {
+            "GET": _e("anthropic", "skills.retrieve", **_READ),
+            "DELETE": _e("anthropic", "skills.delete"),
+        },
+    ),
+    (
+        re.compile(rf"/v1/skills/(?P<id>{_ID})/versions"),
+        {
+            "GET": _e("anthropic", "skills.versions.list", **_READ),
+            "POST": _e("anthropic", "skills.versions.create"),
+        },
+    ),
+    (
+        re.compile(rf"/v1/skills/(?P<id>{_ID})/versions/(?P<version>{_ID})"),
+        {
+            "GET": _e("anthropic", "skills.versions.retrieve", **_READ),
+            "DELETE": _e("anthropic", "skills.versions.delete"),
+        },
+    ),
+    (
+        re.compile(rf"/v1/skills/(?P<id>{_ID})/versions/(?P<version>{_ID})/content"),
+        {"GET": _e("anthropic", "skills.versions.download", **_READ)},
+    ),
 ]
 #: Path prefixes whose dialect depends on the request's headers (see `is_shared_path`).
-SHARED_PREFIXES = ("/v1/models", "/v1/files")
+SHARED_PREFIXES = ("/v1/models", "/v1/files", "/v1/skills")
 
 
 def is_shared_path(path: str) -> bool:
@@ -216,9 +521,23 @@ def is_shared_path(path: str) -> bool:
     return path.startswith(SHARED_PREFIXES)
 
 
+_Patterns = dict[str, list[tuple[re.Pattern[str], dict[str, Endpoint]]]]
+
+
+def _by_resource(patterns: list[tuple[re.Pattern[str], dict[str, Endpoint]]]) -> _Patterns:
+    """The patterns grouped by their first segment after ``/v1/`` (``vector_stores``, ...), so a
+    path with an id in it is tried only against the few patterns of its own resource."""
+    grouped: _Patterns = {}
+    for pattern, methods in patterns:
+        resource = pattern.pattern.split("/", 3)[2]
+        grouped.setdefault(resource, []).append((pattern, methods))
+    return grouped
+
+
 # The tables for a request with Anthropic's headers: Anthropic's endpoints on shared paths first.
 _EXACT_A = {**_EXACT, **_ANTHROPIC_EXACT}
-_PATTERNS_A = [*_ANTHROPIC_PATTERNS, *_PATTERNS]
+_BY_RESOURCE = _by_resource(_PATTERNS)
+_BY_RESOURCE_A = _by_resource([*_ANTHROPIC_PATTERNS, *_PATTERNS])
 
 # Azure OpenAI data-plane paths: /openai/deployments/{deployment}/{operation}?api-version=...
 _AZURE_OPERATIONS: dict[str, Endpoint] = {
@@ -246,7 +565,7 @@ def classify(method: str, path: str, anthropic: bool = False) -> Route:
 
     Raises `RouteNotFound` or `MethodNotAllowed`.
     """
-    exact, patterns = (_EXACT_A, _PATTERNS_A) if anthropic else (_EXACT, _PATTERNS)
+    exact, patterns = (_EXACT_A, _BY_RESOURCE_A) if anthropic else (_EXACT, _BY_RESOURCE)
     methods = exact.get(path)
     deployment: str | None = None
     if methods is None:
@@ -257,7 +576,9 @@ def classify(method: str, path: str, anthropic: bool = False) -> Route:
             methods = {"POST": azure}
             deployment = m["deployment"]
         else:
-            for pattern, candidate in patterns:
+            # "/v1/<resource>/...": only that resource's patterns can match
+            end = path.find("/", 4)
+            for pattern, candidate in patterns.get(path[4:end] if end > 4 else "", ()):
                 if pattern.fullmatch(path):
                     methods = candidate
                     break

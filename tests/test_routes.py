@@ -86,8 +86,11 @@ def test_path_tricks_are_unknown_routes(path):
 
 def test_wrong_method_lists_the_allowed_ones():
     with pytest.raises(MethodNotAllowed) as info:
-        classify("GET", "/v1/chat/completions")
+        classify("GET", "/v1/embeddings")
     assert info.value.allowed == ("POST",)
+    with pytest.raises(MethodNotAllowed) as info:
+        classify("PUT", "/v1/chat/completions")
+    assert set(info.value.allowed) == {"GET", "POST"}
     with pytest.raises(MethodNotAllowed) as info:
         classify("PUT", "/v1/files")
     assert set(info.value.allowed) == {"GET", "POST"}

@@ -292,8 +292,9 @@ class AuthMiddleware:
         if models is not None:
             if model is None:
                 # A request that costs money but names no model (an upload, a passthrough path,
-                # a body without "model") could reach any model: a model-restricted key may not.
-                if endpoint.billable or endpoint.operation == "passthrough":
+                # a body without "model", a fine-tuning job or a Realtime session whose model the
+                # gateway does not read) could reach any model: a model-restricted key may not.
+                if endpoint.billable or endpoint.spends or endpoint.operation == "passthrough":
                     return (
                         "This API key is restricted to certain models, and the model of this "
                         "request cannot be determined.",
