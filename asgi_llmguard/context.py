@@ -226,7 +226,7 @@ class RequestContext:
     @classmethod
     def from_scope(cls, scope: Scope) -> RequestContext:
         path = route_path(scope)
-        # Model lists and files exist in both dialects: Anthropic's headers pick Anthropic's
+        # Model lists, files and skills exist in both dialects: Anthropic's headers pick Anthropic's
         # (``anthropic-beta`` alone too: curl users of the Files API send it with a Bearer key).
         anthropic = is_shared_path(path) and any(
             name in _ANTHROPIC_HEADERS for name, _ in scope["headers"]

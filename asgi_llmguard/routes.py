@@ -1,8 +1,9 @@
 """The endpoint table and `classify(method, path)`.
 
 Pure functions over strings: no ASGI, no I/O. The table is compiled once at import into a dict of
-exact paths plus a short list of patterns for paths with ids in them, so classifying the common
-routes (chat completions, responses, messages) is one dict lookup.
+exact paths plus, for paths with ids in them, a short list of patterns per resource (the segment
+after ``/v1/``), so classifying the common routes (chat completions, responses, messages) is one
+dict lookup and a path with an id is tried only against its own resource's few patterns.
 """
 
 from __future__ import annotations
@@ -457,7 +458,7 @@ _PATTERNS: list[tuple[re.Pattern[str], dict[str, Endpoint]]] = [
     ),
 ]
 
-# Paths both providers serve (model lists, files): the request's headers decide the dialect
+# Paths both providers serve (model lists, files, skills): the request's headers decide the dialect
 # (``anthropic-version`` or ``x-api-key`` present: Anthropic). Only these paths look at headers.
 _ANTHROPIC_EXACT: dict[str, dict[str, Endpoint]] = {
     "/v1/models": {"GET": _e("anthropic", "models.list", **_READ)},
