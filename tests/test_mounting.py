@@ -130,10 +130,11 @@ async def test_passthrough_forwards_unknown_v1_paths_only():
         async with gateway:
             transport = httpx.ASGITransport(app=gateway)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                passed = await client.get("/v1/fine_tuning/jobs")
+                passed = await client.get("/v1/assistants")
                 outside = await client.get("/admin")
-    # The fake does not know fine-tuning: its own 404 proves the request reached it.
+    # Not in the route table (the deprecated Assistants API), and the fake does not know it
+    # either: its own 404 proves the request reached it.
     assert passed.status_code == 404
-    assert fake.requests[-1].path == "/v1/fine_tuning/jobs"
+    assert fake.requests[-1].path == "/v1/assistants"
     assert outside.status_code == 404
     assert len(fake.requests) == 1
