@@ -30,6 +30,9 @@ class Endpoint:
     read_only: bool = False
     #: The request body is JSON that the gateway may decode (model, stream, max tokens, ...).
     json_body: bool = False
+    #: The request body is ``multipart/form-data`` (uploads): the gateway reads its text fields
+    #: (``model``, ``n``, ``stream``) and leaves the files as they are.
+    multipart: bool = False
     #: Errors on this endpoint take Anthropic's shape (read on every request: a plain field).
     anthropic_errors: bool = field(init=False, repr=False, compare=False)
 
@@ -64,7 +67,7 @@ def _e(api: Api, operation: str, **flags: bool) -> Endpoint:
 
 _LLM = {"billable": True, "streamable": True, "json_body": True}
 _BILL = {"billable": True, "json_body": True}
-_UPLOAD = {"billable": True}
+_UPLOAD = {"billable": True, "multipart": True}
 _READ = {"read_only": True}
 
 # path -> {method: endpoint}. OpenAI-style paths live under /v1 as the SDKs send them when their

@@ -23,6 +23,8 @@ from asgi_llmguard.tokens import TokenUsage
 
 class _InputDetails(msgspec.Struct):
     cached_tokens: int | None = None
+    #: Transcription models: the audio part of the prompt.
+    audio_tokens: int | None = None
 
 
 class _OutputDetails(msgspec.Struct):
@@ -38,15 +40,25 @@ class _Usage(msgspec.Struct):
     completion_tokens_details: _OutputDetails | None = None
     input_tokens_details: _InputDetails | None = None
     output_tokens_details: _OutputDetails | None = None
+    #: Transcriptions: ``"tokens"`` (with ``input_token_details``) or ``"duration"``
+    #: (``seconds`` of audio: no tokens, the answer is billed by the minute).
+    type: str | None = None
+    input_token_details: _InputDetails | None = None
+    seconds: float | None = None
 
-    def tokens(self) -> TokenUsage:
-        details_in = self.prompt_tokens_details or self.input_tokens_details
+    def tokens(self) -> TokenUsage | None:
+        if self.type == "duration":
+            return None
+        details_in = (
+            self.prompt_tokens_details or self.input_tokens_details or self.input_token_details
+        )
         details_out = self.completion_tokens_details or self.output_tokens_details
         return TokenUsage(
             input_tokens=_first(self.prompt_tokens, self.input_tokens),
             output_tokens=_first(self.completion_tokens, self.output_tokens),
             cached_input_tokens=(details_in.cached_tokens or 0) if details_in else 0,
             reasoning_tokens=(details_out.reasoning_tokens or 0) if details_out else 0,
+            audio_input_tokens=(details_in.audio_tokens or 0) if details_in else 0,
         )
 
 
@@ -94,6 +106,39 @@ def usage_from_json(body: bytes) -> tuple[TokenUsage | None, str | None, dict[st
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None, None, {}
     return (decoded.usage.tokens() if decoded.usage else None), decoded.model, decoded.tool_calls()
+
+
+class _Item(msgspec.Struct):
+    """One ``data[]`` entry of an images answer; its content (``b64_json``, ``url``) unread."""
+
+
+class _UnitBody(msgspec.Struct):
+    #: Transcriptions and translations in ``verbose_json``: seconds of audio.
+    duration: float | None = None
+    usage: _Usage | None = None
+    #: Images answers: one entry per image made.
+    data: list[_Item] | None = None
+
+
+_unit_body = msgspec.json.Decoder(_UnitBody)
+
+
+def units_from_json(unit: str, body: bytes) -> float | None:
+    """The billed ``unit``s a non-streamed answer reports: ``"minute"``s of audio (from
+    ``duration``, or ``usage.seconds`` of a ``"duration"`` usage), or ``"image"``s (the
+    entries of ``data``); ``None`` if it reports none."""
+    try:
+        decoded = _unit_body.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    if unit == "minute":
+        seconds = decoded.duration
+        if seconds is None and decoded.usage is not None and decoded.usage.type == "duration":
+            seconds = decoded.usage.seconds
+        return seconds / 60 if seconds is not None and 0 <= seconds < 1e9 else None
+    if unit == "image" and decoded.data is not None:
+        return float(len(decoded.data))
+    return None
 
 
 _USAGE_OBJECT = (b'"usage":{', b'"usage": {')

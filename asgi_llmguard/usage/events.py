@@ -55,6 +55,10 @@ class UsageEvent(msgspec.Struct, kw_only=True, omit_defaults=False):
     reason: str | None = None
     #: The part of ``cache_creation_tokens`` written to Anthropic's 1-hour cache.
     cache_creation_1h_tokens: int = 0
+    #: What the answer was billed in besides tokens: how many ``unit``s (``"minute"`` of audio,
+    #: possibly fractional; ``"image"``). ``unit`` is ``None`` when there were none.
+    units: float = 0.0
+    unit: str | None = None
 
     @property
     def cost_usd(self) -> float:

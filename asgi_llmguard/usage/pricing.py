@@ -83,6 +83,13 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
       listed cost nothing.
     - ``tiers``: long-context prices (`PriceTier`); the tier with the highest ``above`` that the
       prompt exceeds applies.
+    - ``audio_input``: audio prompt tokens (transcription models; default: ``input``).
+    - ``per_minute``: USD per minute of audio the provider reports (``whisper-1``), charged
+      pro rata to the second.
+    - ``per_image``: USD per image the answer carries (``dall-e-2``).
+
+    A model billed per unit writes ``input = 0`` and ``output = 0`` with its unit price; the
+    unit prices and the token prices add up when an answer reports both.
     """
 
     input: _Price
@@ -93,10 +100,14 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     per_call: dict[str, _Price] = msgspec.field(default_factory=dict)
     tiers: tuple[PriceTier, ...] = ()
     cache_creation_1h: _Price | None = None
+    audio_input: _Price | None = None
+    per_minute: _Price | None = None
+    per_image: _Price | None = None
 
     def __post_init__(self) -> None:
         prices = [self.input, self.cached_input, self.cache_creation, self.output, self.reasoning]
         prices.append(self.cache_creation_1h)
+        prices.extend((self.audio_input, self.per_minute, self.per_image))
         prices.extend(self.per_call.values())
         for tier in self.tiers:
             prices.extend(
@@ -137,8 +148,24 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             2 * inp if creation_1h is None else creation_1h,
         )
 
-    def cost_nanos(self, usage: TokenUsage, tool_calls: Mapping[str, int] = _NO_CALLS) -> int:
-        """The exact cost of ``usage`` (plus ``tool_calls`` by tool type) in nano-dollars.
+    def unit_price(self, unit: str | None) -> float | None:
+        """The price of one ``unit`` (``"minute"``, ``"image"``), or ``None`` if it has none."""
+        if unit == "minute":
+            return self.per_minute
+        if unit == "image":
+            return self.per_image
+        return None
+
+    def cost_nanos(
+        self,
+        usage: TokenUsage,
+        tool_calls: Mapping[str, int] = _NO_CALLS,
+        *,
+        units: float = 0.0,
+        unit: str | None = None,
+    ) -> int:
+        """The exact cost of ``usage`` (plus ``tool_calls`` by tool type, plus ``units`` of
+        ``unit`` at `unit_price`) in nano-dollars.
 
         Inconsistent counts are clamped so that nothing is charged below what the provider
         reported: negative counts count as 0; when ``cached + cache_creation > input`` the prompt
@@ -152,23 +179,32 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         prompt = max(usage.input_tokens, cached + creation)
         reasoning = max(0, usage.reasoning_tokens)
         output = max(usage.output_tokens, reasoning)
+        audio = min(max(0, usage.audio_input_tokens), prompt - cached - creation)
         scaled, exponent = _scaled(self.rates(prompt))
         numerator = 1000 * (
-            scaled[0] * (prompt - cached - creation)
+            scaled[0] * (prompt - cached - creation - audio)
             + scaled[1] * cached
             + scaled[2] * (creation - creation_1h)
             + scaled[5] * creation_1h
             + scaled[3] * (output - reasoning)
             + scaled[4] * reasoning
         )
-        if not tool_calls:  # the common case: round the one fraction, no running sum
-            return _round_half_up(numerator, exponent)
+        unit_price = self.unit_price(unit) if units > 0 else None
+        if not tool_calls and not audio and unit_price is None:
+            return _round_half_up(numerator, exponent)  # the common case: no running sum
         total = _Sum()
         total.numerator, total.exponent = numerator, exponent
         for tool, calls in tool_calls.items():
             fee = self.per_call.get(tool)
             if fee is not None and calls > 0:
                 total.add(fee, calls * 1_000_000_000)
+        if audio:
+            audio_price = self.input if self.audio_input is None else self.audio_input
+            total.add(audio_price, audio * 1000)
+        if unit_price is not None:
+            # ``units`` as the shortest decimal that reads back as it (minutes may be fractional).
+            count, scale = _exact(units)
+            total.add_scaled(unit_price, count * 1_000_000_000, scale)
         return total.round_half_up()
 
 
@@ -256,6 +292,17 @@ class _Sum:
         if count <= 0 or price == 0:
             return
         numerator, exponent = _exact(price)
+        if exponent > self.exponent:
+            self.numerator *= _pow10(exponent - self.exponent)
+            self.exponent = exponent
+        self.numerator += numerator * count * _pow10(self.exponent - exponent)
+
+    def add_scaled(self, price: float, count: int, scale: int) -> None:
+        """Add ``price * count / 10**scale`` exactly."""
+        if count <= 0 or price == 0:
+            return
+        numerator, exponent = _exact(price)
+        exponent += scale
         if exponent > self.exponent:
             self.numerator *= _pow10(exponent - self.exponent)
             self.exponent = exponent

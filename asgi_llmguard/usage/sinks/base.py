@@ -49,6 +49,8 @@ COLUMNS = (
     "client_request_id",
     "reason",
     "cache_creation_1h_tokens",
+    "units",
+    "unit",
     "recorded_at",
 )
 
@@ -109,6 +111,8 @@ def event_row(event: UsageEvent, recorded_at: float) -> tuple[Any, ...]:
         e.client_request_id,
         e.reason,
         e.cache_creation_1h_tokens,
+        e.units,
+        e.unit,
         recorded_at,
     )
 
