@@ -76,7 +76,7 @@ from typing import Any
 
 import orjson
 
-from asgi_llmguard.testing import _anthropic, _openai
+from asgi_llmguard.testing import _anthropic, _openai, _uploads
 from asgi_llmguard.testing._common import (
     ApiError,
     Generation,
@@ -127,6 +127,7 @@ class _IgnoreIntentionalResets(logging.Filter):
 _RESET_FILTER = _IgnoreIntentionalResets()
 
 _JSON_TYPE = (b"content-type", b"application/json")
+_FORM_ENDPOINTS = frozenset({"transcriptions", "translations", "images.edits", "images.variations"})
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
@@ -361,6 +362,17 @@ class FakeProvider:
             return
         if isinstance(result, StreamPlan):
             await self._stream(exchange, route.api, result, knobs)
+        elif isinstance(result, _uploads.PlainText):
+            data = result.body.encode()
+            await exchange.start(
+                200,
+                [
+                    (b"content-type", result.content_type.encode()),
+                    (b"content-length", str(len(data)).encode()),
+                    self._id_header(route.api),
+                ],
+            )
+            await exchange.body(data, more=False)
         else:
             await self._send_json(exchange, route.api, 200, result, [])
 
@@ -432,7 +444,16 @@ class FakeProvider:
     @staticmethod
     def _dispatch(
         route: Route, request: ReceivedRequest, knobs: Knobs
-    ) -> dict[str, Any] | StreamPlan:
+    ) -> dict[str, Any] | StreamPlan | _uploads.PlainText:
+        if route.endpoint in _FORM_ENDPOINTS:
+            form = _uploads.parse_form(request.header("content-type"), request.body)
+            upload = Generation(reply=knobs.reply, chunks=None)
+            if route.endpoint == "transcriptions":
+                return _uploads.audio(form, upload, "transcribe")
+            if route.endpoint == "translations":
+                return _uploads.audio(form, upload, "translate")
+            uploaded = sum(sum(sizes) for sizes in form.files.values())
+            return _uploads.images(form.fields, upload, uploaded, needs_image=True)
         if route.endpoint == "models":
             return _anthropic.models() if route.api == "anthropic" else _openai.models()
         if route.endpoint == "batch":
@@ -472,6 +493,8 @@ class FakeProvider:
                 return _openai.embeddings(body, generation)
             case "compact":
                 return _openai.compact(body, generation)
+            case "images.generations":
+                return _uploads.images(body, generation)
             case "messages":
                 return _anthropic.messages(body, generation)
             case "batches.create":
