@@ -1,0 +1,209 @@
+"""Uploads through real sockets: the openai SDK -> gateway (uvicorn) -> fake upstream.
+
+Transcriptions, translations, image edits and variations are ``multipart/form-data``: the model
+comes from the form, and each answer is charged in the unit the provider bills (minutes of audio,
+images, audio and text tokens). The fake's rules (one second of audio per 1,000 bytes of file,
+one audio token per 100 bytes) make the expected numbers follow from what is uploaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sqlite3
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from asgi_llmguard.middleware.size_limit import SizeLimitMiddleware
+from asgi_llmguard.testing import FakeProvider, RunningServer, serve
+from asgi_llmguard.tokens import TokenUsage
+from asgi_llmguard.usage.events import UsageEvent
+from asgi_llmguard.usage.pricing import ModelPrice, PriceTable
+from asgi_llmguard.usage.sinks.sqlite import SQLiteSink
+from tests.middleware.test_usage import KEY, Collector, _stack
+
+SHIPPED = PriceTable.default()
+
+
+@pytest.fixture(scope="module")
+def fake_server() -> Iterator[tuple[FakeProvider, RunningServer]]:
+    fake = FakeProvider(api_key=KEY)
+    with serve(fake) as server:
+        yield fake, server
+
+
+class Gateway:
+    def __init__(self, url: str, events: Collector, fake: FakeProvider) -> None:
+        self.url = url
+        self.events = events
+        self.fake = fake
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="c", max_retries=0)
+
+    def one(self) -> UsageEvent:
+        (event,) = self.events.wait(1)
+        time.sleep(0.05)
+        assert len(self.events.events) == 1, self.events.events
+        return event
+
+
+def _gateway(fake_server, **usage_kwargs) -> Iterator[Gateway]:
+    fake, upstream = fake_server
+    fake.reset()
+    events = Collector()
+    usage_kwargs.setdefault("prices", SHIPPED)
+    app = _stack(upstream.url, events, **usage_kwargs)
+    with serve(SizeLimitMiddleware(app, max_body_bytes=300_000)) as server:
+        yield Gateway(server.url, events, fake)
+
+
+@pytest.fixture
+def gateway(fake_server) -> Iterator[Gateway]:
+    yield from _gateway(fake_server)
+
+
+def audio(size: int) -> tuple[str, io.BytesIO]:
+    return ("speech.mp3", io.BytesIO(b"\xff" * size))
+
+
+def png(size: int = 300) -> tuple[str, io.BytesIO]:
+    return ("cat.png", io.BytesIO(b"\x89PNG" + b"\x00" * (size - 4)))
+
+
+def usd(amount: float) -> int:
+    return round(amount * 1e9)
+
+
+def test_whisper_is_charged_per_minute_of_the_duration_reported(gateway):
+    result = gateway.client().audio.transcriptions.create(
+        model="whisper-1", file=audio(90_000), response_format="verbose_json"
+    )
+    assert result.duration == 90.0  # 90,000 bytes: 90 s by the fake's rule
+    e = gateway.one()
+    assert (e.model, e.endpoint, e.outcome, e.estimated) == (
+        "whisper-1",
+        "audio.transcriptions",
+        "ok",
+        False,
+    )
+    assert (e.units, e.unit) == (1.5, "minute")
+    assert e.cost_nanos == usd(1.5 * 0.006)
+    assert (e.input_tokens, e.output_tokens) == (0, 0)
+
+
+def test_translation_is_charged_per_minute_too(gateway):
+    gateway.client().audio.translations.create(
+        model="whisper-1", file=audio(30_000), response_format="verbose_json"
+    )
+    e = gateway.one()
+    assert (e.endpoint, e.units, e.unit) == ("audio.translations", 0.5, "minute")
+    assert e.cost_nanos == usd(0.5 * 0.006)
+
+
+def test_plain_text_transcript_is_charged_an_estimate_from_the_upload_size(gateway):
+    text = gateway.client().audio.transcriptions.create(
+        model="whisper-1", file=audio(250_000), response_format="text"
+    )
+    assert text.strip() == "Hello from the fake provider."
+    e = gateway.one()
+    # No duration in a plain-text answer: one minute per megabyte uploaded, flagged.
+    assert e.estimated and e.unit == "minute"
+    assert 0.25 < e.units < 0.26
+    price = SHIPPED.resolve("whisper-1")
+    assert price is not None
+    assert e.cost_nanos == price.cost_nanos(TokenUsage(), units=e.units, unit="minute")
+    assert e.cost_nanos > 0
+
+
+def test_gpt_4o_transcribe_is_charged_by_audio_and_text_tokens(gateway):
+    result = gateway.client().audio.transcriptions.create(
+        model="gpt-4o-transcribe", file=audio(5_000), prompt="two words"
+    )
+    assert result.usage is not None and result.usage.type == "tokens"
+    e = gateway.one()
+    # 50 audio tokens at $6/M, 2 text tokens at $2.50/M, 5 output tokens at $10/M.
+    assert (e.input_tokens, e.output_tokens) == (52, 5)
+    assert e.cost_nanos == 50 * 6000 + 2 * 2500 + 5 * 10_000
+    assert (e.units, e.unit, e.estimated) == (0.0, None, False)
+
+
+def test_image_edit_is_charged_per_image(gateway):
+    result = gateway.client().images.edit(model="dall-e-2", image=png(), prompt="a hat", n=2)
+    assert len(result.data or []) == 2
+    e = gateway.one()
+    assert (e.endpoint, e.units, e.unit, e.estimated) == ("images.edits", 2.0, "image", False)
+    assert e.cost_nanos == usd(2 * 0.02)
+
+
+def test_image_variation_is_charged_per_image(gateway):
+    result = gateway.client().images.create_variation(
+        model="dall-e-2", image=png(), n=2, response_format="b64_json"
+    )
+    assert len(result.data or []) == 2
+    e = gateway.one()
+    assert (e.endpoint, e.units, e.unit) == ("images.variations", 2.0, "image")
+    assert e.cost_nanos == usd(2 * 0.02)
+
+
+def test_default_price_applies_to_an_unknown_upload_model(fake_server):
+    default = ModelPrice(input=1.0, output=1.0, per_image=0.5, per_minute=0.25)
+    for gateway in _gateway(fake_server, missing_price=default):
+        gateway.client().images.edit(model="mystery-painter", image=png(), prompt="x", n=2)
+        e = gateway.one()
+        assert (e.model, e.units, e.unit) == ("mystery-painter", 2.0, "image")
+        assert e.cost_nanos == usd(2 * 0.5)
+
+
+def test_unknown_upload_model_is_refused_by_name_when_unpriced(gateway):
+    with pytest.raises(openai.BadRequestError) as info:
+        gateway.client().audio.transcriptions.create(model="mystery-ear", file=audio(1000))
+    assert info.value.code == "model_not_priced"
+    assert "mystery-ear" in str(info.value)
+    assert len(gateway.fake.requests) == 0
+
+
+def test_malformed_form_is_400_in_openai_shape(gateway):
+    with httpx.Client() as http:
+        bad = http.post(
+            f"{gateway.url}/v1/audio/transcriptions",
+            headers={"content-type": "multipart/form-data; boundary=abc"},
+            content=b"--abc\r\nno-colon-here\r\n\r\nwhisper-1\r\n--abc--\r\n",
+        )
+        no_boundary = http.post(
+            f"{gateway.url}/v1/images/edits",
+            headers={"content-type": "multipart/form-data"},
+            content=b"--abc\r\n",
+        )
+    for response in (bad, no_boundary):
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["type"] == "invalid_request_error"
+        assert "multipart" in error["message"]
+    assert len(gateway.fake.requests) == 0
+
+
+def test_upload_over_the_size_limit_is_413(gateway):
+    with pytest.raises(openai.APIStatusError) as info:
+        gateway.client().audio.transcriptions.create(model="whisper-1", file=audio(400_000))
+    assert info.value.status_code == 413
+    assert len(gateway.fake.requests) == 0
+
+
+def test_ledger_rows_carry_units(gateway, tmp_path):
+    gateway.client().images.edit(model="dall-e-2", image=png(), prompt="x", n=2)
+    event = gateway.one()
+    sink = SQLiteSink(str(tmp_path / "ledger.db"))
+
+    async def store() -> None:
+        await sink.write([event])
+        await sink.aclose()
+
+    asyncio.run(store())
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        row = db.execute("SELECT endpoint, units, unit, cost_nanos FROM usage_events").fetchone()
+    assert row == ("images.edits", 2.0, "image", usd(2 * 0.02))
