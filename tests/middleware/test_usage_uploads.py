@@ -112,7 +112,8 @@ def test_plain_text_transcript_is_charged_an_estimate_from_the_upload_size(gatew
     assert text.strip() == "Hello from the fake provider."
     e = gateway.one()
     # No duration in a plain-text answer: one minute per megabyte uploaded, flagged.
-    assert e.estimated and e.unit == "minute"
+    assert e.estimated
+    assert e.unit == "minute"
     assert 0.25 < e.units < 0.26
     price = SHIPPED.resolve("whisper-1")
     assert price is not None
@@ -124,7 +125,8 @@ def test_gpt_4o_transcribe_is_charged_by_audio_and_text_tokens(gateway):
     result = gateway.client().audio.transcriptions.create(
         model="gpt-4o-transcribe", file=audio(5_000), prompt="two words"
     )
-    assert result.usage is not None and result.usage.type == "tokens"
+    assert result.usage is not None
+    assert result.usage.type == "tokens"
     e = gateway.one()
     # 50 audio tokens at $6/M, 2 text tokens at $2.50/M, 5 output tokens at $10/M.
     assert (e.input_tokens, e.output_tokens) == (52, 5)
