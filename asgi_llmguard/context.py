@@ -294,7 +294,7 @@ class RequestContext:
         raw_n = form.get("n")
         if raw_n is not None:
             if not raw_n.strip().isdigit():
-                raise InvalidBody(f"Invalid request body: n must be an integer, not {raw_n!r}.")
+                raise InvalidBody("Invalid request body: n must be a whole number.")
             n = int(raw_n)
         stream = form.get("stream")
         return RequestFields(

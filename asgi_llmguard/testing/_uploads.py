@@ -31,7 +31,10 @@ from asgi_llmguard.testing._common import ApiError, Generation, count_tokens, ne
 
 _AUDIO_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 #: A 1x1 PNG, the image every ``b64_json`` answer carries.
-_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5E"
+    "rkJggg=="
+)
 
 
 @dataclass(frozen=True)

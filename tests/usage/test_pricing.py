@@ -230,7 +230,14 @@ def test_shipped_table_is_sane():
     assert len(DEFAULT) >= 40
     for name, price in DEFAULT.models.items():
         inp, cached, _, out, _, _ = price.rates(0)
+        if price.per_minute is not None or price.per_image is not None:
+            # Billed by the minute or by the image, not by the token.
+            assert (inp, out) == (0, 0), name
+            assert (price.per_minute or 0) + (price.per_image or 0) > 0, name
+            continue
         assert inp > 0, name
+        if price.audio_input is not None:
+            assert price.audio_input > inp, name
         assert cached <= inp, name
         if name.startswith("text-embedding"):
             assert out == 0
@@ -411,3 +418,25 @@ def test_estimate_bounds_every_answer_within_it(model, prompt, max_output, data)
         reasoning_tokens=reasoning,
     )
     assert price.cost_nanos(u) <= estimate_nanos(price, prompt, max_output)
+
+
+def test_units_are_charged_at_their_unit_price_exactly():
+    whisper = ModelPrice(input=0, output=0, per_minute=0.006)
+    # 8.47 seconds of audio: 0.006 * 8.47 / 60 USD = 847 nanos, exactly.
+    assert whisper.cost_nanos(TokenUsage(), units=8.47 / 60, unit="minute") == 847_000
+    assert whisper.cost_nanos(TokenUsage(), units=2, unit="image") == 0  # no per-image price
+    images = ModelPrice(input=1.0, output=2.0, per_image=0.02)
+    both = TokenUsage(input_tokens=10, output_tokens=5)
+    assert images.cost_nanos(both, units=3, unit="image") == 3 * 20_000_000 + 10_000 + 10_000
+
+
+def test_audio_input_tokens_have_their_own_price():
+    price = ModelPrice(input=2.5, output=10.0, audio_input=6.0)
+    usage = TokenUsage(input_tokens=120, audio_input_tokens=100, output_tokens=50)
+    assert price.cost_nanos(usage) == 20 * 2500 + 100 * 6000 + 50 * 10_000
+    # More audio than input (an inconsistent report) never charges text below zero.
+    odd = TokenUsage(input_tokens=10, audio_input_tokens=100)
+    assert price.cost_nanos(odd) == 10 * 6000
+    # Without an audio price, audio tokens are input tokens.
+    plain = ModelPrice(input=2.5, output=10.0)
+    assert plain.cost_nanos(usage) == 120 * 2500 + 50 * 10_000
