@@ -15,6 +15,10 @@ at ``<url>`` and an Azure OpenAI SDK at ``azure_endpoint=<url>``):
 ``POST /v1/embeddings``                                      OpenAI embeddings
 ``GET /v1/models``, ``GET /v1/models/{id}``                  OpenAI's shape, Anthropic's when the
                                                              request has ``anthropic-version``
+``POST /v1/audio/transcriptions``, ``.../translations``      OpenAI audio (``multipart/form-data``;
+                                                             rules in ``_uploads``)
+``POST /v1/images/edits``, ``.../variations``                OpenAI images (``multipart/form-data``)
+``POST /v1/images/generations``                              OpenAI images (JSON)
 ``POST /v1/messages``                                        Anthropic Messages (idem)
 ``POST /v1/messages/count_tokens``                           Anthropic token counting
 ``POST /v1/responses/compact``                               OpenAI compaction (one ``compaction``
@@ -29,7 +33,15 @@ at ``<url>`` and an Azure OpenAI SDK at ``azure_endpoint=<url>``):
 The ``model`` of every answer is the request's ``model`` (for Azure: the deployment name). Errors
 use the shape of the API called: ``{"error": {"message", "type", "param", "code"}}`` for OpenAI
 and Azure, ``{"type": "error", "error": {"type", "message"}}`` for Anthropic (``/v1/messages*``).
-Unknown paths answer 404, a wrong method 405, a body that is not a JSON object 400.
+Unknown paths answer 404, a wrong method 405, a body that is not a JSON object 400 (on the upload
+endpoints: a body that is not ``multipart/form-data``).
+
+**Uploads.** The audio lasts one second per 1,000 bytes of the uploaded ``file``: ``whisper-1``
+reports it as ``duration`` (``verbose_json``) and ``usage: {"type": "duration", "seconds"}``
+(rounded up); other models answer ``json`` or ``text`` only, with ``usage: {"type": "tokens"}``
+(one audio token per 100 bytes, the words of ``prompt`` as text tokens, the transcript's words as
+output). ``text``, ``srt`` and ``vtt`` answers carry no numbers. Images answers carry ``n``
+entries; ``gpt-image-*`` ones add token usage.
 
 **Token rule.** A token is a whitespace-separated word (:meth:`FakeProvider.count_tokens`).
 
