@@ -87,7 +87,9 @@ _EXACT: dict[str, dict[str, Endpoint]] = {
     "/v1/images/edits": {"POST": _e("openai", "images.edits", **_UPLOAD)},
     "/v1/images/variations": {"POST": _e("openai", "images.variations", **_UPLOAD)},
     "/v1/audio/speech": {"POST": _e("openai", "audio.speech", **_BILL)},
-    "/v1/audio/transcriptions": {"POST": _e("openai", "audio.transcriptions", **_UPLOAD)},
+    "/v1/audio/transcriptions": {
+        "POST": _e("openai", "audio.transcriptions", streamable=True, **_UPLOAD)
+    },
     "/v1/audio/translations": {"POST": _e("openai", "audio.translations", **_UPLOAD)},
     "/v1/models": {"GET": _e("openai", "models.list", **_READ)},
     "/v1/files": {
@@ -230,7 +232,7 @@ _AZURE_OPERATIONS: dict[str, Endpoint] = {
     "embeddings": _e("azure", "embeddings", **_BILL),
     "images/generations": _e("azure", "images.generations", **_BILL),
     "audio/speech": _e("azure", "audio.speech", **_BILL),
-    "audio/transcriptions": _e("azure", "audio.transcriptions", **_UPLOAD),
+    "audio/transcriptions": _e("azure", "audio.transcriptions", streamable=True, **_UPLOAD),
     "audio/translations": _e("azure", "audio.translations", **_UPLOAD),
 }
 _AZURE = re.compile(rf"/openai/deployments/(?P<deployment>{_ID})/(?P<op>[a-z/]+)")

@@ -43,6 +43,8 @@ def stream_meter(endpoint: Endpoint) -> StreamMeter | None:
         return openai_usage.ChatStreamMeter()
     if endpoint.operation == "responses":
         return openai_usage.ResponsesStreamMeter()
+    if endpoint.operation == "audio.transcriptions":
+        return openai_usage.TranscriptionStreamMeter()
     return None
 
 

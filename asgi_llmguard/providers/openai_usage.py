@@ -108,6 +108,52 @@ def usage_from_json(body: bytes) -> tuple[TokenUsage | None, str | None, dict[st
     return (decoded.usage.tokens() if decoded.usage else None), decoded.model, decoded.tool_calls()
 
 
+class _TranscriptEvent(msgspec.Struct):
+    type: str | None = None
+    usage: _Usage | None = None
+
+
+_transcript_event = msgspec.json.Decoder(_TranscriptEvent)
+
+
+class TranscriptionStreamMeter:
+    """Streamed transcriptions: ``transcript.text.delta`` events, then ``transcript.text.done``
+    carrying the usage (``data:``-only events; the done event ends the stream)."""
+
+    __slots__ = ("deltas", "error", "finished", "model", "tool_calls", "usage")
+    #: Usage is read only from the done event: it is final or absent.
+    estimated = False
+
+    def __init__(self) -> None:
+        self.tool_calls: dict[str, int] = {}
+        self.usage: TokenUsage | None = None
+        self.model: str | None = None
+        self.finished = False
+        self.error = False
+        self.deltas = 0
+
+    def event(self, event: bytes) -> None:
+        _, data = event_fields(event)
+        if not data:
+            return
+        if b'"transcript.text.delta"' in data:
+            self.deltas += 1
+            return
+        if data.startswith(b'{"error"'):
+            self.error = True
+            return
+        try:
+            decoded = _transcript_event.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            return
+        if decoded.type == "transcript.text.done":
+            self.finished = True
+            if decoded.usage is not None:
+                self.usage = decoded.usage.tokens()
+        elif decoded.type == "error":
+            self.error = True
+
+
 class _Item(msgspec.Struct):
     """One ``data[]`` entry of an images answer; its content (``b64_json``, ``url``) unread."""
 

@@ -27,7 +27,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from asgi_llmguard.testing._common import ApiError, Generation, count_tokens, new_id
+from asgi_llmguard.testing._common import (
+    ApiError,
+    Generation,
+    StreamPlan,
+    count_tokens,
+    new_id,
+    split_reply,
+    sse_data,
+)
 
 _AUDIO_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 #: A 1x1 PNG, the image every ``b64_json`` answer carries.
@@ -86,8 +94,13 @@ def _model(form: Form, gen: Generation) -> str:
     return model
 
 
-def audio(form: Form, gen: Generation, task: str) -> dict[str, Any] | PlainText:
-    """``POST /v1/audio/transcriptions`` (``task="transcribe"``) and ``/translations``."""
+def audio(form: Form, gen: Generation, task: str) -> dict[str, Any] | PlainText | StreamPlan:
+    """``POST /v1/audio/transcriptions`` (``task="transcribe"``) and ``/translations``.
+
+    ``stream=true`` (transcriptions, models other than ``whisper-1``): one
+    ``transcript.text.delta`` event per word, then ``transcript.text.done`` with the text and the
+    usage, as ``data:``-only events.
+    """
     model = _model(form, gen)
     sizes = form.files.get("file")
     if not sizes:
@@ -127,6 +140,14 @@ def audio(form: Form, gen: Generation, task: str) -> dict[str, Any] | PlainText:
             "output_tokens": output,
             "total_tokens": audio_tokens + text_tokens + output,
         }
+    if form.text("stream") == "true" and task == "transcribe" and not by_duration:
+        return StreamPlan(
+            content=[
+                sse_data({"type": "transcript.text.delta", "delta": piece})
+                for piece in split_reply(text)
+            ],
+            tail=[sse_data({"type": "transcript.text.done", "text": text, "usage": usage})],
+        )
     if fmt == "verbose_json":
         out = {
             "task": task,

@@ -134,6 +134,21 @@ def test_gpt_4o_transcribe_is_charged_by_audio_and_text_tokens(gateway):
     assert (e.units, e.unit, e.estimated) == (0.0, None, False)
 
 
+def test_streamed_transcription_is_charged_by_the_tokens_of_its_done_event(gateway):
+    stream = gateway.client().audio.transcriptions.create(
+        model="gpt-4o-mini-transcribe", file=audio(10_000), stream=True
+    )
+    events = list(stream)
+    assert [e.type for e in events][-1] == "transcript.text.done"
+    assert "".join(e.delta for e in events if e.type == "transcript.text.delta") == (
+        "Hello from the fake provider."
+    )
+    e = gateway.one()
+    # 100 audio tokens at $3/M, 5 output tokens at $5/M: from the upstream, not estimated.
+    assert (e.input_tokens, e.output_tokens, e.stream, e.estimated) == (100, 5, True, False)
+    assert e.cost_nanos == 100 * 3000 + 5 * 5000
+
+
 def test_image_edit_is_charged_per_image(gateway):
     result = gateway.client().images.edit(model="dall-e-2", image=png(), prompt="a hat", n=2)
     assert len(result.data or []) == 2
