@@ -79,6 +79,17 @@ def usd(amount: float) -> int:
     return round(amount * 1e9)
 
 
+def test_whisper_json_is_charged_from_its_usage_seconds(gateway):
+    result = gateway.client().audio.transcriptions.create(model="whisper-1", file=audio(45_500))
+    assert result.usage is not None
+    assert result.usage.type == "duration"
+    e = gateway.one()
+    # 45.5 s of audio, reported as 46 whole seconds in usage (the fake rounds up).
+    assert (e.units, e.unit, e.estimated) == (46 / 60, "minute", False)
+    assert (e.input_tokens, e.output_tokens) == (0, 0)
+    assert e.cost_nanos == usd(0.006 * 46 / 60)
+
+
 def test_whisper_is_charged_per_minute_of_the_duration_reported(gateway):
     result = gateway.client().audio.transcriptions.create(
         model="whisper-1", file=audio(90_000), response_format="verbose_json"
@@ -165,6 +176,19 @@ def test_image_variation_is_charged_per_image(gateway):
     e = gateway.one()
     assert (e.endpoint, e.units, e.unit) == ("images.variations", 2.0, "image")
     assert e.cost_nanos == usd(2 * 0.02)
+
+
+def test_image_generations_are_charged_per_image_or_by_tokens(gateway):
+    client = gateway.client()
+    client.images.generate(model="dall-e-2", prompt="a cat", n=3)
+    client.images.generate(model="gpt-image-1", prompt="a cat", n=2)
+    dall_e, gpt_image = gateway.events.wait(2)
+    assert (dall_e.endpoint, dall_e.units, dall_e.unit) == ("images.generations", 3.0, "image")
+    assert dall_e.cost_nanos == usd(3 * 0.02)
+    # gpt-image-1 reports tokens: 2 prompt words, 100 output tokens per image (the fake's rule).
+    assert (gpt_image.input_tokens, gpt_image.output_tokens) == (2, 200)
+    assert (gpt_image.units, gpt_image.unit, gpt_image.estimated) == (2.0, "image", False)
+    assert gpt_image.cost_nanos == 2 * 10_000 + 200 * 40_000
 
 
 def test_default_price_applies_to_an_unknown_upload_model(fake_server):
