@@ -703,3 +703,16 @@ def test_shipped_priority_price_and_the_ledger_row(tiered, tmp_path):
     with sqlite3.connect(tmp_path / "ledger.db") as db:
         row = db.execute("SELECT service_tier, cost_nanos FROM usage_events").fetchone()
     assert row == ("priority", 3 * 2_500 + WORDS * 20_000)
+
+
+def test_a_large_answer_is_priced_by_its_tier_too(tiered):
+    # Over 4 MiB, the gateway keeps only the answer's tail: the tier after the usage is kept.
+    client = tiered.openai(**{"x-fake-service-tier": "priority", "x-fake-chunks": "800000"})
+    answer = client.chat.completions.create(
+        model="tiered-model", messages=[{"role": "user", "content": "one two three"}]
+    )
+    assert len(answer.choices[0].message.content or "") > 4 << 20
+    assert answer.service_tier == "priority"
+    e = one(tiered)
+    assert (e.output_tokens, e.service_tier) == (800_000, "priority")
+    assert e.cost_nanos == nanos(3, 800_000, TIER_PRICES["priority"])
