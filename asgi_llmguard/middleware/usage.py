@@ -355,7 +355,9 @@ class UsageMiddleware:
             # The provider did not say (cancelled, broken, truncated, or a server that sends no
             # usage): estimate, and say so on the record. Never silently free.
             usage = TokenUsage(
-                input_tokens=await estimate_prompt_tokens(ctx.body), output_tokens=meter.deltas
+                input_tokens=await estimate_prompt_tokens(ctx.body),
+                output_tokens=meter.deltas,
+                service_tier=meter.service_tier,  # a stream says it before its usage
             )
             estimated = True
 
@@ -607,6 +609,11 @@ class _Meter:
     def deltas(self) -> int:
         """Output events relayed so far: the estimate of output tokens when usage is missing."""
         return self.meter.deltas if self.meter is not None else 0
+
+    @property
+    def service_tier(self) -> str | None:
+        """The service tier a stream's events reported, even before (or without) its usage."""
+        return self.meter.service_tier if self.meter is not None else None
 
     @property
     def estimated(self) -> bool:

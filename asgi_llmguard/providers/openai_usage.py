@@ -235,7 +235,7 @@ _OUTPUT_DELTAS = frozenset(
 class ResponsesStreamMeter:
     """Responses API streams: named events, usage in the terminal ``response.*`` event."""
 
-    __slots__ = ("deltas", "error", "finished", "model", "tool_calls", "usage")
+    __slots__ = ("deltas", "error", "finished", "model", "service_tier", "tool_calls", "usage")
     #: Usage is read only from the terminal event: it is final or absent.
     estimated = False
 
@@ -243,6 +243,7 @@ class ResponsesStreamMeter:
         self.tool_calls: dict[str, int] = {}
         self.usage: TokenUsage | None = None
         self.model: str | None = None
+        self.service_tier: str | None = None
         self.finished = False
         self.error = False
         self.deltas = 0
@@ -261,11 +262,11 @@ class ResponsesStreamMeter:
                 return
             if decoded.response is not None:
                 self.model = decoded.response.model or self.model
+                self.service_tier = _tier(decoded.response.service_tier) or self.service_tier
                 if name in _TERMINAL:
                     # Only the terminal event's usage is the final count.
                     if decoded.response.usage is not None:
-                        tier = _tier(decoded.response.service_tier)
-                        self.usage = decoded.response.usage.tokens(tier)
+                        self.usage = decoded.response.usage.tokens(self.service_tier)
                     self.tool_calls = decoded.response.tool_calls()
             if name in _TERMINAL:
                 self.finished = True

@@ -7,6 +7,7 @@ numbers asserted come from the upstream, not from the gateway under test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import sqlite3
@@ -716,3 +717,16 @@ def test_a_large_answer_is_priced_by_its_tier_too(tiered):
     e = one(tiered)
     assert (e.output_tokens, e.service_tier) == (800_000, "priority")
     assert e.cost_nanos == nanos(3, 800_000, TIER_PRICES["priority"])
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_a_stream_cut_before_its_usage_is_estimated_at_the_tier_it_reported(tiered, api):
+    client = tiered.openai(
+        **{"x-fake-service-tier": "priority", "x-fake-truncate-after-chunks": "2"}
+    )
+    # The SDK reads what came; a Responses stream without its final event has no final response.
+    with contextlib.suppress(openai.APIError, RuntimeError):
+        _openai_call(client, api, True, "auto")
+    e = one(tiered)
+    assert (e.estimated, e.service_tier, e.output_tokens) == (True, "priority", 2)
+    assert e.cost_nanos == nanos(e.input_tokens, 2, TIER_PRICES["priority"])
