@@ -53,18 +53,17 @@ Non-streamed answers carry the same usage their stream would report.
 ``x-fake-reset-after-chunks``, ``x-fake-truncate-after-chunks``, ``x-fake-chunks``,
 ``x-fake-reply`` (UTF-8), ``x-fake-cached-tokens`` and ``x-fake-reasoning-tokens`` (OpenAI's
 ``cached_tokens`` and ``reasoning_tokens`` usage details; reasoning counts in the output),
-``x-fake-line-ending`` (``lf``, ``crlf`` or ``cr``: the line ending of streamed events) and
+``x-fake-line-ending`` (``lf``, ``crlf`` or ``cr``: the line ending of streamed events),
 ``x-fake-usage-in-last-chunk`` (``true``: a chat stream asked for usage carries it on its last
-chunk with choices instead of a usage-only chunk), and ``x-fake-cache-write-5m`` /
+chunk with choices instead of a usage-only chunk), ``x-fake-cache-write-5m`` /
 ``x-fake-cache-write-1h`` (prompt tokens an Anthropic message reports written to its 5-minute /
 1-hour prompt cache, in ``usage.cache_creation``), and ``x-fake-service-tier`` (the service tier
 the answer reports as having served it, whatever the request asked for: OpenAI's top-level
 ``service_tier`` on chat completions and Responses, in the JSON answer, on every chat chunk and on
 the ``response`` object of every Responses event; Anthropic's ``usage.service_tier`` in the
 message and in ``message_start``; by default ``default`` and ``standard``). The value ``none``
-clears an optional knob and
-``x-fake-status: 200`` turns a default error status off. A bad value or an unknown ``x-fake-*``
-header answers 400.
+clears an optional knob and ``x-fake-status: 200`` turns a default error status off. A bad value
+or an unknown ``x-fake-*`` header answers 400.
 ``chunk_delay``, ``reset_after_chunks`` and ``truncate_after_chunks`` only affect streams.
 """
 
