@@ -17,6 +17,9 @@ class TokenUsage(msgspec.Struct, omit_defaults=True):
     - ``reasoning_tokens``: the part of the output spent on reasoning.
     - ``cache_creation_1h_tokens``: the part of ``cache_creation_tokens`` written to the 1-hour
       cache (Anthropic's ``cache_creation.ephemeral_1h_input_tokens``); the rest is 5-minute.
+    - ``service_tier``: the service tier the provider says served the answer (OpenAI's
+      ``service_tier``, Anthropic's ``usage.service_tier``), as reported; ``None`` if it did
+      not say. Prices can differ by tier (OpenAI's Flex and Priority processing).
 
     So ``cached_input_tokens + cache_creation_tokens <= input_tokens`` and
     ``reasoning_tokens <= output_tokens``; pricing must not count a part twice.
@@ -29,6 +32,8 @@ class TokenUsage(msgspec.Struct, omit_defaults=True):
     reasoning_tokens: int = 0
     #: The part of ``cache_creation_tokens`` written to Anthropic's 1-hour cache.
     cache_creation_1h_tokens: int = 0
+    #: The service tier that served the answer, as the provider reported it.
+    service_tier: str | None = None
 
     @property
     def total_tokens(self) -> int:
