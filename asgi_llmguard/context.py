@@ -162,6 +162,9 @@ class Attempt:
         return f"<Attempt {self.credential_id} status={self.status} error={self.error}>"
 
 
+_ANTHROPIC_HEADERS = frozenset({b"anthropic-version", b"anthropic-beta", b"x-api-key"})
+
+
 class RequestContext:
     """What the gateway knows about one request. Layers add to it; none re-derives it."""
 
@@ -231,9 +234,10 @@ class RequestContext:
     @classmethod
     def from_scope(cls, scope: Scope) -> RequestContext:
         path = route_path(scope)
-        # Model lists and files exist in both dialects: Anthropic's headers pick Anthropic's.
+        # Model lists and files exist in both dialects: Anthropic's headers pick Anthropic's
+        # (``anthropic-beta`` alone too: curl users of the Files API send it with a Bearer key).
         anthropic = is_shared_path(path) and any(
-            name == b"anthropic-version" or name == b"x-api-key" for name, _ in scope["headers"]
+            name in _ANTHROPIC_HEADERS for name, _ in scope["headers"]
         )
         ctx = cls(scope["method"], path, anthropic=anthropic)
         route = ctx.route

@@ -99,6 +99,16 @@ async def send_error(
     )
 
 
+#: A refusal whose ``Retry-After`` is further away than this (seconds) says ``x-should-retry:
+#: false``: no client should sleep for an hour inside one call; ``Retry-After`` still says when.
+SHORT_WAIT = 60
+
+
+def worth_waiting(wait: float | None) -> bool:
+    """Whether a client should retry after ``wait`` seconds (``None``: it never resets)."""
+    return wait is not None and wait <= SHORT_WAIT
+
+
 async def send_body(
     send: Send,
     status: int,

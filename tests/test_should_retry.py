@@ -7,6 +7,7 @@ The OpenAI and Anthropic SDKs retry 401, 403, 429 and 5xx unless the answer says
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import anthropic
@@ -130,3 +131,65 @@ def test_a_daily_budget_says_when_it_resets_and_not_to_wait_hours(gateway):
     assert headers["x-should-retry"] == ("true" if int(headers["retry-after"]) <= 60 else "false")
     if headers["x-should-retry"] == "false":
         assert app.requests - before == 1
+
+
+@contextlib.contextmanager
+def _two_credentials(api_key: str):
+    """A served gateway with two OpenAI credentials (both ``api_key``) in front of the fake."""
+    with serve(FakeProvider(api_key=UPSTREAM_KEY)) as upstream:
+        app = Counting(
+            build_stack(
+                upstreams=[
+                    Upstream("openai", f"{upstream.url}/v1", api_key=api_key, name=name)
+                    for name in ("one", "two")
+                ],
+                keys=StaticKeyStore([_key(LIMITED, "any")]),
+            )
+        )
+        with serve(app) as server:
+            yield server, app
+
+
+@pytest.fixture
+def revoked_credential():
+    with _two_credentials("sk-revoked-upstream-key") as served:
+        yield served
+
+
+@pytest.fixture
+def rate_limited_credential():
+    with _two_credentials(UPSTREAM_KEY) as served:
+        yield served
+
+
+def test_a_credential_cooling_for_an_hour_is_not_retried(revoked_credential):
+    server, app = revoked_credential
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=LIMITED)
+    for _ in range(2):  # the upstream refuses each credential in turn
+        with pytest.raises(openai.AuthenticationError):
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    before = app.requests
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    headers = caught.value.response.headers
+    assert caught.value.code == "upstream_cooling_down"
+    assert int(headers["retry-after"]) > 3000  # a credential rests an hour after a 401
+    assert headers["x-should-retry"] == "false"
+    assert app.requests - before == 1  # the SDK's default retries did not sleep an hour
+
+
+def test_a_credential_cooling_for_seconds_may_be_retried(rate_limited_credential):
+    server, _ = rate_limited_credential
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=LIMITED, max_retries=0)
+    with pytest.raises(openai.RateLimitError):  # the upstream's own 429 asks for 7 s
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            extra_headers={"x-fake-status": "429", "x-fake-retry-after": "7"},
+        )
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    headers = caught.value.response.headers
+    assert caught.value.code == "upstream_cooling_down"
+    assert 1 <= int(headers["retry-after"]) <= 7
+    assert headers["x-should-retry"] == "true"

@@ -31,6 +31,7 @@ from asgi_llmguard.errors import (
     ConfigurationError,
     send_error,
     send_route_error,
+    worth_waiting,
 )
 from asgi_llmguard.forward.config import PoolLimits, Timeouts
 from asgi_llmguard.forward.cooldowns import retry_after_hint
@@ -249,6 +250,8 @@ class ForwardingApp:
             type="rate_limit_error" if anthropic else "rate_limit_exceeded",
             code="upstream_cooling_down",
             headers=[(b"retry-after", str(wait).encode())],
+            # a credential resting for an hour (after a 401) is not worth a client's wait
+            should_retry=worth_waiting(wait),
         )
 
     def _body_for(self, ctx: RequestContext, step: Step, body: bytes) -> bytes:

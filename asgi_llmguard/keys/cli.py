@@ -92,6 +92,8 @@ def _policy_fields(args: argparse.Namespace) -> dict[str, Any]:
             fields[name] = values
     if bad := set(fields.get("providers", ())) - set(PROVIDERS):
         raise ConfigurationError(f"unknown provider(s) {sorted(bad)}: use {', '.join(PROVIDERS)}")
+    if args.mcp_server is not None:  # URLs are not split on commas: a query may hold one
+        fields["mcp_servers"] = [url.strip() for url in args.mcp_server if url.strip()]
     if args.no_background:
         fields["allow_background"] = False
     limits = []
@@ -164,6 +166,10 @@ def _summary(record: KeyRecord) -> str:
         parts.append("endpoints=" + ",".join(sorted(p.endpoints)))
     if p.providers is not None:
         parts.append("providers=" + ",".join(sorted(p.providers)))
+    if p.tool_types is not None:
+        parts.append("tool_types=" + ",".join(sorted(p.tool_types)))
+    if p.mcp_servers is not None:
+        parts.append("mcp_servers=" + ",".join(p.mcp_servers))
     parts.extend(f"{r.kind}={r.limit}" for r in p.rate_limits)
     if p.max_concurrency is not None:
         parts.append(f"concurrency={p.max_concurrency}")
@@ -252,6 +258,12 @@ def add_keys_parser(subparsers: Any) -> argparse.ArgumentParser:
     create.add_argument("--provider", action="append", help=f"allowed API: {', '.join(PROVIDERS)}")
     create.add_argument(
         "--tool-type", action="append", help="allowed tool type, e.g. function (repeat)"
+    )
+    create.add_argument(
+        "--mcp-server",
+        action="append",
+        metavar="URL",
+        help="allowed remote MCP server URL (repeat); without it any server the tool types allow",
     )
     create.add_argument(
         "--no-background", action="store_true", help="refuse Responses `background: true`"

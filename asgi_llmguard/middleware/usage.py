@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, Protocol
@@ -34,7 +35,7 @@ from asgi_llmguard.context import (
     get_context,
     read_body,
 )
-from asgi_llmguard.errors import ConfigurationError, send_error, sse_error_event
+from asgi_llmguard.errors import ConfigurationError, send_error, sse_error_event, worth_waiting
 from asgi_llmguard.policy import Budget
 from asgi_llmguard.providers.metering import (
     StreamMeter,
@@ -66,8 +67,6 @@ _JSON_WHOLE = 4 << 20
 _JSON_TAIL = 64 << 10
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
 _STRIPPED_OPERATIONS = frozenset({"chat.completions", "completions"})
-# A budget refusal whose reset is further away than this tells clients not to retry.
-_SHORT_WAIT = 60
 # Audio minutes assumed per byte uploaded when an answer does not say how long the audio was
 # (text, srt and vtt transcripts): one megabyte a minute, 128 kbit/s compressed audio.
 _AUDIO_BYTES_PER_MINUTE = 1_000_000
@@ -194,7 +193,7 @@ class UsageMiddleware:
                         code="insufficient_quota",
                         headers=headers,
                         # a total budget never resets; clients should not sleep for hours
-                        should_retry=wait is not None and wait <= _SHORT_WAIT,
+                        should_retry=worth_waiting(wait),
                     )
                 else:
                     await send_error(
@@ -391,7 +390,9 @@ class UsageMiddleware:
             # The provider did not say (cancelled, broken, truncated, or a server that sends no
             # usage): estimate, and say so on the record. Never silently free.
             usage = TokenUsage(
-                input_tokens=await estimate_prompt_tokens(ctx.body), output_tokens=meter.deltas
+                input_tokens=await estimate_prompt_tokens(ctx.body),
+                output_tokens=meter.deltas,
+                service_tier=meter.service_tier,  # a stream says it before its usage
             )
             estimated = True
 
@@ -466,6 +467,7 @@ class UsageMiddleware:
                 metadata=dict(key.metadata) if key else {},
                 reason=reason,
                 cache_creation_1h_tokens=u.cache_creation_1h_tokens,
+                service_tier=u.service_tier,
                 units=units,
                 unit=unit if units else None,
             )
@@ -659,6 +661,11 @@ class _Meter:
         return self.meter.deltas if self.meter is not None else 0
 
     @property
+    def service_tier(self) -> str | None:
+        """The service tier a stream's events reported, even before (or without) its usage."""
+        return self.meter.service_tier if self.meter is not None else None
+
+    @property
     def estimated(self) -> bool:
         """The stream's usage holds an estimated output count (see `StreamMeter.estimated`)."""
         return self.meter is not None and self.meter.estimated
@@ -783,7 +790,8 @@ def _without_member(line: bytes, key: int) -> bytes:
 
 
 def _usage_slice(tail: bytes) -> bytes:
-    """``{"usage": {...}}`` cut from the tail of a large JSON answer (usage comes last)."""
+    """``{"usage": {...}}`` cut from the tail of a large JSON answer (usage comes last), with
+    the answer's ``service_tier`` when the tail has it (OpenAI puts it after the usage)."""
     at = tail.rfind(b'"usage"')
     if at < 0:
         return b""
@@ -791,4 +799,11 @@ def _usage_slice(tail: bytes) -> bytes:
     if start < 0:
         return b""
     end = _object_end(tail, start)
-    return b'{"usage":' + tail[start:end] + b"}" if end >= 0 else b""
+    if end < 0:
+        return b""
+    tier = _SERVICE_TIER.search(tail, end)
+    extra = b'"service_tier":"' + tier.group(1) + b'",' if tier else b""
+    return b"{" + extra + b'"usage":' + tail[start:end] + b"}"
+
+
+_SERVICE_TIER = re.compile(rb'"service_tier"\s*:\s*"([A-Za-z0-9_.-]{1,64})"')

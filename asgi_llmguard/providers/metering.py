@@ -31,6 +31,8 @@ class StreamMeter(Protocol):
     deltas: int
     #: Server-side tool calls by tool type, billed per call (``{"web_search": 2}``).
     tool_calls: dict[str, int]
+    #: The service tier the stream's events said served it so far (also on ``usage``).
+    service_tier: str | None
 
     def event(self, event: bytes) -> None: ...
 

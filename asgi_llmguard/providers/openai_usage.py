@@ -8,6 +8,10 @@
 - Responses API: ``usage.input_tokens`` / ``output_tokens`` with ``input_tokens_details`` and
   ``output_tokens_details``; streamed in the ``response.completed`` (or ``.incomplete`` /
   ``.failed``) event.
+- Both: the tier that served the answer in a top-level ``service_tier`` (``"default"``,
+  ``"flex"``, ``"priority"``, ...), which may differ from the one requested; on every streamed
+  chunk, and on the ``response`` object of the Responses API's events. It is carried on the
+  usage (`TokenUsage.service_tier`) and chooses the price.
 
 Only the usage slice and the model are decoded (msgspec skips the rest unread), and in a stream
 only the events that can carry them.
@@ -46,7 +50,7 @@ class _Usage(msgspec.Struct):
     input_token_details: _InputDetails | None = None
     seconds: float | None = None
 
-    def tokens(self) -> TokenUsage | None:
+    def tokens(self, service_tier: str | None = None) -> TokenUsage | None:
         if self.type == "duration":
             return None
         details_in = (
@@ -58,6 +62,7 @@ class _Usage(msgspec.Struct):
             output_tokens=_first(self.completion_tokens, self.output_tokens),
             cached_input_tokens=(details_in.cached_tokens or 0) if details_in else 0,
             reasoning_tokens=(details_out.reasoning_tokens or 0) if details_out else 0,
+            service_tier=service_tier,
             audio_input_tokens=(details_in.audio_tokens or 0) if details_in else 0,
         )
 
@@ -75,6 +80,8 @@ class _Body(msgspec.Struct):
     usage: _Usage | None = None
     #: Responses API output items: server-side tool calls are billed per call.
     output: list[_OutputItem] | None = None
+    #: The tier that served the answer (not necessarily the one requested).
+    service_tier: str | None = None
 
     def tool_calls(self) -> dict[str, int]:
         """Server-side tool calls by tool type (``web_search_call`` -> ``web_search``). Function
@@ -105,7 +112,14 @@ def usage_from_json(body: bytes) -> tuple[TokenUsage | None, str | None, dict[st
         decoded = _body.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None, None, {}
-    return (decoded.usage.tokens() if decoded.usage else None), decoded.model, decoded.tool_calls()
+    usage = decoded.usage.tokens(_tier(decoded.service_tier)) if decoded.usage else None
+    return usage, decoded.model, decoded.tool_calls()
+
+
+def _tier(value: str | None) -> str | None:
+    """A reported service tier as recorded: bounded, so a misbehaving upstream cannot bloat the
+    ledger."""
+    return value[:64] if value else None
 
 
 class _TranscriptEvent(msgspec.Struct):
@@ -120,12 +134,13 @@ class TranscriptionStreamMeter:
     """Streamed transcriptions: ``transcript.text.delta`` events, then ``transcript.text.done``
     carrying the usage (``data:``-only events; the done event ends the stream)."""
 
-    __slots__ = ("deltas", "error", "finished", "model", "tool_calls", "usage")
+    __slots__ = ("deltas", "error", "finished", "model", "service_tier", "tool_calls", "usage")
     #: Usage is read only from the done event: it is final or absent.
     estimated = False
 
     def __init__(self) -> None:
         self.tool_calls: dict[str, int] = {}
+        self.service_tier: str | None = None
         self.usage: TokenUsage | None = None
         self.model: str | None = None
         self.finished = False
@@ -218,7 +233,17 @@ class ChatStreamMeter:
     count plus the deltas streamed after it, flagged ``estimated``.
     """
 
-    __slots__ = ("_at", "_final", "_usage", "deltas", "error", "finished", "model", "tool_calls")
+    __slots__ = (
+        "_at",
+        "_final",
+        "_usage",
+        "deltas",
+        "error",
+        "finished",
+        "model",
+        "service_tier",
+        "tool_calls",
+    )
 
     def __init__(self) -> None:
         self.tool_calls: dict[str, int] = {}
@@ -227,6 +252,8 @@ class ChatStreamMeter:
         #: ``deltas`` when the last usage was read.
         self._at = 0
         self.model: str | None = None
+        #: The tier the chunks say served the stream (read with the model and the usage).
+        self.service_tier: str | None = None
         self.finished = False
         self.error = False
         #: Events that carried generated text: an estimate of the output tokens sent so far.
@@ -275,8 +302,10 @@ class ChatStreamMeter:
                 return
             if self.model is None:
                 self.model = decoded.model
+            if decoded.service_tier:
+                self.service_tier = _tier(decoded.service_tier)
             if decoded.usage is not None:
-                self._usage = decoded.usage.tokens()
+                self._usage = decoded.usage.tokens(self.service_tier)
                 self._at = self.deltas
                 self._final = _NO_CHOICES[0] in data or _NO_CHOICES[1] in data
 
@@ -298,7 +327,7 @@ _OUTPUT_DELTAS = frozenset(
 class ResponsesStreamMeter:
     """Responses API streams: named events, usage in the terminal ``response.*`` event."""
 
-    __slots__ = ("deltas", "error", "finished", "model", "tool_calls", "usage")
+    __slots__ = ("deltas", "error", "finished", "model", "service_tier", "tool_calls", "usage")
     #: Usage is read only from the terminal event: it is final or absent.
     estimated = False
 
@@ -306,6 +335,7 @@ class ResponsesStreamMeter:
         self.tool_calls: dict[str, int] = {}
         self.usage: TokenUsage | None = None
         self.model: str | None = None
+        self.service_tier: str | None = None
         self.finished = False
         self.error = False
         self.deltas = 0
@@ -324,10 +354,11 @@ class ResponsesStreamMeter:
                 return
             if decoded.response is not None:
                 self.model = decoded.response.model or self.model
+                self.service_tier = _tier(decoded.response.service_tier) or self.service_tier
                 if name in _TERMINAL:
                     # Only the terminal event's usage is the final count.
                     if decoded.response.usage is not None:
-                        self.usage = decoded.response.usage.tokens()
+                        self.usage = decoded.response.usage.tokens(self.service_tier)
                     self.tool_calls = decoded.response.tool_calls()
             if name in _TERMINAL:
                 self.finished = True

@@ -65,13 +65,17 @@ Non-streamed answers carry the same usage their stream would report.
 ``x-fake-reset-after-chunks``, ``x-fake-truncate-after-chunks``, ``x-fake-chunks``,
 ``x-fake-reply`` (UTF-8), ``x-fake-cached-tokens`` and ``x-fake-reasoning-tokens`` (OpenAI's
 ``cached_tokens`` and ``reasoning_tokens`` usage details; reasoning counts in the output),
-``x-fake-line-ending`` (``lf``, ``crlf`` or ``cr``: the line ending of streamed events) and
+``x-fake-line-ending`` (``lf``, ``crlf`` or ``cr``: the line ending of streamed events),
 ``x-fake-usage-in-last-chunk`` (``true``: a chat stream asked for usage carries it on its last
-chunk with choices instead of a usage-only chunk), and ``x-fake-cache-write-5m`` /
+chunk with choices instead of a usage-only chunk), ``x-fake-cache-write-5m`` /
 ``x-fake-cache-write-1h`` (prompt tokens an Anthropic message reports written to its 5-minute /
-1-hour prompt cache, in ``usage.cache_creation``). The value ``none`` clears an optional knob and
-``x-fake-status: 200`` turns a default error status off. A bad value or an unknown ``x-fake-*``
-header answers 400.
+1-hour prompt cache, in ``usage.cache_creation``), and ``x-fake-service-tier`` (the service tier
+the answer reports as having served it, whatever the request asked for: OpenAI's top-level
+``service_tier`` on chat completions and Responses, in the JSON answer, on every chat chunk and on
+the ``response`` object of every Responses event; Anthropic's ``usage.service_tier`` in the
+message and in ``message_start``; by default ``default`` and ``standard``). The value ``none``
+clears an optional knob and ``x-fake-status: 200`` turns a default error status off. A bad value
+or an unknown ``x-fake-*`` header answers 400.
 ``chunk_delay``, ``reset_after_chunks`` and ``truncate_after_chunks`` only affect streams.
 """
 
@@ -169,6 +173,10 @@ class FakeProvider:
         cache_write_5m: Prompt tokens an Anthropic message reports written to the 5-minute
             prompt cache (``usage.cache_creation.ephemeral_5m_input_tokens``).
         cache_write_1h: The same for the 1-hour cache (``ephemeral_1h_input_tokens``).
+        service_tier: The service tier the answers report as having served them: OpenAI's
+            top-level ``service_tier`` (default ``"default"``), Anthropic's
+            ``usage.service_tier`` (default ``"standard"``). The request's ``service_tier``
+            does not change it, as a provider may serve another tier than the one asked for.
         max_requests_kept: How many requests :attr:`requests` remembers (oldest dropped first).
 
     The knobs can be changed later with :meth:`configure`, or per request with ``x-fake-*``
@@ -198,6 +206,7 @@ class FakeProvider:
         max_requests_kept: int = 1000,
         cache_write_5m: int = 0,
         cache_write_1h: int = 0,
+        service_tier: str | None = None,
     ) -> None:
         self.api_key = api_key
         self._defaults = validate(
@@ -212,6 +221,7 @@ class FakeProvider:
                 reply=reply,
                 cache_write_5m=cache_write_5m,
                 cache_write_1h=cache_write_1h,
+                service_tier=service_tier,
             )
         )
         self._requests: collections.deque[ReceivedRequest] = collections.deque(
@@ -228,7 +238,7 @@ class FakeProvider:
 
         Takes the constructor's knob names (``reply``, ``latency``, ``chunk_delay``, ``status``,
         ``retry_after``, ``reset_after_chunks``, ``truncate_after_chunks``, ``chunks``,
-        ``cache_write_5m``, ``cache_write_1h``);
+        ``cache_write_5m``, ``cache_write_1h``, ``service_tier``);
         requests already in progress keep the knobs they started with.
         """
         unknown = set(knobs) - {f.name for f in dataclasses.fields(Knobs)}
@@ -493,6 +503,7 @@ class FakeProvider:
             usage_in_last_chunk=knobs.usage_in_last_chunk,
             cache_write_5m=knobs.cache_write_5m,
             cache_write_1h=knobs.cache_write_1h,
+            service_tier=knobs.service_tier,
         )
         match route.endpoint:
             case "chat":

@@ -4,6 +4,7 @@ the newer Responses and Message Batches routes are forwarded, not refused."""
 from __future__ import annotations
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -104,3 +105,26 @@ def test_message_batches_create_and_retrieve(two_fakes):
         "/v1/messages/batches",
         f"/v1/messages/batches/{batch.id}",
     ]
+
+
+def test_a_files_request_with_only_the_anthropic_beta_header_goes_to_anthropic(two_fakes):
+    oa, oa_server, an, an_server = two_fakes
+    gateway = forwarding_stack(
+        upstreams=[
+            Upstream("openai", f"{oa_server.url}/v1", api_key=OPENAI_KEY),
+            Upstream("anthropic", an_server.url, api_key=ANTHROPIC_KEY),
+        ]
+    )
+    with serve(gateway) as server:
+        httpx.get(
+            f"{server.url}/v1/files",
+            headers={
+                "authorization": "Bearer client-key",
+                "anthropic-beta": "files-api-2025-04-14",
+            },
+        )
+    # (the fake serves no files: what matters is which upstream was asked, with which key)
+    assert [q.path for q in an.requests] == ["/v1/files"]
+    assert an.requests[0].header("x-api-key") == ANTHROPIC_KEY
+    assert an.requests[0].header("anthropic-beta") == "files-api-2025-04-14"
+    assert not oa.requests

@@ -152,6 +152,23 @@ def test_the_default_store_comes_from_the_environment_then_the_cwd(tmp_path, mon
     assert "there" in capsys.readouterr().out
 
 
+def test_mcp_server_allow_lists_are_stored_listed_and_checked(db, capsys):
+    servers = ("https://mcp.example.com/", "https://tools.example/sse?team=a,b")
+    code = run(
+        "create", "--db", db, "--name", "mcp", "--tool-type", "function,mcp",
+        "--mcp-server", servers[0], "--mcp-server", servers[1],
+    )  # fmt: skip
+    assert code == 0
+    key = next(line.split()[-1] for line in capsys.readouterr().out.splitlines() if "key:" in line)
+    policy = lookup(db, key)
+    assert policy is not None
+    assert policy.mcp_servers == servers  # a comma inside a URL does not split it
+    assert run("list", "--db", db) == 0
+    assert "mcp_servers=" + ",".join(servers) in capsys.readouterr().out
+    with pytest.raises(ConfigurationError, match="not an http"):
+        run("create", "--db", db, "--mcp-server", "ftp://files.example/")
+
+
 def test_bad_arguments_are_refused(db):
     with pytest.raises(SystemExit):
         run("create", "--db", db, "--rpm", "0")

@@ -105,6 +105,7 @@ def _event(request_id: str, client_request_id: str | None) -> UsageEvent:
         output_tokens=7,
         cost_nanos=1234,
         client_request_id=client_request_id,
+        service_tier="flex",
     )
 
 
@@ -125,11 +126,11 @@ async def test_an_old_sqlite_ledger_gets_the_new_column_and_keeps_its_rows(tmp_p
     await sink.aclose()
     with sqlite3.connect(path) as db:
         rows = db.execute(
-            "SELECT request_id, client_request_id, input_tokens, cost_nanos FROM usage_events "
-            "ORDER BY started_at"
+            "SELECT request_id, client_request_id, input_tokens, cost_nanos, service_tier "
+            "FROM usage_events ORDER BY started_at"
         ).fetchall()
     db.close()
-    assert rows == [("req_old", None, 3, 99), ("req_new", "caller-1", 5, 1234)]
+    assert rows == [("req_old", None, 3, 99, None), ("req_new", "caller-1", 5, 1234, "flex")]
     # Opening it again finds nothing to add.
     again = SQLiteSink(path)
     await again.write([_event("req_newer", None)])

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS {s}.usage_events (
     metadata jsonb NOT NULL DEFAULT '{{}}',
     reason text,
     cache_creation_1h_tokens bigint NOT NULL DEFAULT 0,
+    service_tier text,
     units double precision NOT NULL DEFAULT 0,
     unit text,
     recorded_at timestamptz NOT NULL DEFAULT now(),
@@ -88,6 +89,7 @@ _ARRAY_TYPES = (
     "text",
     "text",
     "int8",
+    "text",
     "float8",
     "text",
 )
