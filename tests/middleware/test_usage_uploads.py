@@ -21,6 +21,7 @@ import pytest
 from asgi_llmguard.middleware.size_limit import SizeLimitMiddleware
 from asgi_llmguard.testing import FakeProvider, RunningServer, serve
 from asgi_llmguard.tokens import TokenUsage
+from asgi_llmguard.usage.budgets import MemoryBudgetStore
 from asgi_llmguard.usage.events import UsageEvent
 from asgi_llmguard.usage.pricing import ModelPrice, PriceTable
 from asgi_llmguard.usage.sinks.sqlite import SQLiteSink
@@ -189,6 +190,25 @@ def test_image_generations_are_charged_per_image_or_by_tokens(gateway):
     assert (gpt_image.input_tokens, gpt_image.output_tokens) == (2, 200)
     assert (gpt_image.units, gpt_image.unit, gpt_image.estimated) == (2.0, "image", False)
     assert gpt_image.cost_nanos == 2 * 10_000 + 200 * 40_000
+
+
+def test_a_budget_reserves_the_images_asked_for(fake_server):
+    for gateway in _gateway(fake_server, budgets=MemoryBudgetStore()):
+        poor = openai.OpenAI(
+            base_url=f"{gateway.url}/v1",
+            api_key="c",
+            max_retries=0,
+            default_headers={"x-test-key": "poor"},  # a $0.10 budget
+        )
+        # Ten images at $0.02 cannot fit in $0.10: refused before the upstream.
+        with pytest.raises(openai.RateLimitError) as info:
+            poor.images.edit(model="dall-e-2", image=png(), prompt="x", n=10)
+        assert info.value.code == "insufficient_quota"
+        assert len(gateway.fake.requests) == 0
+        # Four fit, and are charged.
+        poor.images.edit(model="dall-e-2", image=png(), prompt="x", n=4)
+        charged = gateway.events.wait(2)[-1]
+        assert (charged.key_id, charged.units, charged.cost_nanos) == ("poor", 4.0, usd(0.08))
 
 
 def test_default_price_applies_to_an_unknown_upload_model(fake_server):
