@@ -70,6 +70,10 @@ _STRIPPED_OPERATIONS = frozenset({"chat.completions", "completions"})
 # Audio minutes assumed per byte uploaded when an answer does not say how long the audio was
 # (text, srt and vtt transcripts): one megabyte a minute, 128 kbit/s compressed audio.
 _AUDIO_BYTES_PER_MINUTE = 1_000_000
+# Audio tokens a minute of speech is taken to be, for a token-billed transcription whose answer
+# reports no usage: OpenAI's per-minute estimates over its audio-token prices ($0.006 a minute at
+# $6/M for gpt-4o-transcribe, $0.003 at $3/M for gpt-4o-mini-transcribe).
+_AUDIO_TOKENS_PER_MINUTE = 1000
 
 
 class EventSink(Protocol):
@@ -386,7 +390,24 @@ class UsageMiddleware:
         priced_by_unit = (
             units > 0 and final_price is not None and final_price.unit_price(unit) is not None
         )
-        if usage is None and endpoint.billable and answered and not priced_by_unit:
+        if (
+            usage is None
+            and endpoint.multipart
+            and unit == "minute"
+            and units > 0
+            and answered
+            and not priced_by_unit
+        ):
+            # A transcript without usage from a token-billed model: the minutes as audio tokens,
+            # the transcript's bytes as output tokens; the file itself is not prompt text.
+            audio = math.ceil(units * _AUDIO_TOKENS_PER_MINUTE)
+            usage = TokenUsage(
+                input_tokens=audio,
+                audio_input_tokens=audio,
+                output_tokens=max(meter.deltas, meter.answer_bytes // 4),
+            )
+            estimated = True
+        elif usage is None and endpoint.billable and answered and not priced_by_unit:
             # The provider did not say (cancelled, broken, truncated, or a server that sends no
             # usage): estimate, and say so on the record. Never silently free.
             usage = TokenUsage(
@@ -654,6 +675,11 @@ class _Meter:
             parts[:] = [tail]
             self._json_size = len(tail)
             self._tail_only = True
+
+    @property
+    def answer_bytes(self) -> int:
+        """The size of the non-streamed answer body kept for metering (0 for streams)."""
+        return self._json_size if self._json is not None else 0
 
     @property
     def deltas(self) -> int:

@@ -135,6 +135,20 @@ def test_plain_text_transcript_is_charged_an_estimate_from_the_upload_size(gatew
     assert e.cost_nanos > 0
 
 
+def test_token_billed_plain_text_transcript_is_estimated_from_the_minutes(gateway):
+    text = gateway.client().audio.transcriptions.create(
+        model="gpt-4o-transcribe", file=audio(120_000), response_format="text"
+    )
+    assert text.strip() == "Hello from the fake provider."
+    e = gateway.one()
+    # No usage in a plain-text answer: ~0.12 minutes of upload at 1,000 audio tokens a minute,
+    # and the 30-byte transcript at 4 bytes a token; never the audio bytes as text tokens.
+    assert e.estimated
+    assert 120 < e.input_tokens <= 122
+    assert e.output_tokens == 7
+    assert e.cost_nanos == e.input_tokens * 6000 + 7 * 10_000
+
+
 def test_gpt_4o_transcribe_is_charged_by_audio_and_text_tokens(gateway):
     result = gateway.client().audio.transcriptions.create(
         model="gpt-4o-transcribe", file=audio(5_000), prompt="two words"
