@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import msgspec
 
+from asgi_llmguard.multipart import MalformedForm, boundary_of, form_fields
 from asgi_llmguard.policy import KeyPolicy
 from asgi_llmguard.routes import (
     MethodNotAllowed,
@@ -91,6 +92,8 @@ class RequestFields(msgspec.Struct):
     web_search_options: dict[str, object] | None = None
     #: Anthropic's MCP connector (servers outside ``tools``).
     mcp_servers: list[McpServer] | None = None
+    #: How many images (or choices) to make.
+    n: int | None = None
 
     @property
     def max_output(self) -> int | None:
@@ -103,6 +106,8 @@ class RequestFields(msgspec.Struct):
 
 _EMPTY_FIELDS = RequestFields()
 _decoder = msgspec.json.Decoder(RequestFields)
+#: The form fields read from a multipart upload; every other part (the file) is skipped.
+_FORM_FIELDS = ("model", "n", "stream")
 
 
 class InvalidBody(Exception):
@@ -168,6 +173,7 @@ class RequestContext:
         "attempts",
         "body",
         "client_request_id",
+        "content_type",
         "credential_id",
         "disconnected",
         "key",
@@ -218,6 +224,8 @@ class RequestContext:
         #: output, estimated when the provider did not say), for token rate limits.
         self.usage_tokens: int | None = None
         self.route_error: RouteNotFound | MethodNotAllowed | None = None
+        #: The request's ``Content-Type``, kept for multipart endpoints only (their boundary).
+        self.content_type: bytes | None = None
         try:
             self.route = classify(method, path, anthropic)
         except (RouteNotFound, MethodNotAllowed) as exc:
@@ -231,20 +239,31 @@ class RequestContext:
         anthropic = is_shared_path(path) and any(
             name in _ANTHROPIC_HEADERS for name, _ in scope["headers"]
         )
-        return cls(scope["method"], path, anthropic=anthropic)
+        ctx = cls(scope["method"], path, anthropic=anthropic)
+        route = ctx.route
+        if route is not None and route.endpoint.multipart:
+            for name, value in scope["headers"]:
+                if name == b"content-type":
+                    ctx.content_type = value
+                    break
+        return ctx
 
     def fields(self) -> RequestFields:
         """The decoded request fields; decoded at most once, from the body a layer has read.
 
         Raises `InvalidBody` for a body that is not a JSON object with fields of the right types.
-        Endpoints that take no JSON body get empty fields.
+        Uploads (``multipart/form-data``) get the ``model``, ``n`` and ``stream`` form fields;
+        a body that is not the form its ``Content-Type`` declares raises `InvalidBody`.
+        Endpoints that take neither get empty fields.
         """
         fields = self._fields
         if fields is None:
             route = self.route
             if self.body is None:
                 raise RuntimeError("fields() needs the body: await read_body(ctx, receive) first")
-            if route is None or not route.endpoint.json_body or not self.body:
+            if route is not None and route.endpoint.multipart:
+                fields = self._form_fields()
+            elif route is None or not route.endpoint.json_body or not self.body:
                 fields = _EMPTY_FIELDS
             else:
                 body = self.body
@@ -267,6 +286,26 @@ class RequestContext:
                     ) from None
             self._fields = fields
         return fields
+
+    def _form_fields(self) -> RequestFields:
+        """The fields of a multipart upload, read in place from ``self.body``."""
+        try:
+            boundary = boundary_of(self.content_type or b"")
+            form = form_fields(self.body or b"", boundary, _FORM_FIELDS)
+        except MalformedForm as exc:
+            raise InvalidBody(str(exc)) from None
+        n: int | None = None
+        raw_n = form.get("n")
+        if raw_n is not None:
+            if not raw_n.strip().isdigit():
+                raise InvalidBody("Invalid request body: n must be a whole number.")
+            n = int(raw_n)
+        stream = form.get("stream")
+        return RequestFields(
+            model=form.get("model") or None,
+            n=n,
+            stream=None if stream is None else stream.strip().lower() == "true",
+        )
 
     @property
     def model(self) -> str | None:

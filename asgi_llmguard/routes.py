@@ -31,6 +31,9 @@ class Endpoint:
     read_only: bool = False
     #: The request body is JSON that the gateway may decode (model, stream, max tokens, ...).
     json_body: bool = False
+    #: The request body is ``multipart/form-data`` (uploads): the gateway reads its text fields
+    #: (``model``, ``n``, ``stream``) and leaves the files as they are.
+    multipart: bool = False
     #: Starts work the provider charges for but the gateway does not meter (a fine-tuning job, an
     #: eval run, a Realtime session): it names a model the gateway does not read, so a
     #: key restricted to some models may not call it.
@@ -69,7 +72,7 @@ def _e(api: Api, operation: str, **flags: bool) -> Endpoint:
 
 _LLM = {"billable": True, "streamable": True, "json_body": True}
 _BILL = {"billable": True, "json_body": True}
-_UPLOAD = {"billable": True}
+_UPLOAD = {"billable": True, "multipart": True}
 _READ = {"read_only": True}
 _SPEND = {"spends": True}
 
@@ -93,7 +96,9 @@ _EXACT: dict[str, dict[str, Endpoint]] = {
     "/v1/images/edits": {"POST": _e("openai", "images.edits", **_UPLOAD)},
     "/v1/images/variations": {"POST": _e("openai", "images.variations", **_UPLOAD)},
     "/v1/audio/speech": {"POST": _e("openai", "audio.speech", **_BILL)},
-    "/v1/audio/transcriptions": {"POST": _e("openai", "audio.transcriptions", **_UPLOAD)},
+    "/v1/audio/transcriptions": {
+        "POST": _e("openai", "audio.transcriptions", streamable=True, **_UPLOAD)
+    },
     "/v1/audio/translations": {"POST": _e("openai", "audio.translations", **_UPLOAD)},
     "/v1/audio/voices": {"POST": _e("openai", "audio.voices.create")},
     "/v1/audio/voice_consents": {
@@ -547,7 +552,7 @@ _AZURE_OPERATIONS: dict[str, Endpoint] = {
     "embeddings": _e("azure", "embeddings", **_BILL),
     "images/generations": _e("azure", "images.generations", **_BILL),
     "audio/speech": _e("azure", "audio.speech", **_BILL),
-    "audio/transcriptions": _e("azure", "audio.transcriptions", **_UPLOAD),
+    "audio/transcriptions": _e("azure", "audio.transcriptions", streamable=True, **_UPLOAD),
     "audio/translations": _e("azure", "audio.translations", **_UPLOAD),
 }
 _AZURE = re.compile(rf"/openai/deployments/(?P<deployment>{_ID})/(?P<op>[a-z/]+)")

@@ -122,9 +122,30 @@ def test_fields_cover_each_providers_names():
 
 
 def test_endpoints_without_json_bodies_get_empty_fields():
-    ctx = RequestContext("POST", "/v1/audio/transcriptions")
+    ctx = RequestContext("POST", "/v1/files")
     ctx.body = b"--multipart-boundary\r\n..."
     assert ctx.fields().model is None
+
+
+def test_uploads_take_their_fields_from_the_form():
+    ctx = RequestContext("POST", "/v1/images/edits")
+    ctx.content_type = b"multipart/form-data; boundary=b"
+    ctx.body = (
+        b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+        b"\x89PNG\r\n--b\r\n"
+        b'Content-Disposition: form-data; name="model"\r\n\r\ndall-e-2\r\n--b\r\n'
+        b'Content-Disposition: form-data; name="n"\r\n\r\n3\r\n--b--\r\n'
+    )
+    assert (ctx.model, ctx.fields().n, ctx.fields().stream) == ("dall-e-2", 3, None)
+
+
+@pytest.mark.parametrize("n", [b"two", b"-1", b""])
+def test_an_upload_with_a_bad_n_is_invalid(n):
+    ctx = RequestContext("POST", "/v1/images/variations")
+    ctx.content_type = b"multipart/form-data; boundary=b"
+    ctx.body = b'--b\r\nContent-Disposition: form-data; name="n"\r\n\r\n' + n + b"\r\n--b--"
+    with pytest.raises(InvalidBody):
+        ctx.fields()
 
 
 def test_azure_model_is_the_deployment():

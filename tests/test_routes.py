@@ -12,7 +12,7 @@ from asgi_llmguard.routes import MethodNotAllowed, RouteNotFound, classify
         ("POST", "/v1/completions", "openai", "completions", True, True, False),
         ("POST", "/v1/embeddings", "openai", "embeddings", True, False, False),
         ("POST", "/v1/images/generations", "openai", "images.generations", True, False, False),
-        ("POST", "/v1/audio/transcriptions", "openai", "audio.transcriptions", True, False, False),
+        ("POST", "/v1/audio/transcriptions", "openai", "audio.transcriptions", True, True, False),
         ("POST", "/v1/moderations", "openai", "moderations", False, False, False),
         ("GET", "/v1/models", "openai", "models.list", False, False, True),
         ("GET", "/v1/models/gpt-4o-mini", "openai", "models.retrieve", False, False, True),

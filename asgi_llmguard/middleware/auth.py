@@ -273,12 +273,16 @@ class AuthMiddleware:
         tool_types = policy.tool_types
         model = route.deployment  # Azure: the deployment is the model, and it is in the path
         fields = None
-        if endpoint.json_body and (
-            tool_types is not None
-            or policy.mcp_servers is not None
-            or not policy.allow_background
-            or (models is not None and model is None)
-        ):
+        if (
+            endpoint.json_body
+            and (
+                tool_types is not None
+                or policy.mcp_servers is not None
+                or not policy.allow_background
+                or (models is not None and model is None)
+            )
+        ) or (endpoint.multipart and models is not None and model is None):
+            # An upload names its model in a form field: read only for a model-restricted key.
             try:
                 await read_body(ctx, receive)
                 fields = ctx.fields()

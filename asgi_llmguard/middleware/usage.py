@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, Protocol
@@ -36,7 +37,13 @@ from asgi_llmguard.context import (
 )
 from asgi_llmguard.errors import ConfigurationError, send_error, sse_error_event, worth_waiting
 from asgi_llmguard.policy import Budget
-from asgi_llmguard.providers.metering import StreamMeter, stream_meter, usage_from_json
+from asgi_llmguard.providers.metering import (
+    StreamMeter,
+    billed_unit,
+    stream_meter,
+    units_from_json,
+    usage_from_json,
+)
 from asgi_llmguard.providers.sse import EventSplitter
 from asgi_llmguard.routes import Endpoint
 from asgi_llmguard.tokens import TokenUsage
@@ -44,7 +51,13 @@ from asgi_llmguard.types import ASGIApp, Message, Receive, Scope, Send
 from asgi_llmguard.usage.budgets import BudgetExceeded, BudgetStore, BudgetStoreError, Reservation
 from asgi_llmguard.usage.estimate import estimate_prompt_tokens, heuristic_prompt_tokens
 from asgi_llmguard.usage.events import Outcome, Reason, UsageEvent
-from asgi_llmguard.usage.pricing import MissingPrice, ModelPrice, PriceTable, estimate_nanos
+from asgi_llmguard.usage.pricing import (
+    MissingPrice,
+    ModelPrice,
+    PriceTable,
+    estimate_nanos,
+    usd_to_nanos,
+)
 
 logger = logging.getLogger("asgi_llmguard.usage")
 
@@ -54,6 +67,13 @@ _JSON_WHOLE = 4 << 20
 _JSON_TAIL = 64 << 10
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
 _STRIPPED_OPERATIONS = frozenset({"chat.completions", "completions"})
+# Audio minutes assumed per byte uploaded when an answer does not say how long the audio was
+# (text, srt and vtt transcripts): one megabyte a minute, 128 kbit/s compressed audio.
+_AUDIO_BYTES_PER_MINUTE = 1_000_000
+# Audio tokens a minute of speech is taken to be, for a token-billed transcription whose answer
+# reports no usage: OpenAI's per-minute estimates over its audio-token prices ($0.006 a minute at
+# $6/M for gpt-4o-transcribe, $0.003 at $3/M for gpt-4o-mini-transcribe).
+_AUDIO_TOKENS_PER_MINUTE = 1000
 
 
 class EventSink(Protocol):
@@ -265,8 +285,16 @@ class UsageMiddleware:
                 subjects.append((f"tag:{name}:{value}", tagged))
         if not subjects:
             return None
-        prompt = len(ctx.body or b"") // 4 + 1
+        endpoint = ctx.route.endpoint if ctx.route is not None else None
+        multipart = endpoint is not None and endpoint.multipart
+        # An upload's file is not prompt text: its unit price (if any) stands for it below.
+        prompt = 1 if multipart else len(ctx.body or b"") // 4 + 1
         amount = estimate_nanos(price, prompt, fields.max_output or self._default_max_output)
+        unit = billed_unit(endpoint) if endpoint is not None else None
+        unit_price = price.unit_price(unit)
+        if unit_price is not None:
+            expected = _expected_units(ctx, fields, unit)
+            amount += usd_to_nanos(unit_price) * math.ceil(expected)
         for subject, budget in subjects:
             try:
                 outcome = await budgets.reserve(subject, budget, amount, ttl=self._ttl)
@@ -329,6 +357,7 @@ class UsageMiddleware:
         server shutting down) rather than completed."""
         usage, served, tool_calls = meter.result()
         estimated = meter.estimated
+        unit = billed_unit(endpoint) if endpoint.billable else None
         outcome: Outcome
         reason: Reason | None = None
         if ctx.disconnected:
@@ -343,25 +372,54 @@ class UsageMiddleware:
             outcome = "ok"
 
         reached_upstream = ctx.credential_id is not None
+        served_as = ctx.upstream_model or model
+        final_price = (
+            (self._price(served_as, ctx.credential_id) or price) if endpoint.billable else None
+        )
+        answered = reached_upstream and (meter.status < 400 or outcome == "cancelled")
+        units = 0.0
+        if unit is not None and answered:
+            reported = meter.units(unit)
+            if reported is not None:
+                units = reported
+            elif usage is None:
+                # Nothing usable in the answer (a plain-text transcript, an answer too large to
+                # count): the units asked for or uploaded, flagged as an estimate.
+                units = _expected_units(ctx, None, unit)
+                estimated = True
+        priced_by_unit = (
+            units > 0 and final_price is not None and final_price.unit_price(unit) is not None
+        )
         if (
             usage is None
-            and endpoint.billable
-            and reached_upstream
-            and (meter.status < 400 or outcome == "cancelled")
+            and endpoint.multipart
+            and unit == "minute"
+            and units > 0
+            and answered
+            and not priced_by_unit
         ):
+            # A transcript without usage from a token-billed model: the minutes as audio tokens,
+            # the transcript's bytes as output tokens; the file itself is not prompt text.
+            audio = math.ceil(units * _AUDIO_TOKENS_PER_MINUTE)
+            usage = TokenUsage(
+                input_tokens=audio,
+                audio_input_tokens=audio,
+                output_tokens=max(meter.deltas, meter.answer_bytes // 4),
+            )
+            estimated = True
+        elif usage is None and endpoint.billable and answered and not priced_by_unit:
             # The provider did not say (cancelled, broken, truncated, or a server that sends no
             # usage): estimate, and say so on the record. Never silently free.
             usage = TokenUsage(
-                input_tokens=await estimate_prompt_tokens(ctx.body), output_tokens=meter.deltas
+                input_tokens=await estimate_prompt_tokens(ctx.body),
+                output_tokens=meter.deltas,
+                service_tier=meter.service_tier,  # a stream says it before its usage
             )
             estimated = True
 
-        served_as = ctx.upstream_model or model
         cost = 0
-        if usage is not None and endpoint.billable:
-            final_price = self._price(served_as, ctx.credential_id) or price
-            if final_price is not None:
-                cost = final_price.cost_nanos(usage, tool_calls)
+        if final_price is not None and (usage is not None or priced_by_unit):
+            cost = final_price.cost_nanos(usage or TokenUsage(), tool_calls, units=units, unit=unit)
         if usage is not None:
             ctx.usage_tokens = usage.total_tokens
 
@@ -430,6 +488,9 @@ class UsageMiddleware:
                 metadata=dict(key.metadata) if key else {},
                 reason=reason,
                 cache_creation_1h_tokens=u.cache_creation_1h_tokens,
+                service_tier=u.service_tier,
+                units=units,
+                unit=unit if units else None,
             )
         )
 
@@ -465,6 +526,22 @@ def _alias_prices(
         if best is not None:
             out[alias] = best
     return out
+
+
+def _expected_units(ctx: RequestContext, fields: RequestFields | None, unit: str | None) -> float:
+    """The units a request will likely be billed before (or without) the answer saying: the
+    images asked for (``n``, default 1), or the minutes of audio its upload size suggests."""
+    if unit == "image":
+        if fields is None:
+            try:
+                fields = ctx.fields()
+            except InvalidBody:
+                fields = None
+        n = fields.n if fields is not None else None
+        return float(n if n is not None and n > 0 else 1)
+    if unit == "minute":
+        return max(1, len(ctx.body or b"")) / _AUDIO_BYTES_PER_MINUTE
+    return 0.0
 
 
 def _cancelling() -> bool:
@@ -600,14 +677,30 @@ class _Meter:
             self._tail_only = True
 
     @property
+    def answer_bytes(self) -> int:
+        """The size of the non-streamed answer body kept for metering (0 for streams)."""
+        return self._json_size if self._json is not None else 0
+
+    @property
     def deltas(self) -> int:
         """Output events relayed so far: the estimate of output tokens when usage is missing."""
         return self.meter.deltas if self.meter is not None else 0
 
     @property
+    def service_tier(self) -> str | None:
+        """The service tier a stream's events reported, even before (or without) its usage."""
+        return self.meter.service_tier if self.meter is not None else None
+
+    @property
     def estimated(self) -> bool:
         """The stream's usage holds an estimated output count (see `StreamMeter.estimated`)."""
         return self.meter is not None and self.meter.estimated
+
+    def units(self, unit: str) -> float | None:
+        """The ``unit``s a whole non-streamed answer reports (``None``: it says nothing)."""
+        if self._json and not self._tail_only:
+            return units_from_json(unit, b"".join(self._json))
+        return None
 
     def result(self) -> tuple[TokenUsage | None, str | None, dict[str, int]]:
         """The provider's usage (or ``None``), the served model, and server-side tool calls."""
@@ -723,7 +816,8 @@ def _without_member(line: bytes, key: int) -> bytes:
 
 
 def _usage_slice(tail: bytes) -> bytes:
-    """``{"usage": {...}}`` cut from the tail of a large JSON answer (usage comes last)."""
+    """``{"usage": {...}}`` cut from the tail of a large JSON answer (usage comes last), with
+    the answer's ``service_tier`` when the tail has it (OpenAI puts it after the usage)."""
     at = tail.rfind(b'"usage"')
     if at < 0:
         return b""
@@ -731,4 +825,11 @@ def _usage_slice(tail: bytes) -> bytes:
     if start < 0:
         return b""
     end = _object_end(tail, start)
-    return b'{"usage":' + tail[start:end] + b"}" if end >= 0 else b""
+    if end < 0:
+        return b""
+    tier = _SERVICE_TIER.search(tail, end)
+    extra = b'"service_tier":"' + tier.group(1) + b'",' if tier else b""
+    return b"{" + extra + b'"usage":' + tail[start:end] + b"}"
+
+
+_SERVICE_TIER = re.compile(rb'"service_tier"\s*:\s*"([A-Za-z0-9_.-]{1,64})"')

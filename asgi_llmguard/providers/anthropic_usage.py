@@ -5,6 +5,8 @@ A message's ``usage`` has ``input_tokens`` (the uncached prompt), ``cache_read_i
 ``ephemeral_5m_input_tokens`` and ``ephemeral_1h_input_tokens``) and ``output_tokens``.
 Streamed, ``message_start`` carries the input side and ``message_delta`` the cumulative output
 (and, with server tools, updated input counts); ``message_stop`` ends the stream.
+``usage.service_tier`` (``"standard"``, ``"priority"``, ``"batch"``) names the tier that served
+the message; it is carried on the usage (`TokenUsage.service_tier`) and chooses the price.
 
 ``message_start``'s ``output_tokens`` is a placeholder (typically 1), not a count: until a
 ``message_delta`` brings the real one, the output is estimated from the deltas streamed so far
@@ -44,6 +46,7 @@ class _Usage(msgspec.Struct):
     cache_read_input_tokens: int | None = None
     cache_creation_input_tokens: int | None = None
     cache_creation: _CacheCreation | None = None
+    service_tier: str | None = None
 
     def creation_1h(self) -> int | None:
         c = self.cache_creation
@@ -70,7 +73,12 @@ _start = msgspec.json.Decoder(_Start)
 
 
 def _tokens(
-    input_tokens: int, cache_read: int, cache_creation: int, output_tokens: int, creation_1h: int
+    input_tokens: int,
+    cache_read: int,
+    cache_creation: int,
+    output_tokens: int,
+    creation_1h: int,
+    service_tier: str | None = None,
 ) -> TokenUsage:
     return TokenUsage(
         input_tokens=input_tokens + cache_read + cache_creation,
@@ -78,6 +86,7 @@ def _tokens(
         cached_input_tokens=cache_read,
         cache_creation_tokens=cache_creation,
         cache_creation_1h_tokens=creation_1h,
+        service_tier=service_tier[:64] if service_tier else None,
     )
 
 
@@ -95,6 +104,7 @@ def usage_from_json(body: bytes) -> tuple[TokenUsage | None, str | None, dict[st
         u.cache_creation_input_tokens or 0,
         u.output_tokens or 0,
         u.creation_1h() or 0,
+        u.service_tier,
     )
     return usage, decoded.model, u.server_tool_use.calls() if u.server_tool_use else {}
 
@@ -113,6 +123,7 @@ class MessagesStreamMeter:
         "error",
         "finished",
         "model",
+        "service_tier",
         "tool_calls",
     )
 
@@ -120,6 +131,8 @@ class MessagesStreamMeter:
         self.tool_calls: dict[str, int] = {}
         self._input = self._cache_read = self._cache_creation = self._output = 0
         self._cache_creation_1h = 0
+        #: ``usage.service_tier`` of ``message_start`` or a later ``message_delta``.
+        self.service_tier: str | None = None
         self._seen = False
         #: A ``message_delta`` brought the output count; before it, the count is a placeholder.
         self._final = False
@@ -136,7 +149,12 @@ class MessagesStreamMeter:
             return None
         output = self._output if self._final else max(self._output, self._streamed_tokens())
         return _tokens(
-            self._input, self._cache_read, self._cache_creation, output, self._cache_creation_1h
+            self._input,
+            self._cache_read,
+            self._cache_creation,
+            output,
+            self._cache_creation_1h,
+            self.service_tier,
         )
 
     @property
@@ -164,6 +182,8 @@ class MessagesStreamMeter:
             self._output = u.output_tokens
         if u.server_tool_use is not None:  # cumulative, like output_tokens
             self.tool_calls = u.server_tool_use.calls()
+        if u.service_tier:
+            self.service_tier = u.service_tier
 
     def event(self, event: bytes) -> None:
         name, data = event_fields(event)

@@ -31,6 +31,8 @@ class StreamMeter(Protocol):
     deltas: int
     #: Server-side tool calls by tool type, billed per call (``{"web_search": 2}``).
     tool_calls: dict[str, int]
+    #: The service tier the stream's events said served it so far (also on ``usage``).
+    service_tier: str | None
 
     def event(self, event: bytes) -> None: ...
 
@@ -43,6 +45,8 @@ def stream_meter(endpoint: Endpoint) -> StreamMeter | None:
         return openai_usage.ChatStreamMeter()
     if endpoint.operation == "responses":
         return openai_usage.ResponsesStreamMeter()
+    if endpoint.operation == "audio.transcriptions":
+        return openai_usage.TranscriptionStreamMeter()
     return None
 
 
@@ -53,3 +57,23 @@ def usage_from_json(
     if endpoint.api == "anthropic":
         return anthropic_usage.usage_from_json(body)
     return openai_usage.usage_from_json(body)
+
+
+#: The unit each operation billed by the piece is metered in.
+_UNITS = {
+    "audio.transcriptions": "minute",
+    "audio.translations": "minute",
+    "images.generations": "image",
+    "images.edits": "image",
+    "images.variations": "image",
+}
+
+
+def billed_unit(endpoint: Endpoint) -> str | None:
+    """The unit (``"minute"``, ``"image"``) an endpoint's answers are metered in, if any."""
+    return _UNITS.get(endpoint.operation) if endpoint.api != "anthropic" else None
+
+
+def units_from_json(unit: str, body: bytes) -> float | None:
+    """How many ``unit``s a non-streamed answer reports, or ``None`` if it says nothing."""
+    return openai_usage.units_from_json(unit, body)

@@ -8,6 +8,10 @@
 - Responses API: ``usage.input_tokens`` / ``output_tokens`` with ``input_tokens_details`` and
   ``output_tokens_details``; streamed in the ``response.completed`` (or ``.incomplete`` /
   ``.failed``) event.
+- Both: the tier that served the answer in a top-level ``service_tier`` (``"default"``,
+  ``"flex"``, ``"priority"``, ...), which may differ from the one requested; on every streamed
+  chunk, and on the ``response`` object of the Responses API's events. It is carried on the
+  usage (`TokenUsage.service_tier`) and chooses the price.
 
 Only the usage slice and the model are decoded (msgspec skips the rest unread), and in a stream
 only the events that can carry them.
@@ -23,6 +27,8 @@ from asgi_llmguard.tokens import TokenUsage
 
 class _InputDetails(msgspec.Struct):
     cached_tokens: int | None = None
+    #: Transcription models: the audio part of the prompt.
+    audio_tokens: int | None = None
 
 
 class _OutputDetails(msgspec.Struct):
@@ -38,15 +44,26 @@ class _Usage(msgspec.Struct):
     completion_tokens_details: _OutputDetails | None = None
     input_tokens_details: _InputDetails | None = None
     output_tokens_details: _OutputDetails | None = None
+    #: Transcriptions: ``"tokens"`` (with ``input_token_details``) or ``"duration"``
+    #: (``seconds`` of audio: no tokens, the answer is billed by the minute).
+    type: str | None = None
+    input_token_details: _InputDetails | None = None
+    seconds: float | None = None
 
-    def tokens(self) -> TokenUsage:
-        details_in = self.prompt_tokens_details or self.input_tokens_details
+    def tokens(self, service_tier: str | None = None) -> TokenUsage | None:
+        if self.type == "duration":
+            return None
+        details_in = (
+            self.prompt_tokens_details or self.input_tokens_details or self.input_token_details
+        )
         details_out = self.completion_tokens_details or self.output_tokens_details
         return TokenUsage(
             input_tokens=_first(self.prompt_tokens, self.input_tokens),
             output_tokens=_first(self.completion_tokens, self.output_tokens),
             cached_input_tokens=(details_in.cached_tokens or 0) if details_in else 0,
             reasoning_tokens=(details_out.reasoning_tokens or 0) if details_out else 0,
+            service_tier=service_tier,
+            audio_input_tokens=(details_in.audio_tokens or 0) if details_in else 0,
         )
 
 
@@ -63,6 +80,8 @@ class _Body(msgspec.Struct):
     usage: _Usage | None = None
     #: Responses API output items: server-side tool calls are billed per call.
     output: list[_OutputItem] | None = None
+    #: The tier that served the answer (not necessarily the one requested).
+    service_tier: str | None = None
 
     def tool_calls(self) -> dict[str, int]:
         """Server-side tool calls by tool type (``web_search_call`` -> ``web_search``). Function
@@ -93,7 +112,94 @@ def usage_from_json(body: bytes) -> tuple[TokenUsage | None, str | None, dict[st
         decoded = _body.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None, None, {}
-    return (decoded.usage.tokens() if decoded.usage else None), decoded.model, decoded.tool_calls()
+    usage = decoded.usage.tokens(_tier(decoded.service_tier)) if decoded.usage else None
+    return usage, decoded.model, decoded.tool_calls()
+
+
+def _tier(value: str | None) -> str | None:
+    """A reported service tier as recorded: bounded, so a misbehaving upstream cannot bloat the
+    ledger."""
+    return value[:64] if value else None
+
+
+class _TranscriptEvent(msgspec.Struct):
+    type: str | None = None
+    usage: _Usage | None = None
+
+
+_transcript_event = msgspec.json.Decoder(_TranscriptEvent)
+
+
+class TranscriptionStreamMeter:
+    """Streamed transcriptions: ``transcript.text.delta`` events, then ``transcript.text.done``
+    carrying the usage (``data:``-only events; the done event ends the stream)."""
+
+    __slots__ = ("deltas", "error", "finished", "model", "service_tier", "tool_calls", "usage")
+    #: Usage is read only from the done event: it is final or absent.
+    estimated = False
+
+    def __init__(self) -> None:
+        self.tool_calls: dict[str, int] = {}
+        self.service_tier: str | None = None
+        self.usage: TokenUsage | None = None
+        self.model: str | None = None
+        self.finished = False
+        self.error = False
+        self.deltas = 0
+
+    def event(self, event: bytes) -> None:
+        _, data = event_fields(event)
+        if not data:
+            return
+        if b'"transcript.text.delta"' in data:
+            self.deltas += 1
+            return
+        if data.startswith(b'{"error"'):
+            self.error = True
+            return
+        try:
+            decoded = _transcript_event.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            return
+        if decoded.type == "transcript.text.done":
+            self.finished = True
+            if decoded.usage is not None:
+                self.usage = decoded.usage.tokens()
+        elif decoded.type == "error":
+            self.error = True
+
+
+class _Item(msgspec.Struct):
+    """One ``data[]`` entry of an images answer; its content (``b64_json``, ``url``) unread."""
+
+
+class _UnitBody(msgspec.Struct):
+    #: Transcriptions and translations in ``verbose_json``: seconds of audio.
+    duration: float | None = None
+    usage: _Usage | None = None
+    #: Images answers: one entry per image made.
+    data: list[_Item] | None = None
+
+
+_unit_body = msgspec.json.Decoder(_UnitBody)
+
+
+def units_from_json(unit: str, body: bytes) -> float | None:
+    """The billed ``unit``s a non-streamed answer reports: ``"minute"``s of audio (from
+    ``duration``, or ``usage.seconds`` of a ``"duration"`` usage), or ``"image"``s (the
+    entries of ``data``); ``None`` if it reports none."""
+    try:
+        decoded = _unit_body.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    if unit == "minute":
+        seconds = decoded.duration
+        if seconds is None and decoded.usage is not None and decoded.usage.type == "duration":
+            seconds = decoded.usage.seconds
+        return seconds / 60 if seconds is not None and 0 <= seconds < 1e9 else None
+    if unit == "image" and decoded.data is not None:
+        return float(len(decoded.data))
+    return None
 
 
 _USAGE_OBJECT = (b'"usage":{', b'"usage": {')
@@ -127,7 +233,17 @@ class ChatStreamMeter:
     count plus the deltas streamed after it, flagged ``estimated``.
     """
 
-    __slots__ = ("_at", "_final", "_usage", "deltas", "error", "finished", "model", "tool_calls")
+    __slots__ = (
+        "_at",
+        "_final",
+        "_usage",
+        "deltas",
+        "error",
+        "finished",
+        "model",
+        "service_tier",
+        "tool_calls",
+    )
 
     def __init__(self) -> None:
         self.tool_calls: dict[str, int] = {}
@@ -136,6 +252,8 @@ class ChatStreamMeter:
         #: ``deltas`` when the last usage was read.
         self._at = 0
         self.model: str | None = None
+        #: The tier the chunks say served the stream (read with the model and the usage).
+        self.service_tier: str | None = None
         self.finished = False
         self.error = False
         #: Events that carried generated text: an estimate of the output tokens sent so far.
@@ -184,8 +302,10 @@ class ChatStreamMeter:
                 return
             if self.model is None:
                 self.model = decoded.model
+            if decoded.service_tier:
+                self.service_tier = _tier(decoded.service_tier)
             if decoded.usage is not None:
-                self._usage = decoded.usage.tokens()
+                self._usage = decoded.usage.tokens(self.service_tier)
                 self._at = self.deltas
                 self._final = _NO_CHOICES[0] in data or _NO_CHOICES[1] in data
 
@@ -207,7 +327,7 @@ _OUTPUT_DELTAS = frozenset(
 class ResponsesStreamMeter:
     """Responses API streams: named events, usage in the terminal ``response.*`` event."""
 
-    __slots__ = ("deltas", "error", "finished", "model", "tool_calls", "usage")
+    __slots__ = ("deltas", "error", "finished", "model", "service_tier", "tool_calls", "usage")
     #: Usage is read only from the terminal event: it is final or absent.
     estimated = False
 
@@ -215,6 +335,7 @@ class ResponsesStreamMeter:
         self.tool_calls: dict[str, int] = {}
         self.usage: TokenUsage | None = None
         self.model: str | None = None
+        self.service_tier: str | None = None
         self.finished = False
         self.error = False
         self.deltas = 0
@@ -233,10 +354,11 @@ class ResponsesStreamMeter:
                 return
             if decoded.response is not None:
                 self.model = decoded.response.model or self.model
+                self.service_tier = _tier(decoded.response.service_tier) or self.service_tier
                 if name in _TERMINAL:
                     # Only the terminal event's usage is the final count.
                     if decoded.response.usage is not None:
-                        self.usage = decoded.response.usage.tokens()
+                        self.usage = decoded.response.usage.tokens(self.service_tier)
                     self.tool_calls = decoded.response.tool_calls()
             if name in _TERMINAL:
                 self.finished = True

@@ -90,6 +90,7 @@ def messages(body: dict[str, Any], gen: Generation) -> dict[str, Any] | StreamPl
                     "ephemeral_1h_input_tokens": gen.cache_write_1h,
                 },
                 "output_tokens": output_tokens,
+                "service_tier": gen.service_tier or "standard",
             },
         }
 

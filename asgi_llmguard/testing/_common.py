@@ -201,6 +201,8 @@ class Generation:
     cache_write_5m: int = 0
     cache_write_1h: int = 0
     """Prompt tokens reported written to Anthropic's 5-minute and 1-hour caches."""
+    service_tier: str | None = None
+    """The tier reported as having served the answer (``None``: the standard tier)."""
 
 
 def wants_stream(body: dict[str, Any]) -> bool:

@@ -51,6 +51,11 @@ _OPENAI_ENDPOINTS = {
     "/v1/completions": "completions",
     "/v1/responses": "responses",
     "/v1/embeddings": "embeddings",
+    "/v1/audio/transcriptions": "transcriptions",
+    "/v1/audio/translations": "translations",
+    "/v1/images/generations": "images.generations",
+    "/v1/images/edits": "images.edits",
+    "/v1/images/variations": "images.variations",
 }
 _AZURE_ENDPOINTS = {
     "chat/completions": "chat",

@@ -31,6 +31,8 @@ class Knobs:
     usage_in_last_chunk: bool = False
     cache_write_5m: int = 0
     cache_write_1h: int = 0
+    #: The service tier the answers report; ``None``: the standard tier's name.
+    service_tier: str | None = None
 
 
 def seconds(name: str, value: object) -> float:
@@ -80,6 +82,11 @@ def validate(knobs: Knobs) -> Knobs:
         raise ValueError("line_ending must be 'lf', 'crlf' or 'cr'")
     if not isinstance(knobs.usage_in_last_chunk, bool):
         raise ValueError("usage_in_last_chunk must be a boolean")
+    tier = knobs.service_tier
+    if tier is not None and (
+        not isinstance(tier, str) or not tier or not tier.isascii() or not tier.isprintable()
+    ):
+        raise ValueError("service_tier must be a non-empty ASCII string")
     return knobs
 
 
@@ -99,9 +106,17 @@ HEADER_KNOBS: dict[str, tuple[str, Callable[[str], object]]] = {
     "x-fake-usage-in-last-chunk": ("usage_in_last_chunk", lambda text: text.lower() == "true"),
     "x-fake-cache-write-5m": ("cache_write_5m", int),
     "x-fake-cache-write-1h": ("cache_write_1h", int),
+    "x-fake-service-tier": ("service_tier", str),
 }
 LINE_ENDINGS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
-OPTIONAL_KNOBS = {"status", "retry_after", "reset_after_chunks", "truncate_after_chunks", "chunks"}
+OPTIONAL_KNOBS = {
+    "status",
+    "retry_after",
+    "reset_after_chunks",
+    "truncate_after_chunks",
+    "chunks",
+    "service_tier",
+}
 
 
 def override(knobs: Knobs, headers: list[tuple[str, str]]) -> Knobs:

@@ -137,7 +137,7 @@ def chat(body: dict[str, Any], gen: Generation) -> dict[str, Any] | StreamPlan:
                 }
             ],
             "usage": _chat_usage(c, gen),
-            "service_tier": "default",
+            "service_tier": gen.service_tier or "default",
             "system_fingerprint": SYSTEM_FINGERPRINT,
         }
 
@@ -149,7 +149,7 @@ def chat(body: dict[str, Any], gen: Generation) -> dict[str, Any] | StreamPlan:
             "object": "chat.completion.chunk",
             "created": created,
             "model": c.model,
-            "service_tier": "default",
+            "service_tier": gen.service_tier or "default",
             "system_fingerprint": SYSTEM_FINGERPRINT,
             "choices": choices,
         }
@@ -281,7 +281,7 @@ def responses(body: dict[str, Any], gen: Generation) -> dict[str, Any] | StreamP
             "parallel_tool_calls": True,
             "previous_response_id": None,
             "reasoning": {"effort": None, "summary": None},
-            "service_tier": "default",
+            "service_tier": gen.service_tier or "default",
             "store": True,
             "temperature": body.get("temperature", 1.0),
             "text": {"format": {"type": "text"}, "verbosity": "medium"},

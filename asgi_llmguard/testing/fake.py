@@ -15,6 +15,10 @@ at ``<url>`` and an Azure OpenAI SDK at ``azure_endpoint=<url>``):
 ``POST /v1/embeddings``                                      OpenAI embeddings
 ``GET /v1/models``, ``GET /v1/models/{id}``                  OpenAI's shape, Anthropic's when the
                                                              request has ``anthropic-version``
+``POST /v1/audio/transcriptions``, ``.../translations``      OpenAI audio (``multipart/form-data``;
+                                                             rules in ``_uploads``)
+``POST /v1/images/edits``, ``.../variations``                OpenAI images (``multipart/form-data``)
+``POST /v1/images/generations``                              OpenAI images (JSON)
 ``POST /v1/messages``                                        Anthropic Messages (idem)
 ``POST /v1/messages/count_tokens``                           Anthropic token counting
 ``POST /v1/responses/compact``                               OpenAI compaction (one ``compaction``
@@ -29,7 +33,15 @@ at ``<url>`` and an Azure OpenAI SDK at ``azure_endpoint=<url>``):
 The ``model`` of every answer is the request's ``model`` (for Azure: the deployment name). Errors
 use the shape of the API called: ``{"error": {"message", "type", "param", "code"}}`` for OpenAI
 and Azure, ``{"type": "error", "error": {"type", "message"}}`` for Anthropic (``/v1/messages*``).
-Unknown paths answer 404, a wrong method 405, a body that is not a JSON object 400.
+Unknown paths answer 404, a wrong method 405, a body that is not a JSON object 400 (on the upload
+endpoints: a body that is not ``multipart/form-data``).
+
+**Uploads.** The audio lasts one second per 1,000 bytes of the uploaded ``file``: ``whisper-1``
+reports it as ``duration`` (``verbose_json``) and ``usage: {"type": "duration", "seconds"}``
+(rounded up); other models answer ``json`` or ``text`` only, with ``usage: {"type": "tokens"}``
+(one audio token per 100 bytes, the words of ``prompt`` as text tokens, the transcript's words as
+output). ``text``, ``srt`` and ``vtt`` answers carry no numbers. Images answers carry ``n``
+entries; ``gpt-image-*`` ones add token usage.
 
 **Token rule.** A token is a whitespace-separated word (:meth:`FakeProvider.count_tokens`).
 
@@ -53,13 +65,17 @@ Non-streamed answers carry the same usage their stream would report.
 ``x-fake-reset-after-chunks``, ``x-fake-truncate-after-chunks``, ``x-fake-chunks``,
 ``x-fake-reply`` (UTF-8), ``x-fake-cached-tokens`` and ``x-fake-reasoning-tokens`` (OpenAI's
 ``cached_tokens`` and ``reasoning_tokens`` usage details; reasoning counts in the output),
-``x-fake-line-ending`` (``lf``, ``crlf`` or ``cr``: the line ending of streamed events) and
+``x-fake-line-ending`` (``lf``, ``crlf`` or ``cr``: the line ending of streamed events),
 ``x-fake-usage-in-last-chunk`` (``true``: a chat stream asked for usage carries it on its last
-chunk with choices instead of a usage-only chunk), and ``x-fake-cache-write-5m`` /
+chunk with choices instead of a usage-only chunk), ``x-fake-cache-write-5m`` /
 ``x-fake-cache-write-1h`` (prompt tokens an Anthropic message reports written to its 5-minute /
-1-hour prompt cache, in ``usage.cache_creation``). The value ``none`` clears an optional knob and
-``x-fake-status: 200`` turns a default error status off. A bad value or an unknown ``x-fake-*``
-header answers 400.
+1-hour prompt cache, in ``usage.cache_creation``), and ``x-fake-service-tier`` (the service tier
+the answer reports as having served it, whatever the request asked for: OpenAI's top-level
+``service_tier`` on chat completions and Responses, in the JSON answer, on every chat chunk and on
+the ``response`` object of every Responses event; Anthropic's ``usage.service_tier`` in the
+message and in ``message_start``; by default ``default`` and ``standard``). The value ``none``
+clears an optional knob and ``x-fake-status: 200`` turns a default error status off. A bad value
+or an unknown ``x-fake-*`` header answers 400.
 ``chunk_delay``, ``reset_after_chunks`` and ``truncate_after_chunks`` only affect streams.
 """
 
@@ -76,7 +92,7 @@ from typing import Any
 
 import orjson
 
-from asgi_llmguard.testing import _anthropic, _openai
+from asgi_llmguard.testing import _anthropic, _openai, _uploads
 from asgi_llmguard.testing._common import (
     ApiError,
     Generation,
@@ -127,6 +143,7 @@ class _IgnoreIntentionalResets(logging.Filter):
 _RESET_FILTER = _IgnoreIntentionalResets()
 
 _JSON_TYPE = (b"content-type", b"application/json")
+_FORM_ENDPOINTS = frozenset({"transcriptions", "translations", "images.edits", "images.variations"})
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
@@ -156,6 +173,10 @@ class FakeProvider:
         cache_write_5m: Prompt tokens an Anthropic message reports written to the 5-minute
             prompt cache (``usage.cache_creation.ephemeral_5m_input_tokens``).
         cache_write_1h: The same for the 1-hour cache (``ephemeral_1h_input_tokens``).
+        service_tier: The service tier the answers report as having served them: OpenAI's
+            top-level ``service_tier`` (default ``"default"``), Anthropic's
+            ``usage.service_tier`` (default ``"standard"``). The request's ``service_tier``
+            does not change it, as a provider may serve another tier than the one asked for.
         max_requests_kept: How many requests :attr:`requests` remembers (oldest dropped first).
 
     The knobs can be changed later with :meth:`configure`, or per request with ``x-fake-*``
@@ -185,6 +206,7 @@ class FakeProvider:
         max_requests_kept: int = 1000,
         cache_write_5m: int = 0,
         cache_write_1h: int = 0,
+        service_tier: str | None = None,
     ) -> None:
         self.api_key = api_key
         self._defaults = validate(
@@ -199,6 +221,7 @@ class FakeProvider:
                 reply=reply,
                 cache_write_5m=cache_write_5m,
                 cache_write_1h=cache_write_1h,
+                service_tier=service_tier,
             )
         )
         self._requests: collections.deque[ReceivedRequest] = collections.deque(
@@ -215,7 +238,7 @@ class FakeProvider:
 
         Takes the constructor's knob names (``reply``, ``latency``, ``chunk_delay``, ``status``,
         ``retry_after``, ``reset_after_chunks``, ``truncate_after_chunks``, ``chunks``,
-        ``cache_write_5m``, ``cache_write_1h``);
+        ``cache_write_5m``, ``cache_write_1h``, ``service_tier``);
         requests already in progress keep the knobs they started with.
         """
         unknown = set(knobs) - {f.name for f in dataclasses.fields(Knobs)}
@@ -361,6 +384,17 @@ class FakeProvider:
             return
         if isinstance(result, StreamPlan):
             await self._stream(exchange, route.api, result, knobs)
+        elif isinstance(result, _uploads.PlainText):
+            data = result.body.encode()
+            await exchange.start(
+                200,
+                [
+                    (b"content-type", result.content_type.encode()),
+                    (b"content-length", str(len(data)).encode()),
+                    self._id_header(route.api),
+                ],
+            )
+            await exchange.body(data, more=False)
         else:
             await self._send_json(exchange, route.api, 200, result, [])
 
@@ -432,7 +466,16 @@ class FakeProvider:
     @staticmethod
     def _dispatch(
         route: Route, request: ReceivedRequest, knobs: Knobs
-    ) -> dict[str, Any] | StreamPlan:
+    ) -> dict[str, Any] | StreamPlan | _uploads.PlainText:
+        if route.endpoint in _FORM_ENDPOINTS:
+            form = _uploads.parse_form(request.header("content-type"), request.body)
+            upload = Generation(reply=knobs.reply, chunks=None)
+            if route.endpoint == "transcriptions":
+                return _uploads.audio(form, upload, "transcribe")
+            if route.endpoint == "translations":
+                return _uploads.audio(form, upload, "translate")
+            uploaded = sum(sum(sizes) for sizes in form.files.values())
+            return _uploads.images(form.fields, upload, uploaded, needs_image=True)
         if route.endpoint == "models":
             return _anthropic.models() if route.api == "anthropic" else _openai.models()
         if route.endpoint == "batch":
@@ -460,6 +503,7 @@ class FakeProvider:
             usage_in_last_chunk=knobs.usage_in_last_chunk,
             cache_write_5m=knobs.cache_write_5m,
             cache_write_1h=knobs.cache_write_1h,
+            service_tier=knobs.service_tier,
         )
         match route.endpoint:
             case "chat":
@@ -472,6 +516,8 @@ class FakeProvider:
                 return _openai.embeddings(body, generation)
             case "compact":
                 return _openai.compact(body, generation)
+            case "images.generations":
+                return _uploads.images(body, generation)
             case "messages":
                 return _anthropic.messages(body, generation)
             case "batches.create":

@@ -55,6 +55,14 @@ class UsageEvent(msgspec.Struct, kw_only=True, omit_defaults=False):
     reason: str | None = None
     #: The part of ``cache_creation_tokens`` written to Anthropic's 1-hour cache.
     cache_creation_1h_tokens: int = 0
+    #: The service tier the provider says served the attempt (OpenAI's ``service_tier``:
+    #: ``default``, ``flex``, ``priority``...; Anthropic's ``usage.service_tier``: ``standard``,
+    #: ``priority``, ``batch``), as reported; ``None`` when it did not say.
+    service_tier: str | None = None
+    #: What the answer was billed in besides tokens: how many ``unit``s (``"minute"`` of audio,
+    #: possibly fractional; ``"image"``). ``unit`` is ``None`` when there were none.
+    units: float = 0.0
+    unit: str | None = None
 
     @property
     def cost_usd(self) -> float:

@@ -38,6 +38,7 @@ __all__ = [
     "ModelPrice",
     "PriceTable",
     "PriceTier",
+    "ServiceTierPrice",
     "UnknownModelPrice",
     "estimate_nanos",
     "usd_to_nanos",
@@ -46,6 +47,8 @@ __all__ = [
 #: USD per million tokens (or per call, for ``per_call``); never negative.
 _Price = Annotated[float, msgspec.Meta(ge=0)]
 _NO_CALLS: Mapping[str, int] = MappingProxyType({})
+#: The names providers give their standard tier: always the model's own prices.
+_STANDARD_SERVICE_TIERS = frozenset({"default", "standard", "auto"})
 
 
 class PriceTier(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -66,6 +69,46 @@ class PriceTier(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_de
     cache_creation_1h: _Price | None = None
 
 
+class ServiceTierPrice(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Prices that replace the standard ones when the provider says the answer was served on a
+    named service tier (OpenAI's ``service_tier: "flex"`` or ``"priority"``).
+
+    The tier the *response* reports is what is charged, not the one the request asked for: a
+    request for ``"auto"`` served on Priority costs the Priority price, one for ``"priority"``
+    served on the standard tier the standard price. A field left out keeps the standard price for
+    that answer (the long-context tier's, if one applies), as with `PriceTier`.
+    """
+
+    input: _Price | None = None
+    cached_input: _Price | None = None
+    cache_creation: _Price | None = None
+    output: _Price | None = None
+    reasoning: _Price | None = None
+    cache_creation_1h: _Price | None = None
+
+
+_Overlay: TypeAlias = PriceTier | ServiceTierPrice
+_Rates: TypeAlias = tuple[float, float | None, float | None, float, float | None, float | None]
+
+
+def _overlay(tier: _Overlay, rates: _Rates) -> _Rates:
+    """``rates`` (input, cached, creation, output, reasoning, creation_1h; ``None``: default)
+    with the prices ``tier`` sets."""
+    inp, cached, creation, out, reasoning, creation_1h = rates
+    if tier.cache_creation_1h is not None:
+        creation_1h = tier.cache_creation_1h
+    elif tier.input is not None:  # a tier's input price rescales the 1-hour default
+        creation_1h = None
+    return (
+        tier.input if tier.input is not None else inp,
+        tier.cached_input if tier.cached_input is not None else cached,
+        tier.cache_creation if tier.cache_creation is not None else creation,
+        tier.output if tier.output is not None else out,
+        tier.reasoning if tier.reasoning is not None else reasoning,
+        creation_1h,
+    )
+
+
 class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The price of one model, in USD per million tokens.
 
@@ -83,6 +126,17 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
       listed cost nothing.
     - ``tiers``: long-context prices (`PriceTier`); the tier with the highest ``above`` that the
       prompt exceeds applies.
+    - ``service_tiers``: prices by the service tier the provider reports in its answer
+      (`ServiceTierPrice`), e.g. ``{"flex": ..., "priority": ...}``. A tier not listed, and the
+      standard tier (``default``, ``standard``, ``auto``, or none reported), cost the prices
+      above.
+    - ``audio_input``: audio prompt tokens (transcription models; default: ``input``).
+    - ``per_minute``: USD per minute of audio the provider reports (``whisper-1``), charged
+      pro rata to the second.
+    - ``per_image``: USD per image the answer carries (``dall-e-2``).
+
+    A model billed per unit writes ``input = 0`` and ``output = 0`` with its unit price; the
+    unit prices and the token prices add up when an answer reports both.
     """
 
     input: _Price
@@ -93,16 +147,28 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     per_call: dict[str, _Price] = msgspec.field(default_factory=dict)
     tiers: tuple[PriceTier, ...] = ()
     cache_creation_1h: _Price | None = None
+    service_tiers: dict[str, ServiceTierPrice] = msgspec.field(default_factory=dict)
+    audio_input: _Price | None = None
+    per_minute: _Price | None = None
+    per_image: _Price | None = None
 
     def __post_init__(self) -> None:
         prices = [self.input, self.cached_input, self.cache_creation, self.output, self.reasoning]
         prices.append(self.cache_creation_1h)
+        prices.extend((self.audio_input, self.per_minute, self.per_image))
         prices.extend(self.per_call.values())
         for tier in self.tiers:
             prices.extend(
                 (tier.input, tier.cached_input, tier.cache_creation, tier.output, tier.reasoning)
             )
             prices.append(tier.cache_creation_1h)
+        for name, extra in self.service_tiers.items():
+            if not name or name.lower() in _STANDARD_SERVICE_TIERS:
+                raise ValueError(
+                    f"service tier {name!r}: the standard tier costs the model's own prices"
+                )
+            prices.extend((extra.input, extra.cached_input, extra.cache_creation, extra.output))
+            prices.extend((extra.reasoning, extra.cache_creation_1h))
         # Checked here too: a struct built in code is not validated by msgspec's Meta.
         if any(p is not None and not (math.isfinite(p) and p >= 0) for p in prices):
             raise ValueError("prices must be finite numbers >= 0")
@@ -110,24 +176,29 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         if thresholds != sorted(set(thresholds)):
             raise ValueError("tiers must be sorted by `above`, each threshold once")
 
-    def rates(self, input_tokens: int = 0) -> tuple[float, float, float, float, float, float]:
+    def rates(
+        self, input_tokens: int = 0, service_tier: str | None = None
+    ) -> tuple[float, float, float, float, float, float]:
         """The effective ``(input, cached_input, cache_creation, output, reasoning,
-        cache_creation_1h)`` prices for a prompt of ``input_tokens`` tokens: the tier that
-        applies, then the defaults."""
-        inp, cached, creation = self.input, self.cached_input, self.cache_creation
-        out, reasoning, creation_1h = self.output, self.reasoning, self.cache_creation_1h
+        cache_creation_1h)`` prices for a prompt of ``input_tokens`` tokens served on
+        ``service_tier``: the long-context tier that applies, then the service tier's prices,
+        then the defaults."""
+        rates: _Rates = (
+            self.input,
+            self.cached_input,
+            self.cache_creation,
+            self.output,
+            self.reasoning,
+            self.cache_creation_1h,
+        )
         for tier in reversed(self.tiers):
             if input_tokens > tier.above:
-                inp = tier.input if tier.input is not None else inp
-                cached = tier.cached_input if tier.cached_input is not None else cached
-                creation = tier.cache_creation if tier.cache_creation is not None else creation
-                out = tier.output if tier.output is not None else out
-                reasoning = tier.reasoning if tier.reasoning is not None else reasoning
-                if tier.cache_creation_1h is not None:
-                    creation_1h = tier.cache_creation_1h
-                elif tier.input is not None:  # a tier's input price rescales the 1-hour default
-                    creation_1h = None
+                rates = _overlay(tier, rates)
                 break
+        extra = self.service_tier_price(service_tier)
+        if extra is not None:
+            rates = _overlay(extra, rates)
+        inp, cached, creation, out, reasoning, creation_1h = rates
         return (
             inp,
             inp if cached is None else cached,
@@ -137,14 +208,40 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             2 * inp if creation_1h is None else creation_1h,
         )
 
-    def cost_nanos(self, usage: TokenUsage, tool_calls: Mapping[str, int] = _NO_CALLS) -> int:
-        """The exact cost of ``usage`` (plus ``tool_calls`` by tool type) in nano-dollars.
+    def service_tier_price(self, service_tier: str | None) -> ServiceTierPrice | None:
+        """The prices of ``service_tier`` (as a provider reports it), or ``None``: the standard
+        prices apply (no tier reported, a standard tier's name, or a tier not listed)."""
+        if not service_tier or not self.service_tiers:
+            return None
+        found = self.service_tiers.get(service_tier)
+        if found is None:
+            found = self.service_tiers.get(service_tier.lower())
+        return found
+
+    def unit_price(self, unit: str | None) -> float | None:
+        """The price of one ``unit`` (``"minute"``, ``"image"``), or ``None`` if it has none."""
+        if unit == "minute":
+            return self.per_minute
+        if unit == "image":
+            return self.per_image
+        return None
+
+    def cost_nanos(
+        self,
+        usage: TokenUsage,
+        tool_calls: Mapping[str, int] = _NO_CALLS,
+        *,
+        units: float = 0.0,
+        unit: str | None = None,
+    ) -> int:
+        """The exact cost of ``usage`` (plus ``tool_calls`` by tool type, plus ``units`` of
+        ``unit`` at `unit_price`) in nano-dollars.
 
         Inconsistent counts are clamped so that nothing is charged below what the provider
         reported: negative counts count as 0; when ``cached + cache_creation > input`` the prompt
         is taken to be ``cached + cache_creation`` long (each part at its own price, nothing
         uncached); when ``reasoning > output`` the output is taken to be ``reasoning`` long. The
-        result is never negative.
+        result is never negative. ``usage.service_tier`` chooses the prices (`rates`).
         """
         cached = max(0, usage.cached_input_tokens)
         creation = max(0, usage.cache_creation_tokens)
@@ -152,23 +249,32 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         prompt = max(usage.input_tokens, cached + creation)
         reasoning = max(0, usage.reasoning_tokens)
         output = max(usage.output_tokens, reasoning)
-        scaled, exponent = _scaled(self.rates(prompt))
+        audio = min(max(0, usage.audio_input_tokens), prompt - cached - creation)
+        scaled, exponent = _scaled(self.rates(prompt, usage.service_tier))
         numerator = 1000 * (
-            scaled[0] * (prompt - cached - creation)
+            scaled[0] * (prompt - cached - creation - audio)
             + scaled[1] * cached
             + scaled[2] * (creation - creation_1h)
             + scaled[5] * creation_1h
             + scaled[3] * (output - reasoning)
             + scaled[4] * reasoning
         )
-        if not tool_calls:  # the common case: round the one fraction, no running sum
-            return _round_half_up(numerator, exponent)
+        unit_price = self.unit_price(unit) if units > 0 else None
+        if not tool_calls and not audio and unit_price is None:
+            return _round_half_up(numerator, exponent)  # the common case: no running sum
         total = _Sum()
         total.numerator, total.exponent = numerator, exponent
         for tool, calls in tool_calls.items():
             fee = self.per_call.get(tool)
             if fee is not None and calls > 0:
                 total.add(fee, calls * 1_000_000_000)
+        if audio:
+            audio_price = self.input if self.audio_input is None else self.audio_input
+            total.add(audio_price, audio * 1000)
+        if unit_price is not None:
+            # ``units`` as the shortest decimal that reads back as it (minutes may be fractional).
+            count, scale = _exact(units)
+            total.add_scaled(unit_price, count * 1_000_000_000, scale)
         return total.round_half_up()
 
 
@@ -200,17 +306,22 @@ def estimate_nanos(price: ModelPrice, prompt_tokens_estimate: int, max_output_to
 
     Every prompt token at the dearest prompt price (no cache discount; a cache write may cost
     more than plain input), every output token at the dearer of the output and reasoning prices,
-    the long-context tier chosen by the prompt estimate, rounded up. Tool-call fees are not
-    included: the number of calls is not known in advance.
+    the long-context tier chosen by the prompt estimate, rounded up; and at the dearest of the
+    standard prices and every service tier's (`ModelPrice.service_tiers`), since the upstream,
+    not the request, decides which tier serves it. Tool-call fees are not included: the number
+    of calls is not known in advance.
     """
     prompt = max(0, prompt_tokens_estimate)
     output = max(0, max_output_tokens)
-    # The prices as integers over one power of ten (cached), so the max of the numerators is
-    # the numerator of the max: one exact dot product, rounded up.
-    s, exponent = _scaled(price.rates(prompt))
-    dearest = max(s[0], s[1], s[2], s[5] if price.cache_creation_1h is not None else 0)
-    numerator = 1000 * (dearest * prompt + max(s[3], s[4]) * output)
-    return -(-numerator // _pow10(exponent))
+    worst = 0
+    for tier in (None, *price.service_tiers):
+        # The prices as integers over one power of ten (cached), so the max of the numerators
+        # is the numerator of the max: one exact dot product, rounded up.
+        s, exponent = _scaled(price.rates(prompt, tier))
+        dearest = max(s[0], s[1], s[2], s[5] if price.cache_creation_1h is not None else 0)
+        numerator = 1000 * (dearest * prompt + max(s[3], s[4]) * output)
+        worst = max(worst, -(-numerator // _pow10(exponent)))
+    return worst
 
 
 @functools.lru_cache(maxsize=4096)
@@ -256,6 +367,17 @@ class _Sum:
         if count <= 0 or price == 0:
             return
         numerator, exponent = _exact(price)
+        if exponent > self.exponent:
+            self.numerator *= _pow10(exponent - self.exponent)
+            self.exponent = exponent
+        self.numerator += numerator * count * _pow10(self.exponent - exponent)
+
+    def add_scaled(self, price: float, count: int, scale: int) -> None:
+        """Add ``price * count / 10**scale`` exactly."""
+        if count <= 0 or price == 0:
+            return
+        numerator, exponent = _exact(price)
+        exponent += scale
         if exponent > self.exponent:
             self.numerator *= _pow10(exponent - self.exponent)
             self.exponent = exponent

@@ -712,13 +712,44 @@ async def test_an_azure_deployment_is_checked_from_the_path_alone():
     assert refused.receive_calls == 0
 
 
+FORM = (b"content-type", b"multipart/form-data; boundary=xyz")
+
+
+def form(model: str | None) -> bytes:
+    body = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.mp3"\r\n\r\n'
+    body += b"\xff" * 100 + b"\r\n"
+    if model is not None:
+        body += b'--xyz\r\nContent-Disposition: form-data; name="model"\r\n\r\n'
+        body += model.encode() + b"\r\n"
+    return body + b"--xyz--\r\n"
+
+
+async def test_an_upload_is_checked_against_the_model_in_its_form():
+    downstream = Downstream()
+    app = AuthMiddleware(downstream, store=static(models=("whisper-1",)))
+    path = "/v1/audio/transcriptions"
+    ok = await call(app, [bearer(KEY), FORM], path=path, body=form("whisper-1"))
+    assert ok.status == 200
+    assert downstream.calls[0][1] == form("whisper-1")  # the body goes on unchanged
+    refused = await call(app, [bearer(KEY), FORM], path=path, body=form("gpt-4o-transcribe"))
+    assert refused.status == 403
+    assert "gpt-4o-transcribe" in refused.json()["error"]["message"]
+    malformed = await call(app, [bearer(KEY), FORM], path=path, body=b"--xyz\r\nno colon")
+    assert malformed.status == 400
+    assert "multipart" in malformed.json()["error"]["message"]
+    # An unrestricted key's upload is not read here.
+    free = await call(app, [bearer(OTHER), FORM], path=path, body=b"--xyz\r\nno colon")
+    assert free.status == 200
+
+
 async def test_what_cannot_be_checked_is_refused_for_a_restricted_key():
     downstream = Downstream()
     models = AuthMiddleware(downstream, store=static(models=("gpt-4o",)))
-    # A billable upload (multipart): its model cannot be read, so it is refused unread.
-    upload = await call(models, [bearer(KEY)], path="/v1/audio/transcriptions", body=b"--x--")
+    # A billable upload (multipart) whose form names no model.
+    upload = await call(
+        models, [bearer(KEY), FORM], path="/v1/audio/transcriptions", body=form(None)
+    )
     assert upload.status == 403
-    assert upload.receive_calls == 0
     # A JSON body without a model, on an endpoint that costs money.
     nameless = await call(models, [bearer(KEY)], body=b'{"messages":[]}')
     assert nameless.status == 403

@@ -7,8 +7,10 @@ numbers asserted come from the upstream, not from the gateway under test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,7 +30,8 @@ from asgi_llmguard.policy import Budget, KeyPolicy
 from asgi_llmguard.testing import FakeProvider, RunningServer, serve
 from asgi_llmguard.usage.budgets import MemoryBudgetStore
 from asgi_llmguard.usage.events import UsageEvent
-from asgi_llmguard.usage.pricing import ModelPrice, PriceTable
+from asgi_llmguard.usage.pricing import ModelPrice, PriceTable, ServiceTierPrice
+from asgi_llmguard.usage.sinks.sqlite import SQLiteSink
 
 REPLY = "Hello from the fake provider."
 WORDS = FakeProvider.count_tokens(REPLY)
@@ -573,3 +576,157 @@ def test_a_price_with_one_cache_write_price_charges_one_hour_writes_at_twice_inp
         )
         (e,) = events.wait(1)
     assert e.cost_nanos == 1 * 1_000 + 100 * 1_250 + 1000 * 2_000 + WORDS * 2_000
+
+
+# Service tiers: the price follows the tier the answer reports, not the one the request named.
+TIERED = ModelPrice(
+    input=1.0,
+    output=2.0,
+    cached_input=0.5,
+    service_tiers={
+        "flex": ServiceTierPrice(input=0.5, output=1.0),
+        "priority": ServiceTierPrice(input=2.0, cached_input=1.0, output=4.0),
+    },
+)
+TIER_PRICES = {
+    "flex": ModelPrice(input=0.5, output=1.0),
+    "priority": ModelPrice(input=2.0, output=4.0),
+}
+
+
+@pytest.fixture
+def tiered(fake_server) -> Iterator[Stack]:
+    fake, upstream = fake_server
+    fake.reset()
+    events = Collector()
+    prices = PRICES.with_overrides(models={"tiered-model": TIERED, "claude-tiered": TIERED})
+    with serve(_stack(upstream.url, events, prices=prices)) as server:
+        yield Stack(server.url, events, fake, upstream.url)
+
+
+def _openai_call(client: openai.OpenAI, api: str, streamed: bool, requested: str) -> str | None:
+    """One call through the SDK; the tier the SDK saw in the answer."""
+    if api == "chat":
+        request = {
+            "model": "tiered-model",
+            "messages": [{"role": "user", "content": "one two three"}],
+            "service_tier": requested,
+        }
+        if not streamed:
+            return client.chat.completions.create(**request).service_tier
+        tiers = {
+            c.service_tier
+            for c in client.chat.completions.create(
+                **request, stream=True, stream_options={"include_usage": True}
+            )
+        }
+        assert len(tiers) == 1, tiers
+        return tiers.pop()
+    request = {"model": "tiered-model", "input": "one two three", "service_tier": requested}
+    if not streamed:
+        return client.responses.create(**request).service_tier
+    with client.responses.stream(**request) as stream:
+        return stream.get_final_response().service_tier
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("api", ["chat", "responses"])
+@pytest.mark.parametrize(
+    ("reported", "requested", "price"),
+    [
+        ("flex", "auto", TIER_PRICES["flex"]),
+        ("priority", "flex", TIER_PRICES["priority"]),
+        ("scale", "priority", PRICE),  # a tier with no price of its own: the standard price
+        ("default", "priority", PRICE),
+    ],
+)
+def test_openai_answers_are_priced_by_the_tier_they_report(
+    tiered, api, streamed, reported, requested, price
+):
+    client = tiered.openai(**{"x-fake-service-tier": reported})
+    assert _openai_call(client, api, streamed, requested) == reported
+    e = one(tiered)
+    assert (e.input_tokens, e.output_tokens, e.service_tier) == (3, WORDS, reported)
+    assert e.cost_nanos == nanos(3, WORDS, price)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["json", "stream"])
+def test_a_tier_price_leaves_unset_prices_at_the_standard_ones(tiered, streamed):
+    # flex sets no cached price: cached tokens cost the standard cached price ($0.5/M).
+    client = tiered.openai(**{"x-fake-service-tier": "flex", "x-fake-cached-tokens": "2"})
+    _openai_call(client, "chat", streamed, "flex")
+    e = one(tiered)
+    assert (e.input_tokens, e.cached_input_tokens, e.service_tier) == (3, 2, "flex")
+    assert e.cost_nanos == 1 * 500 + 2 * 500 + WORDS * 1_000
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize(
+    ("reported", "price"),
+    [("priority", TIER_PRICES["priority"]), ("standard", PRICE), ("batch", PRICE)],
+)
+def test_anthropic_messages_are_priced_by_the_tier_in_their_usage(
+    tiered, streamed, reported, price
+):
+    client = tiered.anthropic(**{"x-fake-service-tier": reported})
+    request = {
+        "model": "claude-tiered",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "one two three"}],
+    }
+    if streamed:
+        with client.messages.stream(**request) as stream:
+            assert "".join(stream.text_stream) == REPLY
+            usage = stream.get_final_message().usage
+    else:
+        usage = client.messages.create(**request).usage
+    assert usage.service_tier == reported
+    e = one(tiered)
+    assert (e.input_tokens, e.output_tokens, e.service_tier) == (3, WORDS, reported)
+    assert e.cost_nanos == nanos(3, WORDS, price)
+
+
+def test_shipped_priority_price_and_the_ledger_row(tiered, tmp_path):
+    # gpt-5 from the shipped table: Priority $2.50/M input, $20/M output (standard $1.25/$10).
+    client = tiered.openai(**{"x-fake-service-tier": "priority"})
+    client.chat.completions.create(
+        model="gpt-5", messages=[{"role": "user", "content": "one two three"}]
+    )
+    e = one(tiered)
+    assert e.cost_nanos == 3 * 2_500 + WORDS * 20_000
+
+    async def store() -> None:
+        sink = SQLiteSink(tmp_path / "ledger.db")
+        await sink.write([e])
+        await sink.aclose()
+
+    asyncio.run(store())
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        row = db.execute("SELECT service_tier, cost_nanos FROM usage_events").fetchone()
+    assert row == ("priority", 3 * 2_500 + WORDS * 20_000)
+
+
+def test_a_large_answer_is_priced_by_its_tier_too(tiered):
+    # Over 4 MiB, the gateway keeps only the answer's tail: the tier after the usage is kept.
+    client = tiered.openai(**{"x-fake-service-tier": "priority", "x-fake-chunks": "800000"})
+    answer = client.chat.completions.create(
+        model="tiered-model", messages=[{"role": "user", "content": "one two three"}]
+    )
+    assert len(answer.choices[0].message.content or "") > 4 << 20
+    assert answer.service_tier == "priority"
+    e = one(tiered)
+    assert (e.output_tokens, e.service_tier) == (800_000, "priority")
+    assert e.cost_nanos == nanos(3, 800_000, TIER_PRICES["priority"])
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_a_stream_cut_before_its_usage_is_estimated_at_the_tier_it_reported(tiered, api):
+    client = tiered.openai(
+        **{"x-fake-service-tier": "priority", "x-fake-truncate-after-chunks": "2"}
+    )
+    # The SDK reads what came; a Responses stream without its final event has no final response.
+    with contextlib.suppress(openai.APIError, RuntimeError):
+        _openai_call(client, api, True, "auto")
+    e = one(tiered)
+    assert (e.estimated, e.service_tier, e.output_tokens) == (True, "priority", 2)
+    assert e.cost_nanos == nanos(e.input_tokens, 2, TIER_PRICES["priority"])

@@ -105,6 +105,9 @@ def _event(request_id: str, client_request_id: str | None) -> UsageEvent:
         output_tokens=7,
         cost_nanos=1234,
         client_request_id=client_request_id,
+        service_tier="flex",
+        units=1.5,
+        unit="minute",
     )
 
 
@@ -125,11 +128,14 @@ async def test_an_old_sqlite_ledger_gets_the_new_column_and_keeps_its_rows(tmp_p
     await sink.aclose()
     with sqlite3.connect(path) as db:
         rows = db.execute(
-            "SELECT request_id, client_request_id, input_tokens, cost_nanos FROM usage_events "
-            "ORDER BY started_at"
+            "SELECT request_id, client_request_id, input_tokens, cost_nanos, service_tier, "
+            "units, unit FROM usage_events ORDER BY started_at"
         ).fetchall()
     db.close()
-    assert rows == [("req_old", None, 3, 99), ("req_new", "caller-1", 5, 1234)]
+    assert rows == [
+        ("req_old", None, 3, 99, None, 0.0, None),
+        ("req_new", "caller-1", 5, 1234, "flex", 1.5, "minute"),
+    ]
     # Opening it again finds nothing to add.
     again = SQLiteSink(path)
     await again.write([_event("req_newer", None)])
@@ -177,16 +183,16 @@ async def test_an_old_postgres_ledger_gets_the_new_column_and_keeps_its_rows(pg_
     conn = await asyncpg.connect(PG_DSN)
     try:
         rows = await conn.fetch(
-            f'SELECT request_id, client_request_id, cost_nanos FROM "{pg_schema}".usage_events '
-            "ORDER BY request_id"
+            "SELECT request_id, client_request_id, cost_nanos, units, unit "
+            f'FROM "{pg_schema}".usage_events ORDER BY request_id'
         )
     finally:
         await conn.close()
     assert [tuple(r) for r in rows] == [
-        ("req_new0", "caller-0", 1234),
-        ("req_new1", "caller-1", 1234),
-        ("req_new2", "caller-2", 1234),
-        ("req_old", None, 99),
+        ("req_new0", "caller-0", 1234, 1.5, "minute"),
+        ("req_new1", "caller-1", 1234, 1.5, "minute"),
+        ("req_new2", "caller-2", 1234, 1.5, "minute"),
+        ("req_old", None, 99, 0.0, None),
     ]
 
 

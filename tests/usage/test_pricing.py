@@ -13,6 +13,7 @@ from asgi_llmguard.usage.pricing import (
     ModelPrice,
     PriceTable,
     PriceTier,
+    ServiceTierPrice,
     UnknownModelPrice,
     estimate_nanos,
     usd_to_nanos,
@@ -85,6 +86,53 @@ def test_highest_applicable_tier_wins_and_unset_fields_inherit():
     assert price.rates(100) == (1, 0.5, 1, 2, 2, 2)
     assert price.rates(101) == (2, 0.5, 2, 2, 2, 4)
     assert price.rates(1001) == (4, 0.5, 4, 8, 8, 8)
+
+
+def test_the_reported_service_tier_chooses_the_price():
+    # gpt-5: standard $1.25/$0.125/$10; Flex $0.625/-/$5; Priority $2.50/$0.25/$20.
+    price = DEFAULT.price_for("gpt-5-2025-08-07")
+    u = dict(input_tokens=10_000, cached_input_tokens=4_000, output_tokens=2_000)
+    standard = 6_000 * 1_250 + 4_000 * 125 + 2_000 * 10_000
+    for tier in (None, "", "default", "auto", "standard", "scale", "no-such-tier"):
+        assert price.cost_nanos(TokenUsage(**u, service_tier=tier)) == standard, tier
+    # Flex lists no cached price: cached tokens keep the standard cached price
+    flex = 6_000 * 625 + 4_000 * 125 + 2_000 * 5_000
+    assert price.cost_nanos(TokenUsage(**u, service_tier="flex")) == flex
+    priority = 6_000 * 2_500 + 4_000 * 250 + 2_000 * 20_000
+    assert price.cost_nanos(TokenUsage(**u, service_tier="priority")) == priority
+    assert price.cost_nanos(TokenUsage(**u, service_tier="Priority")) == priority
+    # the first gpt-4o snapshot has its own Priority price, and no cached discount
+    old = DEFAULT.price_for("gpt-4o-2024-05-13")
+    assert old.rates(0, "priority") == (8.75, 8.75, 8.75, 26.25, 26.25, 17.5)
+    assert DEFAULT.price_for("gpt-4o-2024-11-20").rates(0, "priority")[:4] == (
+        4.25,
+        2.125,
+        4.25,
+        17.0,
+    )
+    # Anthropic publishes no per-token Priority Tier price: priced at the standard price
+    sonnet = DEFAULT.price_for("claude-sonnet-4-5")
+    assert sonnet.rates(0, "priority") == sonnet.rates(0, "standard") == sonnet.rates(0)
+
+
+def test_service_tier_prices_overlay_the_standard_ones():
+    price = ModelPrice(
+        input=1,
+        output=2,
+        reasoning=3,
+        tiers=(PriceTier(above=100, input=2, output=4),),
+        service_tiers={
+            "flex": ServiceTierPrice(input=0.5),
+            "priority": ServiceTierPrice(output=8, cache_creation_1h=9),
+        },
+    )
+    # an unset cached / cache-write price defaults to the tier's input, as for the base price
+    assert price.rates(0, "flex") == (0.5, 0.5, 0.5, 2, 3, 1)
+    assert price.rates(0, "priority") == (1, 1, 1, 8, 3, 9)
+    # above the long-context threshold, what the service tier leaves out is the long-context price
+    assert price.rates(101, "flex") == (0.5, 0.5, 0.5, 4, 3, 1)
+    assert price.rates(101, "priority") == (2, 2, 2, 8, 3, 9)
+    assert price.rates(101, "scale") == price.rates(101) == (2, 2, 2, 4, 3, 4)
 
 
 def test_per_call_tool_fees():
@@ -230,7 +278,14 @@ def test_shipped_table_is_sane():
     assert len(DEFAULT) >= 40
     for name, price in DEFAULT.models.items():
         inp, cached, _, out, _, _ = price.rates(0)
+        if price.per_minute is not None or price.per_image is not None:
+            # Billed by the minute or by the image, not by the token.
+            assert (inp, out) == (0, 0), name
+            assert (price.per_minute or 0) + (price.per_image or 0) > 0, name
+            continue
         assert inp > 0, name
+        if price.audio_input is not None:
+            assert price.audio_input > inp, name
         assert cached <= inp, name
         if name.startswith("text-embedding"):
             assert out == 0
@@ -243,6 +298,21 @@ def test_shipped_table_is_sane():
         for tier in price.tiers:  # a tier never makes a longer prompt cheaper
             higher = price.rates(tier.above + 1)
             assert all(h >= b for h, b in zip(higher, price.rates(tier.above), strict=True)), name
+        # Flex is never dearer than the standard price, Priority never cheaper
+        assert set(price.service_tiers) <= {"flex", "priority"}, name
+        standard = price.rates(0)
+        if "flex" in price.service_tiers:
+            flex = price.rates(0, "flex")
+            assert all(f <= s for f, s in zip(flex, standard, strict=True)), name
+            assert flex[0] < standard[0], name
+        if "priority" in price.service_tiers:
+            priority = price.rates(0, "priority")
+            assert all(p >= s for p, s in zip(priority, standard, strict=True)), name
+            assert priority[0] > standard[0], name
+    for model in ("gpt-5", "gpt-5-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4o", "o3", "o4-mini"):
+        assert "priority" in DEFAULT.price_for(model).service_tiers, model
+    for model in ("gpt-5", "gpt-5-mini", "gpt-5-nano", "o3", "o4-mini"):
+        assert "flex" in DEFAULT.price_for(model).service_tiers, model
     for model in (
         "gpt-5",
         "gpt-5-mini",
@@ -282,6 +352,15 @@ def test_invalid_prices_are_refused():
         PriceTable.from_toml('[prices."model-x"]\ninput = 1\noutput = "a lot"\n')
     with pytest.raises(ConfigurationError, match="not valid TOML"):
         PriceTable.from_toml("[prices")
+    for standard in ("default", "standard", "auto", "Default", ""):
+        with pytest.raises(ValueError, match="standard tier"):
+            ModelPrice(input=1, output=1, service_tiers={standard: ServiceTierPrice(input=2)})
+    with pytest.raises(ValueError, match=">= 0"):
+        ModelPrice(input=1, output=1, service_tiers={"flex": ServiceTierPrice(output=-1)})
+    with pytest.raises(ConfigurationError, match="model-x"):  # a typo is not ignored
+        PriceTable.from_toml(
+            '[prices."model-x"]\ninput = 1\noutput = 2\nservice_tiers.flex = { inptu = 1 }\n'
+        )
 
 
 def test_from_toml_in_the_config_shape():
@@ -300,6 +379,21 @@ def test_from_toml_in_the_config_shape():
     )
     assert table.price_for("my-model").per_call == {"web_search": 0.02}
     assert table.price_for("my-model-long").rates(128_001) == (2, 2, 2, 4, 4, 4)
+    tiered = PriceTable.from_toml(
+        """
+        [prices."my-model"]
+        input = 1
+        output = 2
+        service_tiers.flex = { input = 0.5, output = 1 }
+
+        [prices."my-model".service_tiers.priority]
+        input = 2
+        cached_input = 0.2
+        output = 4
+        """
+    ).price_for("my-model")
+    assert tiered.rates(0, "flex") == (0.5, 0.5, 0.5, 1, 1, 1)
+    assert tiered.rates(0, "priority") == (2, 0.2, 2, 4, 4, 4)
 
 
 # --- estimates ----------------------------------------------------------------------------------
@@ -315,6 +409,10 @@ def test_estimate_is_the_worst_case():
     assert estimate_nanos(reasoning, 0, 10) == 10 * 3_000
     assert estimate_nanos(ModelPrice(input=0.0001, output=0), 1, 0) == 1  # 0.1 nano, rounded up
     assert estimate_nanos(reasoning, -5, -5) == 0
+    # whichever tier serves it: the dearest service tier's price (gpt-5 Priority: $2.50/$20)
+    assert (
+        estimate_nanos(DEFAULT.price_for("gpt-5"), 1_000, 1_000) == 1_000 * 2_500 + 1_000 * 20_000
+    )
 
 
 # --- properties ---------------------------------------------------------------------------------
@@ -398,6 +496,7 @@ def test_cost_is_never_negative_and_grows_with_every_token(price, u, field, more
 )
 def test_estimate_bounds_every_answer_within_it(model, prompt, max_output, data):
     price = DEFAULT.models[model]
+    tier = data.draw(st.sampled_from([None, "default", "unknown", *price.service_tiers]))
     inp = data.draw(st.integers(0, prompt))
     cached = data.draw(st.integers(0, inp))
     creation = data.draw(st.integers(0, inp - cached))
@@ -409,5 +508,28 @@ def test_estimate_bounds_every_answer_within_it(model, prompt, max_output, data)
         cached_input_tokens=cached,
         cache_creation_tokens=creation,
         reasoning_tokens=reasoning,
+        service_tier=tier,
     )
     assert price.cost_nanos(u) <= estimate_nanos(price, prompt, max_output)
+
+
+def test_units_are_charged_at_their_unit_price_exactly():
+    whisper = ModelPrice(input=0, output=0, per_minute=0.006)
+    # 8.47 seconds of audio: 0.006 * 8.47 / 60 USD = 847 nanos, exactly.
+    assert whisper.cost_nanos(TokenUsage(), units=8.47 / 60, unit="minute") == 847_000
+    assert whisper.cost_nanos(TokenUsage(), units=2, unit="image") == 0  # no per-image price
+    images = ModelPrice(input=1.0, output=2.0, per_image=0.02)
+    both = TokenUsage(input_tokens=10, output_tokens=5)
+    assert images.cost_nanos(both, units=3, unit="image") == 3 * 20_000_000 + 10_000 + 10_000
+
+
+def test_audio_input_tokens_have_their_own_price():
+    price = ModelPrice(input=2.5, output=10.0, audio_input=6.0)
+    usage = TokenUsage(input_tokens=120, audio_input_tokens=100, output_tokens=50)
+    assert price.cost_nanos(usage) == 20 * 2500 + 100 * 6000 + 50 * 10_000
+    # More audio than input (an inconsistent report) never charges text below zero.
+    odd = TokenUsage(input_tokens=10, audio_input_tokens=100)
+    assert price.cost_nanos(odd) == 10 * 6000
+    # Without an audio price, audio tokens are input tokens.
+    plain = ModelPrice(input=2.5, output=10.0)
+    assert plain.cost_nanos(usage) == 120 * 2500 + 50 * 10_000

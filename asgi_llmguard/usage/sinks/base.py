@@ -49,6 +49,9 @@ COLUMNS = (
     "client_request_id",
     "reason",
     "cache_creation_1h_tokens",
+    "service_tier",
+    "units",
+    "unit",
     "recorded_at",
 )
 
@@ -109,6 +112,9 @@ def event_row(event: UsageEvent, recorded_at: float) -> tuple[Any, ...]:
         e.client_request_id,
         e.reason,
         e.cache_creation_1h_tokens,
+        e.service_tier,
+        e.units,
+        e.unit,
         recorded_at,
     )
 

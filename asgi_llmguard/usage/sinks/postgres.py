@@ -50,6 +50,9 @@ CREATE TABLE IF NOT EXISTS {s}.usage_events (
     metadata jsonb NOT NULL DEFAULT '{{}}',
     reason text,
     cache_creation_1h_tokens bigint NOT NULL DEFAULT 0,
+    service_tier text,
+    units double precision NOT NULL DEFAULT 0,
+    unit text,
     recorded_at timestamptz NOT NULL DEFAULT now(),
     client_request_id text,
     PRIMARY KEY (request_id, attempt)
@@ -86,6 +89,9 @@ _ARRAY_TYPES = (
     "text",
     "text",
     "int8",
+    "text",
+    "float8",
+    "text",
 )
 _CONVERT = {"started_at": "to_timestamp(started_at)", "metadata": "metadata::jsonb"}
 

@@ -49,6 +49,9 @@ CREATE TABLE IF NOT EXISTS usage_events (
     metadata TEXT NOT NULL DEFAULT '{}',
     reason TEXT,
     cache_creation_1h_tokens INTEGER NOT NULL DEFAULT 0,
+    service_tier TEXT,
+    units REAL NOT NULL DEFAULT 0,
+    unit TEXT,
     recorded_at REAL NOT NULL,
     client_request_id TEXT,
     PRIMARY KEY (request_id, attempt)
