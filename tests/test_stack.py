@@ -20,6 +20,7 @@ from asgi_llmguard.middleware.health import HealthMiddleware
 from asgi_llmguard.middleware.metrics import MetricsMiddleware
 from asgi_llmguard.middleware.ratelimit import RateLimitMiddleware
 from asgi_llmguard.middleware.usage import UsageMiddleware
+from asgi_llmguard.reload import ReloadableGateway
 from asgi_llmguard.stack import Gateway
 from asgi_llmguard.testing import FakeProvider, serve, serve_async
 from asgi_llmguard.usage.pipeline import UsagePipeline
@@ -220,3 +221,34 @@ async def test_shutdown_closes_in_the_reverse_of_the_start_order(
     ]
     owners = [o for o in gateway.resources if type(o) in OWNERS]
     assert [OWNERS[type(o)] for o in reversed(owners)] == [c for c in closed if c != "keys"]
+
+
+async def test_the_standalone_server_refuses_to_start_the_same_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`ReloadableGateway` (what ``asgi-llmguard serve`` runs) answers lifespan with the same
+    loop: the reason goes to the server, and what the stack holds is closed."""
+    closed: list[str] = []
+    _record(monkeypatch, "aclose", closed)
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    config = tmp_path / "llmguard.toml"
+    config.write_text(
+        f"[usage]\nsinks = ['sqlite:///{tmp_path / 'ledger.sqlite3'}']\n"
+        f"spill_path = '{blocker / 'spill'}'\n"
+    )
+    with serve(FakeProvider(api_key=UPSTREAM_KEY)) as upstream:
+        app = ReloadableGateway(
+            config, upstreams=[Upstream("openai", f"{upstream.url}/v1", api_key=UPSTREAM_KEY)]
+        )
+        server_log = logging.getLogger("uvicorn")
+        server_log.addHandler(caplog.handler)
+        try:
+            with pytest.raises(RuntimeError, match="failed to start"):
+                async with serve_async(app, lifespan="on", log_config=None):
+                    pass
+        finally:
+            server_log.removeHandler(caplog.handler)
+    said = [r.getMessage() for r in caplog.records if r.name == "uvicorn.error"]
+    assert any("spill directory" in m and "cannot be created" in m for m in said), said
+    assert closed == ["usage", "pipeline", "rate_limit", "health", "forwarder"]
