@@ -74,15 +74,15 @@ async def _capture_sink(record: CaptureRecord) -> None:
 
 def _record(monkeypatch: pytest.MonkeyPatch, method: str, log: list[str]) -> None:
     """Log ``method`` calls of every owner class, by owner name, then run the real one."""
-    for cls, name in OWNERS.items():
+    for cls in OWNERS:
         original: Callable[..., Any] | None = getattr(cls, method, None)
         if original is None:
             continue
 
-        async def recorded(self: Any, *a: Any, _o: Any = original, _n: str = name) -> None:
+        async def recorded(self: Any, *a: Any, _original: Any = original) -> None:
             if type(self) in OWNERS:
                 log.append(OWNERS[type(self)])
-            await _o(self, *a)
+            await _original(self, *a)
 
         monkeypatch.setattr(cls, method, recorded)
 
