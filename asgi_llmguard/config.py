@@ -148,10 +148,13 @@ class PricingConfig(_Strict):
 
 
 class BudgetsConfig(_Strict):
-    #: ``"memory"`` (one worker) or a ``redis://`` URL shared by workers and replicas.
+    #: ``"memory://"`` (one worker; ``"memory"`` too) or a ``redis://``, ``rediss://`` or
+    #: ``redis+cluster://`` URL shared by workers and replicas.
     store: str = "memory"
     prefix: str = "llmguard:budget:"
     timeout: float = 0.5
+    #: The Redis connection pool's size per process (per node on a cluster).
+    redis_max_connections: int = 64
     on_error: Literal["open", "closed"] = "closed"
     reservation_ttl: float = 900.0
     default_max_output_tokens: int = 4096
@@ -243,6 +246,7 @@ class RateLimitSection(_Strict):
     redis_timeout: float | None = None
     key_prefix: str | None = None
     max_memory_keys: int | None = None
+    redis_max_connections: int | None = None
     reserve_tokens: bool | None = None
     default_max_output_tokens: int | None = None
     trusted_proxies: list[str] | None = None
@@ -386,6 +390,8 @@ class RoutingConfig(_Strict):
     #: Share cooldowns between replicas through Redis (URL, or the env variable holding it).
     cooldown_store: str | None = None
     cooldown_store_env: str | None = None
+    #: The cooldown store's Redis connection pool size per process.
+    cooldown_store_max_connections: int = 64
     breaker: BreakerConfig | None = None
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
     warmup: WarmupConfig | None = None
@@ -575,7 +581,9 @@ def routing_from_config(r: RoutingConfig) -> Any:
             cooldowns = CooldownPolicy(**fields(r.cooldowns))
             url = _from_env(r.cooldown_store, r.cooldown_store_env, "routing.cooldown_store")
             if url is not None:
-                cooldowns = RedisCooldowns.from_url(url, cooldowns)
+                cooldowns = RedisCooldowns.from_url(
+                    url, cooldowns, max_connections=r.cooldown_store_max_connections
+                )
         elif r.cooldown_store is not None or r.cooldown_store_env is not None:
             raise ConfigurationError("routing: a cooldown_store needs cooldowns")
         retry = fields(r.retry)
@@ -736,7 +744,9 @@ def stack_kwargs(config: GatewayConfig, upstreams: list[Upstream]) -> dict[str, 
     if b.store == "memory":
         budgets = MemoryBudgetStore()
     elif b.store.startswith(("redis://", "rediss://", "unix://")):
-        budgets = RedisBudgetStore.from_url(b.store, prefix=b.prefix, timeout=b.timeout)
+        budgets = RedisBudgetStore.from_url(
+            b.store, prefix=b.prefix, timeout=b.timeout, max_connections=b.redis_max_connections
+        )
     else:
         raise ConfigurationError(f"budgets.store must be 'memory' or a redis:// URL: {b.store!r}")
     kwargs["usage"] = {

@@ -102,6 +102,15 @@ FORBIDDEN = {
     "migrate": ("asgi_llmguard.",),
     # Shared by the rate limiter and the budget stores: it knows neither.
     "redis_batch": ("asgi_llmguard.",),
+    # The Redis client policy of every shared store: it knows none of them.
+    "_redis": (
+        "asgi_llmguard.middleware",
+        "asgi_llmguard.forward",
+        "asgi_llmguard.usage",
+        "asgi_llmguard.ratelimit",
+        "asgi_llmguard.stack",
+        "asgi_llmguard.cli",
+    ),
     # Process-wide settings for the standalone server: no layer may reach for them.
     "runtime": (
         "asgi_llmguard.middleware",

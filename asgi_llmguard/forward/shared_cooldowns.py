@@ -15,7 +15,6 @@ import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.cooldowns import (
@@ -30,6 +29,7 @@ from asgi_llmguard.forward.cooldowns import (
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
+    from redis.asyncio.cluster import RedisCluster
 
 logger = logging.getLogger("asgi_llmguard.forward")
 
@@ -149,43 +149,35 @@ class RedisCooldowns(MemoryCooldowns):
 
     def __init__(
         self,
-        url_or_client: str | aioredis.Redis,
+        url_or_client: str | aioredis.Redis | RedisCluster,
         policy: CooldownPolicy | None = None,
         *,
         prefix: str = "llmguard:cooldown:",
         refresh: float = 0.5,
         clock: Callable[[], float] = time.time,
         timeout: float = 0.5,
+        max_connections: int = 64,
+        **tls_options: str,
     ) -> None:
         super().__init__(policy, clock=clock)
         if not (0 < refresh < math.inf) or not (0 < timeout < math.inf):
             raise ConfigurationError("cooldown store refresh and timeout must be positive")
-        try:
-            import redis.asyncio as aioredis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-        except ImportError:  # pragma: no cover - the redis extra
-            raise ConfigurationError(
-                "a shared cooldown store needs redis-py: pip install 'asgi-llmguard[redis]'"
-            ) from None
         if isinstance(url_or_client, str):
-            try:
-                parts = urlsplit(url_or_client)
-                self._where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
-                # One immediate retry rides over a pooled connection that went stale while Redis
-                # restarted; redis-py's default retries with backoff would outlast ``timeout``.
-                self._redis: aioredis.Redis = aioredis.Redis.from_url(
-                    url_or_client,
-                    socket_timeout=timeout,
-                    socket_connect_timeout=timeout,
-                    retry=Retry(NoBackoff(), 1),
-                )
-            except ValueError:
-                raise ConfigurationError("invalid Redis URL for the cooldown store") from None
+            from asgi_llmguard._redis import parse_redis_url, redis_client, split_tls
+
+            tls, unknown = split_tls(tls_options)
+            if unknown:
+                raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(unknown))}")
+            target = parse_redis_url(url_or_client)
+            self._where = target.where.split("://", 1)[1].split("/", 1)[0]
+            self._redis: aioredis.Redis | RedisCluster = redis_client(
+                target, timeout=timeout, max_connections=max_connections, **tls
+            )
             self._owned = True
         else:
-            kwargs = url_or_client.connection_pool.connection_kwargs
-            self._where = f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+            kwargs = getattr(url_or_client, "connection_pool", None)
+            options = kwargs.connection_kwargs if kwargs is not None else {}
+            self._where = f"{options.get('host', 'localhost')}:{options.get('port', 6379)}"
             self._redis = url_or_client
             self._owned = False
         self._key = prefix + "active"
@@ -202,7 +194,9 @@ class RedisCooldowns(MemoryCooldowns):
     def from_url(
         cls, url: str, policy: CooldownPolicy | None = None, **kwargs: Any
     ) -> RedisCooldowns:
-        """A store with its own client for ``url`` (``redis://127.0.0.1:6379/0``)."""
+        """A store with its own client for ``url`` (``redis://127.0.0.1:6379/0``, ``rediss://``,
+        ``redis+cluster://``); ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` and
+        ``ssl_cert_reqs`` go to the client (`asgi_llmguard._redis.redis_client`)."""
         return cls(url, policy, **kwargs)
 
     def __repr__(self) -> str:

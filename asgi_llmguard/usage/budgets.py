@@ -45,6 +45,7 @@ from asgi_llmguard.usage.pricing import usd_to_nanos
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
 
 __all__ = [
     "BudgetExceeded",
@@ -523,7 +524,7 @@ class RedisBudgetStore(BudgetStore):
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | RedisCluster,
         *,
         prefix: str = "llmguard:budget:",
         timeout: float = 0.5,
@@ -545,11 +546,17 @@ class RedisBudgetStore(BudgetStore):
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisBudgetStore:
-        """A store with its own client for ``url`` (``redis://127.0.0.1:6379/0``)."""
-        from redis.asyncio import Redis
+    def from_url(cls, url: str, *, max_connections: int = 64, **kwargs: Any) -> RedisBudgetStore:
+        """A store with its own client for ``url`` (``redis://127.0.0.1:6379/0``, ``rediss://``,
+        ``redis+cluster://``), on the client policy of `asgi_llmguard._redis.redis_client`
+        (bounded by ``timeout``); ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` and
+        ``ssl_cert_reqs`` go to the client, the other keyword arguments to the store."""
+        from asgi_llmguard._redis import redis_client, split_tls
 
-        return cls(Redis.from_url(url), owns_client=True, **kwargs)
+        tls, kwargs = split_tls(kwargs)
+        timeout = kwargs.get("timeout", 0.5)
+        client = redis_client(url, timeout=timeout, max_connections=max_connections, **tls)
+        return cls(client, owns_client=True, **kwargs)
 
     async def aclose(self) -> None:
         await self._batch.aclose()
