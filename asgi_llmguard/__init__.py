@@ -7,9 +7,8 @@ from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.app import ForwardingApp
 from asgi_llmguard.forward.breaker import BreakerPolicy
 from asgi_llmguard.forward.config import PoolLimits, Timeouts
-from asgi_llmguard.forward.cooldowns import CooldownPolicy
+from asgi_llmguard.forward.cooldowns import CooldownPolicy, RedisCooldowns
 from asgi_llmguard.forward.router import RetryPolicy, Routing, WarmupPolicy
-from asgi_llmguard.forward.shared_cooldowns import RedisCooldowns
 from asgi_llmguard.keys import (
     CachedKeyStore,
     KeyStore,

@@ -568,9 +568,8 @@ def routing_from_config(r: RoutingConfig) -> Any:
     """The `Routing` options ``[routing]`` describes (the Redis cooldown store is connected
     lazily, on first use)."""
     from asgi_llmguard.forward.breaker import BreakerPolicy
-    from asgi_llmguard.forward.cooldowns import CooldownPolicy
+    from asgi_llmguard.forward.cooldowns import CooldownPolicy, RedisCooldowns
     from asgi_llmguard.forward.router import RetryPolicy, Routing, WarmupPolicy
-    from asgi_llmguard.forward.shared_cooldowns import RedisCooldowns
 
     def fields(section: msgspec.Struct) -> dict[str, Any]:
         return msgspec.structs.asdict(section)
