@@ -35,6 +35,7 @@ from asgi_llmguard.policy import Budget, KeyPolicy, RateLimit
 from asgi_llmguard.providers.base import Upstream
 from asgi_llmguard.routes import Endpoint, Route, classify
 from asgi_llmguard.stack import Gateway, build_stack
+from asgi_llmguard.stores import budget_store, cooldown_store, rate_limiter, store_from_url
 from asgi_llmguard.tokens import TokenUsage
 from asgi_llmguard.usage.budgets import MemoryBudgetStore, RedisBudgetStore
 from asgi_llmguard.usage.events import UsageEvent
@@ -98,12 +99,16 @@ __all__ = [
     "UsagePipeline",
     "WarmupPolicy",
     "__version__",
+    "budget_store",
     "build_stack",
     "classify",
+    "cooldown_store",
     "generate_key",
     "get_context",
     "hash_key",
     "postgres_check",
+    "rate_limiter",
     "read_body",
     "redis_check",
+    "store_from_url",
 ]

@@ -568,8 +568,9 @@ def routing_from_config(r: RoutingConfig) -> Any:
     """The `Routing` options ``[routing]`` describes (the Redis cooldown store is connected
     lazily, on first use)."""
     from asgi_llmguard.forward.breaker import BreakerPolicy
-    from asgi_llmguard.forward.cooldowns import CooldownPolicy, RedisCooldowns
+    from asgi_llmguard.forward.cooldowns import CooldownPolicy
     from asgi_llmguard.forward.router import RetryPolicy, Routing, WarmupPolicy
+    from asgi_llmguard.stores import cooldown_store
 
     def fields(section: msgspec.Struct) -> dict[str, Any]:
         return msgspec.structs.asdict(section)
@@ -580,7 +581,7 @@ def routing_from_config(r: RoutingConfig) -> Any:
             cooldowns = CooldownPolicy(**fields(r.cooldowns))
             url = _from_env(r.cooldown_store, r.cooldown_store_env, "routing.cooldown_store")
             if url is not None:
-                cooldowns = RedisCooldowns.from_url(
+                cooldowns = cooldown_store(
                     url, cooldowns, max_connections=r.cooldown_store_max_connections
                 )
         elif r.cooldown_store is not None or r.cooldown_store_env is not None:
@@ -673,7 +674,7 @@ def stack_kwargs(config: GatewayConfig, upstreams: list[Upstream]) -> dict[str, 
     Builds the stores and the pipeline the config names; nothing is connected until the gateway
     starts (connections are opened lazily).
     """
-    from asgi_llmguard.usage.budgets import BudgetStore, MemoryBudgetStore, RedisBudgetStore
+    from asgi_llmguard.stores import budget_store
     from asgi_llmguard.usage.pipeline import UsagePipeline
     from asgi_llmguard.usage.sinks import sink_from_url
 
@@ -720,11 +721,11 @@ def stack_kwargs(config: GatewayConfig, upstreams: list[Upstream]) -> dict[str, 
     cc = config.concurrency
     kwargs["concurrency"] = _given(cc, frozenset({"enabled"})) if cc.enabled else None
     if config.capture is not None:
-        from asgi_llmguard.capture.sinks import sink_from_uri
+        from asgi_llmguard.capture.sinks import sink_from_url as capture_sink
 
         capture = _given(config.capture, frozenset({"sink"}))
         try:
-            capture["sink"] = sink_from_uri(config.capture.sink)
+            capture["sink"] = capture_sink(config.capture.sink)
         except ValueError as exc:
             raise ConfigurationError(f"capture.sink: {exc}") from None
         kwargs["capture"] = capture
@@ -739,15 +740,12 @@ def stack_kwargs(config: GatewayConfig, upstreams: list[Upstream]) -> dict[str, 
                 raise ConfigurationError(f"upstreams[{i}]: prices need the upstream's name")
             per_upstream[entry.name] = entry.prices
     b = config.budgets
-    budgets: BudgetStore
-    if b.store == "memory":
-        budgets = MemoryBudgetStore()
-    elif b.store.startswith(("redis://", "rediss://", "unix://")):
-        budgets = RedisBudgetStore.from_url(
+    try:
+        budgets = budget_store(
             b.store, prefix=b.prefix, timeout=b.timeout, max_connections=b.redis_max_connections
         )
-    else:
-        raise ConfigurationError(f"budgets.store must be 'memory' or a redis:// URL: {b.store!r}")
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"budgets.store: {exc}") from None
     kwargs["usage"] = {
         "prices": PriceTable.default().with_overrides(config.prices, per_upstream),
         "missing_price": config.pricing.missing,

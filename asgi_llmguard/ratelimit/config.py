@@ -101,7 +101,7 @@ def create_limiter(
     if not is_cluster(client):
         options = cast(dict[str, Any], {"connection_pool": cast(Any, client).connection_pool})
         storage = RedisStorage(
-            "async+" + target.url.split("://", 1)[0] + "://",
+            "async+" + target.url.split("://", 1)[0].replace("unix", "redis+unix") + "://",
             wrap_exceptions=True,
             implementation="redispy",
             key_prefix=prefix,

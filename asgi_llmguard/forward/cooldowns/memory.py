@@ -6,6 +6,7 @@ import heapq
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.cooldowns.base import (
@@ -43,6 +44,15 @@ class MemoryCooldowns:
         self._reset_at = 0
 
     # -- the hot path -------------------------------------------------------------------------
+
+    @classmethod
+    def from_url(
+        cls, url: str, policy: CooldownPolicy | None = None, **options: Any
+    ) -> MemoryCooldowns:
+        """The store for ``memory://``, as `asgi_llmguard.stores.cooldown_store` builds it:
+        ``clock`` is used; the options only a shared store has are ignored."""
+        clock = options.get("clock", time.time)
+        return cls(policy, clock=clock)
 
     def cooling_until(self, credential_id: str, model: str) -> float | None:
         """Until when (epoch) ``(credential, model)`` rests, counting a credential-wide entry;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from asgi_llmguard.policy import Budget
 from asgi_llmguard.usage.budgets.base import (
@@ -113,6 +114,13 @@ class MemoryBudgetStore(BudgetStore):
         self._sweep_at = max_subjects
         self._subjects: dict[str, _Subject] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> MemoryBudgetStore:
+        """The store for ``memory://``, as `asgi_llmguard.stores.budget_store` builds it: its own
+        options are used, those only a shared store has (``prefix``, ``timeout``, ...) ignored."""
+        own = ("clock", "grace", "max_subjects", "max_expired")
+        return cls(**{name: value for name, value in options.items() if name in own})
 
     def __len__(self) -> int:
         return len(self._subjects)
