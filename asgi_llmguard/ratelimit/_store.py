@@ -55,7 +55,9 @@ def _store_errors() -> tuple[type[BaseException], ...]:
     try:
         import redis.exceptions
 
-        errors.append(redis.exceptions.RedisError)
+        # A cluster's own failures (no node reachable, keys of one call in two slots) are not
+        # RedisErrors.
+        errors += (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
     except ImportError:  # pragma: no cover - the redis extra
         pass
     return tuple(errors)

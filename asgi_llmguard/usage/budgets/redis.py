@@ -172,7 +172,7 @@ class RedisBudgetStore(BudgetStore):
         clock: Callable[[], float] = time.time,
         owns_client: bool = False,
     ) -> None:
-        from redis.exceptions import RedisError
+        from redis.exceptions import RedisClusterException, RedisError
 
         self._redis = redis
         # Concurrent requests' reservations and settlements share pipelines.
@@ -183,7 +183,12 @@ class RedisBudgetStore(BudgetStore):
         self._grace_ms = str(int(grace * 1000))
         self._clock = clock
         self._owns = owns_client
-        self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+        self._errors: tuple[type[BaseException], ...] = (
+            RedisError,
+            RedisClusterException,  # a cluster's own failures, e.g. no node reachable
+            OSError,
+            TimeoutError,
+        )
 
     @classmethod
     def from_url(cls, url: str, *, max_connections: int = 64, **kwargs: Any) -> RedisBudgetStore:
