@@ -239,3 +239,30 @@ def test_an_unreachable_cluster_is_a_store_failure_not_a_crash() -> None:
         )
         with serve(app) as server:
             assert _chat(server) == 503  # budgets fail closed by default
+
+
+def test_scripts_lost_by_every_node_are_loaded_again(cluster_url: str) -> None:
+    # A node restart or failover empties its script cache: the batcher reloads the scripts
+    # through the cluster and sends the calls answered NOSCRIPT again.
+    from asgi_llmguard import redis_check
+
+    budget = Budget(total=1.0)
+    prefix = _prefix()
+
+    async def scenario() -> None:
+        store = budget_store(cluster_url, prefix=prefix)
+        check = redis_check(cluster_url)
+        try:
+            subjects = [f"key:s{i}" for i in range(12)]  # spread over the three nodes
+            for subject in subjects:
+                assert hasattr(await store.reserve(subject, budget, 1), "id")
+            assert await check() is True
+            admin: Any = store._redis  # the store's own cluster client
+            assert await admin.script_flush()  # sent to every primary
+            results = await asyncio.gather(*(store.reserve(s, budget, 1) for s in subjects))
+            assert all(hasattr(r, "id") for r in results)
+        finally:
+            await store.aclose()
+            await check.aclose()
+
+    asyncio.run(scenario())

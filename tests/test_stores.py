@@ -121,3 +121,46 @@ async def test_a_budget_store_from_a_url_is_shared_through_redis():
         await one.reset("key:a")
         await one.aclose()
         await two.aclose()
+
+
+@pytest.mark.parametrize("memory", ["memory", "memory://"])
+def test_the_config_file_names_stores_by_url_and_sizes_their_pools(tmp_path, memory):
+    import asyncio
+
+    from asgi_llmguard import build_stack
+    from asgi_llmguard.config import load_config, resolve_upstreams, stack_kwargs
+
+    path = tmp_path / "llmguard.toml"
+    path.write_text(
+        f"""
+[[upstreams]]
+name = "primary"
+provider = "openai"
+base_url = "http://127.0.0.1:9/v1"
+
+[rate_limit]
+storage = "redis://127.0.0.1:6379/0"
+redis_max_connections = 3
+
+[budgets]
+store = "{memory}"
+
+[routing]
+cooldown_store = "rediss://cache.example:6380/0?ssl_ca_certs=/etc/ca.pem"
+cooldown_store_max_connections = 5
+"""
+    )
+    config = load_config(path)
+    kwargs = stack_kwargs(config, resolve_upstreams(config))
+    gateway = build_stack(**kwargs)
+    try:
+        limiter = gateway.layers["rate_limit"].limiter  # type: ignore[attr-defined]
+        assert limiter._client.connection_pool.max_connections == 3
+        assert isinstance(kwargs["usage"]["budgets"], MemoryBudgetStore)
+        cooldowns = kwargs["routing"].cooldowns
+        assert isinstance(cooldowns, RedisCooldowns)
+        pool = cooldowns._redis.connection_pool
+        assert pool.max_connections == 5
+        assert pool.connection_kwargs["ssl_ca_certs"] == "/etc/ca.pem"
+    finally:
+        asyncio.run(gateway.aclose())
