@@ -15,7 +15,8 @@ URL                                    store
 
 Every Redis store uses the one client policy of `asgi_llmguard._redis.redis_client`. The kinds:
 ``"budgets"`` (`budget_store`), ``"cooldowns"`` (`cooldown_store`) and ``"rate_limits"``
-(`rate_limiter`); `store_from_url` takes the kind by name.
+(`rate_limiter`); `store_from_url` takes the kind by name, and also builds ``"keys"``, the key
+databases of `asgi_llmguard.keys.store_from_url` (``sqlite://``, ``postgresql://``).
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ if TYPE_CHECKING:
 
 __all__ = ["KINDS", "SCHEMES", "budget_store", "cooldown_store", "rate_limiter", "store_from_url"]
 
-Kind = Literal["budgets", "cooldowns", "rate_limits"]
+Kind = Literal["budgets", "cooldowns", "keys", "rate_limits"]
 #: The kinds of store `store_from_url` builds.
-KINDS: tuple[Kind, ...] = ("budgets", "cooldowns", "rate_limits")
+KINDS: tuple[Kind, ...] = ("budgets", "cooldowns", "keys", "rate_limits")
 
 #: URL scheme -> backend (``async+`` in front of a scheme is accepted too).
 SCHEMES: dict[str, Literal["memory", "redis"]] = {
@@ -100,11 +101,17 @@ def rate_limiter(url: str, **options: Any) -> Limiter:
 
 def store_from_url(kind: Kind, url: str, **options: Any) -> Any:
     """The store of ``kind`` (one of `KINDS`) that ``url`` names; see `budget_store`,
-    `cooldown_store` and `rate_limiter` for the options."""
+    `cooldown_store` and `rate_limiter` for the options (a key store takes none)."""
     if kind == "budgets":
         return budget_store(url, **options)
     if kind == "cooldowns":
         return cooldown_store(url, **options)
     if kind == "rate_limits":
         return rate_limiter(url, **options)
+    if kind == "keys":
+        from asgi_llmguard.keys import store_from_url as key_store
+
+        if options:
+            raise TypeError(f"a key store takes no options: {', '.join(sorted(options))}")
+        return key_store(url)
     raise ConfigurationError(f"unknown kind of store {kind!r}: one of {', '.join(KINDS)}")

@@ -102,6 +102,14 @@ FORBIDDEN = {
     "migrate": ("asgi_llmguard.",),
     # Shared by the rate limiter and the budget stores: it knows neither.
     "redis_batch": ("asgi_llmguard.",),
+    # The registry of stores by URL: it builds stores, and no layer builds it.
+    "stores": (
+        "asgi_llmguard.middleware",
+        "asgi_llmguard.stack",
+        "asgi_llmguard.reload",
+        "asgi_llmguard.cli",
+        "asgi_llmguard.admin",
+    ),
     # The Redis client policy of every shared store: it knows none of them.
     "_redis": (
         "asgi_llmguard.middleware",

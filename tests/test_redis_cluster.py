@@ -266,3 +266,24 @@ def test_scripts_lost_by_every_node_are_loaded_again(cluster_url: str) -> None:
             await check.aclose()
 
     asyncio.run(scenario())
+
+
+def test_an_operator_can_forget_a_keys_buckets_on_the_cluster(cluster_url: str) -> None:
+    from asgi_llmguard import rate_limiter
+    from asgi_llmguard.ratelimit import parse_limit
+
+    limit = parse_limit(RateLimit("1/minute"))
+
+    async def scenario() -> None:
+        limiter = rate_limiter(cluster_url, key_prefix=_prefix())
+        try:
+            for who in ("k=a|x", "k=a|y", "k=b|x"):
+                assert (await limiter.acquire(who, limit, 1)).allowed
+                assert not (await limiter.acquire(who, limit, 1)).allowed
+            assert await limiter.forget("k=a|") == 2
+            assert (await limiter.acquire("k=a|x", limit, 1)).allowed
+            assert not (await limiter.acquire("k=b|x", limit, 1)).allowed
+        finally:
+            await limiter.aclose()
+
+    asyncio.run(scenario())

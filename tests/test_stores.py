@@ -164,3 +164,14 @@ cooldown_store_max_connections = 5
         assert pool.connection_kwargs["ssl_ca_certs"] == "/etc/ca.pem"
     finally:
         asyncio.run(gateway.aclose())
+
+
+async def test_key_databases_come_from_the_same_registry(tmp_path):
+    from asgi_llmguard import SQLiteKeyStore
+
+    keys = store_from_url("keys", f"sqlite:///{tmp_path}/keys.sqlite3")
+    assert isinstance(keys, SQLiteKeyStore)
+    with pytest.raises(ConfigurationError):
+        store_from_url("keys", "redis://127.0.0.1:6379/0")
+    with pytest.raises(ConfigurationError, match="unknown kind"):
+        store_from_url("sessions", "memory://")  # type: ignore[arg-type]
