@@ -64,9 +64,13 @@ def _wait(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
     raise RuntimeError(f"timed out waiting for {what}")
 
 
-def _cli(*args: str) -> str:
+def _cli(*args: str, certs: dict[str, Path] | None = None) -> str:
+    tls: list[str] = []
+    if certs is not None:
+        tls = ["--tls", "--cacert", str(certs["ca_cert"]), "--cert", str(certs["client_cert"]),
+               "--key", str(certs["client_key"])]  # fmt: skip
     done = subprocess.run(
-        ["redis-cli", *args], capture_output=True, text=True, timeout=20, check=False
+        ["redis-cli", *tls, *args], capture_output=True, text=True, timeout=20, check=False
     )
     return done.stdout + done.stderr
 
@@ -88,19 +92,29 @@ def _processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 @contextmanager
-def redis_cluster(directory: Path) -> Iterator[list[int]]:
-    """A three-node Redis Cluster (three primaries, no replicas); yields the node ports."""
+def redis_cluster(directory: Path, certs: dict[str, Path] | None = None) -> Iterator[list[int]]:
+    """A three-node Redis Cluster (three primaries, no replicas); yields the node ports. With
+    ``certs``, the nodes speak only TLS, to clients and to each other, and ask for client
+    certificates."""
     need_binaries("redis-server", "redis-cli")
     ports = free_ports(3, bus=True)
+    tls: list[str] = []
+    if certs is not None:
+        tls = ["--tls-cluster", "yes", "--tls-auth-clients", "yes",
+               "--tls-cert-file", str(certs["server_cert"]),
+               "--tls-key-file", str(certs["server_key"]),
+               "--tls-ca-cert-file", str(certs["ca_cert"])]  # fmt: skip
     with _processes() as started:
         for port in ports:
             node = directory / str(port)
             node.mkdir()
+            listen = ["--port", "0", "--tls-port", str(port)] if certs else ["--port", str(port)]
             started.append(
                 subprocess.Popen(
                     [
                         "redis-server",
-                        "--port", str(port),
+                        *listen,
+                        *tls,
                         "--bind", "127.0.0.1",
                         "--cluster-enabled", "yes",
                         "--cluster-config-file", str(node / "nodes.conf"),
@@ -113,16 +127,21 @@ def redis_cluster(directory: Path) -> Iterator[list[int]]:
                 )
             )  # fmt: skip
         for port in ports:
-            _wait(lambda port=port: "PONG" in _cli("-p", str(port), "ping"), f"node {port}")
+            _wait(
+                lambda port=port: "PONG" in _cli("-p", str(port), "ping", certs=certs),
+                f"node {port}",
+            )
         created = _cli(
             "--cluster", "create", *(f"127.0.0.1:{port}" for port in ports),
-            "--cluster-replicas", "0", "--cluster-yes",
+            "--cluster-replicas", "0", "--cluster-yes", certs=certs,
         )  # fmt: skip
         if "[OK] All 16384 slots covered" not in created:
             raise RuntimeError(f"redis-cli --cluster create failed: {created}")
         for port in ports:
             _wait(
-                lambda port=port: "cluster_state:ok" in _cli("-p", str(port), "cluster", "info"),
+                lambda port=port: (
+                    "cluster_state:ok" in _cli("-p", str(port), "cluster", "info", certs=certs)
+                ),
                 f"cluster_state:ok on {port}",
             )
         yield ports

@@ -156,3 +156,33 @@ def test_rate_limits_cooldowns_and_health_over_tls_options_in_the_url(
             await check.aclose()
 
     asyncio.run(shared())
+
+
+def test_a_cluster_over_tls(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from asgi_llmguard import rate_limiter
+    from asgi_llmguard.ratelimit import parse_limit
+    from tests.redis_servers import redis_cluster
+
+    directory = tmp_path_factory.mktemp("tls-cluster")
+    certs = make_certs(directory)
+    limit = parse_limit(RateLimit("1/minute"))
+    budget = Budget(total=1.0)
+    with redis_cluster(directory, certs) as ports:
+        url = f"rediss+cluster://127.0.0.1:{ports[0]}?{urlencode(_client_options(certs))}"
+
+        async def scenario() -> None:
+            prefix = f"llmguard:test:{uuid.uuid4().hex[:12]}:"
+            budgets = budget_store(url, prefix=prefix)
+            limiter = rate_limiter(url, key_prefix=prefix)
+            try:
+                # Subjects on every node: each is reached over TLS with the client certificate.
+                for i in range(12):
+                    held = await budgets.reserve(f"key:{i}", budget, 10)
+                    assert await budgets.settle(held, 10)  # type: ignore[arg-type]
+                assert (await limiter.acquire("k=a|x", limit, 1)).allowed
+                assert not (await limiter.acquire("k=a|x", limit, 1)).allowed
+            finally:
+                await budgets.aclose()
+                await limiter.aclose()
+
+        asyncio.run(scenario())
