@@ -36,6 +36,9 @@ from tests.redis_servers import redis_cluster
 CALLER_KEY = "sk-llmg-cluster-0123456789abcdefghijklmnopqrstuvwxyz"
 UPSTREAM_KEY = "sk-upstream-cluster-secret"
 MESSAGES: Any = [{"role": "user", "content": "hello there"}]
+#: Store timeouts for these tests: a client's first call also learns the cluster's slots, which
+#: on a loaded test machine can take longer than the production defaults allow.
+SLOW = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +79,7 @@ def test_rate_limits_are_shared_by_replicas_through_the_cluster(cluster_url: str
             return build_stack(
                 upstreams=[Upstream("openai", f"{upstream.url}/v1", api_key=UPSTREAM_KEY)],
                 keys=_keys(policy),
-                rate_limit={"storage": cluster_url, "key_prefix": prefix},
+                rate_limit={"storage": cluster_url, "key_prefix": prefix, "redis_timeout": SLOW},
                 usage=None,
             )
 
@@ -96,6 +99,7 @@ def test_window_algorithms_run_on_the_cluster_too(cluster_url: str) -> None:
             rate_limit={
                 "storage": cluster_url,
                 "key_prefix": _prefix(),
+                "redis_timeout": SLOW,
                 "algorithm": "sliding-window-counter",
             },
             usage=None,
@@ -115,14 +119,14 @@ def test_budgets_are_shared_by_replicas_through_the_cluster(cluster_url: str) ->
             return build_stack(
                 upstreams=[Upstream("openai", f"{upstream.url}/v1", api_key=UPSTREAM_KEY)],
                 keys=_keys(policy),
-                usage={"budgets": budget_store(cluster_url, prefix=prefix)},
+                usage={"budgets": budget_store(cluster_url, prefix=prefix, timeout=SLOW)},
             )
 
         with serve(gateway()) as one, serve(gateway()) as two:
             assert _chat(one) == 200
 
             async def spent_then_hold_the_rest() -> int:
-                store = budget_store(cluster_url, prefix=prefix)
+                store = budget_store(cluster_url, prefix=prefix, timeout=SLOW)
                 try:
                     total = (await store.spent("key:spender", budget))["total"]
                     assert total.spent_nanos > 0  # settled by replica one, seen here
@@ -145,8 +149,8 @@ def test_concurrent_reservations_never_overspend_on_the_cluster(cluster_url: str
     prefix = _prefix()
 
     async def race() -> None:
-        one = budget_store(cluster_url, prefix=prefix)
-        two = budget_store(cluster_url, prefix=prefix)
+        one = budget_store(cluster_url, prefix=prefix, timeout=SLOW)
+        two = budget_store(cluster_url, prefix=prefix, timeout=SLOW)
         try:
             tenth = 100_000_000
             results = await asyncio.gather(
@@ -183,7 +187,9 @@ def test_cooldowns_are_shared_by_replicas_through_the_cluster(cluster_url: str) 
     with serve(tired) as a, serve(fresh) as b:
 
         def gateway() -> Any:
-            store = cooldown_store(cluster_url, CooldownPolicy(), prefix=prefix, refresh=0.05)
+            store = cooldown_store(
+                cluster_url, CooldownPolicy(), prefix=prefix, refresh=0.05, timeout=SLOW
+            )
             return build_stack(
                 upstreams=[
                     Upstream("openai", f"{a.url}/v1", api_key=UPSTREAM_KEY, name="a"),
@@ -250,7 +256,7 @@ def test_scripts_lost_by_every_node_are_loaded_again(cluster_url: str) -> None:
     prefix = _prefix()
 
     async def scenario() -> None:
-        store = budget_store(cluster_url, prefix=prefix)
+        store = budget_store(cluster_url, prefix=prefix, timeout=SLOW)
         check = redis_check(cluster_url)
         try:
             subjects = [f"key:s{i}" for i in range(12)]  # spread over the three nodes
@@ -275,7 +281,7 @@ def test_an_operator_can_forget_a_keys_buckets_on_the_cluster(cluster_url: str) 
     limit = parse_limit(RateLimit("1/minute"))
 
     async def scenario() -> None:
-        limiter = rate_limiter(cluster_url, key_prefix=_prefix())
+        limiter = rate_limiter(cluster_url, key_prefix=_prefix(), redis_timeout=SLOW)
         try:
             for who in ("k=a|x", "k=a|y", "k=b|x"):
                 assert (await limiter.acquire(who, limit, 1)).allowed
