@@ -36,6 +36,9 @@ from tests.redis_servers import need_binaries, tls_redis
 
 CALLER_KEY = "sk-llmg-tls-0123456789abcdefghijklmnopqrstuvwxyz0123"
 UPSTREAM_KEY = "sk-upstream-tls-secret"
+#: Store timeouts for these tests: a TLS handshake on a loaded test machine can take longer than
+#: the production defaults allow.
+SLOW = 2.0
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -86,7 +89,7 @@ def test_budgets_over_tls_with_a_client_certificate(tls: tuple[int, dict[str, Pa
     budget = Budget(total=1.0)
 
     async def scenario() -> None:
-        store = budget_store(url, prefix=prefix, **_client_options(certs))
+        store = budget_store(url, prefix=prefix, timeout=SLOW, **_client_options(certs))
         try:
             held = await store.reserve("key:t", budget, 400_000_000)
             assert await store.settle(held, 250_000_000)  # type: ignore[arg-type]
@@ -94,15 +97,17 @@ def test_budgets_over_tls_with_a_client_certificate(tls: tuple[int, dict[str, Pa
         finally:
             await store.aclose()
         # No client certificate: the server refuses the handshake.
-        anonymous = budget_store(url, prefix=prefix, ssl_ca_certs=str(certs["ca_cert"]))
+        anonymous = budget_store(
+            url, prefix=prefix, timeout=SLOW, ssl_ca_certs=str(certs["ca_cert"])
+        )
         try:
             with pytest.raises(BudgetStoreError):
                 await anonymous.reserve("key:t", budget, 1)
         finally:
             await anonymous.aclose()
         # A server this CA did not sign is not trusted (the system CAs do not know ours).
-        untrusted = budget_store(url, prefix=prefix, ssl_certfile=str(certs["client_cert"]),
-                                 ssl_keyfile=str(certs["client_key"]))  # fmt: skip
+        own = {"ssl_certfile": str(certs["client_cert"]), "ssl_keyfile": str(certs["client_key"])}
+        untrusted = budget_store(url, prefix=prefix, timeout=SLOW, **own)
         try:
             with pytest.raises(BudgetStoreError):
                 await untrusted.reserve("key:t", budget, 1)
@@ -124,7 +129,11 @@ def test_rate_limits_cooldowns_and_health_over_tls_options_in_the_url(
         app = build_stack(
             upstreams=[Upstream("openai", f"{upstream.url}/v1", api_key=UPSTREAM_KEY)],
             keys=keys,
-            rate_limit={"storage": url, "key_prefix": f"llmguard:test:{uuid.uuid4().hex}:"},
+            rate_limit={
+                "storage": url,
+                "key_prefix": f"llmguard:test:{uuid.uuid4().hex}:",
+                "redis_timeout": SLOW,
+            },
             usage=None,
         )
         with serve(app) as server:
@@ -142,9 +151,9 @@ def test_rate_limits_cooldowns_and_health_over_tls_options_in_the_url(
 
     async def shared() -> None:
         prefix = f"llmguard:test:{uuid.uuid4().hex[:12]}:"
-        one: Any = cooldown_store(url, prefix=prefix)
-        two: Any = cooldown_store(url, prefix=prefix)
-        check = redis_check(url)
+        one: Any = cooldown_store(url, prefix=prefix, timeout=SLOW)
+        two: Any = cooldown_store(url, prefix=prefix, timeout=SLOW)
+        check = redis_check(url, timeout=SLOW)
         try:
             assert await one.record_failure("a", "m", status=429, retry_after=30) is not None
             await two.pull()
@@ -172,8 +181,8 @@ def test_a_cluster_over_tls(tmp_path_factory: pytest.TempPathFactory) -> None:
 
         async def scenario() -> None:
             prefix = f"llmguard:test:{uuid.uuid4().hex[:12]}:"
-            budgets = budget_store(url, prefix=prefix)
-            limiter = rate_limiter(url, key_prefix=prefix)
+            budgets = budget_store(url, prefix=prefix, timeout=SLOW)
+            limiter = rate_limiter(url, key_prefix=prefix, redis_timeout=SLOW)
             try:
                 # Subjects on every node: each is reached over TLS with the client certificate.
                 for i in range(12):
