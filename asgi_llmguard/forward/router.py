@@ -37,8 +37,7 @@ from typing import Literal
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.aliases import AliasTable
 from asgi_llmguard.forward.breaker import BreakerPolicy, CircuitBreaker
-from asgi_llmguard.forward.cooldowns import CooldownPolicy, MemoryCooldowns
-from asgi_llmguard.forward.shared_cooldowns import RedisCooldowns
+from asgi_llmguard.forward.cooldowns import CooldownPolicy, MemoryCooldowns, RedisCooldowns
 from asgi_llmguard.forward.thinking import ParsedModel, parse_model
 from asgi_llmguard.providers.base import Upstream
 from asgi_llmguard.routes import Api
