@@ -16,11 +16,11 @@ import msgspec
 
 from asgi_llmguard.policy import KeyPolicy
 from asgi_llmguard.routes import (
+    SHARED_PREFIXES,
     MethodNotAllowed,
     Route,
     RouteNotFound,
     classify,
-    is_shared_path,
 )
 from asgi_llmguard.tokens import TokenUsage
 from asgi_llmguard.types import Message, Receive, Scope
@@ -222,12 +222,16 @@ class RequestContext:
 
     @classmethod
     def from_scope(cls, scope: Scope) -> RequestContext:
-        path = route_path(scope)
-        # Model lists and files exist in both dialects: Anthropic's headers pick Anthropic's.
-        anthropic = is_shared_path(path) and any(
-            name == b"anthropic-version" or name == b"x-api-key" for name, _ in scope["headers"]
-        )
-        return cls(scope["method"], path, anthropic=anthropic)
+        path: str = scope["path"]  # `route_path`, inlined
+        root: str = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :] or "/"
+        if path.startswith(SHARED_PREFIXES):
+            # Model lists and files exist in both dialects: Anthropic's headers pick Anthropic's.
+            for name, _ in scope["headers"]:
+                if name == b"anthropic-version" or name == b"x-api-key":
+                    return cls(scope["method"], path, None, True)
+        return cls(scope["method"], path)
 
     def fields(self) -> RequestFields:
         """The decoded request fields; decoded at most once, from the body a layer has read.
