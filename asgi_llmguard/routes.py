@@ -246,23 +246,27 @@ def classify(method: str, path: str, anthropic: bool = False) -> Route:
 
     Raises `RouteNotFound` or `MethodNotAllowed`.
     """
-    exact, patterns = (_EXACT_A, _PATTERNS_A) if anthropic else (_EXACT, _PATTERNS)
-    methods = exact.get(path)
+    routes = (_EXACT_ROUTES_A if anthropic else _EXACT_ROUTES).get(path)
+    if routes is not None:  # the common case: a fixed path, its routes built once
+        route = routes.get(method)
+        if route is None:
+            raise MethodNotAllowed(tuple(routes))
+        return route
+    methods: dict[str, Endpoint]
     deployment: str | None = None
-    if methods is None:
-        if path.startswith("/openai/deployments/"):
-            m = _AZURE.fullmatch(path)
-            if m is None or (azure := _AZURE_OPERATIONS.get(m["op"])) is None:
-                raise RouteNotFound(path)
-            methods = {"POST": azure}
-            deployment = m["deployment"]
+    if path.startswith("/openai/deployments/"):
+        m = _AZURE.fullmatch(path)
+        if m is None or (azure := _AZURE_OPERATIONS.get(m["op"])) is None:
+            raise RouteNotFound(path)
+        methods = {"POST": azure}
+        deployment = m["deployment"]
+    else:
+        for pattern, candidate in _PATTERNS_A if anthropic else _PATTERNS:
+            if pattern.fullmatch(path):
+                methods = candidate
+                break
         else:
-            for pattern, candidate in patterns:
-                if pattern.fullmatch(path):
-                    methods = candidate
-                    break
-            else:
-                raise RouteNotFound(path)
+            raise RouteNotFound(path)
     endpoint = methods.get(method)
     if endpoint is None:
         raise MethodNotAllowed(tuple(methods))
@@ -293,4 +297,14 @@ _PLAIN: dict[int, Route] = {
         *(methods for _, methods in _ANTHROPIC_PATTERNS),
     )
     for endpoint in table.values()
+}
+
+# The route of each method of each fixed path, by path (routes are immutable, so shared).
+_EXACT_ROUTES: dict[str, dict[str, Route]] = {
+    path: {method: _PLAIN[id(endpoint)] for method, endpoint in methods.items()}
+    for path, methods in _EXACT.items()
+}
+_EXACT_ROUTES_A: dict[str, dict[str, Route]] = {
+    path: {method: _PLAIN[id(endpoint)] for method, endpoint in methods.items()}
+    for path, methods in _EXACT_A.items()
 }
