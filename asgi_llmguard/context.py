@@ -274,6 +274,9 @@ class RequestContext:
         route = self.route
         if route is not None and route.deployment is not None:
             return route.deployment
+        fields = self._fields
+        if fields is not None:  # decoded already: no call
+            return fields.model
         return self.fields().model if self.body is not None else None
 
     def __repr__(self) -> str:
