@@ -27,6 +27,7 @@ from typing import Literal, Protocol
 import orjson
 
 from asgi_llmguard.context import (
+    SCOPE_KEY,
     ClientDisconnected,
     InvalidBody,
     RequestContext,
@@ -125,7 +126,7 @@ class UsageMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        ctx = get_context(scope)
+        ctx: RequestContext = scope.get(SCOPE_KEY) or get_context(scope)
         route = ctx.route
         if route is None:
             await self.app(scope, receive, send)
