@@ -331,7 +331,8 @@ class UsageMiddleware:
         """Settle and record the attempt; ``ended``: the request was cancelled from outside (the
         server shutting down) rather than completed."""
         usage, served, tool_calls = meter.result()
-        estimated = meter.estimated
+        stream_meter = meter.meter  # `_Meter.estimated`, inlined
+        estimated = stream_meter is not None and stream_meter.estimated
         outcome: Outcome
         reason: Reason | None = None
         if ctx.disconnected:
