@@ -116,7 +116,7 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         applies, then the defaults."""
         inp, cached, creation = self.input, self.cached_input, self.cache_creation
         out, reasoning, creation_1h = self.output, self.reasoning, self.cache_creation_1h
-        for tier in reversed(self.tiers):
+        for tier in reversed(self.tiers) if self.tiers else ():
             if input_tokens > tier.above:
                 inp = tier.input if tier.input is not None else inp
                 cached = tier.cached_input if tier.cached_input is not None else cached
