@@ -146,12 +146,21 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         uncached); when ``reasoning > output`` the output is taken to be ``reasoning`` long. The
         result is never negative.
         """
-        cached = max(0, usage.cached_input_tokens)
-        creation = max(0, usage.cache_creation_tokens)
-        creation_1h = min(creation, max(0, usage.cache_creation_1h_tokens))
-        prompt = max(usage.input_tokens, cached + creation)
-        reasoning = max(0, usage.reasoning_tokens)
-        output = max(usage.output_tokens, reasoning)
+        # The clamps as comparisons rather than min/max calls: this runs for every request.
+        cached = usage.cached_input_tokens
+        cached = cached if cached > 0 else 0
+        creation = usage.cache_creation_tokens
+        creation = creation if creation > 0 else 0
+        creation_1h = usage.cache_creation_1h_tokens
+        creation_1h = 0 if creation_1h <= 0 else creation_1h if creation_1h < creation else creation
+        prompt = usage.input_tokens
+        if prompt < cached + creation:
+            prompt = cached + creation
+        reasoning = usage.reasoning_tokens
+        reasoning = reasoning if reasoning > 0 else 0
+        output = usage.output_tokens
+        if output < reasoning:
+            output = reasoning
         scaled, exponent = _scaled(self.rates(prompt))
         numerator = 1000 * (
             scaled[0] * (prompt - cached - creation)
