@@ -341,7 +341,14 @@ class Router:
         ``deployment``: the model comes from an Azure deployment path, so aliases and suffixes
         do not apply. Advances the selectors' rotation (once per request).
         """
-        pin, session = self._affinity(headers)
+        pin = session = None
+        pin_b = self._pin_b
+        if self._session_b is not None:
+            pin, session = self._affinity(headers)
+        elif pin_b is not None:  # the default: a pin header only, one comparison per header
+            for name, value in headers:
+                if name == pin_b:
+                    pin = value.decode("latin-1").strip() or None
         if pin is None and session is None:
             # One credential for this (api, model): the same plan every time, computed once.
             cached = self._solo.get((api, model, deployment))
