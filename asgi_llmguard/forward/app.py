@@ -54,7 +54,7 @@ from asgi_llmguard.forward.resilience import (
     backoff_delay,
     sent_nothing,
 )
-from asgi_llmguard.forward.router import Candidate, Plan, Router, Routing, Step
+from asgi_llmguard.forward.router import Candidate, Cooldowns, Plan, Router, Routing, Step
 from asgi_llmguard.forward.target import Target
 from asgi_llmguard.forward.thinking import apply_thinking
 from asgi_llmguard.forward.warmup import Warmer, warm_request
@@ -81,6 +81,27 @@ async def _watch_disconnect(receive: Receive, task: asyncio.Task[object], watch:
     if not watch.finished:
         watch.disconnected = True
         task.cancel()
+
+
+class _Failure:
+    """An attempt that ended before any byte reached the client: the exchange failed
+    (``error``), or the upstream answered with a status worth retrying elsewhere."""
+
+    __slots__ = ("began", "credential", "error", "started_at", "status")
+
+    def __init__(
+        self,
+        credential: str,
+        status: int,
+        error: UpstreamError | None,
+        started_at: float,
+        began: float,
+    ) -> None:
+        self.credential = credential
+        self.status = status
+        self.error = error
+        self.started_at = started_at
+        self.began = began
 
 
 class ForwardingApp(Resource):
@@ -285,6 +306,12 @@ class ForwardingApp(Resource):
         send: Send,
         watch: Watch,
     ) -> None:
+        """Try the planned credentials in order until one answers the client.
+
+        Each `_attempt` either answers the client or returns the `_Failure` that ended it before
+        any byte reached the client; this loop decides what comes next: the next credential after
+        a backoff, or the error to send when no retry is left.
+        """
         router = self.router
         retry = self.routing.retry
         cooldowns = None if plan.solo else router.cooldowns
@@ -298,129 +325,158 @@ class ForwardingApp(Resource):
         made = 0
         for index, step in enumerate(steps):
             candidate = step.candidate
-            credential = candidate.credential_id
-            model = step.model.base if step.model is not None else ""
-            if index and router.available(candidate, model, time.time()) is not None:
-                continue  # cooled down by a concurrent request since the plan was made
-            if breaker is not None and not breaker.allow(credential):
+            if index:
+                model = step.model.base if step.model is not None else ""
+                if router.available(candidate, model, time.time()) is not None:
+                    continue  # cooled down by a concurrent request since the plan was made
+            if breaker is not None and not breaker.allow(candidate.credential_id):
                 continue
-            target: Target = candidate.target  # type: ignore[assignment]
             made += 1
             final = index == last or made >= retry.max_attempts or time.perf_counter() >= deadline
-            try:
-                attempt_body = self._body_for(ctx, step, body)
-                url = target.provider.target(target.upstream, ctx, query)
-            except InvalidBody as exc:
-                if breaker is not None:
-                    breaker.release(credential)
-                await send_error(send, 400, str(exc), anthropic=anthropic)
+            failure = await self._attempt(
+                ctx, plan, step, body, query, scope, send, watch, final, cooldowns
+            )
+            if failure is None:
                 return
-            headers = request_headers(scope["headers"], target.drop, target.defaults, target.static)
-            # The caller's id (else ours) travels upstream so provider-side logs can be matched.
-            headers.append(("x-request-id", ctx.client_request_id or ctx.request_id))
-            ctx.credential_id = credential
-            started_at = time.time()
-            began = time.perf_counter()
-            outcome_recorded = False
-            try:
-                try:
-                    resp = await self.engine.send(ctx.method, url, headers, attempt_body)
-                except UpstreamError as exc:
-                    outcome_recorded = True
-                    if breaker is not None:
-                        breaker.record(credential, False)
-                    if cooldowns is not None and model:
-                        await cooldowns.record_failure(
-                            credential, model, status=None, kind=exc.kind, started=started_at
-                        )
-                    logger.warning(
-                        "upstream %s failed before answering %s: %s",
-                        credential,
-                        ctx.request_id,
-                        exc,
-                    )
-                    if not final and sent_nothing(exc):
-                        self._failed(ctx, credential, 0, exc.kind, started_at, began)
-                        await asyncio.sleep(backoff_delay(retry, made))
-                        continue
-                    ctx.upstream_error = exc.kind
-                    await send_error(
-                        send,
-                        STATUS_FOR[exc.kind],
-                        str(exc),
-                        anthropic=anthropic,
-                        code="upstream_error",
-                    )
-                    return
-                try:
-                    status = resp.status
-                    held = b""
-                    if (
-                        status == 200
-                        and self.routing.hold_first_event
-                        and not final
-                        and not plan.pinned
-                        and is_sse(resp)
-                    ):
-                        held, status = await hold_first_event(resp)
-                    failed = status in retry.statuses or status in (401, 402, 403)
-                    if breaker is not None:
-                        outcome_recorded = True
-                        breaker.record(credential, not failed)
-                    if cooldowns is not None and (model or status in (401, 402, 403)):
-                        if failed:
-                            await cooldowns.record_failure(
-                                credential,
-                                model,
-                                status=status,
-                                retry_after=retry_after_hint(resp.headers, time.time()),
-                                started=started_at,
-                            )
-                        elif status < 400:
-                            await cooldowns.record_success(credential, model)
-                    if failed and not final and status in retry.statuses:
-                        self._failed(ctx, credential, status, None, started_at, began)
-                        await asyncio.sleep(backoff_delay(retry, made))
-                        continue
-                    if plan.session is not None and status < 400:
-                        router.remember(plan.session, credential)
-                    await relay(
-                        ctx,
-                        resp,
-                        send,
-                        watch,
-                        anthropic,
-                        aliases=router.aliases,
-                        alias=plan.alias,
-                        held=held,
-                    )
-                    return
-                finally:
-                    await resp.aclose()
-            finally:
-                if breaker is not None and not outcome_recorded:
-                    breaker.release(credential)
+            error = failure.error
+            if error is not None and (final or not sent_nothing(error)):
+                ctx.upstream_error = error.kind
+                await send_error(
+                    send,
+                    STATUS_FOR[error.kind],
+                    str(error),
+                    anthropic=anthropic,
+                    code="upstream_error",
+                )
+                return
+            self._failed(ctx, failure)
+            await asyncio.sleep(backoff_delay(retry, made))
         # Every planned credential was skipped (cooling or breaker half-open) before any attempt.
         await self._unroutable(
             send, Plan([], cooling_until=time.time() + 1), ctx.model, route.endpoint.api, anthropic
         )
 
-    @staticmethod
-    def _failed(
+    async def _attempt(
+        self,
         ctx: RequestContext,
-        credential: str,
-        status: int,
-        error: str | None,
-        started_at: float,
-        began: float,
-    ) -> None:
+        plan: Plan,
+        step: Step,
+        body: bytes,
+        query: bytes,
+        scope: Scope,
+        send: Send,
+        watch: Watch,
+        final: bool,
+        cooldowns: Cooldowns | None,
+    ) -> _Failure | None:
+        """One request to ``step``'s credential, its outcome recorded (breaker, cooldowns).
+
+        Returns ``None`` once the client has its answer: the upstream's, relayed (whatever its
+        status when ``final``), or a 400 for a body this upstream cannot take. Otherwise returns
+        the `_Failure` that ended the attempt before any byte reached the client: the exchange
+        failed, or (not ``final``) the upstream answered with a retryable status.
+        """
+        router = self.router
+        breaker = router.breaker
+        route = ctx.route
+        assert route is not None
+        anthropic = route.endpoint.api == "anthropic"
+        candidate = step.candidate
+        credential = candidate.credential_id
+        model = step.model.base if step.model is not None else ""
+        target: Target = candidate.target  # type: ignore[assignment]
+        try:
+            attempt_body = self._body_for(ctx, step, body)
+            url = target.provider.target(target.upstream, ctx, query)
+        except InvalidBody as exc:
+            if breaker is not None:
+                breaker.release(credential)
+            await send_error(send, 400, str(exc), anthropic=anthropic)
+            return None
+        headers = request_headers(scope["headers"], target.drop, target.defaults, target.static)
+        # The caller's id (else ours) travels upstream so provider-side logs can be matched.
+        headers.append(("x-request-id", ctx.client_request_id or ctx.request_id))
+        ctx.credential_id = credential
+        started_at = time.time()
+        began = time.perf_counter()
+        outcome_recorded = False
+        try:
+            try:
+                resp = await self.engine.send(ctx.method, url, headers, attempt_body)
+            except UpstreamError as exc:
+                outcome_recorded = True
+                if breaker is not None:
+                    breaker.record(credential, False)
+                if cooldowns is not None and model:
+                    await cooldowns.record_failure(
+                        credential, model, status=None, kind=exc.kind, started=started_at
+                    )
+                logger.warning(
+                    "upstream %s failed before answering %s: %s",
+                    credential,
+                    ctx.request_id,
+                    exc,
+                )
+                return _Failure(credential, 0, exc, started_at, began)
+            try:
+                status = resp.status
+                held = b""
+                if (
+                    status == 200
+                    and self.routing.hold_first_event
+                    and not final
+                    and not plan.pinned
+                    and is_sse(resp)
+                ):
+                    held, status = await hold_first_event(resp)
+                retry_statuses = self.routing.retry.statuses
+                failed = status in retry_statuses or status in (401, 402, 403)
+                if breaker is not None:
+                    outcome_recorded = True
+                    breaker.record(credential, not failed)
+                if cooldowns is not None and (model or status in (401, 402, 403)):
+                    if failed:
+                        await cooldowns.record_failure(
+                            credential,
+                            model,
+                            status=status,
+                            retry_after=retry_after_hint(resp.headers, time.time()),
+                            started=started_at,
+                        )
+                    elif status < 400:
+                        await cooldowns.record_success(credential, model)
+                if failed and not final and status in retry_statuses:
+                    return _Failure(credential, status, None, started_at, began)
+                if plan.session is not None and status < 400:
+                    router.remember(plan.session, credential)
+                await relay(
+                    ctx,
+                    resp,
+                    send,
+                    watch,
+                    anthropic,
+                    aliases=router.aliases,
+                    alias=plan.alias,
+                    held=held,
+                )
+                return None
+            finally:
+                await resp.aclose()
+        finally:
+            if breaker is not None and not outcome_recorded:
+                breaker.release(credential)
+
+    @staticmethod
+    def _failed(ctx: RequestContext, failure: _Failure) -> None:
+        """Keep the record of an attempt the next credential replaces (the usage layer's)."""
+        error = failure.error
         attempt = Attempt(
-            credential,
+            failure.credential,
             ctx.upstream_model or ctx.model,
-            status=status,
-            error=error,
-            started_at=started_at,
-            latency=time.perf_counter() - began,
+            status=failure.status,
+            error=error.kind if error is not None else None,
+            started_at=failure.started_at,
+            latency=time.perf_counter() - failure.began,
         )
         if ctx.attempts is None:
             ctx.attempts = [attempt]
