@@ -241,7 +241,52 @@ class ForwardingApp(Resource):
         watch = Watch()
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, watch))
         try:
-            await self._attempts(ctx, plan, body, scope["query_string"], scope, send, watch)
+            # Try the planned credentials in order until one answers the client. Each `_attempt`
+            # either answers it or returns the `_Failure` that ended it before any byte reached
+            # the client; the loop decides what comes next: the next credential after a backoff,
+            # or the error to send when no retry is left.
+            router = self.router
+            retry = self.routing.retry
+            cooldowns = None if plan.solo else router.cooldowns
+            breaker = router.breaker
+            deadline = ctx.start + retry.max_time
+            steps = plan.steps
+            last = len(steps) - 1
+            made = 0
+            for index, step in enumerate(steps):
+                candidate = step.candidate
+                if index:
+                    model = step.model.base if step.model is not None else ""
+                    if router.available(candidate, model, time.time()) is not None:
+                        continue  # cooled down by a concurrent request since the plan was made
+                if breaker is not None and not breaker.allow(candidate.credential_id):
+                    continue
+                made += 1
+                final = (
+                    index == last or made >= retry.max_attempts or time.perf_counter() >= deadline
+                )
+                failure = await self._attempt(
+                    ctx, plan, step, body, scope, send, watch, final, cooldowns, anthropic
+                )
+                if failure is None:
+                    return
+                error = failure.error
+                if error is not None and (final or not sent_nothing(error)):
+                    ctx.upstream_error = error.kind
+                    await send_error(
+                        send,
+                        STATUS_FOR[error.kind],
+                        str(error),
+                        anthropic=anthropic,
+                        code="upstream_error",
+                    )
+                    return
+                self._failed(ctx, failure)
+                await asyncio.sleep(backoff_delay(retry, made))
+            # Every planned credential was skipped (cooling, breaker half-open) before any attempt.
+            await self._unroutable(
+                send, Plan([], cooling_until=time.time() + 1), ctx.model, api, anthropic
+            )
         except asyncio.CancelledError:
             if watch.disconnected and task.uncancel() == 0:
                 ctx.disconnected = True
@@ -296,78 +341,18 @@ class ForwardingApp(Resource):
         )
         return orjson.dumps(rewritten)
 
-    async def _attempts(
-        self,
-        ctx: RequestContext,
-        plan: Plan,
-        body: bytes,
-        query: bytes,
-        scope: Scope,
-        send: Send,
-        watch: Watch,
-    ) -> None:
-        """Try the planned credentials in order until one answers the client.
-
-        Each `_attempt` either answers the client or returns the `_Failure` that ended it before
-        any byte reached the client; this loop decides what comes next: the next credential after
-        a backoff, or the error to send when no retry is left.
-        """
-        router = self.router
-        retry = self.routing.retry
-        cooldowns = None if plan.solo else router.cooldowns
-        breaker = router.breaker
-        route = ctx.route
-        assert route is not None
-        anthropic = route.endpoint.api == "anthropic"
-        deadline = ctx.start + retry.max_time
-        steps = plan.steps
-        last = len(steps) - 1
-        made = 0
-        for index, step in enumerate(steps):
-            candidate = step.candidate
-            if index:
-                model = step.model.base if step.model is not None else ""
-                if router.available(candidate, model, time.time()) is not None:
-                    continue  # cooled down by a concurrent request since the plan was made
-            if breaker is not None and not breaker.allow(candidate.credential_id):
-                continue
-            made += 1
-            final = index == last or made >= retry.max_attempts or time.perf_counter() >= deadline
-            failure = await self._attempt(
-                ctx, plan, step, body, query, scope, send, watch, final, cooldowns
-            )
-            if failure is None:
-                return
-            error = failure.error
-            if error is not None and (final or not sent_nothing(error)):
-                ctx.upstream_error = error.kind
-                await send_error(
-                    send,
-                    STATUS_FOR[error.kind],
-                    str(error),
-                    anthropic=anthropic,
-                    code="upstream_error",
-                )
-                return
-            self._failed(ctx, failure)
-            await asyncio.sleep(backoff_delay(retry, made))
-        # Every planned credential was skipped (cooling or breaker half-open) before any attempt.
-        await self._unroutable(
-            send, Plan([], cooling_until=time.time() + 1), ctx.model, route.endpoint.api, anthropic
-        )
-
     async def _attempt(
         self,
         ctx: RequestContext,
         plan: Plan,
         step: Step,
         body: bytes,
-        query: bytes,
         scope: Scope,
         send: Send,
         watch: Watch,
         final: bool,
         cooldowns: Cooldowns | None,
+        anthropic: bool,
     ) -> _Failure | None:
         """One request to ``step``'s credential, its outcome recorded (breaker, cooldowns).
 
@@ -378,16 +363,13 @@ class ForwardingApp(Resource):
         """
         router = self.router
         breaker = router.breaker
-        route = ctx.route
-        assert route is not None
-        anthropic = route.endpoint.api == "anthropic"
         candidate = step.candidate
         credential = candidate.credential_id
         model = step.model.base if step.model is not None else ""
         target: Target = candidate.target  # type: ignore[assignment]
         try:
             attempt_body = self._body_for(ctx, step, body)
-            url = target.provider.target(target.upstream, ctx, query)
+            url = target.provider.target(target.upstream, ctx, scope["query_string"])
         except InvalidBody as exc:
             if breaker is not None:
                 breaker.release(credential)
