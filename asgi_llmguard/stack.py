@@ -46,7 +46,7 @@ from asgi_llmguard.middleware.usage import UsageMiddleware
 from asgi_llmguard.providers.base import Upstream
 from asgi_llmguard.routes import Api
 from asgi_llmguard.types import ASGIApp, Receive, Scope, Send
-from asgi_llmguard.usage.events import UsageEvent
+from asgi_llmguard.usage.events import UsageEvent, attempt_event
 from asgi_llmguard.usage.pipeline import UsagePipeline
 from asgi_llmguard.usage.pricing import PriceTable
 
@@ -425,20 +425,21 @@ def _warmup_recorder(pipeline: UsagePipeline, prices: PriceTable) -> Callable[[A
         usage = attempt.usage
         price = prices.resolve(attempt.model, attempt.credential_id) if attempt.model else None
         pipeline.emit(
-            UsageEvent(
+            attempt_event(
+                None,
+                api,
+                "messages" if api == "anthropic" else "chat.completions",
+                attempt.model,
+                0,
+                attempt.started_at,
+                attempt.model,
+                attempt.credential_id,
+                attempt.status,
+                "warmup",
+                attempt.latency,
+                usage,
+                price.cost_nanos(usage) if price is not None and usage else 0,
                 request_id=attempt.request_id or "warmup",
-                started_at=attempt.started_at,
-                model=attempt.model,
-                served_model=attempt.model,
-                provider=api,
-                endpoint="messages" if api == "anthropic" else "chat.completions",
-                credential_id=attempt.credential_id,
-                status=attempt.status,
-                outcome="warmup",
-                input_tokens=usage.input_tokens if usage else 0,
-                output_tokens=usage.output_tokens if usage else 0,
-                cost_nanos=price.cost_nanos(usage) if price is not None and usage else 0,
-                latency=attempt.latency,
             )
         )
 

@@ -4,15 +4,14 @@ Admission: the body's fields are decoded once; a billable request needs a price 
 (an unpriced model follows the configured policy and is never silently free); a key with a budget
 reserves the worst-case cost atomically, or is refused with 429 ``insufficient_quota``.
 
-On the way back the response is scanned as it streams past (`EventSplitter` + the provider's
-meter), keeping only the usage and the last unfinished event, so the first byte is not delayed and
-memory per stream stays bounded. When the client did not ask for the usage chunk of an OpenAI-style
-stream, the gateway asks the upstream for it and removes it again, with the ``"usage": null`` it
-adds to every chunk, so the client sees what it would have seen without the gateway.
+On the way back the response is metered as it streams past (`Meter`, in ``_usage_meter``), without
+delaying the first byte. When the client did not ask for the usage chunk of an OpenAI-style
+stream, the gateway asks the upstream for it and removes it again, so the client sees what it
+would have seen without the gateway.
 
 At the end, whatever happened (success, upstream error, truncation, client disconnect), the
 actual cost settles the reservation, the tokens are left in ``ctx.usage_tokens`` for the token
-rate limits above, and exactly one event goes to the pipeline.
+rate limits above, and one event per upstream attempt (`attempt_event`) goes to the pipeline.
 """
 
 from __future__ import annotations
@@ -20,12 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, Protocol
-
-import orjson
 
 from asgi_llmguard.context import (
     SCOPE_KEY,
@@ -36,22 +32,16 @@ from asgi_llmguard.context import (
     get_context,
     read_body,
 )
-from asgi_llmguard.errors import ConfigurationError, send_error, sse_error_event, worth_waiting
+from asgi_llmguard.errors import ConfigurationError, send_error, worth_waiting
+from asgi_llmguard.middleware._usage_meter import STRIPPED_OPERATIONS, Meter, with_include_usage
 from asgi_llmguard.policy import Budget
-from asgi_llmguard.providers.metering import (
-    StreamMeter,
-    billed_unit,
-    stream_meter,
-    units_from_json,
-    usage_from_json,
-)
-from asgi_llmguard.providers.sse import EventSplitter
+from asgi_llmguard.providers.metering import billed_unit, stream_meter
 from asgi_llmguard.routes import Endpoint
 from asgi_llmguard.tokens import TokenUsage
-from asgi_llmguard.types import ASGIApp, Message, Receive, Scope, Send
+from asgi_llmguard.types import ASGIApp, Receive, Scope, Send
 from asgi_llmguard.usage.budgets import BudgetExceeded, BudgetStore, BudgetStoreError, Reservation
 from asgi_llmguard.usage.estimate import estimate_prompt_tokens, heuristic_prompt_tokens
-from asgi_llmguard.usage.events import Outcome, Reason, UsageEvent
+from asgi_llmguard.usage.events import Outcome, Reason, UsageEvent, attempt_event
 from asgi_llmguard.usage.pricing import (
     MissingPrice,
     ModelPrice,
@@ -62,12 +52,6 @@ from asgi_llmguard.usage.pricing import (
 
 logger = logging.getLogger("asgi_llmguard.usage")
 
-# Non-streamed answers are decoded whole up to this size; past it only a tail is kept and the
-# usage object is looked for there (providers put it last).
-_JSON_WHOLE = 4 << 20
-_JSON_TAIL = 64 << 10
-_INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
-_STRIPPED_OPERATIONS = frozenset({"chat.completions", "completions"})
 # Audio minutes assumed per byte uploaded when an answer does not say how long the audio was
 # (text, srt and vtt transcripts): one megabyte a minute, 128 kbit/s compressed audio.
 _AUDIO_BYTES_PER_MINUTE = 1_000_000
@@ -216,15 +200,15 @@ class UsageMiddleware:
             streamed
             and self._stream_usage
             and endpoint.api != "anthropic"
-            and endpoint.operation in _STRIPPED_OPERATIONS
+            and endpoint.operation in STRIPPED_OPERATIONS
             and not (fields.stream_options and fields.stream_options.include_usage)
         ):
-            body = _with_include_usage(ctx.body or b"")
+            body = with_include_usage(ctx.body or b"")
             if body is not None:
                 ctx.body = body
                 strip = True
 
-        meter = _Meter(ctx, endpoint, send, stream_meter(endpoint) if streamed else None, strip)
+        meter = Meter(ctx, endpoint, send, stream_meter(endpoint) if streamed else None, strip)
         failed = True
         try:
             await self.app(scope, receive, meter.send)
@@ -326,20 +310,19 @@ class UsageMiddleware:
     ) -> None:
         if self._emit is None:
             return
-        key = ctx.key
         self._emit(
-            UsageEvent(
-                request_id=ctx.request_id,
-                client_request_id=ctx.client_request_id,
-                started_at=ctx.started_at,
-                key_id=key.key_id if key else None,
-                model=model,
-                provider=endpoint.api,
-                endpoint=endpoint.operation,
-                status=status,
-                outcome="rejected",
-                latency=time.perf_counter() - ctx.start,
-                metadata=dict(key.metadata) if key else {},
+            attempt_event(
+                ctx,
+                endpoint.api,
+                endpoint.operation,
+                model,
+                0,
+                ctx.started_at,
+                None,
+                None,
+                status,
+                "rejected",
+                time.perf_counter() - ctx.start,
             )
         )
 
@@ -349,7 +332,7 @@ class UsageMiddleware:
         endpoint: Endpoint,
         model: str | None,
         price: ModelPrice | None,
-        meter: _Meter,
+        meter: Meter,
         reservations: list[Reservation],
         failed: bool,
         ended: bool,
@@ -357,7 +340,7 @@ class UsageMiddleware:
         """Settle and record the attempt; ``ended``: the request was cancelled from outside (the
         server shutting down) rather than completed."""
         usage, served, tool_calls = meter.result()
-        stream_meter = meter.meter  # `_Meter.estimated`, inlined
+        stream_meter = meter.meter  # `Meter.estimated`, inlined
         estimated = stream_meter is not None and stream_meter.estimated
         unit = billed_unit(endpoint) if endpoint.billable else None
         outcome: Outcome
@@ -438,61 +421,52 @@ class UsageMiddleware:
 
         if self._emit is None or not reached_upstream:
             return
-        key = ctx.key
         attempts = ctx.attempts or ()
-        for number, failed_attempt in enumerate(attempts):
-            self._emit(
-                UsageEvent(
-                    request_id=ctx.request_id,
-                    client_request_id=ctx.client_request_id,
-                    attempt=number,
-                    started_at=failed_attempt.started_at,
-                    key_id=key.key_id if key else None,
-                    model=model,
-                    served_model=failed_attempt.model,
-                    provider=endpoint.api,
-                    endpoint=endpoint.operation,
-                    credential_id=failed_attempt.credential_id,
-                    status=failed_attempt.status,
-                    outcome="upstream_error",
-                    latency=failed_attempt.latency,
-                    stream=bool(fields_stream(ctx)),
-                    metadata=dict(key.metadata) if key else {},
+        if attempts:
+            stream = bool(fields_stream(ctx))
+            for number, failed_attempt in enumerate(attempts):
+                self._emit(
+                    attempt_event(
+                        ctx,
+                        endpoint.api,
+                        endpoint.operation,
+                        model,
+                        number,
+                        failed_attempt.started_at,
+                        failed_attempt.model,
+                        failed_attempt.credential_id,
+                        failed_attempt.status,
+                        "upstream_error",
+                        failed_attempt.latency,
+                        None,
+                        0,
+                        None,
+                        stream,
+                    )
                 )
-            )
         if ctx.upstream_model is not None and (served is None or served == model):
             served = ctx.upstream_model
-        u = usage or TokenUsage()
         self._emit(
-            UsageEvent(
-                request_id=ctx.request_id,
-                client_request_id=ctx.client_request_id,
-                attempt=len(attempts),
-                started_at=ctx.started_at,
-                key_id=key.key_id if key else None,
-                model=model,
-                served_model=served,
-                provider=endpoint.api,
-                endpoint=endpoint.operation,
-                credential_id=ctx.credential_id,
-                status=meter.status,
-                outcome=outcome,
-                input_tokens=u.input_tokens,
-                output_tokens=u.output_tokens,
-                cached_input_tokens=u.cached_input_tokens,
-                cache_creation_tokens=u.cache_creation_tokens,
-                reasoning_tokens=u.reasoning_tokens,
-                cost_nanos=cost,
-                latency=time.perf_counter() - ctx.start,
-                ttfb=meter.ttfb,
-                stream=meter.sse,
-                estimated=estimated,
-                metadata=dict(key.metadata) if key else {},
-                reason=reason,
-                cache_creation_1h_tokens=u.cache_creation_1h_tokens,
-                service_tier=u.service_tier,
-                units=units,
-                unit=unit if units else None,
+            attempt_event(
+                ctx,
+                endpoint.api,
+                endpoint.operation,
+                model,
+                len(attempts),
+                ctx.started_at,
+                served,
+                ctx.credential_id,
+                meter.status,
+                outcome,
+                time.perf_counter() - ctx.start,
+                usage,
+                cost,
+                meter.ttfb,
+                meter.sse,
+                estimated,
+                reason,
+                units,
+                unit if units else None,
             )
         )
 
@@ -549,289 +523,3 @@ def _expected_units(ctx: RequestContext, fields: RequestFields | None, unit: str
 def _cancelling() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-class _Meter:
-    """Per-request metering state and the wrapped ``send``; never shared between requests."""
-
-    __slots__ = (
-        "_ctx",
-        "_endpoint",
-        "_held",
-        "_json",
-        "_json_size",
-        "_send",
-        "_splitter",
-        "_tail_only",
-        "meter",
-        "sse",
-        "status",
-        "stream_error",
-        "strip",
-        "truncated",
-        "ttfb",
-    )
-
-    def __init__(
-        self,
-        ctx: RequestContext,
-        endpoint: Endpoint,
-        send: Send,
-        meter: StreamMeter | None,
-        strip: bool,
-    ) -> None:
-        self._ctx = ctx
-        self._endpoint = endpoint
-        self._send = send
-        self.meter = meter
-        self.strip = strip
-        self._splitter: EventSplitter | None = None
-        #: The unfinished event held back while stripping.
-        self._held = b""
-        self._json: list[bytes] | None = None
-        self._json_size = 0
-        self._tail_only = False
-        self.sse = False
-        self.status = 0
-        self.ttfb: float | None = None
-        self.truncated = False
-        self.stream_error = False
-
-    async def send(self, message: Message) -> None:
-        kind = message["type"]
-        if kind == "http.response.body":
-            await self._send(self._body(message))
-        elif kind == "http.response.start":
-            self.status = message["status"]
-            self.ttfb = time.perf_counter() - self._ctx.start
-            headers = message.get("headers", [])
-            content_type = b""
-            for name, value in headers:
-                if name == b"content-type":
-                    content_type = value
-                    break
-            self.sse = content_type.startswith(b"text/event-stream")
-            if self.sse and self.meter is not None:
-                self._splitter = EventSplitter()
-                if self.strip:
-                    message["headers"] = [(k, v) for k, v in headers if k != b"content-length"]
-            else:
-                self.strip = False
-                self.meter = None if not self.sse else self.meter
-                if self.status < 300 and self._endpoint.billable:
-                    self._json = []
-            await self._send(message)
-        else:
-            await self._send(message)
-
-    def _body(self, message: Message) -> Message:
-        """Meter one body message; returns the message to pass on (re-framed when stripping)."""
-        body: bytes = message.get("body", b"")
-        more: bool = message.get("more_body", False)
-        splitter = self._splitter
-        if splitter is not None:
-            meter = self.meter
-            assert meter is not None
-            events = splitter.feed(body) if body else []
-            if self.strip:
-                # Relay the upstream's bytes up to the end of the last whole event, with only
-                # the usage the gateway asked for taken out; the unfinished tail waits.
-                held = self._held + body if self._held else body
-                if more:
-                    pending = splitter.pending
-                    if pending:
-                        cut = len(held) - pending
-                        held, self._held = held[:cut], held[cut:]
-                    else:
-                        self._held = b""
-                else:
-                    self._held = b""
-                body = _strip_usage(held)
-                message = {"type": "http.response.body", "body": body, "more_body": more}
-            if not more:
-                events += splitter.close()
-            for event in events:
-                meter.event(event)
-            if not more and not meter.finished:
-                if meter.error:
-                    self.stream_error = True
-                elif self._ctx.upstream_error is None and not self._ctx.disconnected:
-                    # The upstream ended the stream cleanly but without its end marker: say so.
-                    self.truncated = True
-                    note = sse_error_event(
-                        "The upstream ended the stream before it was complete.",
-                        anthropic=self._endpoint.anthropic_errors,
-                    )
-                    message = {"type": "http.response.body", "body": body + note}
-        elif self._json is not None and body:
-            self._collect(body)
-        return message
-
-    def _collect(self, body: bytes) -> None:
-        parts = self._json
-        assert parts is not None
-        parts.append(body)
-        self._json_size += len(body)
-        if self._json_size > _JSON_WHOLE:
-            tail = b"".join(parts)[-_JSON_TAIL:]
-            parts[:] = [tail]
-            self._json_size = len(tail)
-            self._tail_only = True
-
-    @property
-    def answer_bytes(self) -> int:
-        """The size of the non-streamed answer body kept for metering (0 for streams)."""
-        return self._json_size if self._json is not None else 0
-
-    @property
-    def deltas(self) -> int:
-        """Output events relayed so far: the estimate of output tokens when usage is missing."""
-        return self.meter.deltas if self.meter is not None else 0
-
-    @property
-    def service_tier(self) -> str | None:
-        """The service tier a stream's events reported, even before (or without) its usage."""
-        return self.meter.service_tier if self.meter is not None else None
-
-    @property
-    def estimated(self) -> bool:
-        """The stream's usage holds an estimated output count (see `StreamMeter.estimated`)."""
-        return self.meter is not None and self.meter.estimated
-
-    def units(self, unit: str) -> float | None:
-        """The ``unit``s a whole non-streamed answer reports (``None``: it says nothing)."""
-        if self._json and not self._tail_only:
-            return units_from_json(unit, b"".join(self._json))
-        return None
-
-    def result(self) -> tuple[TokenUsage | None, str | None, dict[str, int]]:
-        """The provider's usage (or ``None``), the served model, and server-side tool calls."""
-        meter = self.meter
-        if meter is not None:
-            return meter.usage, meter.model, meter.tool_calls
-        if self._json:
-            data = b"".join(self._json)
-            if self._tail_only:
-                data = _usage_slice(data)
-            return usage_from_json(self._endpoint, data)
-        return None, None, {}
-
-
-def _with_include_usage(body: bytes) -> bytes | None:
-    """The body with ``stream_options.include_usage`` set, or ``None`` if it is not an object."""
-    if b'"stream_options"' not in body:
-        start = body.find(b"{")
-        if start < 0:
-            return None
-        rest = body[start + 1 :].lstrip()
-        sep = b"" if rest.startswith(b"}") else b","
-        return body[: start + 1] + _INCLUDE_USAGE + sep + body[start + 1 :]
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    options = obj.get("stream_options")
-    obj["stream_options"] = {
-        **(options if isinstance(options, dict) else {}),
-        "include_usage": True,
-    }
-    return orjson.dumps(obj)
-
-
-_NULL_USAGE = (b',"usage":null', b', "usage": null', b'"usage":null,', b'"usage": null, ')
-_USAGE_OBJECTS = (b'"usage":{', b'"usage": {')
-_NO_CHOICES = (b'"choices":[]', b'"choices": []')
-
-
-def _strip_usage(data: bytes) -> bytes:
-    """Whole events as the upstream framed them, without what asking for usage added: the
-    ``"usage": null`` member of every chunk, the usage-only chunk (``choices: []``), and the
-    ``usage`` member of a chunk that also carries choices. Everything else is left as it is."""
-    data = data.replace(_NULL_USAGE[0], b"")  # the common case: OpenAI's own spelling
-    if b'"usage"' not in data:
-        return data
-    for null in _NULL_USAGE[1:]:
-        if null in data:
-            data = data.replace(null, b"")
-    for mark in _USAGE_OBJECTS:
-        at = data.find(mark)
-        while at >= 0:
-            # The event's line: OpenAI-style chunks are one ``data:`` line each.
-            start = max(data.rfind(b"\n", 0, at), data.rfind(b"\r", 0, at)) + 1
-            end = at
-            while end < len(data) and data[end] not in b"\r\n":
-                end += 1
-            line = data[start:end]
-            if _NO_CHOICES[0] in line or _NO_CHOICES[1] in line:
-                # The usage-only chunk: drop it and the blank line that ends it.
-                stop = end
-                while stop < len(data) and data[stop] in b"\r\n":
-                    stop += 1
-                data = data[:start] + data[stop:]
-                at = data.find(mark, start)
-            else:
-                stripped = _without_member(line, at - start)
-                data = data[:start] + stripped + data[end:]
-                at = data.find(mark, start + len(stripped))
-    return data
-
-
-def _object_end(data: bytes, start: int) -> int:
-    """The index just past the JSON object that opens at ``data[start]``, or -1 if it is cut."""
-    depth = 0
-    in_string = escaped = False
-    for i in range(start, len(data)):
-        c = data[i]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif c == 0x5C:  # backslash
-                escaped = True
-            elif c == 0x22:  # quote
-                in_string = False
-        elif c == 0x22:
-            in_string = True
-        elif c == 0x7B:
-            depth += 1
-        elif c == 0x7D:
-            depth -= 1
-            if depth == 0:
-                return i + 1
-    return -1
-
-
-def _without_member(line: bytes, key: int) -> bytes:
-    """``line`` without the JSON member whose key starts at ``key`` (and its comma)."""
-    i = line.find(b"{", key)
-    if i < 0:
-        return line
-    end = _object_end(line, i)
-    if end < 0:
-        return line
-    before = line[:key].rstrip()
-    if before.endswith(b","):
-        return before[:-1] + line[end:]
-    after = line[end:].lstrip()
-    if after.startswith(b","):
-        return before + after[1:].lstrip()
-    return line
-
-
-def _usage_slice(tail: bytes) -> bytes:
-    """``{"usage": {...}}`` cut from the tail of a large JSON answer (usage comes last), with
-    the answer's ``service_tier`` when the tail has it (OpenAI puts it after the usage)."""
-    at = tail.rfind(b'"usage"')
-    if at < 0:
-        return b""
-    start = tail.find(b"{", at)
-    if start < 0:
-        return b""
-    end = _object_end(tail, start)
-    if end < 0:
-        return b""
-    tier = _SERVICE_TIER.search(tail, end)
-    extra = b'"service_tier":"' + tier.group(1) + b'",' if tier else b""
-    return b"{" + extra + b'"usage":' + tail[start:end] + b"}"
-
-
-_SERVICE_TIER = re.compile(rb'"service_tier"\s*:\s*"([A-Za-z0-9_.-]{1,64})"')

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
+
+from asgi_llmguard.tokens import TokenUsage
+
+if TYPE_CHECKING:
+    from asgi_llmguard.context import RequestContext
 
 Outcome = Literal["ok", "cancelled", "upstream_error", "upstream_truncated", "rejected", "warmup"]
 #: Why an attempt was ``cancelled``: the client went away, or the gateway was shutting down.
@@ -71,3 +76,71 @@ class UsageEvent(msgspec.Struct, kw_only=True, omit_defaults=False):
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+
+_NO_USAGE = TokenUsage()  # read only
+
+
+def attempt_event(
+    ctx: RequestContext | None,
+    provider: str,
+    endpoint: str,
+    model: str | None,
+    attempt: int,
+    started_at: float,
+    served_model: str | None,
+    credential_id: str | None,
+    status: int,
+    outcome: Outcome,
+    latency: float,
+    usage: TokenUsage | None = None,
+    cost_nanos: int = 0,
+    ttfb: float | None = None,
+    stream: bool = False,
+    estimated: bool = False,
+    reason: Reason | None = None,
+    units: float = 0.0,
+    unit: str | None = None,
+    request_id: str = "warmup",
+) -> UsageEvent:
+    """The record of one attempt (or refusal) of the request ``ctx``: its ids, key and key
+    metadata come from the context. A warm-up has no request: ``ctx`` is ``None`` and
+    ``request_id`` names it."""
+    key = None
+    client_request_id = None
+    if ctx is not None:
+        request_id = ctx.request_id
+        client_request_id = ctx.client_request_id
+        key = ctx.key
+    if usage is None:
+        usage = _NO_USAGE
+    return UsageEvent(
+        request_id=request_id,
+        client_request_id=client_request_id,
+        attempt=attempt,
+        started_at=started_at,
+        key_id=key.key_id if key else None,
+        model=model,
+        served_model=served_model,
+        provider=provider,
+        endpoint=endpoint,
+        credential_id=credential_id,
+        status=status,
+        outcome=outcome,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cached_input_tokens=usage.cached_input_tokens,
+        cache_creation_tokens=usage.cache_creation_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        cost_nanos=cost_nanos,
+        latency=latency,
+        ttfb=ttfb,
+        stream=stream,
+        estimated=estimated,
+        metadata=dict(key.metadata) if key else {},
+        reason=reason,
+        cache_creation_1h_tokens=usage.cache_creation_1h_tokens,
+        service_tier=usage.service_tier,
+        units=units,
+        unit=unit,
+    )

@@ -1,0 +1,318 @@
+"""Metering an answer as it streams past, and the stream-usage request rewrite.
+
+`Meter` wraps the usage layer's ``send``: it scans the answer with `EventSplitter` and the
+provider's meter, keeping only the usage and the last unfinished event, so the first byte is not
+delayed and memory per stream stays bounded. When the client did not ask for the usage chunk of
+an OpenAI-style stream, the usage layer asks the upstream for it (`with_include_usage`) and the
+meter removes it again (`strip_usage`), with the ``"usage": null`` it adds to every chunk, so the
+client sees what it would have seen without the gateway.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import orjson
+
+from asgi_llmguard.context import RequestContext
+from asgi_llmguard.errors import sse_error_event
+from asgi_llmguard.providers.metering import StreamMeter, units_from_json, usage_from_json
+from asgi_llmguard.providers.sse import EventSplitter
+from asgi_llmguard.routes import Endpoint
+from asgi_llmguard.tokens import TokenUsage
+from asgi_llmguard.types import Message, Send
+
+# Non-streamed answers are decoded whole up to this size; past it only a tail is kept and the
+# usage object is looked for there (providers put it last).
+_JSON_WHOLE = 4 << 20
+_JSON_TAIL = 64 << 10
+_INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
+#: The operations whose streams carry a usage chunk only when asked (OpenAI-style).
+STRIPPED_OPERATIONS = frozenset({"chat.completions", "completions"})
+
+
+class Meter:
+    """Per-request metering state and the wrapped ``send``; never shared between requests."""
+
+    __slots__ = (
+        "_ctx",
+        "_endpoint",
+        "_held",
+        "_json",
+        "_json_size",
+        "_send",
+        "_splitter",
+        "_tail_only",
+        "meter",
+        "sse",
+        "status",
+        "stream_error",
+        "strip",
+        "truncated",
+        "ttfb",
+    )
+
+    def __init__(
+        self,
+        ctx: RequestContext,
+        endpoint: Endpoint,
+        send: Send,
+        meter: StreamMeter | None,
+        strip: bool,
+    ) -> None:
+        self._ctx = ctx
+        self._endpoint = endpoint
+        self._send = send
+        self.meter = meter
+        self.strip = strip
+        self._splitter: EventSplitter | None = None
+        #: The unfinished event held back while stripping.
+        self._held = b""
+        self._json: list[bytes] | None = None
+        self._json_size = 0
+        self._tail_only = False
+        self.sse = False
+        self.status = 0
+        self.ttfb: float | None = None
+        self.truncated = False
+        self.stream_error = False
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            await self._send(self._body(message))
+        elif kind == "http.response.start":
+            self.status = message["status"]
+            self.ttfb = time.perf_counter() - self._ctx.start
+            headers = message.get("headers", [])
+            content_type = b""
+            for name, value in headers:
+                if name == b"content-type":
+                    content_type = value
+                    break
+            self.sse = content_type.startswith(b"text/event-stream")
+            if self.sse and self.meter is not None:
+                self._splitter = EventSplitter()
+                if self.strip:
+                    message["headers"] = [(k, v) for k, v in headers if k != b"content-length"]
+            else:
+                self.strip = False
+                self.meter = None if not self.sse else self.meter
+                if self.status < 300 and self._endpoint.billable:
+                    self._json = []
+            await self._send(message)
+        else:
+            await self._send(message)
+
+    def _body(self, message: Message) -> Message:
+        """Meter one body message; returns the message to pass on (re-framed when stripping)."""
+        body: bytes = message.get("body", b"")
+        more: bool = message.get("more_body", False)
+        splitter = self._splitter
+        if splitter is not None:
+            meter = self.meter
+            assert meter is not None
+            events = splitter.feed(body) if body else []
+            if self.strip:
+                # Relay the upstream's bytes up to the end of the last whole event, with only
+                # the usage the gateway asked for taken out; the unfinished tail waits.
+                held = self._held + body if self._held else body
+                if more:
+                    pending = splitter.pending
+                    if pending:
+                        cut = len(held) - pending
+                        held, self._held = held[:cut], held[cut:]
+                    else:
+                        self._held = b""
+                else:
+                    self._held = b""
+                body = strip_usage(held)
+                message = {"type": "http.response.body", "body": body, "more_body": more}
+            if not more:
+                events += splitter.close()
+            for event in events:
+                meter.event(event)
+            if not more and not meter.finished:
+                if meter.error:
+                    self.stream_error = True
+                elif self._ctx.upstream_error is None and not self._ctx.disconnected:
+                    # The upstream ended the stream cleanly but without its end marker: say so.
+                    self.truncated = True
+                    note = sse_error_event(
+                        "The upstream ended the stream before it was complete.",
+                        anthropic=self._endpoint.anthropic_errors,
+                    )
+                    message = {"type": "http.response.body", "body": body + note}
+        elif self._json is not None and body:
+            self._collect(body)
+        return message
+
+    def _collect(self, body: bytes) -> None:
+        parts = self._json
+        assert parts is not None
+        parts.append(body)
+        self._json_size += len(body)
+        if self._json_size > _JSON_WHOLE:
+            tail = b"".join(parts)[-_JSON_TAIL:]
+            parts[:] = [tail]
+            self._json_size = len(tail)
+            self._tail_only = True
+
+    @property
+    def answer_bytes(self) -> int:
+        """The size of the non-streamed answer body kept for metering (0 for streams)."""
+        return self._json_size if self._json is not None else 0
+
+    @property
+    def deltas(self) -> int:
+        """Output events relayed so far: the estimate of output tokens when usage is missing."""
+        return self.meter.deltas if self.meter is not None else 0
+
+    @property
+    def service_tier(self) -> str | None:
+        """The service tier a stream's events reported, even before (or without) its usage."""
+        return self.meter.service_tier if self.meter is not None else None
+
+    @property
+    def estimated(self) -> bool:
+        """The stream's usage holds an estimated output count (see `StreamMeter.estimated`)."""
+        return self.meter is not None and self.meter.estimated
+
+    def units(self, unit: str) -> float | None:
+        """The ``unit``s a whole non-streamed answer reports (``None``: it says nothing)."""
+        if self._json and not self._tail_only:
+            return units_from_json(unit, b"".join(self._json))
+        return None
+
+    def result(self) -> tuple[TokenUsage | None, str | None, dict[str, int]]:
+        """The provider's usage (or ``None``), the served model, and server-side tool calls."""
+        meter = self.meter
+        if meter is not None:
+            return meter.usage, meter.model, meter.tool_calls
+        if self._json:
+            data = b"".join(self._json)
+            if self._tail_only:
+                data = usage_slice(data)
+            return usage_from_json(self._endpoint, data)
+        return None, None, {}
+
+
+def with_include_usage(body: bytes) -> bytes | None:
+    """The body with ``stream_options.include_usage`` set, or ``None`` if it is not an object."""
+    if b'"stream_options"' not in body:
+        start = body.find(b"{")
+        if start < 0:
+            return None
+        rest = body[start + 1 :].lstrip()
+        sep = b"" if rest.startswith(b"}") else b","
+        return body[: start + 1] + _INCLUDE_USAGE + sep + body[start + 1 :]
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    options = obj.get("stream_options")
+    obj["stream_options"] = {
+        **(options if isinstance(options, dict) else {}),
+        "include_usage": True,
+    }
+    return orjson.dumps(obj)
+
+
+_NULL_USAGE = (b',"usage":null', b', "usage": null', b'"usage":null,', b'"usage": null, ')
+_USAGE_OBJECTS = (b'"usage":{', b'"usage": {')
+_NO_CHOICES = (b'"choices":[]', b'"choices": []')
+
+
+def strip_usage(data: bytes) -> bytes:
+    """Whole events as the upstream framed them, without what asking for usage added: the
+    ``"usage": null`` member of every chunk, the usage-only chunk (``choices: []``), and the
+    ``usage`` member of a chunk that also carries choices. Everything else is left as it is."""
+    data = data.replace(_NULL_USAGE[0], b"")  # the common case: OpenAI's own spelling
+    if b'"usage"' not in data:
+        return data
+    for null in _NULL_USAGE[1:]:
+        if null in data:
+            data = data.replace(null, b"")
+    for mark in _USAGE_OBJECTS:
+        at = data.find(mark)
+        while at >= 0:
+            # The event's line: OpenAI-style chunks are one ``data:`` line each.
+            start = max(data.rfind(b"\n", 0, at), data.rfind(b"\r", 0, at)) + 1
+            end = at
+            while end < len(data) and data[end] not in b"\r\n":
+                end += 1
+            line = data[start:end]
+            if _NO_CHOICES[0] in line or _NO_CHOICES[1] in line:
+                # The usage-only chunk: drop it and the blank line that ends it.
+                stop = end
+                while stop < len(data) and data[stop] in b"\r\n":
+                    stop += 1
+                data = data[:start] + data[stop:]
+                at = data.find(mark, start)
+            else:
+                stripped = _without_member(line, at - start)
+                data = data[:start] + stripped + data[end:]
+                at = data.find(mark, start + len(stripped))
+    return data
+
+
+def _object_end(data: bytes, start: int) -> int:
+    """The index just past the JSON object that opens at ``data[start]``, or -1 if it is cut."""
+    depth = 0
+    in_string = escaped = False
+    for i in range(start, len(data)):
+        c = data[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == 0x5C:  # backslash
+                escaped = True
+            elif c == 0x22:  # quote
+                in_string = False
+        elif c == 0x22:
+            in_string = True
+        elif c == 0x7B:
+            depth += 1
+        elif c == 0x7D:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return -1
+
+
+def _without_member(line: bytes, key: int) -> bytes:
+    """``line`` without the JSON member whose key starts at ``key`` (and its comma)."""
+    i = line.find(b"{", key)
+    if i < 0:
+        return line
+    end = _object_end(line, i)
+    if end < 0:
+        return line
+    before = line[:key].rstrip()
+    if before.endswith(b","):
+        return before[:-1] + line[end:]
+    after = line[end:].lstrip()
+    if after.startswith(b","):
+        return before + after[1:].lstrip()
+    return line
+
+
+def usage_slice(tail: bytes) -> bytes:
+    """``{"usage": {...}}`` cut from the tail of a large JSON answer (usage comes last), with
+    the answer's ``service_tier`` when the tail has it (OpenAI puts it after the usage)."""
+    at = tail.rfind(b'"usage"')
+    if at < 0:
+        return b""
+    start = tail.find(b"{", at)
+    if start < 0:
+        return b""
+    end = _object_end(tail, start)
+    if end < 0:
+        return b""
+    tier = _SERVICE_TIER.search(tail, end)
+    extra = b'"service_tier":"' + tier.group(1) + b'",' if tier else b""
+    return b"{" + extra + b'"usage":' + tail[start:end] + b"}"
+
+
+_SERVICE_TIER = re.compile(rb'"service_tier"\s*:\s*"([A-Za-z0-9_.-]{1,64})"')
