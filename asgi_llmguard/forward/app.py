@@ -42,6 +42,7 @@ from asgi_llmguard.forward.engines import (
     UpstreamError,
 )
 from asgi_llmguard.forward.headers import request_headers
+from asgi_llmguard.forward.pools import Candidate
 from asgi_llmguard.forward.relay import (
     STATUS_FOR,
     Watch,
@@ -54,7 +55,7 @@ from asgi_llmguard.forward.resilience import (
     backoff_delay,
     sent_nothing,
 )
-from asgi_llmguard.forward.router import Candidate, Cooldowns, Plan, Router, Routing, Step
+from asgi_llmguard.forward.router import Cooldowns, Plan, Router, Routing, Step
 from asgi_llmguard.forward.target import Target
 from asgi_llmguard.forward.thinking import apply_thinking
 from asgi_llmguard.forward.warmup import Warmer, warm_request

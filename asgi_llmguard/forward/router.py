@@ -2,15 +2,8 @@
 are tried when it fails.
 
 Every configured `Upstream` is one credential. For a request, the *pool* is every credential
-that speaks the route's API and serves the model (``Upstream.models``, names or globs; empty:
-every model). A *selector* orders the pool:
-
-- ``round-robin`` (default): each request starts one step further along the pool;
-- ``weighted``: smooth weighted round-robin on ``Upstream.weight`` (nginx's algorithm: the
-  spread is even, never bursts of the heavy member);
-- ``fill-first``: configuration order, always; the first credential takes all the traffic until
-  it cools down, then the next -- which staggers providers' rolling quota windows;
-- ``priority``: groups by ``Upstream.priority`` (lowest first), round-robin inside a group.
+that speaks the route's API and serves the model; a *selector* orders it (`pools`: round-robin,
+weighted, fill-first, priority).
 
 Credentials cooling down (see `cooldowns`) or behind an open circuit breaker are skipped; the
 rest form the attempt order the forwarder walks through on retryable failures.
@@ -26,8 +19,6 @@ map, which is an LRU with a TTL and a size cap. Pure logic apart from the clock;
 
 from __future__ import annotations
 
-import fnmatch
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -38,8 +29,8 @@ from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.aliases import AliasTable
 from asgi_llmguard.forward.breaker import BreakerPolicy, CircuitBreaker
 from asgi_llmguard.forward.cooldowns import CooldownPolicy, MemoryCooldowns, RedisCooldowns
+from asgi_llmguard.forward.pools import Candidate, Pool, order
 from asgi_llmguard.forward.thinking import ParsedModel, parse_model
-from asgi_llmguard.providers.base import Upstream
 from asgi_llmguard.routes import Api
 
 Selector = Literal["round-robin", "weighted", "fill-first", "priority"]
@@ -137,52 +128,6 @@ class Routing:
             raise ConfigurationError("routing session_ttl and max_sessions must be positive")
 
 
-class Candidate:
-    """One credential able to serve a route: the forwarder's per-upstream target plus the
-    routing facts about it. ``target`` is opaque here (the forwarder's prepared headers)."""
-
-    __slots__ = ("credential_id", "index", "matches", "priority", "target", "upstream", "weight")
-
-    def __init__(
-        self,
-        upstream: Upstream,
-        index: int,
-        target: object,
-        models: Sequence[str] | None = None,
-    ) -> None:
-        self.upstream = upstream
-        self.index = index
-        self.target = target
-        self.credential_id = upstream.credential_id
-        self.weight = upstream.weight
-        self.priority = upstream.priority
-        models = upstream.models if models is None else models
-        if not models:
-            self.matches: Callable[[str], bool] = _any
-        else:
-            pattern = re.compile("|".join(f"(?:{fnmatch.translate(m)})" for m in models))
-            self.matches = lambda model: pattern.fullmatch(model) is not None
-
-    def __repr__(self) -> str:
-        return f"<Candidate {self.credential_id}>"
-
-
-def _any(model: str) -> bool:
-    return True
-
-
-class _Pool:
-    """The credentials for one (API, set of models): selection state lives here."""
-
-    __slots__ = ("current", "members", "position")
-
-    def __init__(self, members: tuple[Candidate, ...]) -> None:
-        self.members = members
-        self.position = 0
-        # Smooth weighted round-robin: each member's current weight.
-        self.current = [0] * len(members)
-
-
 @dataclass(slots=True)
 class Step:
     """One planned attempt: which credential, with which upstream model."""
@@ -242,9 +187,9 @@ class Router:
         self._open_for = routing.breaker.open_for if routing.breaker is not None else 0.0
         self._clock = clock
         # (api, member ids) -> pool: bounded by the configuration's distinct model patterns.
-        self._pools: dict[tuple[Api, tuple[int, ...]], _Pool] = {}
+        self._pools: dict[tuple[Api, tuple[int, ...]], Pool] = {}
         # (api, model) -> pool key; model names are the caller's, so this cache is capped.
-        self._lookup: OrderedDict[tuple[Api, str], _Pool] = OrderedDict()
+        self._lookup: OrderedDict[tuple[Api, str], Pool] = OrderedDict()
         self._sessions: OrderedDict[str, tuple[str, float]] = OrderedDict()
         # Plans shared by every request for a model served by a single credential (read-only).
         self._solo: dict[tuple[Api, str | None, bool], Plan] = {}
@@ -258,7 +203,7 @@ class Router:
 
     # ------------------------------------------------------------------ pools and selection
 
-    def pool(self, api: Api, model: str) -> _Pool | None:
+    def pool(self, api: Api, model: str) -> Pool | None:
         key = (api, model)
         pool = self._lookup.get(key)
         if pool is not None:
@@ -267,52 +212,11 @@ class Router:
         if not members:
             return None
         pool_key = (api, tuple(c.index for c in members))
-        pool = self._pools.setdefault(pool_key, _Pool(members))
+        pool = self._pools.setdefault(pool_key, Pool(members))
         self._lookup[key] = pool
         if len(self._lookup) > 4096:
             self._lookup.popitem(last=False)
         return pool
-
-    def order(self, pool: _Pool, *, advance: bool = True) -> list[Candidate]:
-        """The pool in this request's order; ``advance=False`` peeks without moving rotation."""
-        members = pool.members
-        n = len(members)
-        if n == 1:
-            return [members[0]]
-        selector = self.selector
-        if selector == "fill-first":
-            return list(members)
-        if selector == "round-robin":
-            start = pool.position
-            if advance:
-                pool.position = (start + 1) % n
-            return [*members[start:], *members[:start]]
-        if selector == "priority":
-            groups: dict[int, list[Candidate]] = {}
-            for c in members:
-                groups.setdefault(c.priority, []).append(c)
-            start = pool.position
-            if advance:
-                pool.position = start + 1
-            ordered: list[Candidate] = []
-            for level in sorted(groups):
-                group = groups[level]
-                s = start % len(group)
-                ordered += (*group[s:], *group[:s])
-            return ordered
-        # weighted: smooth weighted round-robin picks the first; the rest follow by weight.
-        current = pool.current if advance else list(pool.current)
-        total = 0
-        best = 0
-        for i, c in enumerate(members):
-            current[i] += c.weight
-            total += c.weight
-            if current[i] > current[best]:
-                best = i
-        current[best] -= total
-        first = members[best]
-        rest = sorted((c for c in members if c is not first), key=lambda c: -c.weight)
-        return [first, *rest]
 
     def available(self, candidate: Candidate, model: str, now: float) -> float | None:
         """``None`` when the credential may be used for ``model`` now; else when it comes back."""
@@ -384,7 +288,7 @@ class Router:
         for member in requested:
             pool = self.pool(api, member.base if member is not None else "")
             if pool is not None:
-                pools.append((member, self.order(pool)))
+                pools.append((member, order(pool, self.selector)))
                 distinct.update(c.index for c in pool.members)
         if not pools:
             return Plan([], alias=alias, error=self._no_pool(api, requested), status=404)
