@@ -94,3 +94,13 @@ def test_testing_api_is_sorted_and_importable():
     assert {"FakeProvider", "serve"} <= set(names)
     for name in names:
         assert getattr(asgi_llmguard.testing, name) is not None
+
+
+def test_internal_modules_renamed_with_an_underscore_keep_their_old_import_path():
+    from asgi_llmguard.usage.sinks import _fanout, _spill
+    from asgi_llmguard.usage.sinks.fanout import Fanout, SinkStats
+    from asgi_llmguard.usage.sinks.spill import SpillDirectory, SpillFile, sync_files, try_lock
+
+    assert (Fanout, SinkStats) == (_fanout.Fanout, _fanout.SinkStats)
+    assert (SpillDirectory, SpillFile) == (_spill.SpillDirectory, _spill.SpillFile)
+    assert (sync_files, try_lock) == (_spill.sync_files, _spill.try_lock)
