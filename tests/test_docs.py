@@ -32,7 +32,7 @@ PUBLIC_MODULES = ("asgi_llmguard", "asgi_llmguard.testing")
 PYTHON_BLOCKS = [
     pytest.param(block, id=f"{page.name}#{i}")
     for page in PAGES
-    for i, block in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), re.S))
+    for i, block in enumerate(re.findall(r"```py(?:thon)?\n(.*?)```", page.read_text(), re.S))
 ]
 
 
