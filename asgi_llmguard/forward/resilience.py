@@ -100,6 +100,3 @@ class StreamRewriter:
         rest, self._pending = self._pending, b""
         return self._table.rewrite_model(rest, self._alias) if rest else b""
 
-
-def is_retryable(policy: RetryPolicy, status: int) -> bool:
-    return status in policy.statuses
