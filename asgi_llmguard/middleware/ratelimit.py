@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -46,6 +45,18 @@ from asgi_llmguard.ratelimit import (
     format_reset,
     parse_limit,
 )
+from asgi_llmguard.ratelimit.buckets import (
+    Check,
+    LimitSet,
+    Plan,
+    bucket_name,
+    client_owner,
+    costs,
+    dedupe,
+    key_bucket_prefix,
+    key_owner,
+    reserving,
+)
 from asgi_llmguard.ratelimit.headers import HEADER_NAMES, rate_headers, retry_after, tighter
 from asgi_llmguard.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -57,8 +68,6 @@ _SCOPE_TEXT = {
     "model": "for this model",
     "global": "on this gateway",
 }
-# Model names come from the request body: long ones are hashed so keys stay short.
-_MAX_MODEL_IN_KEY = 128
 
 
 class RateLimitMiddleware:
@@ -96,7 +105,8 @@ class RateLimitMiddleware:
     ) -> None:
         if isinstance(limits, RateLimit):
             limits = (limits,)
-        self._limits = _dedupe(tuple(parse_limit(spec) for spec in limits))
+        self._limits = dedupe(tuple(parse_limit(spec) for spec in limits))
+        self._defaults = LimitSet(self._limits)
         if not (isinstance(default_max_output_tokens, int) and default_max_output_tokens >= 0):
             raise ConfigurationError("default_max_output_tokens must be an integer >= 0")
         if not (isinstance(max_key_specs, int) and max_key_specs >= 1):
@@ -113,21 +123,17 @@ class RateLimitMiddleware:
         )
         self.stats = self.limiter.stats
         # Stores that check all of a request's buckets in one round trip (Redis) say so.
-        self._admit: (
-            Callable[[Sequence[tuple[str, ParsedLimit, float, bool]]], Awaitable[list[Decision]]]
-            | None
-        ) = getattr(self.limiter, "admit", None)
+        self._together: Callable[[Sequence[Check]], Awaitable[list[Decision]]] | None = getattr(
+            self.limiter, "admit", None
+        )
         self._reserve = bool(reserve_tokens)
         self._default_output = default_max_output_tokens
         self._identity = identity or ClientIdentity(trusted_proxies)
-        self._specs: dict[tuple[RateLimit, ...], tuple[ParsedLimit, ...]] = {}
-        self._last_specs: tuple[tuple[RateLimit, ...], tuple[ParsedLimit, ...]] | None = None
-        self._shapes: dict[tuple[int, bool], _Shape] = {}
-        # (key id, model, metered) -> (the key's limits, its buckets); bounded like _specs.
-        self._buckets_memo: dict[
-            tuple[str, str | None, bool],
-            tuple[tuple[ParsedLimit, ...], list[tuple[ParsedLimit, str]]],
-        ] = {}
+        # A key's limits, parsed and planned once per distinct tuple of specs.
+        self._specs: dict[tuple[RateLimit, ...], LimitSet] = {}
+        self._last_specs: tuple[tuple[RateLimit, ...], LimitSet] | None = None
+        # (plan, key id, model) -> the checks of the key's buckets; bounded like _specs.
+        self._checks_memo: dict[tuple[Plan, str, str | None], list[Check]] = {}
         self._max_specs = max_key_specs
         # Token settlements that must outlive a cancelled request; held so they are not GC'd.
         self._background: set[asyncio.Task[None]] = set()
@@ -137,36 +143,22 @@ class RateLimitMiddleware:
         await self.limiter.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind != "http":
-            if kind == "lifespan":
-                await self.app(scope, receive, self._closing(send))
-            else:
-                await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self._not_http(scope, receive, send)
             return
         ctx = get_context(scope)
-        key = ctx.key
         try:
-            limits = self._limits_for(key) if key is not None else self._limits
+            plan = self._plan(ctx)
         except ConfigurationError as exc:
-            logger.error("key %s has an invalid rate limit: %s", key.key_id if key else "-", exc)
-            await send_error(
-                send, 500, "This key's rate limits are misconfigured.", anthropic=_anthropic(ctx)
-            )
+            await self._misconfigured(ctx, send, exc)
             return
-        route = ctx.route
-        endpoint = route.endpoint if route is not None else None
-        metered = endpoint is not None and endpoint.billable and endpoint.json_body
-        shape = self._shape(limits, metered)
-        if shape is None:
+        if plan is None:  # no limit applies on this route
             await self.app(scope, receive, send)
             return
-        anthropic = endpoint is not None and endpoint.anthropic_errors
 
         model: str | None = None
-        wants_tokens = shape.wants_tokens
-        if shape.needs_model:
-            if endpoint is not None and endpoint.json_body and ctx.body is None:
+        if plan.needs_model:
+            if ctx.body is None and _json_body(ctx):
                 try:
                     await read_body(ctx, receive)
                 except ClientDisconnected:
@@ -176,134 +168,196 @@ class RateLimitMiddleware:
             try:
                 model = ctx.model
             except InvalidBody as exc:
-                await send_error(send, 400, str(exc), anthropic=anthropic)
+                await send_error(send, 400, str(exc), anthropic=_anthropic(ctx))
                 return
-
-        if key is not None:
-            # The same key asking for the same model finds the same buckets: named once.
-            memo = (key.key_id, model, metered)
-            cached = self._buckets_memo.get(memo)
-            if cached is not None and cached[0] is limits:
-                buckets = cached[1]
-            else:
-                buckets = _buckets(shape, model, f"k={key.key_id}")
-                if len(self._buckets_memo) >= self._max_specs:
-                    del self._buckets_memo[next(iter(self._buckets_memo))]
-                self._buckets_memo[memo] = (limits, buckets)
-        else:
-            buckets = _buckets(shape, model, None, lambda: f"c={self._identity(scope)}")
-        if not buckets:
+        checks = self._checks(plan, ctx, model, scope)
+        if not checks:
             await self.app(scope, receive, send)
             return
+        estimate = 0
+        if plan.wants_tokens:
+            estimate = self._estimate(ctx)
+            if self._reserve:
+                checks = reserving(checks, estimate)
 
-        estimate = self._estimate(ctx) if wants_tokens else 0
-        limiter = self.limiter
-        stats = self.stats
-        requests: Decision | None = None
-        tokens: Decision | None = None
-        taken: list[tuple[ParsedLimit, str, float]] = []  # given back if a later limit refuses
-        settle: list[tuple[ParsedLimit, str, float]] = []  # token limits charged at the end
-        failed_open = False
-        admit = self._admit
-        if admit is not None and len(buckets) > 1:
-            # The store checks every bucket in one round trip, all or nothing.
-            checks = []
-            for lim, bucket in buckets:
-                if lim.kind != "tokens":
-                    checks.append((bucket, lim, 1.0, True))
-                elif self._reserve:
-                    checks.append((bucket, lim, float(min(estimate, lim.burst)), True))
-                else:
-                    checks.append((bucket, lim, 0.0, False))
-            try:
-                decisions = await admit(checks)
-            except StoreUnavailable:
-                if not all(lim.fail_open for lim, _ in buckets):
-                    stats.fail_closed += 1
-                    await self._unavailable(send, anthropic)
-                    return
-                failed_open = True
-                decisions = []
-            refused: tuple[ParsedLimit, Decision] | None = None
-            for (bucket, lim, cost, _), decision in zip(checks, decisions, strict=False):
-                if lim.kind == "tokens":
-                    tokens = tighter(tokens, decision)
-                    settle.append((lim, bucket, cost))
-                else:
-                    requests = tighter(requests, decision)
-                if not decision.allowed and refused is None:
-                    refused = (lim, decision)
-            if refused is not None:
-                stats.rejected += 1
-                await self._refuse(send, refused[0], refused[1], requests, tokens, anthropic)
-                return
-        else:
-            immediate = limiter.immediate
-            for lim, bucket in buckets:
-                is_tokens = lim.kind == "tokens"
-                cost = 1.0
-                try:
-                    take = not is_tokens or self._reserve
-                    if is_tokens:
-                        # More than a full bucket could never pass: reserve at most a full bucket,
-                        # the rest is charged after the fact like any token overrun.
-                        cost = float(min(estimate, lim.burst)) if take else 0.0
-                    if immediate:  # in memory: no coroutine per bucket
-                        decision = (
-                            limiter.acquire_now(bucket, lim, cost)
-                            if take
-                            else limiter.peek_now(bucket, lim)
-                        )
-                    elif take:
-                        decision = await limiter.acquire(bucket, lim, cost)
-                    else:
-                        decision = await limiter.peek(bucket, lim)
-                except StoreUnavailable:
-                    if lim.fail_open:
-                        failed_open = True
-                        continue
-                    stats.fail_closed += 1
-                    await self._give_back(taken)
-                    await self._unavailable(send, anthropic)
-                    return
-                if not decision.allowed:
-                    stats.rejected += 1
-                    await self._give_back(taken)
-                    if is_tokens:
-                        tokens = decision
-                    else:
-                        requests = decision
-                    await self._refuse(send, lim, decision, requests, tokens, anthropic)
-                    return
-                if cost:
-                    taken.append((lim, bucket, cost))
-                if is_tokens:
-                    settle.append((lim, bucket, cost))
-                    tokens = tighter(tokens, decision)
-                else:
-                    requests = tighter(requests, decision)
-
+        together = self._together is not None and len(checks) > 1
+        try:
+            decisions = await (self._admit_together(checks) if together else self._admit(checks))
+        except StoreUnavailable:
+            self.stats.fail_closed += 1
+            await self._unavailable(send, _anthropic(ctx))
+            return
+        requests, tokens, settle, refused, failed_open = _fold(checks, decisions, together)
+        if refused is not None:
+            self.stats.rejected += 1
+            await self._refuse(send, refused, requests, tokens, _anthropic(ctx))
+            return
         if failed_open:  # counted once per request, and only if it is admitted
-            stats.fail_open += 1
+            self.stats.fail_open += 1
+
         headers = rate_headers(requests, tokens)
-        if not headers and not settle:
+        if settle:
+            await self._call_and_settle(scope, receive, send, ctx, headers, settle, estimate)
+        elif headers:
+            await self.app(scope, receive, _with_headers(send, headers))
+        else:
             await self.app(scope, receive, send)
-            return
+
+    def key_buckets(
+        self, key: KeyPolicy, models: Sequence[str] = ()
+    ) -> list[tuple[ParsedLimit, str, str | None]]:
+        """``(limit, bucket, model)`` for the buckets this key's requests are counted in: its
+        per-key ones (model ``None``), and its per-(key, model) ones for each of ``models``.
+        An operator's view (the admin API), named by the same `bucket_name` as requests'."""
+        owner = key_owner(key.key_id)
+        buckets: list[tuple[ParsedLimit, str, str | None]] = []
+        for lim in self._limits_for(key).limits:
+            if lim.per == "key":
+                buckets.append((lim, bucket_name(lim, owner, None), None))
+            elif lim.per == "key_model":
+                buckets.extend(
+                    (lim, bucket_name(lim, owner, model), model)
+                    for model in models
+                    if lim.matches_model(model)
+                )
+        return buckets
+
+    @staticmethod
+    def key_bucket_prefix(key_id: str) -> str:
+        """What every bucket of this key's own starts with (per key and per key and model)."""
+        return key_bucket_prefix(key_id)
+
+    # -- the steps of a request ----------------------------------------------------------------
+
+    def _plan(self, ctx: RequestContext) -> Plan | None:
+        """What the request's limits (its key's, or the gateway's) ask of it on its route;
+        ``None`` when none applies. Raises `ConfigurationError` for a key's invalid limit."""
+        key = ctx.key
+        limits = self._defaults if key is None else self._limits_for(key)
+        route = ctx.route
+        if route is not None:
+            endpoint = route.endpoint
+            if endpoint.billable and endpoint.json_body:
+                return limits.metered
+        return limits.unmetered
+
+    def _limits_for(self, key: KeyPolicy) -> LimitSet:
+        specs = key.rate_limits
+        if not specs:
+            return self._defaults
+        # Hashing the specs costs a dataclass hash per limit: remember the last tuple seen.
+        last = self._last_specs
+        if last is not None and last[0] is specs:
+            return last[1]
+        parsed = self._specs.get(specs)
+        if parsed is None:
+            parsed = LimitSet(dedupe(tuple(parse_limit(spec) for spec in specs) + self._limits))
+            if len(self._specs) >= self._max_specs:
+                del self._specs[next(iter(self._specs))]
+            self._specs[specs] = parsed
+        self._last_specs = (specs, parsed)
+        return parsed
+
+    def _checks(
+        self, plan: Plan, ctx: RequestContext, model: str | None, scope: Scope
+    ) -> list[Check]:
+        """The buckets the request counts in, each with what to take from it."""
+        key = ctx.key
+        if key is None:
+            identity = self._identity
+            return costs(plan.buckets(model, None, lambda: client_owner(identity(scope))))
+        # The same key asking for the same model finds the same buckets: named once.
+        memo = (plan, key.key_id, model)
+        checks = self._checks_memo.get(memo)
+        if checks is None:
+            checks = costs(plan.buckets(model, key_owner(key.key_id)))
+            if len(self._checks_memo) >= self._max_specs:
+                del self._checks_memo[next(iter(self._checks_memo))]
+            self._checks_memo[memo] = checks
+        return checks
+
+    def _estimate(self, ctx: RequestContext) -> int:
+        """Prompt bytes / 4 plus the output the request allows: cheap, and on the high side."""
+        body = ctx.body
+        if body is None:
+            return self._default_output
+        output = ctx.fields().max_output
+        if output is None or output < 0:
+            output = self._default_output
+        return len(body) // 4 + 1 + output
+
+    async def _admit(self, checks: list[Check]) -> list[Decision | None]:
+        """Check the buckets one after another: ``None`` for a limit that fails open when the
+        store cannot answer; `StoreUnavailable` for one that fails closed. Stops at the first
+        refusal, and then gives back what the buckets before it took."""
+        limiter = self.limiter
+        immediate = limiter.immediate
+        decisions: list[Decision | None] = []
+        for bucket, lim, cost, take in checks:
+            decision: Decision | None
+            try:
+                if immediate:  # in memory: no coroutine per bucket
+                    decision = (
+                        limiter.acquire_now(bucket, lim, cost)
+                        if take
+                        else limiter.peek_now(bucket, lim)
+                    )
+                elif take:
+                    decision = await limiter.acquire(bucket, lim, cost)
+                else:
+                    decision = await limiter.peek(bucket, lim)
+            except StoreUnavailable:
+                if not lim.fail_open:
+                    await self._give_back(checks, decisions)
+                    raise
+                decision = None
+            decisions.append(decision)
+            if decision is not None and not decision.allowed:
+                await self._give_back(checks, decisions)
+                break
+        return decisions
+
+    async def _admit_together(self, checks: list[Check]) -> Sequence[Decision | None]:
+        """Check every bucket in one round trip, all or nothing (a store that can, Redis).
+        When the store cannot answer: ``None`` for each if every limit fails open, else
+        `StoreUnavailable`."""
+        assert self._together is not None
+        try:
+            return await self._together(checks)
+        except StoreUnavailable:
+            if not all(lim.fail_open for _, lim, _, _ in checks):
+                raise
+            return [None] * len(checks)
+
+    async def _give_back(self, checks: list[Check], decisions: Sequence[Decision | None]) -> None:
+        # A refused request should not count against the limits it passed before the refusal.
+        for (bucket, lim, cost, _), decision in zip(checks, decisions, strict=False):
+            if cost and decision is not None and decision.allowed:
+                # A store failure is counted and logged by the limiter; the units expire anyway.
+                with contextlib.suppress(StoreUnavailable):
+                    await self.limiter.charge(bucket, lim, -cost)
+
+    async def _call_and_settle(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        ctx: RequestContext,
+        headers: list[tuple[bytes, bytes]],
+        settle: list[Check],
+        estimate: int,
+    ) -> None:
+        """Call the app, then charge the token buckets in ``settle`` what the request used,
+        less what was reserved from them."""
         status = 0
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [
-                    *(h for h in message.get("headers", ()) if h[0].lower() not in HEADER_NAMES),
-                    *headers,
-                ]
+                _set_headers(message, headers)
             await send(message)
 
-        if not settle:
-            await self.app(scope, receive, send_with_headers)
-            return
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
@@ -312,8 +366,9 @@ class RateLimitMiddleware:
                 # The usage layer did not say. A refusal or an upstream error used nothing we
                 # could know of; otherwise (success, a cancel mid-answer) assume the estimate.
                 used = 0 if status >= 400 else estimate
+            limiter = self.limiter
             if limiter.immediate:
-                for lim, bucket, reserved in settle:
+                for bucket, lim, reserved, _ in settle:
                     if used != reserved:
                         limiter.charge_now(bucket, lim, used - reserved)
             else:
@@ -327,82 +382,26 @@ class RateLimitMiddleware:
                 else:
                     await done
 
-    def key_buckets(
-        self, key: KeyPolicy, models: Sequence[str] = ()
-    ) -> list[tuple[ParsedLimit, str, str | None]]:
-        """``(limit, bucket, model)`` for the buckets this key's requests are counted in: its
-        per-key ones (model ``None``), and its per-(key, model) ones for each of ``models``.
-        An operator's view (the admin API), named exactly as `__call__` names them."""
-        who = f"k={key.key_id}"
-        buckets: list[tuple[ParsedLimit, str, str | None]] = []
-        for lim in self._limits_for(key):
-            if lim.per == "key":
-                buckets.append((lim, f"{who}|{lim.ident}", None))
-            elif lim.per == "key_model":
-                buckets.extend(
-                    (lim, f"{who}|m={_model_part(model)}|{lim.ident}", model)
-                    for model in models
-                    if lim.matches_model(model)
-                )
-        return buckets
-
-    @staticmethod
-    def key_bucket_prefix(key_id: str) -> str:
-        """What every bucket of this key's own starts with (per key and per key and model)."""
-        return f"k={key_id}|"
-
-    def _limits_for(self, key: KeyPolicy) -> tuple[ParsedLimit, ...]:
-        specs = key.rate_limits
-        if not specs:
-            return self._limits
-        # Hashing the specs costs a dataclass hash per limit: remember the last tuple seen.
-        last = self._last_specs
-        if last is not None and last[0] is specs:
-            return last[1]
-        parsed = self._specs.get(specs)
-        if parsed is None:
-            parsed = _dedupe(tuple(parse_limit(spec) for spec in specs) + self._limits)
-            if len(self._specs) >= self._max_specs:
-                del self._specs[next(iter(self._specs))]
-            self._specs[specs] = parsed
-        self._last_specs = (specs, parsed)
-        return parsed
-
-    def _shape(self, limits: tuple[ParsedLimit, ...], metered: bool) -> _Shape | None:
-        """What a set of limits asks of a request (cached per limit set and route kind)."""
-        memo = (id(limits), metered)
-        cached = self._shapes.get(memo)
-        if cached is not None and cached.limits is limits:
-            return cached if cached.candidates else None
-        shape = _Shape(limits, metered)
-        if len(self._shapes) >= self._max_specs:
-            del self._shapes[next(iter(self._shapes))]
-        self._shapes[memo] = shape
-        return shape if shape.candidates else None
-
-    def _estimate(self, ctx: RequestContext) -> int:
-        """Prompt bytes / 4 plus the output the request allows: cheap, and on the high side."""
-        body = ctx.body
-        if body is None:
-            return self._default_output
-        output = ctx.fields().max_output
-        if output is None or output < 0:
-            output = self._default_output
-        return len(body) // 4 + 1 + output
-
-    async def _give_back(self, taken: list[tuple[ParsedLimit, str, float]]) -> None:
-        # A refused request should not count against the limits it passed before the refusal.
-        for lim, bucket, cost in taken:
-            # A store failure is counted and logged by the limiter; the units expire anyway.
-            with contextlib.suppress(StoreUnavailable):
-                await self.limiter.charge(bucket, lim, -cost)
-
-    async def _settle(self, settle: list[tuple[ParsedLimit, str, float]], used: int) -> None:
-        for lim, bucket, reserved in settle:
+    async def _settle(self, settle: list[Check], used: int) -> None:
+        for bucket, lim, reserved, _ in settle:
             delta = used - reserved
             if delta:
                 with contextlib.suppress(StoreUnavailable):  # counted and logged by the limiter
                     await self.limiter.charge(bucket, lim, delta)
+
+    async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._closing(send))
+        else:
+            await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _misconfigured(ctx: RequestContext, send: Send, exc: ConfigurationError) -> None:
+        key = ctx.key
+        logger.error("key %s has an invalid rate limit: %s", key.key_id if key else "-", exc)
+        await send_error(
+            send, 500, "This key's rate limits are misconfigured.", anthropic=_anthropic(ctx)
+        )
 
     @staticmethod
     async def _unavailable(send: Send, anthropic: bool) -> None:
@@ -418,13 +417,13 @@ class RateLimitMiddleware:
     async def _refuse(
         self,
         send: Send,
-        lim: ParsedLimit,
-        decision: Decision,
+        refused: tuple[Check, Decision],
         requests: Decision | None,
         tokens: Decision | None,
         anthropic: bool,
     ) -> None:
-        wait = decision.retry_after
+        lim = refused[0][1]
+        wait = refused[1].retry_after
         message = (
             f"Rate limit reached: {lim} {_SCOPE_TEXT.get(lim.per, '')}. "
             f"Please try again in {format_reset(wait)}."
@@ -451,70 +450,61 @@ class RateLimitMiddleware:
         return f"<RateLimitMiddleware limits={len(self._limits)} limiter={self.limiter!r}>"
 
 
-class _Shape:
-    """What one set of limits asks of a request on a metered (or unmetered) route: the limits
-    that apply (token limits only on metered routes), whether it needs the body's token
-    estimate, and whether it needs the model to name its buckets."""
+def _fold(
+    checks: list[Check], decisions: Sequence[Decision | None], together: bool
+) -> tuple[Decision | None, Decision | None, list[Check], tuple[Check, Decision] | None, bool]:
+    """What the decisions add up to: the binding request and token decisions (for the
+    headers), the token buckets to settle once the answer is known, the first refusal, and
+    whether a limit was let through unchecked (its store failed and it fails open).
 
-    __slots__ = ("candidates", "limits", "needs_model", "wants_tokens")
-
-    def __init__(self, limits: tuple[ParsedLimit, ...], metered: bool) -> None:
-        self.limits = limits
-        self.candidates = tuple(lim for lim in limits if metered or lim.kind == "requests")
-        self.wants_tokens = any(lim.kind == "tokens" for lim in self.candidates)
-        self.needs_model = self.wants_tokens or any(lim.needs_model for lim in self.candidates)
-
-
-def _buckets(
-    shape: _Shape,
-    model: str | None,
-    who: str | None,
-    identity: Callable[[], str] | None = None,
-) -> list[tuple[ParsedLimit, str]]:
-    """The buckets a request for ``model`` is counted in, named as the store knows them.
-    ``who``: ``k=<key id>``; without a key, ``identity`` names the client when needed."""
-    buckets: list[tuple[ParsedLimit, str]] = []
-    for lim in shape.candidates:
-        if not lim.matches_model(model):
+    Checked ``together``, a refusal reports the binding decisions of every bucket; checked one
+    after another, the buckets stopped at the refusal, which is reported for its kind."""
+    requests: Decision | None = None
+    tokens: Decision | None = None
+    settle: list[Check] = []
+    refused: tuple[Check, Decision] | None = None
+    failed_open = False
+    for check, decision in zip(checks, decisions, strict=False):
+        if decision is None:
+            failed_open = True
             continue
-        per = lim.per
-        if per == "global":
-            buckets.append((lim, f"g|{lim.ident}"))
-            continue
-        if per != "key" and model is None:
-            continue  # a per-model limit has no bucket for a request without a model
-        if per != "model" and who is None:
-            assert identity is not None
-            who = identity()
-        if per == "key":
-            buckets.append((lim, f"{who}|{lim.ident}"))
-        elif per == "model":
-            buckets.append((lim, f"m={_model_part(model)}|{lim.ident}"))
+        if check[1].kind == "tokens":
+            tokens = tighter(tokens, decision)
+            settle.append(check)
         else:
-            buckets.append((lim, f"{who}|m={_model_part(model)}|{lim.ident}"))
-    return buckets
+            requests = tighter(requests, decision)
+        if not decision.allowed and refused is None:
+            refused = (check, decision)
+            if not together:
+                if check[1].kind == "tokens":
+                    tokens = decision
+                else:
+                    requests = decision
+    return requests, tokens, settle, refused, failed_open
+
+
+def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            _set_headers(message, headers)
+        await send(message)
+
+    return send_with_headers
+
+
+def _set_headers(message: Message, headers: list[tuple[bytes, bytes]]) -> None:
+    """Our ``x-ratelimit-*`` headers on a response start, in place of any the app set."""
+    message["headers"] = [
+        *(h for h in message.get("headers", ()) if h[0].lower() not in HEADER_NAMES),
+        *headers,
+    ]
+
+
+def _json_body(ctx: RequestContext) -> bool:
+    route = ctx.route
+    return route is not None and route.endpoint.json_body
 
 
 def _anthropic(ctx: RequestContext) -> bool:
     route = ctx.route
     return route is not None and route.endpoint.anthropic_errors
-
-
-def _model_part(model: str | None) -> str:
-    model = model or ""
-    if len(model) <= _MAX_MODEL_IN_KEY:
-        return model
-    return "#" + hashlib.sha256(model.encode()).hexdigest()[:32]
-
-
-def _dedupe(limits: tuple[ParsedLimit, ...]) -> tuple[ParsedLimit, ...]:
-    """Drop limits that would share a bucket with an earlier one (same size, scope and models):
-    a key's own limit equal to a gateway-wide one must not count each request twice."""
-    seen: set[tuple[str, str]] = set()
-    kept: list[ParsedLimit] = []
-    for lim in limits:
-        mark = (lim.per, lim.ident)
-        if mark not in seen:
-            seen.add(mark)
-            kept.append(lim)
-    return tuple(kept)
