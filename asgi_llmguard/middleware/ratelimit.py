@@ -20,9 +20,8 @@ The body is read only when a token limit or a per-model limit applies, and then 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from asgi_llmguard.context import (
     ClientDisconnected,
@@ -45,19 +44,28 @@ from asgi_llmguard.ratelimit import (
     format_reset,
     parse_limit,
 )
-from asgi_llmguard.ratelimit.buckets import (
+from asgi_llmguard.ratelimit.admission import (
+    AdmitMany,
     Check,
+    admit_each,
+    admit_now,
+    admit_together,
+    costs,
+    outcome,
+    reserving,
+    settle_later,
+    settle_now,
+)
+from asgi_llmguard.ratelimit.buckets import (
     LimitSet,
     Plan,
     bucket_name,
     client_owner,
-    costs,
     dedupe,
     key_bucket_prefix,
     key_owner,
-    reserving,
 )
-from asgi_llmguard.ratelimit.headers import HEADER_NAMES, rate_headers, retry_after, tighter
+from asgi_llmguard.ratelimit.headers import HEADER_NAMES, rate_headers, retry_after
 from asgi_llmguard.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("asgi_llmguard.ratelimit")
@@ -123,9 +131,7 @@ class RateLimitMiddleware:
         )
         self.stats = self.limiter.stats
         # Stores that check all of a request's buckets in one round trip (Redis) say so.
-        self._together: Callable[[Sequence[Check]], Awaitable[list[Decision]]] | None = getattr(
-            self.limiter, "admit", None
-        )
+        self._together: AdmitMany | None = getattr(self.limiter, "admit", None)
         self._reserve = bool(reserve_tokens)
         self._default_output = default_max_output_tokens
         self._identity = identity or ClientIdentity(trusted_proxies)
@@ -152,13 +158,14 @@ class RateLimitMiddleware:
         except ConfigurationError as exc:
             await self._misconfigured(ctx, send, exc)
             return
-        if plan is None:  # no limit applies on this route
+        if plan is None:  # no limit applies to this request on this route
             await self.app(scope, receive, send)
             return
 
         model: str | None = None
         if plan.needs_model:
-            if ctx.body is None and _json_body(ctx):
+            route = ctx.route
+            if ctx.body is None and route is not None and route.endpoint.json_body:
                 try:
                     await read_body(ctx, receive)
                 except ClientDisconnected:
@@ -180,14 +187,24 @@ class RateLimitMiddleware:
             if self._reserve:
                 checks = reserving(checks, estimate)
 
-        together = self._together is not None and len(checks) > 1
+        together = self._together if len(checks) > 1 else None
+        decisions: Sequence[Decision | None]
         try:
-            decisions = await (self._admit_together(checks) if together else self._admit(checks))
+            if together is None:
+                limiter = self.limiter
+                if limiter.immediate:
+                    decisions = admit_now(limiter, checks)
+                else:
+                    decisions = await admit_each(limiter, checks)
+            else:
+                decisions = await admit_together(together, checks)
         except StoreUnavailable:
             self.stats.fail_closed += 1
             await self._unavailable(send, _anthropic(ctx))
             return
-        requests, tokens, settle, refused, failed_open = _fold(checks, decisions, together)
+        requests, tokens, settle, refused, failed_open = outcome(
+            checks, decisions, together is not None
+        )
         if refused is not None:
             self.stats.rejected += 1
             await self._refuse(send, refused, requests, tokens, _anthropic(ctx))
@@ -195,11 +212,9 @@ class RateLimitMiddleware:
         if failed_open:  # counted once per request, and only if it is admitted
             self.stats.fail_open += 1
 
-        headers = rate_headers(requests, tokens)
-        if settle:
-            await self._call_and_settle(scope, receive, send, ctx, headers, settle, estimate)
-        elif headers:
-            await self.app(scope, receive, _with_headers(send, headers))
+        headers = rate_headers(requests, tokens)  # never empty when there is something to settle
+        if headers:
+            await self._call(scope, receive, send, ctx, headers, settle, estimate)
         else:
             await self.app(scope, receive, send)
 
@@ -233,15 +248,24 @@ class RateLimitMiddleware:
         """What the request's limits (its key's, or the gateway's) ask of it on its route;
         ``None`` when none applies. Raises `ConfigurationError` for a key's invalid limit."""
         key = ctx.key
-        limits = self._defaults if key is None else self._limits_for(key)
+        if key is None:
+            limits = self._defaults
+        else:
+            last = self._last_specs  # most requests come with the same policy as the last one
+            limits = (
+                last[1]
+                if last is not None and last[0] is key.rate_limits
+                else self._limits_for(key)
+            )
         route = ctx.route
         if route is not None:
             endpoint = route.endpoint
-            if endpoint.billable and endpoint.json_body:
+            if endpoint.billable and endpoint.json_body:  # LLM tokens are counted here
                 return limits.metered
         return limits.unmetered
 
     def _limits_for(self, key: KeyPolicy) -> LimitSet:
+        """The key's own limits and the gateway's, parsed and planned once per distinct specs."""
         specs = key.rate_limits
         if not specs:
             return self._defaults
@@ -286,58 +310,7 @@ class RateLimitMiddleware:
             output = self._default_output
         return len(body) // 4 + 1 + output
 
-    async def _admit(self, checks: list[Check]) -> list[Decision | None]:
-        """Check the buckets one after another: ``None`` for a limit that fails open when the
-        store cannot answer; `StoreUnavailable` for one that fails closed. Stops at the first
-        refusal, and then gives back what the buckets before it took."""
-        limiter = self.limiter
-        immediate = limiter.immediate
-        decisions: list[Decision | None] = []
-        for bucket, lim, cost, take in checks:
-            decision: Decision | None
-            try:
-                if immediate:  # in memory: no coroutine per bucket
-                    decision = (
-                        limiter.acquire_now(bucket, lim, cost)
-                        if take
-                        else limiter.peek_now(bucket, lim)
-                    )
-                elif take:
-                    decision = await limiter.acquire(bucket, lim, cost)
-                else:
-                    decision = await limiter.peek(bucket, lim)
-            except StoreUnavailable:
-                if not lim.fail_open:
-                    await self._give_back(checks, decisions)
-                    raise
-                decision = None
-            decisions.append(decision)
-            if decision is not None and not decision.allowed:
-                await self._give_back(checks, decisions)
-                break
-        return decisions
-
-    async def _admit_together(self, checks: list[Check]) -> Sequence[Decision | None]:
-        """Check every bucket in one round trip, all or nothing (a store that can, Redis).
-        When the store cannot answer: ``None`` for each if every limit fails open, else
-        `StoreUnavailable`."""
-        assert self._together is not None
-        try:
-            return await self._together(checks)
-        except StoreUnavailable:
-            if not all(lim.fail_open for _, lim, _, _ in checks):
-                raise
-            return [None] * len(checks)
-
-    async def _give_back(self, checks: list[Check], decisions: Sequence[Decision | None]) -> None:
-        # A refused request should not count against the limits it passed before the refusal.
-        for (bucket, lim, cost, _), decision in zip(checks, decisions, strict=False):
-            if cost and decision is not None and decision.allowed:
-                # A store failure is counted and logged by the limiter; the units expire anyway.
-                with contextlib.suppress(StoreUnavailable):
-                    await self.limiter.charge(bucket, lim, -cost)
-
-    async def _call_and_settle(
+    async def _call(
         self,
         scope: Scope,
         receive: Receive,
@@ -347,47 +320,43 @@ class RateLimitMiddleware:
         settle: list[Check],
         estimate: int,
     ) -> None:
-        """Call the app, then charge the token buckets in ``settle`` what the request used,
-        less what was reserved from them."""
+        """Call the app with our ``headers`` on its response; then charge the token buckets in
+        ``settle`` what the request used, less what they reserved."""
         status = 0
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                _set_headers(message, headers)
+                kept = [h for h in message.get("headers", ()) if h[0].lower() not in HEADER_NAMES]
+                kept += headers
+                message["headers"] = kept
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
-            used = ctx.usage_tokens
-            if used is None:
-                # The usage layer did not say. A refusal or an upstream error used nothing we
-                # could know of; otherwise (success, a cancel mid-answer) assume the estimate.
-                used = 0 if status >= 400 else estimate
-            limiter = self.limiter
-            if limiter.immediate:
-                for bucket, lim, reserved, _ in settle:
-                    if used != reserved:
-                        limiter.charge_now(bucket, lim, used - reserved)
-            else:
-                done = self._settle(settle, used)
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    # Awaiting here would be cancelled again: finish the charge on its own.
-                    background = asyncio.get_running_loop().create_task(done)
-                    self._background.add(background)
-                    background.add_done_callback(self._background.discard)
+            if settle:
+                used = ctx.usage_tokens
+                if used is None:
+                    # The usage layer did not say. A refusal or an upstream error used nothing we
+                    # could know of; otherwise (success, a cancel mid-answer) assume the estimate.
+                    used = 0 if status >= 400 else estimate
+                limiter = self.limiter
+                if limiter.immediate:
+                    settle_now(limiter, settle, used)
                 else:
-                    await done
+                    done = settle_later(limiter, settle, used)
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        # Awaiting here would be cancelled again: finish the charge on its own.
+                        background = asyncio.get_running_loop().create_task(done)
+                        self._background.add(background)
+                        background.add_done_callback(self._background.discard)
+                    else:
+                        await done
 
-    async def _settle(self, settle: list[Check], used: int) -> None:
-        for bucket, lim, reserved, _ in settle:
-            delta = used - reserved
-            if delta:
-                with contextlib.suppress(StoreUnavailable):  # counted and logged by the limiter
-                    await self.limiter.charge(bucket, lim, delta)
+    # -- everything else -----------------------------------------------------------------------
 
     async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -414,16 +383,16 @@ class RateLimitMiddleware:
             headers=[(b"retry-after", b"1")],
         )
 
+    @staticmethod
     async def _refuse(
-        self,
         send: Send,
         refused: tuple[Check, Decision],
         requests: Decision | None,
         tokens: Decision | None,
         anthropic: bool,
     ) -> None:
-        lim = refused[0][1]
-        wait = refused[1].retry_after
+        (_, lim, _, _), decision = refused
+        wait = decision.retry_after
         message = (
             f"Rate limit reached: {lim} {_SCOPE_TEXT.get(lim.per, '')}. "
             f"Please try again in {format_reset(wait)}."
@@ -448,61 +417,6 @@ class RateLimitMiddleware:
 
     def __repr__(self) -> str:
         return f"<RateLimitMiddleware limits={len(self._limits)} limiter={self.limiter!r}>"
-
-
-def _fold(
-    checks: list[Check], decisions: Sequence[Decision | None], together: bool
-) -> tuple[Decision | None, Decision | None, list[Check], tuple[Check, Decision] | None, bool]:
-    """What the decisions add up to: the binding request and token decisions (for the
-    headers), the token buckets to settle once the answer is known, the first refusal, and
-    whether a limit was let through unchecked (its store failed and it fails open).
-
-    Checked ``together``, a refusal reports the binding decisions of every bucket; checked one
-    after another, the buckets stopped at the refusal, which is reported for its kind."""
-    requests: Decision | None = None
-    tokens: Decision | None = None
-    settle: list[Check] = []
-    refused: tuple[Check, Decision] | None = None
-    failed_open = False
-    for check, decision in zip(checks, decisions, strict=False):
-        if decision is None:
-            failed_open = True
-            continue
-        if check[1].kind == "tokens":
-            tokens = tighter(tokens, decision)
-            settle.append(check)
-        else:
-            requests = tighter(requests, decision)
-        if not decision.allowed and refused is None:
-            refused = (check, decision)
-            if not together:
-                if check[1].kind == "tokens":
-                    tokens = decision
-                else:
-                    requests = decision
-    return requests, tokens, settle, refused, failed_open
-
-
-def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
-    async def send_with_headers(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            _set_headers(message, headers)
-        await send(message)
-
-    return send_with_headers
-
-
-def _set_headers(message: Message, headers: list[tuple[bytes, bytes]]) -> None:
-    """Our ``x-ratelimit-*`` headers on a response start, in place of any the app set."""
-    message["headers"] = [
-        *(h for h in message.get("headers", ()) if h[0].lower() not in HEADER_NAMES),
-        *headers,
-    ]
-
-
-def _json_body(ctx: RequestContext) -> bool:
-    route = ctx.route
-    return route is not None and route.endpoint.json_body
 
 
 def _anthropic(ctx: RequestContext) -> bool:

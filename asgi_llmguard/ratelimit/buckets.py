@@ -22,10 +22,6 @@ from collections.abc import Callable
 
 from asgi_llmguard.ratelimit.spec import ParsedLimit
 
-#: ``(bucket, limit, cost, take)``: take ``cost`` from the bucket where ``take``, else look
-#: whether one unit is left. The shape the limiter's one-round-trip ``admit`` reads.
-Check = tuple[str, ParsedLimit, float, bool]
-
 # Model names come from the request body: long ones are hashed so keys stay short.
 _MAX_MODEL_IN_KEY = 128
 
@@ -108,25 +104,6 @@ class LimitSet:
         self.metered = Plan(limits) if limits else None
         requests = tuple(lim for lim in limits if lim.kind == "requests")
         self.unmetered = Plan(requests) if requests else None
-
-
-def costs(buckets: list[tuple[ParsedLimit, str]]) -> list[Check]:
-    """The checks of a request's buckets: take one unit of each request limit; of each token
-    limit, only look whether a unit is left (see `reserving` for more)."""
-    return [
-        (bucket, lim, 1.0, True) if lim.kind != "tokens" else (bucket, lim, 0.0, False)
-        for lim, bucket in buckets
-    ]
-
-
-def reserving(checks: list[Check], estimate: int) -> list[Check]:
-    """``checks`` from `costs`, taking ``estimate`` tokens from each token limit instead of
-    looking: at most a full bucket, since more could never pass (the rest is charged after the
-    fact like any overrun)."""
-    return [
-        check if check[3] else (check[0], check[1], float(min(estimate, check[1].burst)), True)
-        for check in checks
-    ]
 
 
 def dedupe(limits: tuple[ParsedLimit, ...]) -> tuple[ParsedLimit, ...]:
