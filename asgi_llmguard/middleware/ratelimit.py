@@ -153,6 +153,7 @@ class RateLimitMiddleware:
             await self._not_http(scope, receive, send)
             return
         ctx = get_context(scope)
+        # 1. What applies: the limits of the request's key (or the gateway's) on its route.
         try:
             plan = self._plan(ctx)
         except ConfigurationError as exc:
@@ -162,6 +163,7 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
 
+        # 2. Where it counts: its buckets, named after the model if a limit needs it.
         model: str | None = None
         if plan.needs_model:
             route = ctx.route
@@ -187,6 +189,7 @@ class RateLimitMiddleware:
             if self._reserve:
                 checks = reserving(checks, estimate)
 
+        # 3. Admit its request units and token reserves, one bucket at a time or all together.
         together = self._together if len(checks) > 1 else None
         decisions: Sequence[Decision | None]
         try:
@@ -212,6 +215,7 @@ class RateLimitMiddleware:
         if failed_open:  # counted once per request, and only if it is admitted
             self.stats.fail_open += 1
 
+        # 4. Call the app, our headers on its answer; then settle the tokens it used.
         headers = rate_headers(requests, tokens)  # never empty when there is something to settle
         if headers:
             await self._call(scope, receive, send, ctx, headers, settle, estimate)

@@ -1,7 +1,7 @@
 """Checking a request's buckets against a limiter, and charging them once its cost is known.
 
-A request's buckets come as `Check`\\ s: one unit taken from each request limit; from each token
-limit either nothing (a look whether a unit is left) or, with a reserve, the request's estimate.
+A request's buckets come as checks (`Check`): take one unit from each request limit; from each
+token limit, either nothing (a look whether a unit is left) or, with a reserve, its estimate.
 Two ways to check them give the same kind of answer, one decision per bucket (``None`` where the
 store failed and the limit fails open):
 
@@ -10,7 +10,7 @@ store failed and the limit fails open):
 - `admit_together`: every bucket in one round trip, all or nothing, where the store can (Redis).
 
 `outcome` folds either's decisions into what the response reports and what is left to settle;
-once the answer's tokens are known, `settle` (or `settle_now` in memory) charges the token
+once the answer's tokens are known, `settle_later` (`settle_now` in memory) charges the token
 buckets the difference from what they reserved.
 """
 
