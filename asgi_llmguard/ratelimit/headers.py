@@ -73,13 +73,15 @@ _LIMIT_TOKENS, _REMAINING_TOKENS, _RESET_TOKENS = _NAMES["tokens"]
 def rate_headers(requests: Decision | None, tokens: Decision | None) -> list[tuple[bytes, bytes]]:
     """The ``x-ratelimit-*`` headers of the binding request and token limits (set on every
     admitted response, so formatted with bytes operations only)."""
-    headers: list[tuple[bytes, bytes]] = []
-    if requests is not None:
-        headers += (
+    headers: list[tuple[bytes, bytes]] = (
+        []
+        if requests is None
+        else [
             (_LIMIT_REQUESTS, b"%d" % requests.limit),
             (_REMAINING_REQUESTS, b"%d" % requests.remaining),
             (_RESET_REQUESTS, _reset(requests.reset_after)),
-        )
+        ]
+    )
     if tokens is not None:
         headers += (
             (_LIMIT_TOKENS, b"%d" % tokens.limit),
