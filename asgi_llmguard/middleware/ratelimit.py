@@ -179,7 +179,10 @@ class RateLimitMiddleware:
             except InvalidBody as exc:
                 await send_error(send, 400, str(exc), anthropic=_anthropic(ctx))
                 return
-        checks = self._checks(plan, ctx, model, scope)
+        key = ctx.key  # a key's buckets are named once per plan and model: look them up here
+        checks = None if key is None else self._checks_memo.get((plan, key.key_id, model))
+        if checks is None:
+            checks = self._checks(plan, ctx, model, scope)
         if not checks:
             await self.app(scope, receive, send)
             return
@@ -289,19 +292,18 @@ class RateLimitMiddleware:
     def _checks(
         self, plan: Plan, ctx: RequestContext, model: str | None, scope: Scope
     ) -> list[Check]:
-        """The buckets the request counts in, each with what to take from it."""
+        """The buckets the request counts in, each with what to take from it, named now (and
+        for a key, kept for its next requests)."""
         key = ctx.key
         if key is None:
             identity = self._identity
             return costs(plan.buckets(model, None, lambda: client_owner(identity(scope))))
-        # The same key asking for the same model finds the same buckets: named once.
-        memo = (plan, key.key_id, model)
-        checks = self._checks_memo.get(memo)
-        if checks is None:
-            checks = costs(plan.buckets(model, key_owner(key.key_id)))
-            if len(self._checks_memo) >= self._max_specs:
-                del self._checks_memo[next(iter(self._checks_memo))]
-            self._checks_memo[memo] = checks
+        # The same key asking for the same model finds the same buckets (`__call__` looks in
+        # the memo first): named once.
+        checks = costs(plan.buckets(model, key_owner(key.key_id)))
+        if len(self._checks_memo) >= self._max_specs:
+            del self._checks_memo[next(iter(self._checks_memo))]
+        self._checks_memo[(plan, key.key_id, model)] = checks
         return checks
 
     def _estimate(self, ctx: RequestContext) -> int:
