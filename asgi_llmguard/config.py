@@ -69,25 +69,11 @@ class ServerConfig(_Strict):
             raise ValueError(f"gc_threshold must be >= 0, not {self.gc_threshold}")
 
 
-class TimeoutsConfig(_Strict):
-    connect: float | None = 10.0
-    pool: float | None = 60.0
-    write: float | None = 60.0
-    first_byte: float | None = 600.0
-    idle: float | None = 600.0
-
-
-class PoolConfig(_Strict):
-    max_connections: int = 1000
-    max_per_host: int = 0
-    keepalive_expiry: float = 60.0
-
-
 class ForwardConfig(_Strict):
     trust_env: bool = True
     passthrough: Literal["openai", "azure", "anthropic"] | None = None
-    timeouts: TimeoutsConfig = msgspec.field(default_factory=TimeoutsConfig)
-    limits: PoolConfig = msgspec.field(default_factory=PoolConfig)
+    timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
+    limits: PoolLimits = msgspec.field(default_factory=PoolLimits)
 
 
 class UpstreamConfig(_Strict):
@@ -673,8 +659,8 @@ def stack_kwargs(config: GatewayConfig, upstreams: list[Upstream]) -> dict[str, 
     fwd = config.forward
     kwargs: dict[str, Any] = {
         "upstreams": upstreams,
-        "timeouts": Timeouts(**msgspec.structs.asdict(fwd.timeouts)),
-        "limits": PoolLimits(**msgspec.structs.asdict(fwd.limits)),
+        "timeouts": fwd.timeouts,
+        "limits": fwd.limits,
         "trust_env": fwd.trust_env,
         "passthrough": fwd.passthrough,
         "routing": routing_from_config(config.routing),
