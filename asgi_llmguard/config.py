@@ -16,6 +16,7 @@ import msgspec
 
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.config import PoolLimits, Timeouts
+from asgi_llmguard.forward.router import Routing
 from asgi_llmguard.policy import Budget, RateLimit
 from asgi_llmguard.providers.base import Upstream
 from asgi_llmguard.usage.pricing import MissingPrice, ModelPrice, PriceTable
@@ -334,57 +335,23 @@ class CooldownConfig(_Strict):
     max_entries: int = 10_000
 
 
-class BreakerConfig(_Strict):
-    window: float = 30.0
-    min_requests: int = 20
-    failure_ratio: float = 0.5
-    open_for: float = 30.0
+class RoutingSection(Routing, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """``[routing]``: the `Routing` struct itself, plus where its cooldowns are shared: a Redis
+    URL, or the environment variable holding it (URLs are resolved here, not by the router)."""
 
-
-class RetryConfig(_Strict):
-    max_attempts: int = 3
-    max_time: float = 30.0
-    backoff: float = 0.05
-    backoff_cap: float = 2.0
-    statuses: list[int] = msgspec.field(default_factory=lambda: [429, 500, 502, 503, 504, 529])
-
-
-class WarmupConfig(_Strict):
-    ttl: float = 300.0
-    timeout: float = 15.0
-    max_tokens: int = 1
-    prompt: str = "ping"
-
-
-class RoutingConfig(_Strict):
-    """``[routing]``: how requests are spread over the upstreams (`Routing` kwargs)."""
-
-    selector: Literal["round-robin", "weighted", "fill-first", "priority"] = "round-robin"
-    aliases: dict[str, list[str]] = msgspec.field(default_factory=dict)
-    rewrite_response_model: bool = True
-    #: ``""`` turns pinning off.
-    pin_header: str = "x-llmguard-credential"
-    session_header: str | None = None
-    session_ttl: float = 3600.0
-    max_sessions: int = 100_000
-    hold_first_event: bool = False
-    cooldowns: CooldownConfig | None = msgspec.field(default_factory=CooldownConfig)
-    #: Share cooldowns between replicas through Redis (URL, or the env variable holding it).
+    cooldowns: CooldownConfig | None = msgspec.field(default_factory=CooldownConfig)  # type: ignore[assignment]
     cooldown_store: str | None = None
     cooldown_store_env: str | None = None
-    breaker: BreakerConfig | None = None
-    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
-    warmup: WarmupConfig | None = None
 
     def __repr__(self) -> str:
-        return f"RoutingConfig(selector={self.selector!r}, aliases={list(self.aliases)!r})"
+        return f"RoutingSection(selector={self.selector!r}, aliases={list(self.aliases)!r})"
 
 
 class GatewayConfig(_Strict):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     forward: ForwardConfig = msgspec.field(default_factory=ForwardConfig)
     upstreams: list[UpstreamConfig] = msgspec.field(default_factory=list)
-    routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
+    routing: RoutingSection = msgspec.field(default_factory=RoutingSection)
     usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
     pricing: PricingConfig = msgspec.field(default_factory=PricingConfig)
     prices: dict[str, ModelPrice] = msgspec.field(default_factory=dict)
@@ -544,42 +511,23 @@ def resolve_keys(
         raise ConfigurationError(f"keys: {exc}") from None
 
 
-def routing_from_config(r: RoutingConfig) -> Any:
-    """The `Routing` options ``[routing]`` describes (the Redis cooldown store is connected
-    lazily, on first use)."""
-    from asgi_llmguard.forward.breaker import BreakerPolicy
+def routing_from_config(r: RoutingSection) -> Routing:
+    """The `Routing` options ``[routing]`` describes, its cooldown store URL resolved (the Redis
+    cooldown store is connected lazily, on first use)."""
     from asgi_llmguard.forward.cooldowns import CooldownPolicy
-    from asgi_llmguard.forward.router import RetryPolicy, Routing, WarmupPolicy
     from asgi_llmguard.forward.shared_cooldowns import RedisCooldowns
-
-    def fields(section: msgspec.Struct) -> dict[str, Any]:
-        return msgspec.structs.asdict(section)
 
     try:
         cooldowns: Any = None
         if r.cooldowns is not None:
-            cooldowns = CooldownPolicy(**fields(r.cooldowns))
+            cooldowns = CooldownPolicy(**msgspec.structs.asdict(r.cooldowns))
             url = _from_env(r.cooldown_store, r.cooldown_store_env, "routing.cooldown_store")
             if url is not None:
                 cooldowns = RedisCooldowns.from_url(url, cooldowns)
         elif r.cooldown_store is not None or r.cooldown_store_env is not None:
             raise ConfigurationError("routing: a cooldown_store needs cooldowns")
-        retry = fields(r.retry)
-        retry["statuses"] = frozenset(retry["statuses"])
-        return Routing(
-            selector=r.selector,
-            aliases=r.aliases,
-            rewrite_response_model=r.rewrite_response_model,
-            pin_header=r.pin_header or None,
-            session_header=r.session_header,
-            session_ttl=r.session_ttl,
-            max_sessions=r.max_sessions,
-            cooldowns=cooldowns,
-            breaker=BreakerPolicy(**fields(r.breaker)) if r.breaker is not None else None,
-            retry=RetryPolicy(**retry),
-            warmup=WarmupPolicy(**fields(r.warmup)) if r.warmup is not None else None,
-            hold_first_event=r.hold_first_event,
-        )
+        given = {f.name: getattr(r, f.name) for f in msgspec.structs.fields(Routing)}
+        return Routing(**{**given, "cooldowns": cooldowns})
     except ConfigurationError as exc:
         raise ConfigurationError(f"routing: {exc}") from None
 
