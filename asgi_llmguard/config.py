@@ -19,6 +19,7 @@ from asgi_llmguard.forward.config import PoolLimits, Timeouts
 from asgi_llmguard.forward.router import Routing
 from asgi_llmguard.policy import Budget, RateLimit
 from asgi_llmguard.providers.base import Upstream
+from asgi_llmguard.ratelimit.config import RateLimitOptions
 from asgi_llmguard.usage.pricing import MissingPrice, ModelPrice, PriceTable
 
 ProviderName = Literal["openai", "azure", "anthropic"]
@@ -218,21 +219,14 @@ class SizeLimitConfig(_Strict):
         return out
 
 
-class RateLimitSection(_Strict):
-    """``[rate_limit]`` -> `RateLimitMiddleware` kwargs; ``storage_env`` names an environment
-    variable holding a Redis URL with a password."""
+class RateLimitSection(
+    RateLimitOptions, frozen=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """``[rate_limit]``: `RateLimitOptions` (`RateLimitMiddleware` kwargs), a switch, and
+    ``storage_env`` naming an environment variable that holds a Redis URL with a password."""
 
     enabled: bool = True
-    limits: list[RateLimit] | None = None
-    storage: str | None = None
     storage_env: str | None = None
-    algorithm: str | None = None
-    redis_timeout: float | None = None
-    key_prefix: str | None = None
-    max_memory_keys: int | None = None
-    reserve_tokens: bool | None = None
-    default_max_output_tokens: int | None = None
-    trusted_proxies: list[str] | None = None
 
 
 class ConcurrencyConfig(_Strict):
@@ -631,9 +625,9 @@ def stack_kwargs(config: GatewayConfig, upstreams: list[Upstream]) -> dict[str, 
     kwargs["size_limit"] = config.size_limit.kwargs() if config.size_limit.enabled else None
     rl = config.rate_limit
     if rl.enabled:
-        rate = _given(rl, frozenset({"enabled", "storage_env"}))
+        rate = {f.name: getattr(rl, f.name) for f in msgspec.structs.fields(RateLimitOptions)}
         if rl.storage_env is not None:
-            if rl.storage is not None:
+            if rl.storage != RateLimitOptions().storage:
                 raise ConfigurationError("rate_limit: set storage or storage_env, not both")
             url = os.environ.get(rl.storage_env)
             if not url:

@@ -66,8 +66,9 @@ class RateLimitMiddleware:
 
     - ``limits``: gateway-wide `RateLimit` specs, applied to every request (``per="key"`` ones
       to each key separately, or to each client address when no key layer runs in front).
-    - ``storage``, ``algorithm``, ``redis_timeout``, ``key_prefix``, ``max_memory_keys``: see
-      `RateLimitConfig`; or pass a ready ``limiter`` (e.g. to share one between two stacks).
+    - ``storage``, ``algorithm``, ``redis_timeout``, ``key_prefix``, ``max_memory_keys``,
+      ``redis_max_connections``: see `RateLimitConfig`; or pass a ready ``limiter`` (e.g. to
+      share one between two stacks). All these settings together are `RateLimitOptions`.
     - ``reserve_tokens``: admit a token-limited request only if the bucket holds its estimate
       (prompt bytes / 4 plus its max output tokens), instead of only needing a non-empty bucket.
     - ``default_max_output_tokens``: the output assumed when a request sets no maximum.
@@ -87,6 +88,7 @@ class RateLimitMiddleware:
         redis_timeout: float = 0.25,
         key_prefix: str = "llmguard:rl:",
         max_memory_keys: int = 100_000,
+        redis_max_connections: int = 64,
         limiter: Limiter | None = None,
         reserve_tokens: bool = False,
         default_max_output_tokens: int = 1024,
@@ -109,6 +111,7 @@ class RateLimitMiddleware:
                 redis_timeout=redis_timeout,
                 key_prefix=key_prefix,
                 max_memory_keys=max_memory_keys,
+                redis_max_connections=redis_max_connections,
             )
         )
         self.stats = self.limiter.stats
