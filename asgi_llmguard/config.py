@@ -17,6 +17,7 @@ import msgspec
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.config import PoolLimits, Timeouts
 from asgi_llmguard.forward.router import Routing
+from asgi_llmguard.middleware.size_limit import SizeLimits
 from asgi_llmguard.policy import Budget, RateLimit
 from asgi_llmguard.providers.base import Upstream
 from asgi_llmguard.ratelimit.config import RateLimitOptions
@@ -194,6 +195,11 @@ class KeyConfig(_Strict):
         }
 
 
+def _settings(section: msgspec.Struct, layer: type[msgspec.Struct]) -> dict[str, Any]:
+    """A section's fields that are its layer's keyword arguments (all of them: same defaults)."""
+    return {f.name: getattr(section, f.name) for f in msgspec.structs.fields(layer)}
+
+
 def _given(struct: msgspec.Struct, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The fields of a config section that were set (``None`` keeps the middleware default)."""
     return {
@@ -201,22 +207,16 @@ def _given(struct: msgspec.Struct, skip: frozenset[str] = frozenset()) -> dict[s
     }
 
 
-class SizeLimitConfig(_Strict):
-    """``[size_limit]`` -> `SizeLimitMiddleware` kwargs."""
+class SizeLimitSection(SizeLimits, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """``[size_limit]``: `SizeLimits` (`SizeLimitMiddleware` kwargs) and a switch; TOML has no
+    ``None``, so ``body_timeout = 0`` stands for no deadline."""
 
     enabled: bool = True
-    max_body_bytes: int | None = None
-    #: Seconds for the whole body; ``0`` for no deadline.
-    body_timeout: float | None = None
-    min_body_rate: float | None = None
-    body_rate_grace: float | None = None
-    per_route: dict[str, int] | None = None
 
-    def kwargs(self) -> dict[str, Any]:
-        out = _given(self, frozenset({"enabled"}))
-        if out.get("body_timeout") == 0:
-            out["body_timeout"] = None
-        return out
+    def __post_init__(self) -> None:
+        if self.body_timeout == 0:
+            msgspec.structs.force_setattr(self, "body_timeout", None)
+        super().__post_init__()
 
 
 class RateLimitSection(
@@ -352,7 +352,7 @@ class GatewayConfig(_Strict):
     budgets: BudgetsConfig = msgspec.field(default_factory=BudgetsConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     keys: list[KeyConfig] = msgspec.field(default_factory=list)
-    size_limit: SizeLimitConfig = msgspec.field(default_factory=SizeLimitConfig)
+    size_limit: SizeLimitSection = msgspec.field(default_factory=SizeLimitSection)
     rate_limit: RateLimitSection = msgspec.field(default_factory=RateLimitSection)
     concurrency: ConcurrencyConfig = msgspec.field(default_factory=ConcurrencyConfig)
     capture: CaptureConfig | None = None
@@ -622,10 +622,11 @@ def stack_kwargs(config: GatewayConfig, upstreams: list[Upstream]) -> dict[str, 
     kwargs["overload"] = _given(config.overload) if config.overload is not None else None
     m = config.metrics
     kwargs["metrics"] = _given(m, frozenset({"enabled"})) if m is not None and m.enabled else None
-    kwargs["size_limit"] = config.size_limit.kwargs() if config.size_limit.enabled else None
+    sl = config.size_limit
+    kwargs["size_limit"] = _settings(sl, SizeLimits) if sl.enabled else None
     rl = config.rate_limit
     if rl.enabled:
-        rate = {f.name: getattr(rl, f.name) for f in msgspec.structs.fields(RateLimitOptions)}
+        rate = _settings(rl, RateLimitOptions)
         if rl.storage_env is not None:
             if rl.storage != RateLimitOptions().storage:
                 raise ConfigurationError("rate_limit: set storage or storage_env, not both")
