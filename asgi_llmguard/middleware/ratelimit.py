@@ -68,7 +68,7 @@ class RateLimitMiddleware:
       to each key separately, or to each client address when no key layer runs in front).
     - ``storage``, ``algorithm``, ``redis_timeout``, ``key_prefix``, ``max_memory_keys``,
       ``redis_max_connections``: see `RateLimitConfig`; or pass a ready ``limiter`` (e.g. to
-      share one between two stacks). All these settings together are `RateLimitOptions`.
+      share one between two stacks).
     - ``reserve_tokens``: admit a token-limited request only if the bucket holds its estimate
       (prompt bytes / 4 plus its max output tokens), instead of only needing a non-empty bucket.
     - ``default_max_output_tokens``: the output assumed when a request sets no maximum.
