@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 from asgi_llmguard.config import GatewayConfig, load_config, resolve_upstreams, stack_kwargs
 from asgi_llmguard.errors import ConfigurationError
-from asgi_llmguard.middleware.ratelimit import RateLimitMiddleware
+from asgi_llmguard.lifecycle import Resource, serve_lifespan
 from asgi_llmguard.providers.base import Upstream
 from asgi_llmguard.runtime import tune_gc
 from asgi_llmguard.stack import Gateway, build_stack
@@ -90,7 +90,7 @@ class _Built:
         self.unused = tuple(unused)
 
 
-class ReloadableGateway:
+class ReloadableGateway(Resource):
     """The gateway built from a config file, reloadable in place (see the module docstring).
 
     - ``config_path``: the TOML file (``None``: the embedded defaults, which a reload re-reads).
@@ -138,7 +138,7 @@ class ReloadableGateway:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await serve_lifespan(self, receive, send)
             return
         # One attribute read: a request is served wholly by the stack current when it arrived.
         await self._current.gateway(scope, receive, send)
@@ -162,7 +162,7 @@ class ReloadableGateway:
                 return ReloadResult(ok=False, generation=self.generation, error=str(exc))
             try:
                 await self._close_unused(built)
-                await built.gateway.start()
+                await built.gateway.start(keep=built.shared)
             except Exception as exc:
                 # Only the type: the text of an arbitrary exception may hold a URL with a secret.
                 logger.exception("configuration reload failed while starting the new stack")
@@ -272,22 +272,6 @@ class ReloadableGateway:
             await asyncio.gather(*self._retiring, return_exceptions=True)
         await self._current.gateway.aclose()
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.start()
-                except Exception as exc:
-                    logger.exception("gateway start-up failed")
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-
     def __repr__(self) -> str:
         return f"<ReloadableGateway generation={self.generation} {self._current.gateway!r}>"
 
@@ -314,13 +298,9 @@ def _share(
                 unused.append(usage["budgets"])
             kwargs["usage"] = {**usage, "budgets": old_usage["budgets"]}
             shared.append(old_usage["budgets"])
-    limiter = old.layers.get("rate_limit")
+    limiter = old.rate_limit
     rate = kwargs.get("rate_limit")
-    if (
-        rate is not None
-        and isinstance(limiter, RateLimitMiddleware)
-        and config.rate_limit == previous.config.rate_limit
-    ):
+    if rate is not None and limiter is not None and config.rate_limit == previous.config.rate_limit:
         kwargs["rate_limit"] = {**rate, "limiter": limiter.limiter}
         shared.append(limiter)  # its closer closes the limiter: the new stack's does that now
     return shared, unused
@@ -334,7 +314,7 @@ def _kept_names(previous: _Built, built: _Built) -> tuple[str, ...]:
     old_budgets = (previous.kwargs.get("usage") or {}).get("budgets")
     if old_budgets is not None and any(p is old_budgets for p in built.shared):
         names.append("budgets")
-    if any(p is old.layers.get("rate_limit") for p in built.shared):
+    if old.rate_limit is not None and any(p is old.rate_limit for p in built.shared):
         names.append("rate_limit")
     return tuple(names)
 

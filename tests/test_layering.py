@@ -102,6 +102,21 @@ FORBIDDEN = {
     "migrate": ("asgi_llmguard.",),
     # Shared by the rate limiter and the budget stores: it knows neither.
     "redis_batch": ("asgi_llmguard.",),
+    # Start/close and the lifespan loop, shared by every owner of a resource: it knows none.
+    "lifecycle": (
+        "asgi_llmguard.middleware",
+        "asgi_llmguard.forward",
+        "asgi_llmguard.usage",
+        "asgi_llmguard.providers",
+        "asgi_llmguard.keys",
+        "asgi_llmguard.ratelimit",
+        "asgi_llmguard.capture",
+        "asgi_llmguard.admin",
+        "asgi_llmguard.config",
+        "asgi_llmguard.stack",
+        "asgi_llmguard.reload",
+        "asgi_llmguard.cli",
+    ),
     # Process-wide settings for the standalone server: no layer may reach for them.
     "runtime": (
         "asgi_llmguard.middleware",

@@ -17,6 +17,7 @@ from typing import Protocol
 from asgi_llmguard.capture.record import CaptureRecord
 from asgi_llmguard.capture.redact import Redactor
 from asgi_llmguard.capture.sinks import BatchCaptureSink, CaptureSink
+from asgi_llmguard.lifecycle import Resource
 
 logger = logging.getLogger("asgi_llmguard.capture")
 
@@ -54,7 +55,7 @@ class CaptureStats:
         )
 
 
-class CaptureWriter:
+class CaptureWriter(Resource):
     """A bounded queue and the one task that empties it into ``sink``."""
 
     def __init__(

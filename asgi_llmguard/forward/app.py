@@ -58,6 +58,7 @@ from asgi_llmguard.forward.router import Candidate, Plan, Router, Routing, Step
 from asgi_llmguard.forward.target import Target
 from asgi_llmguard.forward.thinking import apply_thinking
 from asgi_llmguard.forward.warmup import Warmer, warm_request
+from asgi_llmguard.lifecycle import Resource, serve_lifespan
 from asgi_llmguard.providers.base import Upstream, provider_for
 from asgi_llmguard.routes import Api
 from asgi_llmguard.types import Receive, Scope, Send
@@ -82,7 +83,7 @@ async def _watch_disconnect(receive: Receive, task: asyncio.Task[object], watch:
         task.cancel()
 
 
-class ForwardingApp:
+class ForwardingApp(Resource):
     """Relay requests to the configured upstreams.
 
     ``upstreams``: one `Upstream` per credential. A route is served by the upstreams that speak
@@ -99,9 +100,9 @@ class ForwardingApp:
 
     ``on_warmup``: receives each warm-up attempt, so its cost can be recorded.
 
-    The aiohttp session is opened on the first request and closed on lifespan shutdown or by
-    `aclose` (lifespan does not reach an app mounted inside another, so close it from the host
-    app's lifespan, or use the gateway as an async context manager).
+    The aiohttp session is opened on the first request and closed by `aclose`: on lifespan
+    shutdown when the forwarder is the app served, by the `Gateway` that holds it, or by
+    ``async with`` (lifespan does not reach an app mounted inside another).
     """
 
     def __init__(
@@ -178,7 +179,7 @@ class ForwardingApp:
         kind = scope["type"]
         if kind != "http":
             if kind == "lifespan":
-                await self._lifespan(receive, send)
+                await serve_lifespan(self, receive, send)
             elif kind == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
             return
@@ -457,13 +458,3 @@ class ForwardingApp:
         return await warm_request(
             self.engine, target, candidate.credential_id, api, model, policy, self._on_warmup
         )
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return

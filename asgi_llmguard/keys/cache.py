@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.keys.base import KeyRecord, KeyStore, WritableKeyStore
+from asgi_llmguard.lifecycle import Resource
 from asgi_llmguard.policy import KeyPolicy
 from asgi_llmguard.types import Clock
 
@@ -33,7 +34,7 @@ class CacheInfo(NamedTuple):
     negative_entries: int
 
 
-class CachedKeyStore:
+class CachedKeyStore(Resource):
     """Cache ``store``'s answers: policies for ``ttl`` seconds, unknown digests for
     ``negative_ttl`` seconds; at most ``max_entries`` of each (``max_negative_entries``, default
     the same), least recently used evicted first. ``clock`` is injectable for tests.

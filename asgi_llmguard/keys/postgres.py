@@ -23,6 +23,7 @@ from asgi_llmguard.keys.base import (
 )
 from asgi_llmguard.keys.hashing import hashes_match, is_key_hash
 from asgi_llmguard.keys.sqlite import TABLE
+from asgi_llmguard.lifecycle import Resource
 from asgi_llmguard.policy import KeyPolicy
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -50,7 +51,7 @@ def _safe_dsn(dsn: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
-class PostgresKeyStore:
+class PostgresKeyStore(Resource):
     """Keys in ``<schema>.virtual_keys`` (created on first use). A `WritableKeyStore`.
 
     ``min_size``/``max_size`` size the asyncpg pool; ``command_timeout`` bounds one statement.

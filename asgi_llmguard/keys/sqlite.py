@@ -23,6 +23,7 @@ from asgi_llmguard.keys.base import (
     now,
 )
 from asgi_llmguard.keys.hashing import hashes_match, is_key_hash
+from asgi_llmguard.lifecycle import Resource
 from asgi_llmguard.policy import KeyPolicy
 
 T = TypeVar("T")
@@ -42,7 +43,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_active_id ON {TABLE} (key_id) WHERE re
 """
 
 
-class SQLiteKeyStore:
+class SQLiteKeyStore(Resource):
     """Keys in the ``virtual_keys`` table of a SQLite file (created on first use).
 
     A `WritableKeyStore`. Put a `CachedKeyStore` in front of it in a gateway.

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.keys.base import normalize_policy
 from asgi_llmguard.keys.hashing import hash_key, hashes_match, is_key_hash
+from asgi_llmguard.lifecycle import Resource
 from asgi_llmguard.policy import KeyPolicy
 
 
@@ -48,7 +49,7 @@ class StaticKey:
         return f"StaticKey(key_id={self.policy.key_id!r})"
 
 
-class StaticKeyStore:
+class StaticKeyStore(Resource):
     """A read-only `KeyStore` over a fixed set of `StaticKey` entries.
 
     Two entries with the same key, or two active entries with the same ``key_id``, are a

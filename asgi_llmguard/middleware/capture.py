@@ -26,12 +26,13 @@ from asgi_llmguard.capture.sinks import CaptureSink
 from asgi_llmguard.capture.writer import CaptureStats, CaptureWriter
 from asgi_llmguard.context import InvalidBody, RequestContext, get_context
 from asgi_llmguard.errors import ConfigurationError
+from asgi_llmguard.lifecycle import Resource, pass_lifespan
 from asgi_llmguard.types import ASGIApp, Message, Receive, Scope, Send
 
 DEFAULT_MAX_BYTES = 64 * 1024
 
 
-class CaptureMiddleware:
+class CaptureMiddleware(Resource):
     """Tee request and response bodies of selected requests to a sink.
 
     - ``sink``: `JSONLCaptureSink`, `SQLiteCaptureSink`, or any ``async def sink(record)``.
@@ -44,8 +45,9 @@ class CaptureMiddleware:
     - ``queue_size``: captures waiting for the sink; past it they are dropped and counted.
     - ``close_timeout``: how long `aclose` waits for the queue to drain before giving up.
 
-    The writer task starts with the first capture. `aclose` (also run on ASGI lifespan shutdown)
-    drains the queue, then closes the sink if it has an ``aclose``.
+    The writer task starts with the first capture. `aclose` (run on ASGI lifespan shutdown when
+    the middleware is used alone, by the `Gateway` otherwise) drains the queue, then closes the
+    sink if it has an ``aclose``.
     """
 
     def __init__(
@@ -92,8 +94,9 @@ class CaptureMiddleware:
         kind = scope["type"]
         if kind != "http":
             if kind == "lifespan":
-                receive = self._lifespan_receive(receive)
-            await self.app(scope, receive, send)
+                await pass_lifespan(self.app, self, scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         if not self.enabled:
             await self.app(scope, receive, send)
@@ -129,15 +132,6 @@ class CaptureMiddleware:
     async def aclose(self) -> None:
         """Write what is queued (waiting up to ``close_timeout``), then close the sink."""
         await self.writer.aclose()
-
-    def _lifespan_receive(self, receive: Receive) -> Receive:
-        async def lifespan_receive() -> Message:
-            message = await receive()
-            if message["type"] == "lifespan.shutdown":
-                await self.aclose()
-            return message
-
-        return lifespan_receive
 
 
 class _Tap:

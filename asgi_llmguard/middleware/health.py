@@ -28,6 +28,7 @@ import orjson
 
 from asgi_llmguard.context import route_path
 from asgi_llmguard.errors import ConfigurationError, send_body
+from asgi_llmguard.lifecycle import Resource
 from asgi_llmguard.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ _ALLOW = ((b"allow", b"GET, HEAD"),)
 _LIVE_BODY = orjson.dumps({"status": "ok"})
 
 
-class HealthMiddleware:
+class HealthMiddleware(Resource):
     """Answer ``live_path`` and ``ready_path`` (GET/HEAD) here; pass everything else on.
 
     - Liveness: always ``200 {"status": "ok"}``.

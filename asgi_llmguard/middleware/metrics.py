@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from asgi_llmguard.context import InvalidBody, RequestContext, get_context, route_path
 from asgi_llmguard.errors import ConfigurationError, error_body, send_body
+from asgi_llmguard.lifecycle import Resource, pass_lifespan
 from asgi_llmguard.types import ASGIApp, Message, Receive, Scope, Send
 from asgi_llmguard.usage.events import UsageEvent
 from asgi_llmguard.usage.pipeline import UsagePipeline
@@ -79,7 +80,7 @@ class BoundedLabels:
         return OTHER
 
 
-class MetricsMiddleware:
+class MetricsMiddleware(Resource):
     """Export the gateway's metrics in the Prometheus text format at ``path`` (GET/HEAD).
 
     - ``models``: model names that always get their own label; ``max_models`` more are taken
@@ -131,13 +132,7 @@ class MetricsMiddleware:
         for name, buckets in (("latency_buckets", latency_buckets), ("ttfb_buckets", ttfb_buckets)):
             if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] <= 0:
                 raise ConfigurationError(f"{name} must be increasing positive numbers")
-        sources = dict(sources or {})
-        unknown = set(sources) - GAUGE_SOURCES - COUNT_SOURCES
-        if unknown:
-            raise ConfigurationError(
-                f"unknown metric sources {sorted(unknown)}; known: "
-                f"{sorted(GAUGE_SOURCES | COUNT_SOURCES)}"
-            )
+        _check_sources(sources or {})
         try:
             from asgi_llmguard.middleware._prometheus import CONTENT_TYPE_LATEST, Families
         except ImportError:
@@ -152,23 +147,20 @@ class MetricsMiddleware:
         self._models = BoundedLabels(models, max_models)
         self._key_ids = BoundedLabels((), max_key_ids)
         self._pipeline = pipeline
-        gauges: dict[str, Gauge] = {
+        self._gauge_families: dict[str, Gauge] = {
             "connections_in_use": f.connections,
             "cooldowns_active": f.cooldowns,
         }
-        counts: dict[str, Counter] = {
+        self._count_families: dict[str, Counter] = {
             "rate_limit_rejections": f.rate_limit_rejections.labels("rate_limit"),
             "concurrency_rejections": f.rate_limit_rejections.labels("concurrency"),
             "overload_shed": f.overload_shed,
             "rate_limit_store_errors": f.rate_limit_store_errors,
         }
-        self._gauges = [
-            (name, read, gauges[name]) for name, read in sources.items() if name in gauges
-        ]
+        self._gauges: list[tuple[str, Callable[[], int], Gauge]] = []
         # [name, read, counter, last value seen]: the counter grows by the difference.
-        self._counts: list[tuple[str, Callable[[], int], Counter, list[int]]] = [
-            (name, read, counts[name], [0]) for name, read in sources.items() if name in counts
-        ]
+        self._counts: list[tuple[str, Callable[[], int], Counter, list[int]]] = []
+        self.watch(sources or {})
         if pipeline is not None:
             stats = pipeline.stats
             self._counts += [
@@ -188,7 +180,7 @@ class MetricsMiddleware:
         kind = scope["type"]
         if kind != "http":
             if kind == "lifespan":
-                await self.app(scope, self._lifespan_receive(receive), self._lifespan_send(send))
+                await pass_lifespan(self.app, self, scope, receive, send)
             else:
                 await self.app(scope, receive, send)
             return
@@ -311,6 +303,15 @@ class MetricsMiddleware:
                 logger.exception("metrics: reading %s failed", name)
             return None
 
+    def watch(self, sources: Mapping[str, Callable[[], int]]) -> None:
+        """Read ``sources`` too at each refresh (names as for the ``sources`` argument)."""
+        _check_sources(sources)
+        for name, read in sources.items():
+            if name in self._gauge_families:
+                self._gauges.append((name, read, self._gauge_families[name]))
+            else:
+                self._counts.append((name, read, self._count_families[name], [0]))
+
     async def start(self) -> None:
         """Start the periodic refresh; idempotent. `aclose` stops it."""
         if self._task is None and not self._closed:
@@ -339,26 +340,18 @@ class MetricsMiddleware:
         self.refresh()
         self.families.mark_process_dead()
 
-    def _lifespan_receive(self, receive: Receive) -> Receive:
-        async def lifespan_receive() -> Message:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await self.start()
-            return message
-
-        return lifespan_receive
-
-    def _lifespan_send(self, send: Send) -> Send:
-        async def lifespan_send(message: Message) -> None:
-            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-                await self.aclose()
-            await send(message)
-
-        return lifespan_send
-
     def __repr__(self) -> str:
         mode = "multiprocess" if self.families.multiprocess_dir else "single-process"
         return f"<MetricsMiddleware path={self.path!r} {mode}>"
+
+
+def _check_sources(sources: Mapping[str, object]) -> None:
+    unknown = set(sources) - GAUGE_SOURCES - COUNT_SOURCES
+    if unknown:
+        raise ConfigurationError(
+            f"unknown metric sources {sorted(unknown)}; known: "
+            f"{sorted(GAUGE_SOURCES | COUNT_SOURCES)}"
+        )
 
 
 def _model(ctx: RequestContext) -> str | None:

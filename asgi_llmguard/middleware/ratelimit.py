@@ -34,6 +34,7 @@ from asgi_llmguard.context import (
     replay_receive,
 )
 from asgi_llmguard.errors import ConfigurationError, send_error
+from asgi_llmguard.lifecycle import Resource, pass_lifespan
 from asgi_llmguard.policy import KeyPolicy, RateLimit
 from asgi_llmguard.ratelimit import (
     ClientIdentity,
@@ -61,7 +62,7 @@ _SCOPE_TEXT = {
 _MAX_MODEL_IN_KEY = 128
 
 
-class RateLimitMiddleware:
+class RateLimitMiddleware(Resource):
     """Enforce request and token rate limits; see the module docstring and docs/rate-limits.md.
 
     - ``limits``: gateway-wide `RateLimit` specs, applied to every request (``per="key"`` ones
@@ -136,14 +137,15 @@ class RateLimitMiddleware:
         self._background: set[asyncio.Task[None]] = set()
 
     async def aclose(self) -> None:
-        """Close the limiter's store connections (called on lifespan shutdown)."""
+        """Close the limiter's store connections (on lifespan shutdown when used alone; the
+        `Gateway` closes it otherwise)."""
         await self.limiter.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http":
             if kind == "lifespan":
-                await self.app(scope, receive, self._closing(send))
+                await pass_lifespan(self.app, self, scope, receive, send)
             else:
                 await self.app(scope, receive, send)
             return
@@ -441,14 +443,6 @@ class RateLimitMiddleware:
             code="rate_limit_exceeded",
             headers=[(b"retry-after", retry_after(wait)), *rate_headers(requests, tokens)],
         )
-
-    def _closing(self, send: Send) -> Send:
-        async def closing_send(message: Message) -> None:
-            if message["type"] == "lifespan.shutdown.complete":
-                await self.aclose()
-            await send(message)
-
-        return closing_send
 
     def __repr__(self) -> str:
         return f"<RateLimitMiddleware limits={len(self._limits)} limiter={self.limiter!r}>"

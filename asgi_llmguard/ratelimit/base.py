@@ -12,6 +12,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 
+from asgi_llmguard.lifecycle import Resource
 from asgi_llmguard.ratelimit.spec import Decision, ParsedLimit
 
 logger = logging.getLogger("asgi_llmguard.ratelimit")
@@ -99,7 +100,7 @@ class FailureLog:
             self._count = 0
 
 
-class Limiter(ABC):
+class Limiter(Resource, ABC):
     """Buckets keyed by string, checked and charged in units of a `ParsedLimit`.
 
     - `acquire`: take ``cost`` if the bucket holds it, atomically; refused requests take nothing.

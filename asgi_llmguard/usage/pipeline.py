@@ -52,7 +52,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from asgi_llmguard.errors import ConfigurationError
-from asgi_llmguard.types import ASGIApp, Message, Receive, Scope, Send
+from asgi_llmguard.lifecycle import Resource, pass_lifespan
+from asgi_llmguard.types import ASGIApp, Receive, Scope, Send
 from asgi_llmguard.usage.events import UsageEvent
 from asgi_llmguard.usage.sinks.base import EventId, SeenSet, Sink
 from asgi_llmguard.usage.sinks.fanout import Fanout, SinkStats
@@ -114,7 +115,7 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-class UsagePipeline:
+class UsagePipeline(Resource):
     """Queue usage events and write them to the sinks in batches; see the module docstring.
 
     - ``queue_size``: events held in memory; beyond it ``emit`` spills to disk.
@@ -626,23 +627,10 @@ class _LifespanWrapper:
         self.pipeline = pipeline
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
+        if scope["type"] == "lifespan":
+            await pass_lifespan(self.app, self.pipeline, scope, receive, send)
+        else:
             await self.app(scope, receive, send)
-            return
-        pipeline = self.pipeline
-
-        async def receive_() -> Message:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await pipeline.start()
-            return message
-
-        async def send_(message: Message) -> None:
-            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-                await pipeline.aclose()
-            await send(message)
-
-        await self.app(scope, receive_, send_)
 
 
 _LIVE: weakref.WeakSet[UsagePipeline] = weakref.WeakSet()
