@@ -16,6 +16,7 @@ import msgspec
 
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.config import PoolLimits, Timeouts
+from asgi_llmguard.forward.cooldowns import CooldownPolicy
 from asgi_llmguard.forward.router import Routing
 from asgi_llmguard.middleware.size_limit import SizeLimits
 from asgi_llmguard.policy import Budget, RateLimit
@@ -320,20 +321,11 @@ class AdminConfig(_Strict):
     max_body_bytes: int | None = None
 
 
-class CooldownConfig(_Strict):
-    base: float = 1.0
-    cap: float = 300.0
-    auth: float = 3600.0
-    server_error: float = 5.0
-    timeout: float = 5.0
-    max_entries: int = 10_000
-
-
 class RoutingSection(Routing, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """``[routing]``: the `Routing` struct itself, plus where its cooldowns are shared: a Redis
     URL, or the environment variable holding it (URLs are resolved here, not by the router)."""
 
-    cooldowns: CooldownConfig | None = msgspec.field(default_factory=CooldownConfig)  # type: ignore[assignment]
+    cooldowns: CooldownPolicy | None = msgspec.field(default_factory=CooldownPolicy)
     cooldown_store: str | None = None
     cooldown_store_env: str | None = None
 
@@ -508,13 +500,12 @@ def resolve_keys(
 def routing_from_config(r: RoutingSection) -> Routing:
     """The `Routing` options ``[routing]`` describes, its cooldown store URL resolved (the Redis
     cooldown store is connected lazily, on first use)."""
-    from asgi_llmguard.forward.cooldowns import CooldownPolicy
     from asgi_llmguard.forward.shared_cooldowns import RedisCooldowns
 
     try:
         cooldowns: Any = None
         if r.cooldowns is not None:
-            cooldowns = CooldownPolicy(**msgspec.structs.asdict(r.cooldowns))
+            cooldowns = r.cooldowns
             url = _from_env(r.cooldown_store, r.cooldown_store_env, "routing.cooldown_store")
             if url is not None:
                 cooldowns = RedisCooldowns.from_url(url, cooldowns)

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from asgi_llmguard.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -64,9 +66,9 @@ _ANTHROPIC_RESETS = (
 _PRUNE_EVERY = 1024
 
 
-@dataclass(frozen=True, slots=True)
-class CooldownPolicy:
-    """How long a credential rests after each kind of failure, in seconds."""
+class CooldownPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How long a credential rests after each kind of failure, in seconds
+    (``[routing.cooldowns]``)."""
 
     base: float = 1.0
     cap: float = 300.0
