@@ -233,3 +233,63 @@ def test_an_unknown_field_is_refused_both_ways(layer: Layer, tmp_path: Path) -> 
         load_config(path)
     with pytest.raises(TypeError, match="no_such_setting"):
         _app_kwargs(layer, {"no_such_setting": 1})
+
+
+#: The usage layer's settings, which the file spreads over three sections under their own names
+#: (``[budgets] on_error`` is ``budget_on_error=``): kwarg -> (section, key, sample in TOML, value).
+USAGE = {
+    "missing_price": ("pricing", "missing", "{ input = 1.0, output = 2.0 }", None),
+    "budget_on_error": ("budgets", "on_error", '"open"', "open"),
+    "budget_tags": ("budgets", "tags", '{ "team:ml" = { monthly = 5.0 } }', None),
+    "reservation_ttl": ("budgets", "reservation_ttl", "901.5", 901.5),
+    "default_max_output_tokens": ("budgets", "default_max_output_tokens", "4097", 4097),
+    "stream_usage": ("usage", "stream_usage", "false", False),
+    "aliases": ("routing", "aliases", '{ fast = ["m-1"] }', {"fast": ["m-1"]}),
+}
+#: Keyword arguments of `UsageMiddleware` that are objects, not settings.
+USAGE_OBJECTS = {"app", "pipeline", "prices", "budgets"}
+
+
+def _usage_kwargs(tmp_path: Path, section: str = "", line: str = "") -> dict[str, Any]:
+    path = tmp_path / "llmguard.toml"
+    extra = f"\n[{section}]\n{line}" if section != "usage" else f"\n{line}"
+    path.write_text(f"[usage]\nsinks = []{extra if line else ''}\n")
+    usage: dict[str, Any] = stack_kwargs(load_config(path), [])["usage"]
+    return usage
+
+
+def _expected(kwarg: str, value: Any) -> Any:
+    from asgi_llmguard import Budget, ModelPrice
+
+    if kwarg == "missing_price":
+        return ModelPrice(input=1.0, output=2.0)
+    if kwarg == "budget_tags":
+        return {"team:ml": Budget(monthly=5.0)}
+    return value
+
+
+def test_every_usage_setting_is_in_the_file_with_the_same_default(tmp_path: Path) -> None:
+    from asgi_llmguard import UsageMiddleware
+
+    params = inspect.signature(UsageMiddleware).parameters
+    assert set(params) - USAGE_OBJECTS == set(USAGE)
+    defaults = _usage_kwargs(tmp_path)
+    for kwarg in USAGE:
+        # ``None`` and an empty mapping both mean "none" (aliases, tag budgets).
+        assert (defaults[kwarg] or None) == (params[kwarg].default or None), kwarg
+
+
+@pytest.mark.parametrize("kwarg", list(USAGE))
+def test_every_usage_setting_is_settable_both_ways(kwarg: str, tmp_path: Path) -> None:
+    from asgi_llmguard import UsageMiddleware
+
+    section, key, toml, value = USAGE[kwarg]
+    expected = _expected(kwarg, value)
+    assert _usage_kwargs(tmp_path, section, f'"{key}" = {toml}')[kwarg] == expected
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("not called")
+
+    UsageMiddleware(app, **{kwarg: expected})
+    with pytest.raises(TypeError, match="no_such_setting"):
+        UsageMiddleware(app, no_such_setting=1)  # type: ignore[call-arg]
