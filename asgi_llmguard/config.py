@@ -153,6 +153,8 @@ class KeyCacheConfig(_Strict):
     ttl: float = 30.0
     negative_ttl: float = 5.0
     max_entries: int = 10_000
+    #: Unknown keys remembered at most (default: ``max_entries``).
+    max_negative_entries: int | None = None
 
 
 class AuthConfig(_Strict):
@@ -164,6 +166,7 @@ class AuthConfig(_Strict):
     store_env: str | None = None
     header_names: list[str] | None = None
     max_key_length: int | None = None
+    matcher_cache_size: int | None = None
     cache: KeyCacheConfig = msgspec.field(default_factory=KeyCacheConfig)
 
 
@@ -304,6 +307,8 @@ class MetricsConfig(_Strict):
     refresh_interval: float | None = None
     latency_buckets: list[float] | None = None
     ttfb_buckets: list[float] | None = None
+    #: Paths not counted (default: the health endpoints).
+    exclude_paths: list[str] | None = None
 
 
 class AdminConfig(_Strict):
@@ -460,7 +465,11 @@ def resolve_keys(
             )
         c = auth.cache
         return CachedKeyStore(
-            store_from_url(url), ttl=c.ttl, negative_ttl=c.negative_ttl, max_entries=c.max_entries
+            store_from_url(url),
+            ttl=c.ttl,
+            negative_ttl=c.negative_ttl,
+            max_entries=c.max_entries,
+            max_negative_entries=c.max_negative_entries,
         )
     if not config.keys:
         if url == "static":
@@ -602,11 +611,7 @@ def stack_kwargs(config: GatewayConfig, upstreams: list[Upstream]) -> dict[str, 
     if keys is not None:
         kwargs["keys"] = keys
         a = config.auth
-        kwargs["auth"] = {
-            k: v
-            for k, v in (("header_names", a.header_names), ("max_key_length", a.max_key_length))
-            if v is not None
-        }
+        kwargs["auth"] = _given(a, frozenset({"store", "store_env", "cache"}))
     kwargs["access_log"] = config.access_log.kwargs() if config.access_log.enabled else None
     kwargs["admin"] = _admin(config, os.environ)
     kwargs["health"] = _health(config.health)

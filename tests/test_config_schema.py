@@ -293,3 +293,86 @@ def test_every_usage_setting_is_settable_both_ways(kwarg: str, tmp_path: Path) -
     UsageMiddleware(app, **{kwarg: expected})
     with pytest.raises(TypeError, match="no_such_setting"):
         UsageMiddleware(app, no_such_setting=1)  # type: ignore[call-arg]
+
+
+def _kwargs_sections() -> list[Any]:
+    from asgi_llmguard import (
+        AccessLogMiddleware,
+        AuthMiddleware,
+        CachedKeyStore,
+        CaptureMiddleware,
+        ConcurrencyMiddleware,
+        HealthMiddleware,
+        MetricsMiddleware,
+        OverloadMiddleware,
+    )
+    from asgi_llmguard import config as c
+
+    # section, its layer, the section's own fields (switches, URLs, variables, nested sections),
+    # and the layer's keyword arguments that are objects rather than settings.
+    return [
+        (c.ConcurrencyConfig, ConcurrencyMiddleware, {"enabled"}, {"identity"}),
+        (c.AccessLogConfig, AccessLogMiddleware, {"enabled"}, set()),
+        (
+            c.HealthConfig,
+            HealthMiddleware,
+            {"enabled", "redis", "redis_env", "postgres", "postgres_env"},
+            {"checks"},
+        ),
+        (c.OverloadConfig, OverloadMiddleware, set(), set()),
+        (c.MetricsConfig, MetricsMiddleware, {"enabled"}, {"pipeline", "sources"}),
+        (c.CaptureConfig, CaptureMiddleware, set(), set()),
+        (c.AuthConfig, AuthMiddleware, {"store", "store_env", "cache"}, {"store"}),
+        (c.KeyCacheConfig, CachedKeyStore, set(), {"store", "clock"}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("section", "layer", "own", "objects"),
+    [pytest.param(*s, id=s[0].__name__) for s in _kwargs_sections()],
+)
+def test_the_other_sections_name_exactly_their_layers_settings(
+    section: type[msgspec.Struct], layer: type, own: set[str], objects: set[str]
+) -> None:
+    """Sections whose unset keys keep the layer's defaults (``None`` in the file's struct):
+    every key is a keyword argument of the layer, and every setting of the layer is a key."""
+    fields = {f.name for f in msgspec.structs.fields(section)}
+    params = set(inspect.signature(layer).parameters) - {"app"}
+    assert own <= fields
+    assert fields - own <= params, "keys the layer does not take"
+    assert params - objects <= fields, "settings of the layer the file cannot set"
+
+
+def test_key_cache_and_auth_settings_reach_their_layers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asgi_llmguard.config import resolve_keys
+
+    path = tmp_path / "llmguard.toml"
+    path.write_text(
+        f"""
+[usage]
+enabled = false
+[auth]
+store = "sqlite:///{tmp_path / "keys.sqlite3"}"
+matcher_cache_size = 7
+[auth.cache]
+max_entries = 50
+max_negative_entries = 2
+[metrics]
+exclude_paths = ["/internal"]
+"""
+    )
+    config = load_config(path)
+    kwargs = stack_kwargs(config, [])
+    assert kwargs["auth"] == {"matcher_cache_size": 7}
+    assert kwargs["metrics"]["exclude_paths"] == ["/internal"]
+    cache = resolve_keys(config)
+
+    async def misses() -> int:
+        async with cache:
+            for i in range(5):
+                assert await cache.lookup(f"{i:064x}") is None
+            return int(cache.cache_info().negative_entries)
+
+    assert asyncio.run(misses()) == 2
