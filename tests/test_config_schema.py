@@ -305,6 +305,7 @@ def _kwargs_sections() -> list[Any]:
         HealthMiddleware,
         MetricsMiddleware,
         OverloadMiddleware,
+        UsagePipeline,
     )
     from asgi_llmguard import config as c
 
@@ -324,6 +325,7 @@ def _kwargs_sections() -> list[Any]:
         (c.CaptureConfig, CaptureMiddleware, set(), set()),
         (c.AuthConfig, AuthMiddleware, {"store", "store_env", "cache"}, {"store"}),
         (c.KeyCacheConfig, CachedKeyStore, set(), {"store", "clock"}),
+        (c.UsageConfig, UsagePipeline, {"enabled", "stream_usage"}, set()),
     ]
 
 
