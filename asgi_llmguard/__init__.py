@@ -7,9 +7,8 @@ from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.app import ForwardingApp
 from asgi_llmguard.forward.breaker import BreakerPolicy
 from asgi_llmguard.forward.config import PoolLimits, Timeouts
-from asgi_llmguard.forward.cooldowns import CooldownPolicy
+from asgi_llmguard.forward.cooldowns import CooldownPolicy, RedisCooldowns
 from asgi_llmguard.forward.router import RetryPolicy, Routing, WarmupPolicy
-from asgi_llmguard.forward.shared_cooldowns import RedisCooldowns
 from asgi_llmguard.keys import (
     CachedKeyStore,
     KeyStore,
@@ -37,6 +36,7 @@ from asgi_llmguard.providers.base import Upstream
 from asgi_llmguard.ratelimit.config import RateLimitOptions
 from asgi_llmguard.routes import Endpoint, Route, classify
 from asgi_llmguard.stack import Gateway, build_stack
+from asgi_llmguard.stores import budget_store, cooldown_store, rate_limiter, store_from_url
 from asgi_llmguard.tokens import TokenUsage
 from asgi_llmguard.usage.budgets import MemoryBudgetStore, RedisBudgetStore
 from asgi_llmguard.usage.events import UsageEvent
@@ -102,12 +102,16 @@ __all__ = [
     "UsagePipeline",
     "WarmupPolicy",
     "__version__",
+    "budget_store",
     "build_stack",
     "classify",
+    "cooldown_store",
     "generate_key",
     "get_context",
     "hash_key",
     "postgres_check",
+    "rate_limiter",
     "read_body",
     "redis_check",
+    "store_from_url",
 ]

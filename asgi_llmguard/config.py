@@ -138,10 +138,13 @@ class PricingConfig(_Strict):
 
 
 class BudgetsConfig(_Strict):
-    #: ``"memory"`` (one worker) or a ``redis://`` URL shared by workers and replicas.
+    #: ``"memory://"`` (one worker; ``"memory"`` too) or a ``redis://``, ``rediss://`` or
+    #: ``redis+cluster://`` URL shared by workers and replicas.
     store: str = "memory"
     prefix: str = "llmguard:budget:"
     timeout: float = 0.5
+    #: The Redis connection pool's size per process (per node on a cluster).
+    redis_max_connections: int = 64
     on_error: Literal["open", "closed"] = "closed"
     reservation_ttl: float = 900.0
     default_max_output_tokens: int = 4096
@@ -333,6 +336,8 @@ class RoutingSection(Routing, frozen=True, forbid_unknown_fields=True, omit_defa
     cooldowns: CooldownPolicy | None = msgspec.field(default_factory=CooldownPolicy)
     cooldown_store: str | None = None
     cooldown_store_env: str | None = None
+    #: The cooldown store's Redis connection pool size per process.
+    cooldown_store_max_connections: int = 64
 
     def __repr__(self) -> str:
         return f"RoutingSection(selector={self.selector!r}, aliases={list(self.aliases)!r})"
@@ -509,7 +514,7 @@ def resolve_keys(
 def routing_from_config(r: RoutingSection) -> Routing:
     """The `Routing` options ``[routing]`` describes, its cooldown store URL resolved (the Redis
     cooldown store is connected lazily, on first use)."""
-    from asgi_llmguard.forward.shared_cooldowns import RedisCooldowns
+    from asgi_llmguard.stores import cooldown_store
 
     try:
         cooldowns: Any = None
@@ -517,7 +522,9 @@ def routing_from_config(r: RoutingSection) -> Routing:
             cooldowns = r.cooldowns
             url = _from_env(r.cooldown_store, r.cooldown_store_env, "routing.cooldown_store")
             if url is not None:
-                cooldowns = RedisCooldowns.from_url(url, cooldowns)
+                cooldowns = cooldown_store(
+                    url, cooldowns, max_connections=r.cooldown_store_max_connections
+                )
         elif r.cooldown_store is not None or r.cooldown_store_env is not None:
             raise ConfigurationError("routing: a cooldown_store needs cooldowns")
         given = {f.name: getattr(r, f.name) for f in msgspec.structs.fields(Routing)}
@@ -594,7 +601,7 @@ def stack_kwargs(config: GatewayConfig, upstreams: list[Upstream]) -> dict[str, 
     Builds the stores and the pipeline the config names; nothing is connected until the gateway
     starts (connections are opened lazily).
     """
-    from asgi_llmguard.usage.budgets import BudgetStore, MemoryBudgetStore, RedisBudgetStore
+    from asgi_llmguard.stores import budget_store
     from asgi_llmguard.usage.pipeline import UsagePipeline
     from asgi_llmguard.usage.sinks import sink_from_url
 
@@ -638,11 +645,11 @@ def stack_kwargs(config: GatewayConfig, upstreams: list[Upstream]) -> dict[str, 
     cc = config.concurrency
     kwargs["concurrency"] = _given(cc, frozenset({"enabled"})) if cc.enabled else None
     if config.capture is not None:
-        from asgi_llmguard.capture.sinks import sink_from_uri
+        from asgi_llmguard.capture.sinks import sink_from_url as capture_sink
 
         capture = _given(config.capture, frozenset({"sink"}))
         try:
-            capture["sink"] = sink_from_uri(config.capture.sink)
+            capture["sink"] = capture_sink(config.capture.sink)
         except ValueError as exc:
             raise ConfigurationError(f"capture.sink: {exc}") from None
         kwargs["capture"] = capture
@@ -657,13 +664,12 @@ def stack_kwargs(config: GatewayConfig, upstreams: list[Upstream]) -> dict[str, 
                 raise ConfigurationError(f"upstreams[{i}]: prices need the upstream's name")
             per_upstream[entry.name] = entry.prices
     b = config.budgets
-    budgets: BudgetStore
-    if b.store == "memory":
-        budgets = MemoryBudgetStore()
-    elif b.store.startswith(("redis://", "rediss://", "unix://")):
-        budgets = RedisBudgetStore.from_url(b.store, prefix=b.prefix, timeout=b.timeout)
-    else:
-        raise ConfigurationError(f"budgets.store must be 'memory' or a redis:// URL: {b.store!r}")
+    try:
+        budgets = budget_store(
+            b.store, prefix=b.prefix, timeout=b.timeout, max_connections=b.redis_max_connections
+        )
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"budgets.store: {exc}") from None
     kwargs["usage"] = {
         "prices": PriceTable.default().with_overrides(config.prices, per_upstream),
         "missing_price": config.pricing.missing,

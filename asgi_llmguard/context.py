@@ -17,11 +17,11 @@ import msgspec
 from asgi_llmguard.multipart import MalformedForm, boundary_of, form_fields
 from asgi_llmguard.policy import KeyPolicy
 from asgi_llmguard.routes import (
+    SHARED_PREFIXES,
     MethodNotAllowed,
     Route,
     RouteNotFound,
     classify,
-    is_shared_path,
 )
 from asgi_llmguard.tokens import TokenUsage
 from asgi_llmguard.types import Message, Receive, Scope
@@ -233,13 +233,21 @@ class RequestContext:
 
     @classmethod
     def from_scope(cls, scope: Scope) -> RequestContext:
-        path = route_path(scope)
-        # Model lists, files and skills exist in both dialects: Anthropic's headers pick Anthropic's
-        # (``anthropic-beta`` alone too: curl users of the Files API send it with a Bearer key).
-        anthropic = is_shared_path(path) and any(
-            name in _ANTHROPIC_HEADERS for name, _ in scope["headers"]
-        )
-        ctx = cls(scope["method"], path, anthropic=anthropic)
+        path: str = scope["path"]  # `route_path`, inlined
+        root: str = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :] or "/"
+        ctx: RequestContext | None = None
+        if path.startswith(SHARED_PREFIXES):
+            # Model lists, files and skills exist in both dialects: Anthropic's headers pick
+            # Anthropic's (``anthropic-beta`` alone too: curl users of the Files API send it with
+            # a Bearer key).
+            for name, _ in scope["headers"]:
+                if name in _ANTHROPIC_HEADERS:
+                    ctx = cls(scope["method"], path, None, True)
+                    break
+        if ctx is None:
+            ctx = cls(scope["method"], path)
         route = ctx.route
         if route is not None and route.endpoint.multipart:
             for name, value in scope["headers"]:
@@ -313,6 +321,9 @@ class RequestContext:
         route = self.route
         if route is not None and route.deployment is not None:
             return route.deployment
+        fields = self._fields
+        if fields is not None:  # decoded already: no call
+            return fields.model
         return self.fields().model if self.body is not None else None
 
     def __repr__(self) -> str:

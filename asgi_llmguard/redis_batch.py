@@ -15,16 +15,22 @@ fail-open/fail-closed policies apply, as before). A call whose caller gave up (c
 its own timeout passed) before its batch went out is dropped from the batch; one already sent
 may still have run, as with a single call that timed out. After Redis lost its script cache
 (a restart, ``SCRIPT FLUSH``), the calls answered ``NOSCRIPT`` are loaded and sent once more.
+
+On a Redis Cluster a batch goes out as redis-py's cluster pipeline: the calls are grouped by the
+node that owns their keys' slot, each node gets one pipeline, and the nodes are written to
+concurrently (redirections after a resharding are followed by redis-py). The keys of one call
+must share a hash slot (a ``{tag}``), as for any script on a cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
     from redis.asyncio.connection import AbstractConnection
     from redis.commands.core import AsyncScript
 
@@ -88,10 +94,15 @@ class ScriptBatcher:
     - ``max_batch``: the most calls in one pipeline; more wait for the next.
     """
 
-    def __init__(self, client: Redis, *, timeout: float = 1.0, max_batch: int = 256) -> None:
+    def __init__(
+        self, client: Redis | RedisCluster, *, timeout: float = 1.0, max_batch: int = 256
+    ) -> None:
         if timeout <= 0 or max_batch < 1:
             raise ValueError("timeout must be > 0 and max_batch >= 1")
+        from redis.asyncio.cluster import RedisCluster
+
         self._client = client
+        self._cluster = isinstance(client, RedisCluster)
         self._timeout = timeout
         self._max = max_batch
         self._pending: list[_Call] = []
@@ -157,27 +168,17 @@ class ScriptBatcher:
                 self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
     async def _send(self, batch: list[_Call], *, retry: bool) -> None:
-        from redis.exceptions import NoScriptError, ResponseError
+        from redis.exceptions import NoScriptError
 
-        packed = b"".join(
-            _pack(("EVALSHA", script.sha, len(keys), *keys, *args))
-            for script, keys, args, _, _ in batch
-        )
         self.batches += 1
         self.calls += len(batch)
         replies: list[Any] = []
         try:
             async with asyncio.timeout(self._timeout):
-                conn = self._conn
-                if conn is None:
-                    pool = self._client.connection_pool
-                    conn = self._conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-                await conn.send_packed_command(packed, check_health=False)
-                for _ in batch:
-                    try:
-                        replies.append(await conn.read_response())
-                    except ResponseError as exc:  # this call's error; the stream is in step
-                        replies.append(exc)
+                if self._cluster:
+                    replies = await self._send_cluster(batch)
+                else:
+                    replies = await self._send_one(batch)
         except BaseException as exc:
             # Whatever was on the wire is lost with the connection: never reuse it.
             await self._drop_connection()
@@ -203,13 +204,42 @@ class ScriptBatcher:
                 return
             await self._send(again, retry=False)
 
+    async def _send_cluster(self, batch: list[_Call]) -> list[Any]:
+        """The batch as one cluster pipeline: one pipeline per node, written concurrently."""
+        pipe = cast("RedisCluster", self._client).pipeline()
+        for script, keys, args, _, _ in batch:
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def _send_one(self, batch: list[_Call]) -> list[Any]:
+        """The batch pipelined on the one connection kept for batches."""
+        from redis.exceptions import ResponseError
+
+        packed = b"".join(
+            _pack(("EVALSHA", script.sha, len(keys), *keys, *args))
+            for script, keys, args, _, _ in batch
+        )
+        client = cast("Redis", self._client)
+        conn = self._conn
+        if conn is None:
+            pool = client.connection_pool
+            conn = self._conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        await conn.send_packed_command(packed, check_health=False)
+        replies: list[Any] = []
+        for _ in batch:
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:  # this call's error; the stream is in step
+                replies.append(exc)
+        return replies
+
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
                 await conn.disconnect()
             finally:
-                await self._client.connection_pool.release(conn)
+                await cast("Redis", self._client).connection_pool.release(conn)
 
     async def aclose(self) -> None:
         """Stop sending: a batch on the wire is cancelled and its callers with it."""
@@ -223,7 +253,7 @@ class ScriptBatcher:
         self._pending.clear()
         conn, self._conn = self._conn, None
         if conn is not None:
-            await self._client.connection_pool.release(conn)
+            await cast("Redis", self._client).connection_pool.release(conn)
 
     def __repr__(self) -> str:
         return f"<ScriptBatcher batches={self.batches} calls={self.calls}>"

@@ -571,25 +571,30 @@ def classify(method: str, path: str, anthropic: bool = False) -> Route:
 
     Raises `RouteNotFound` or `MethodNotAllowed`.
     """
-    exact, patterns = (_EXACT_A, _BY_RESOURCE_A) if anthropic else (_EXACT, _BY_RESOURCE)
-    methods = exact.get(path)
+    routes = (_EXACT_ROUTES_A if anthropic else _EXACT_ROUTES).get(path)
+    if routes is not None:  # the common case: a fixed path, its routes built once
+        route = routes.get(method)
+        if route is None:
+            raise MethodNotAllowed(tuple(routes))
+        return route
+    methods: dict[str, Endpoint]
     deployment: str | None = None
-    if methods is None:
-        if path.startswith("/openai/deployments/"):
-            m = _AZURE.fullmatch(path)
-            if m is None or (azure := _AZURE_OPERATIONS.get(m["op"])) is None:
-                raise RouteNotFound(path)
-            methods = {"POST": azure}
-            deployment = m["deployment"]
+    if path.startswith("/openai/deployments/"):
+        m = _AZURE.fullmatch(path)
+        if m is None or (azure := _AZURE_OPERATIONS.get(m["op"])) is None:
+            raise RouteNotFound(path)
+        methods = {"POST": azure}
+        deployment = m["deployment"]
+    else:
+        # "/v1/<resource>/...": only that resource's patterns can match
+        end = path.find("/", 4)
+        patterns = _BY_RESOURCE_A if anthropic else _BY_RESOURCE
+        for pattern, candidate in patterns.get(path[4:end] if end > 4 else "", ()):
+            if pattern.fullmatch(path):
+                methods = candidate
+                break
         else:
-            # "/v1/<resource>/...": only that resource's patterns can match
-            end = path.find("/", 4)
-            for pattern, candidate in patterns.get(path[4:end] if end > 4 else "", ()):
-                if pattern.fullmatch(path):
-                    methods = candidate
-                    break
-            else:
-                raise RouteNotFound(path)
+            raise RouteNotFound(path)
     endpoint = methods.get(method)
     if endpoint is None:
         raise MethodNotAllowed(tuple(methods))
@@ -620,4 +625,14 @@ _PLAIN: dict[int, Route] = {
         *(methods for _, methods in _ANTHROPIC_PATTERNS),
     )
     for endpoint in table.values()
+}
+
+# The route of each method of each fixed path, by path (routes are immutable, so shared).
+_EXACT_ROUTES: dict[str, dict[str, Route]] = {
+    path: {method: _PLAIN[id(endpoint)] for method, endpoint in methods.items()}
+    for path, methods in _EXACT.items()
+}
+_EXACT_ROUTES_A: dict[str, dict[str, Route]] = {
+    path: {method: _PLAIN[id(endpoint)] for method, endpoint in methods.items()}
+    for path, methods in _EXACT_A.items()
 }

@@ -32,7 +32,13 @@ from asgi_llmguard.ratelimit.config import RateLimitOptions
 
 #: Fields of a section that are the file's own business: a switch that leaves the layer out, and
 #: URLs or the environment variables holding them (resolved by the config reader, not the layer).
-FILE_ONLY = {"enabled", "storage_env", "cooldown_store", "cooldown_store_env"}
+FILE_ONLY = {
+    "enabled",
+    "storage_env",
+    "cooldown_store",
+    "cooldown_store_env",
+    "cooldown_store_max_connections",
+}
 
 #: Values for fields whose type alone does not say what is valid.
 SAMPLES: dict[str, Any] = {

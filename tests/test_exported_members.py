@@ -59,14 +59,18 @@ PUBLIC = [
     "UsagePipeline",
     "WarmupPolicy",
     "__version__",
+    "budget_store",
     "build_stack",
     "classify",
+    "cooldown_store",
     "generate_key",
     "get_context",
     "hash_key",
     "postgres_check",
+    "rate_limiter",
     "read_body",
     "redis_check",
+    "store_from_url",
 ]
 
 

@@ -117,6 +117,23 @@ FORBIDDEN = {
         "asgi_llmguard.reload",
         "asgi_llmguard.cli",
     ),
+    # The registry of stores by URL: it builds stores, and no layer builds it.
+    "stores": (
+        "asgi_llmguard.middleware",
+        "asgi_llmguard.stack",
+        "asgi_llmguard.reload",
+        "asgi_llmguard.cli",
+        "asgi_llmguard.admin",
+    ),
+    # The Redis client policy of every shared store: it knows none of them.
+    "_redis": (
+        "asgi_llmguard.middleware",
+        "asgi_llmguard.forward",
+        "asgi_llmguard.usage",
+        "asgi_llmguard.ratelimit",
+        "asgi_llmguard.stack",
+        "asgi_llmguard.cli",
+    ),
     # Process-wide settings for the standalone server: no layer may reach for them.
     "runtime": (
         "asgi_llmguard.middleware",

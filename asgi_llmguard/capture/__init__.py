@@ -20,6 +20,7 @@ from asgi_llmguard.capture.sinks import (
     JSONLCaptureSink,
     SQLiteCaptureSink,
     sink_from_uri,
+    sink_from_url,
 )
 from asgi_llmguard.capture.writer import CaptureStats, CaptureWriter, PendingCapture
 
@@ -40,4 +41,5 @@ __all__ = [
     "decode_body",
     "encode_body",
     "sink_from_uri",
+    "sink_from_url",
 ]

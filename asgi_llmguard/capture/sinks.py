@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -202,8 +203,8 @@ class SQLiteCaptureSink(_ThreadedSink):
             db.close()
 
 
-def sink_from_uri(uri: str) -> CaptureSink:
-    """A built-in sink from a URI, as the config file names them.
+def sink_from_url(uri: str) -> CaptureSink:
+    """A built-in sink from a URL, as the config file names them.
 
     ``jsonl:///var/log/llmguard/capture.jsonl`` (absolute path) or ``jsonl://capture.jsonl``
     (relative to the working directory); ``sqlite:///var/lib/llmguard/capture.db`` likewise.
@@ -220,3 +221,11 @@ def sink_from_uri(uri: str) -> CaptureSink:
     if scheme == "sqlite":
         return SQLiteCaptureSink(rest)
     raise ConfigurationError(f"unknown capture sink scheme {scheme!r}: use 'jsonl' or 'sqlite'")
+
+
+def sink_from_uri(uri: str) -> CaptureSink:
+    """Deprecated spelling of `sink_from_url`."""
+    warnings.warn(
+        "sink_from_uri is deprecated: use sink_from_url", DeprecationWarning, stacklevel=2
+    )
+    return sink_from_url(uri)

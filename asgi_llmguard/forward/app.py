@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 import orjson
 
 from asgi_llmguard.context import (
+    SCOPE_KEY,
     Attempt,
     ClientDisconnected,
     InvalidBody,
     RequestContext,
-    get_context,
     read_body,
 )
 from asgi_llmguard.errors import (
@@ -183,7 +183,9 @@ class ForwardingApp(Resource):
             elif kind == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
             return
-        ctx = get_context(scope)
+        ctx: RequestContext | None = scope.get(SCOPE_KEY)
+        if ctx is None:  # no classifier in front (`get_context`, inlined)
+            ctx = scope[SCOPE_KEY] = RequestContext.from_scope(scope)
         route = ctx.route
         if route is None:
             await send_route_error(send, ctx.method, ctx.path, ctx.route_error)

@@ -39,8 +39,7 @@ import msgspec
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.aliases import AliasTable
 from asgi_llmguard.forward.breaker import BreakerPolicy, CircuitBreaker
-from asgi_llmguard.forward.cooldowns import CooldownPolicy, MemoryCooldowns
-from asgi_llmguard.forward.shared_cooldowns import RedisCooldowns
+from asgi_llmguard.forward.cooldowns import CooldownPolicy, MemoryCooldowns, RedisCooldowns
 from asgi_llmguard.forward.thinking import ParsedModel, parse_model
 from asgi_llmguard.providers.base import Upstream
 from asgi_llmguard.routes import Api
@@ -349,7 +348,14 @@ class Router:
         ``deployment``: the model comes from an Azure deployment path, so aliases and suffixes
         do not apply. Advances the selectors' rotation (once per request).
         """
-        pin, session = self._affinity(headers)
+        pin = session = None
+        pin_b = self._pin_b
+        if self._session_b is not None:
+            pin, session = self._affinity(headers)
+        elif pin_b is not None:  # the default: a pin header only, one comparison per header
+            for name, value in headers:
+                if name == pin_b:
+                    pin = value.decode("latin-1").strip() or None
         if pin is None and session is None:
             # One credential for this (api, model): the same plan every time, computed once.
             cached = self._solo.get((api, model, deployment))

@@ -24,6 +24,7 @@ import orjson
 
 from asgi_llmguard.context import (
     GATEWAY_REQUEST_ID_HEADER,
+    SCOPE_KEY,
     InvalidBody,
     RequestContext,
     get_context,
@@ -130,7 +131,7 @@ class AccessLogMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        ctx = get_context(scope)
+        ctx: RequestContext = scope.get(SCOPE_KEY) or get_context(scope)
         rid = ctx.request_id.encode("latin-1")
         echo = rid
         if self._trust:

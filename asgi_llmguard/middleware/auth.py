@@ -22,6 +22,7 @@ import re
 from collections.abc import Sequence
 
 from asgi_llmguard.context import (
+    SCOPE_KEY,
     ClientDisconnected,
     InvalidBody,
     RequestContext,
@@ -137,7 +138,7 @@ class AuthMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        ctx = get_context(scope)
+        ctx: RequestContext = scope.get(SCOPE_KEY) or get_context(scope)
         route = ctx.route
         anthropic = (
             route.endpoint.anthropic_errors

@@ -24,26 +24,33 @@ _host_syntax = re.compile(
 
 
 def _valid_host(host: bytes) -> bool:
-    """RFC 3986 host with optional port; the usual name or address (and port) by a byte table."""
-    if not host.translate(None, _REG_NAME):
+    """RFC 3986 host with optional port; the usual name or address (and port) by a byte table.
+
+    ``strip`` with the allowed bytes leaves nothing exactly when every byte is allowed, and then
+    returns the shared empty bytes object: the common case allocates nothing.
+    """
+    if not host.strip(_REG_NAME):
         return True
     name, _, port = host.rpartition(b":")
-    if (not port or port.isdigit()) and not name.translate(None, _REG_NAME):
+    if (not port or port.isdigit()) and not name.strip(_REG_NAME):
         return True
     return _host_syntax(host) is not None  # IP literals, percent-encoding, or malformed
 
 
-def _host_error(scope: Scope) -> str | None:
-    """Why the request's Host header is unacceptable, or None when it is fine."""
-    host = None
-    for name, value in scope["headers"]:
-        if name == b"host":
-            if host is not None:
-                return "The request has more than one Host header."
-            host = value
+def _host_problem(host: bytes | None, scope: Scope) -> str | None:
+    """Why ``host`` (the one Host header, `_TWICE`, or None) is unacceptable, or None."""
     if host is None:
-        return "The request has no Host header." if scope.get("http_version") == "1.1" else None
-    return None if _valid_host(host) else "The request's Host header is malformed."
+        return _NO_HOST if scope.get("http_version") == "1.1" else None
+    if host is _TWICE:
+        return _TWO_HOSTS
+    return None if _valid_host(host) else _BAD_HOST
+
+
+#: Stands for a second Host header; not a valid host, so the fast path never accepts it.
+_TWICE = b"\x00"
+_TWO_HOSTS = "The request has more than one Host header."
+_NO_HOST = "The request has no Host header."
+_BAD_HOST = "The request's Host header is malformed."
 
 
 class ClassifyMiddleware:
@@ -70,10 +77,21 @@ class ClassifyMiddleware:
         ctx = scope.get(SCOPE_KEY)
         if ctx is None:  # an outer layer (the access log) may have created it already
             ctx = scope[SCOPE_KEY] = RequestContext.from_scope(scope)
-        host_error = _host_error(scope)
-        if host_error is not None:
-            await send_error(send, 400, host_error, anthropic=ctx.path.startswith("/v1/messages"))
-            return
+        # The Host header, in one pass; a plain name (no port) passes one byte-table test and
+        # costs no call, anything else (a port, an IP literal, none, two) gets the full check.
+        host = None
+        for name, value in scope["headers"]:
+            if name == b"host":
+                if host is not None:
+                    host = _TWICE
+                    break
+                host = value
+        if host is None or host.strip(_REG_NAME):
+            host_error = _host_problem(host, scope)
+            if host_error is not None:
+                anthropic = ctx.path.startswith("/v1/messages")
+                await send_error(send, 400, host_error, anthropic=anthropic)
+                return
         if ctx.route is None:
             error = ctx.route_error
             passthrough = self._passthrough

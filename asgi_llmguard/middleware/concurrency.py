@@ -17,7 +17,7 @@ from __future__ import annotations
 import types
 from collections.abc import Callable, Mapping, Sequence
 
-from asgi_llmguard.context import get_context
+from asgi_llmguard.context import SCOPE_KEY, RequestContext, get_context
 from asgi_llmguard.errors import ConfigurationError, error_body, send_body
 from asgi_llmguard.ratelimit.identity import ClientIdentity
 from asgi_llmguard.types import ASGIApp, Receive, Scope, Send
@@ -75,7 +75,7 @@ class ConcurrencyMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        ctx = get_context(scope)
+        ctx: RequestContext = scope.get(SCOPE_KEY) or get_context(scope)
         key = ctx.key
         if key is not None:
             cap = key.max_concurrency if key.max_concurrency is not None else self._default

@@ -33,6 +33,7 @@ from asgi_llmguard.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
     import redis.asyncio
+    import redis.asyncio.cluster
 
 logger = logging.getLogger("asgi_llmguard.health")
 
@@ -200,20 +201,23 @@ def _safe_url(url: str) -> str:
 class RedisCheck:
     """A readiness check that PINGs Redis; the client is created on first use and reused."""
 
-    def __init__(self, url: str, *, timeout: float = 1.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 1.0, **tls: str) -> None:
+        from asgi_llmguard._redis import split_tls
+
+        self._tls, unknown = split_tls(tls)
+        if unknown:
+            raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(unknown))}")
         self._url = url
         self._timeout = timeout
-        self._client: redis.asyncio.Redis | None = None
+        self._client: redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster | None = None
 
     async def __call__(self) -> bool:
         client = self._client
         if client is None:
-            import redis.asyncio
+            from asgi_llmguard._redis import redis_client
 
-            client = self._client = redis.asyncio.Redis.from_url(
-                self._url,
-                socket_connect_timeout=self._timeout,
-                socket_timeout=self._timeout,
+            client = self._client = redis_client(
+                self._url, timeout=self._timeout, max_connections=2, **self._tls
             )
         return bool(await client.ping())
 
@@ -251,9 +255,11 @@ class PostgresCheck:
         return f"<PostgresCheck {_safe_url(self._dsn)}>"
 
 
-def redis_check(url: str, *, timeout: float = 1.0) -> RedisCheck:
-    """A check that PINGs the Redis at ``url`` (``redis://...``)."""
-    return RedisCheck(url, timeout=timeout)
+def redis_check(url: str, *, timeout: float = 1.0, **tls: str) -> RedisCheck:
+    """A check that PINGs the Redis at ``url`` (``redis://...``, ``rediss://...``,
+    ``redis+cluster://...``); ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` and
+    ``ssl_cert_reqs`` as for the stores."""
+    return RedisCheck(url, timeout=timeout, **tls)
 
 
 def postgres_check(dsn: str, *, timeout: float = 1.0) -> PostgresCheck:

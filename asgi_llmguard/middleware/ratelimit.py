@@ -26,6 +26,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from asgi_llmguard.context import (
+    SCOPE_KEY,
     ClientDisconnected,
     InvalidBody,
     RequestContext,
@@ -149,7 +150,7 @@ class RateLimitMiddleware(Resource):
             else:
                 await self.app(scope, receive, send)
             return
-        ctx = get_context(scope)
+        ctx: RequestContext = scope.get(SCOPE_KEY) or get_context(scope)
         key = ctx.key
         try:
             limits = self._limits_for(key) if key is not None else self._limits

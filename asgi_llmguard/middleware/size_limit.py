@@ -31,7 +31,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from asgi_llmguard.context import RequestContext, get_context
+from asgi_llmguard.context import SCOPE_KEY, RequestContext, get_context
 from asgi_llmguard.errors import ConfigurationError, send_error
 from asgi_llmguard.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -159,7 +159,7 @@ class SizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        ctx = get_context(scope)
+        ctx: RequestContext = scope.get(SCOPE_KEY) or get_context(scope)
         route = ctx.route
         limit = self.max_body_bytes
         anthropic = False

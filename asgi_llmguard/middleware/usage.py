@@ -28,6 +28,7 @@ from typing import Literal, Protocol
 import orjson
 
 from asgi_llmguard.context import (
+    SCOPE_KEY,
     ClientDisconnected,
     InvalidBody,
     RequestContext,
@@ -143,7 +144,7 @@ class UsageMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        ctx = get_context(scope)
+        ctx: RequestContext = scope.get(SCOPE_KEY) or get_context(scope)
         route = ctx.route
         if route is None:
             await self.app(scope, receive, send)
@@ -356,7 +357,8 @@ class UsageMiddleware:
         """Settle and record the attempt; ``ended``: the request was cancelled from outside (the
         server shutting down) rather than completed."""
         usage, served, tool_calls = meter.result()
-        estimated = meter.estimated
+        stream_meter = meter.meter  # `_Meter.estimated`, inlined
+        estimated = stream_meter is not None and stream_meter.estimated
         unit = billed_unit(endpoint) if endpoint.billable else None
         outcome: Outcome
         reason: Reason | None = None

@@ -1,4 +1,5 @@
-"""Storage URIs, the Redis connection pool, and the guard every store call goes through."""
+"""Storage URIs and the guard every store call goes through (the Redis client policy is
+`asgi_llmguard._redis`)."""
 
 from __future__ import annotations
 
@@ -6,83 +7,47 @@ import asyncio
 import urllib.parse
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import limits.errors
 
+from asgi_llmguard._redis import RedisTarget, parse_redis_url
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.ratelimit.base import FailureLog, LimiterStats, StoreUnavailable
 
-if TYPE_CHECKING:
-    import redis.asyncio
-
 T = TypeVar("T")
-
-_REDIS_SCHEMES = {"redis", "rediss", "async+redis", "async+rediss"}
 
 
 @dataclass(frozen=True, slots=True)
 class StorageTarget:
     kind: Literal["memory", "redis"]
-    #: The URL redis-py takes (``async+`` removed); empty for memory.
-    url: str
+    #: The Redis server or cluster; ``None`` for memory.
+    redis: RedisTarget | None
     #: Where the store is, for logs and ``repr``: scheme, host, port and db, never a password.
     where: str
+
+    @property
+    def url(self) -> str:
+        """The URL redis-py takes; empty for memory."""
+        return self.redis.url if self.redis is not None else ""
 
 
 def parse_storage(uri: str) -> StorageTarget:
     if not isinstance(uri, str):
         raise ConfigurationError(f"storage must be a URI string, not {type(uri).__name__}")
-    parsed = urllib.parse.urlsplit(uri)
-    scheme = parsed.scheme.lower()
-    if scheme in ("memory", "async+memory"):
-        return StorageTarget("memory", "", "memory://")
-    if scheme in _REDIS_SCHEMES:
-        try:
-            host = parsed.hostname or "localhost"
-            port = parsed.port or 6379
-        except ValueError:
+    scheme = urllib.parse.urlsplit(uri).scheme.lower()
+    if scheme in ("memory", "async+memory") or uri == "memory":
+        return StorageTarget("memory", None, "memory://")
+    try:
+        target = parse_redis_url(uri)
+    except ConfigurationError as exc:
+        if "invalid port" in str(exc):
             raise ConfigurationError("storage URI has an invalid port") from None
-        url = uri[len("async+") :] if scheme.startswith("async+") else uri
-        plain = scheme.removeprefix("async+")
-        return StorageTarget("redis", url, f"{plain}://{host}:{port}{parsed.path or ''}")
-    raise ConfigurationError(
-        f"storage must be 'memory://' or 'redis://host:port/db' (also 'rediss://', "
-        f"'async+redis://'), not a {scheme or 'scheme-less'} URI"
-    )
-
-
-def redis_client(
-    target: StorageTarget, *, timeout: float, max_connections: int
-) -> redis.asyncio.Redis:
-    """A client over a bounded pool with short timeouts and at most one immediate retry.
-
-    redis-py retries three times with backoff by default: that would turn a 0.25 s budget into
-    seconds. One immediate retry still rides over a pooled connection that went stale while
-    Redis restarted. Waiting for a free pooled connection is bounded by the same timeout (the
-    blocking pool), so a burst of traffic queues briefly instead of opening a connection per
-    request, and a slow Redis cannot pile them up.
-    """
-    try:
-        import redis.asyncio
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-    except ImportError:  # pragma: no cover - the redis extra
         raise ConfigurationError(
-            "Redis storage needs redis-py: pip install 'asgi-llmguard[redis]'"
+            f"storage must be 'memory://' or 'redis://host:port/db' (also 'rediss://', "
+            f"'redis+cluster://', 'async+redis://'), not a {scheme or 'scheme-less'} URI"
         ) from None
-    try:
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            target.url,
-            max_connections=max_connections,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 1),
-        )
-    except ValueError:
-        raise ConfigurationError(f"invalid Redis storage URI for {target.where}") from None
-    return redis.asyncio.Redis.from_pool(pool)
+    return StorageTarget("redis", target, target.where)
 
 
 def _store_errors() -> tuple[type[BaseException], ...]:
@@ -90,7 +55,9 @@ def _store_errors() -> tuple[type[BaseException], ...]:
     try:
         import redis.exceptions
 
-        errors.append(redis.exceptions.RedisError)
+        # A cluster's own failures (no node reachable, keys of one call in two slots) are not
+        # RedisErrors.
+        errors += (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
     except ImportError:  # pragma: no cover - the redis extra
         pass
     return tuple(errors)

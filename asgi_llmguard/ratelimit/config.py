@@ -11,9 +11,10 @@ from typing import Any, cast
 
 import msgspec
 
+from asgi_llmguard._redis import is_cluster, redis_client
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.policy import RateLimit
-from asgi_llmguard.ratelimit._store import parse_storage, redis_client
+from asgi_llmguard.ratelimit._store import parse_storage
 from asgi_llmguard.ratelimit.base import Limiter
 from asgi_llmguard.ratelimit.gcra import MemoryGcra, RedisGcra
 from asgi_llmguard.ratelimit.windows import WINDOW_ALGORITHMS, WindowLimiter
@@ -28,7 +29,8 @@ class RateLimitConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     - ``algorithm``: ``"gcra"`` (token bucket, the default), ``"fixed-window"``,
       ``"moving-window"`` or ``"sliding-window-counter"``.
     - ``storage``: ``"memory://"`` (one process) or ``"redis://host:port/db"`` (also
-      ``rediss://`` and ``async+redis://``), shared by every worker and replica.
+      ``rediss://``, ``redis+cluster://`` and ``async+redis://``), shared by every worker and
+      replica; see `asgi_llmguard._redis` for TLS options in the URL.
     - ``redis_timeout``: seconds a Redis call may take, connecting included, before it counts
       as a store failure and the limit's ``on_error`` policy applies.
     - ``key_prefix``: prefix of every Redis key, so several gateways can share one server.
@@ -104,28 +106,42 @@ def create_limiter(
         from limits.aio.storage import MemoryStorage
 
         return WindowLimiter(config.algorithm, MemoryStorage())
+    assert target.redis is not None
     client = redis_client(
-        target, timeout=config.redis_timeout, max_connections=config.redis_max_connections
+        target.redis, timeout=config.redis_timeout, max_connections=config.redis_max_connections
     )
     if gcra:
         return RedisGcra(
             client, timeout=config.redis_timeout, prefix=config.key_prefix, where=target.where
         )
-    from limits.aio.storage import RedisStorage
+    from limits.aio.storage import RedisClusterStorage, RedisStorage
 
-    # limits' redis-py bridge on our pool: the same timeouts and retry policy, and one set of
-    # connections per process for both algorithms.
-    options = cast(
-        dict[str, Any],
-        # limits adds its own ":" after the prefix
-        {"connection_pool": client.connection_pool, "key_prefix": config.key_prefix.rstrip(":")},
-    )
-    storage = RedisStorage(
-        "async+" + target.url.split("://", 1)[0] + "://",
-        wrap_exceptions=True,
-        implementation="redispy",
-        **options,
-    )
+    # limits' redis-py bridge on our client: the same timeouts and retry policy, and one set of
+    # connections per process for both algorithms. limits adds its own ":" after the prefix.
+    prefix = config.key_prefix.rstrip(":")
+    storage: RedisStorage
+    if not is_cluster(client):
+        options = cast(dict[str, Any], {"connection_pool": cast(Any, client).connection_pool})
+        storage = RedisStorage(
+            "async+" + target.url.split("://", 1)[0].replace("unix", "redis+unix") + "://",
+            wrap_exceptions=True,
+            implementation="redispy",
+            key_prefix=prefix,
+            **options,
+        )
+    else:
+        # limits builds a cluster client of its own (nothing connects yet); ours replaces it,
+        # and the scripts are registered again on ours.
+        storage = RedisClusterStorage(
+            "async+redis+cluster://" + target.where.split("://", 1)[1],
+            wrap_exceptions=True,
+            implementation="redispy",
+            key_prefix=prefix,
+        )
+        bridge = cast(Any, storage.bridge)
+        bridge.storage = client
+        bridge.connection_getter = lambda _readonly: client
+        bridge.register_scripts()
     return WindowLimiter(
         config.algorithm,
         storage,

@@ -27,6 +27,7 @@ from asgi_llmguard.redis_batch import ScriptBatcher
 
 if TYPE_CHECKING:
     import redis.asyncio
+    import redis.asyncio.cluster
 
 #: Characters that are special in a Redis SCAN pattern (a key id may contain them).
 _GLOB = re.compile(r"[\\*?\[\]^-]")
@@ -177,8 +178,8 @@ return {1, string.format('%.17g', new - now)}
 # Several buckets for one request in one atomic step: every bucket is checked first (mode "a"
 # takes ``cost``, "p" only looks, with a cost of one unit), and only if all pass are the takes
 # written; a refusal writes nothing, so nothing has to be given back. Returns, per bucket,
-# {allowed, ms the TAT is ahead of now} as `_LUA` does. Standalone Redis: the keys of one call
-# may live in different cluster slots.
+# {allowed, ms the TAT is ahead of now} as `_LUA` does. On a Redis Cluster the keys of one call
+# must share a slot: `RedisGcra` then puts every bucket under one hash tag (`cluster_prefix`).
 _LUA_MANY = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
@@ -221,24 +222,42 @@ return out
 """
 
 
+def cluster_prefix(prefix: str) -> str:
+    """``prefix`` as a hash tag (``llmguard:rl:`` -> ``{llmguard:rl}:``), unless it holds one.
+
+    One request's buckets (its key's, its model's, the gateway-wide ones) are checked by one
+    script, all or nothing, and a script's keys must share a cluster slot: so every bucket of a
+    limiter lives in the slot of its prefix. Gateways with different prefixes spread over nodes.
+    """
+    start = prefix.find("{")
+    if start >= 0 and prefix.find("}", start + 1) > start + 1:
+        return prefix
+    return "{" + prefix.rstrip(":") + "}:"
+
+
 class RedisGcra(Limiter):
     """GCRA in Redis: one Lua script per check, atomic across every worker and replica.
 
     Keys are ``<prefix><bucket>`` strings holding the TAT in milliseconds, with a ``PEXPIRE``
-    at the TAT, so idle buckets vanish on their own and the keyspace stays bounded.
+    at the TAT, so idle buckets vanish on their own and the keyspace stays bounded. On a Redis
+    Cluster the prefix becomes a hash tag (see `cluster_prefix`).
     """
 
     algorithm = "gcra"
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        client: redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster,
         *,
         timeout: float = 0.25,
         prefix: str = "llmguard:rl:",
         where: str = "redis",
     ) -> None:
+        from asgi_llmguard._redis import is_cluster
+
         super().__init__()
+        if is_cluster(client):
+            prefix = cluster_prefix(prefix)
         self._client = client
         # Concurrent requests' checks share pipelines (see `asgi_llmguard.redis_batch`).
         self._batch = ScriptBatcher(client, timeout=timeout)

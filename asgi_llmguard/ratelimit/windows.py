@@ -29,6 +29,7 @@ from asgi_llmguard.ratelimit.spec import Decision, ParsedLimit
 if TYPE_CHECKING:
     import limits.aio.storage
     import redis.asyncio
+    import redis.asyncio.cluster
     from limits.util import WindowStats
 
 T = TypeVar("T")
@@ -59,7 +60,7 @@ class WindowLimiter(Limiter):
         *,
         timeout: float | None = None,
         where: str = "memory://",
-        client: redis.asyncio.Redis | None = None,
+        client: redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster | None = None,
     ) -> None:
         super().__init__()
         strategy = _STRATEGIES.get(algorithm)

@@ -191,7 +191,7 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             self.reasoning,
             self.cache_creation_1h,
         )
-        for tier in reversed(self.tiers):
+        for tier in reversed(self.tiers) if self.tiers else ():
             if input_tokens > tier.above:
                 rates = _overlay(tier, rates)
                 break
@@ -243,13 +243,27 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         uncached); when ``reasoning > output`` the output is taken to be ``reasoning`` long. The
         result is never negative. ``usage.service_tier`` chooses the prices (`rates`).
         """
-        cached = max(0, usage.cached_input_tokens)
-        creation = max(0, usage.cache_creation_tokens)
-        creation_1h = min(creation, max(0, usage.cache_creation_1h_tokens))
-        prompt = max(usage.input_tokens, cached + creation)
-        reasoning = max(0, usage.reasoning_tokens)
-        output = max(usage.output_tokens, reasoning)
-        audio = min(max(0, usage.audio_input_tokens), prompt - cached - creation)
+        # The clamps as comparisons rather than min/max calls: this runs for every request.
+        cached = usage.cached_input_tokens
+        cached = cached if cached > 0 else 0
+        creation = usage.cache_creation_tokens
+        creation = creation if creation > 0 else 0
+        creation_1h = usage.cache_creation_1h_tokens
+        creation_1h = 0 if creation_1h <= 0 else creation_1h if creation_1h < creation else creation
+        prompt = usage.input_tokens
+        if prompt < cached + creation:
+            prompt = cached + creation
+        reasoning = usage.reasoning_tokens
+        reasoning = reasoning if reasoning > 0 else 0
+        output = usage.output_tokens
+        if output < reasoning:
+            output = reasoning
+        audio = usage.audio_input_tokens
+        if audio > 0:
+            uncached = prompt - cached - creation
+            audio = audio if audio < uncached else uncached
+        else:
+            audio = 0
         scaled, exponent = _scaled(self.rates(prompt, usage.service_tier))
         numerator = 1000 * (
             scaled[0] * (prompt - cached - creation - audio)

@@ -119,7 +119,7 @@ async def _issue(store: SQLiteKeyStore) -> dict[str, str]:
     a = await issue_key(
         store,
         name="team-a",
-        budget={"total": 0.00002},
+        budget={"total": 0.00004},
         rate_limits=[{"limit": "3/minute"}],
     )
     b = await issue_key(store, name="team-b")

@@ -108,7 +108,7 @@ def test_keys_create_list_revoke(gateway: Running):
 
 def test_budget_show_and_reset_lets_a_refused_key_through(gateway: Running):
     key = gateway.keys["team-a"]
-    # The budget ($0.00002) admits a few small requests, then refuses.
+    # The budget ($0.00004) admits a few small requests, then refuses.
     refused = None
     for _ in range(30):
         try:
@@ -123,7 +123,7 @@ def test_budget_show_and_reset_lets_a_refused_key_through(gateway: Running):
         shown = admin.get("/budgets/team-a").json()
         total = shown["periods"]["total"]
         assert shown["subject"] == "key:team-a"
-        assert total["limit_usd"] == pytest.approx(0.00002)
+        assert total["limit_usd"] == pytest.approx(0.00004)
         assert total["spent_nanos"] > 0
         assert total["remaining_nanos"] < total["limit_nanos"]
         assert admin.post("/budgets/team-a/reset").json()["reset"] is True

@@ -18,6 +18,7 @@ from asgi_llmguard.capture import (
     decode_body,
     encode_body,
     sink_from_uri,
+    sink_from_url,
 )
 from asgi_llmguard.errors import ConfigurationError
 
@@ -118,15 +119,21 @@ async def test_concurrent_writes_keep_every_record(tmp_path):
     assert len((tmp_path / "c.jsonl").read_bytes().splitlines()) == 50
 
 
-def test_sink_from_uri(tmp_path):
-    jsonl = sink_from_uri(f"jsonl://{tmp_path}/c.jsonl")
+def test_sink_from_url(tmp_path):
+    jsonl = sink_from_url(f"jsonl://{tmp_path}/c.jsonl")
     assert isinstance(jsonl, JSONLCaptureSink)
     assert jsonl.path == tmp_path / "c.jsonl"
-    sqlite = sink_from_uri(f"sqlite://{tmp_path}/c.db")
+    sqlite = sink_from_url(f"sqlite://{tmp_path}/c.db")
     assert isinstance(sqlite, SQLiteCaptureSink)
     for bad in ("capture.jsonl", "jsonl://", "s3://bucket/key", f"sqlite://{tmp_path}/nope/c.db"):
         with pytest.raises(ConfigurationError):
-            sink_from_uri(bad)
+            sink_from_url(bad)
+
+
+def test_sink_from_uri_still_works_and_says_it_is_deprecated(tmp_path):
+    with pytest.warns(DeprecationWarning, match="sink_from_url"):
+        jsonl = sink_from_uri(f"jsonl://{tmp_path}/c.jsonl")
+    assert isinstance(jsonl, JSONLCaptureSink)
 
 
 @pytest.mark.parametrize(

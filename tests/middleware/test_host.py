@@ -56,6 +56,19 @@ def test_wellformed_host_is_served(port, host):
     assert (status, body) == (200, b"ok")
 
 
+@pytest.mark.parametrize("second", [b"localhost", b"other.example.com:8080"])
+def test_two_host_headers_are_refused(port, second):
+    status, body = _request(
+        port,
+        b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nHost: "
+        + second
+        + b"\r\nConnection: close\r\n\r\n",
+    )
+    assert status == 400
+    if body.startswith(b"{"):  # refused by the gateway, not by the HTTP server
+        assert "more than one Host" in json.loads(body)["error"]["message"]
+
+
 def test_missing_host_on_http11_is_refused_in_the_callers_dialect(port):
     status, body = _request(port, b"POST /v1/messages HTTP/1.1\r\nConnection: close\r\n\r\n")
     assert status == 400

@@ -1,203 +1,23 @@
-"""Cooldowns per (credential, model): a credential that failed rests before it is tried again.
-
-- ``429``: as long as the provider says (``Retry-After`` in seconds or as a date,
-  ``retry-after-ms``, OpenAI's ``x-ratelimit-reset-*``, Anthropic's
-  ``anthropic-ratelimit-*-reset``), else exponential backoff from ``base`` up to ``cap``, with
-  +-10 % jitter so replicas and credentials do not all come back in the same instant;
-- ``401``/``402``/``403``: ``auth``, long, and for every model of the credential (model ``""``):
-  a key that is wrong, revoked or out of credit is so whatever the model;
-- ``5xx``: ``server_error`` (or the provider's ``Retry-After``, which a 503 may carry);
-  connection errors, timeouts and broken connections: ``timeout``.
-
-Failures that arrive together do not escalate twice: a failure while the pair is cooling, or of
-an attempt that began before the current cooldown was set, keeps the level and can only lengthen
-the cooldown when the provider's hint says later. The level is remembered after the cooldown ends
-(so the next ``429`` backs off longer) for as long as that cooldown lasted, at most ``2 * cap``;
-a success forgets it at once.
-
-`MemoryCooldowns` keeps the state in a bounded dict; `RedisCooldowns`
-(`asgi_llmguard.forward.shared_cooldowns`) shares it between replicas through one Redis hash,
-mirrored locally so the hot path (`cooling_until`) never waits on Redis.
-"""
+"""`MemoryCooldowns`: cooldowns in one process, in a bounded dict."""
 
 from __future__ import annotations
 
-import email.utils
 import heapq
-import logging
-import math
 import random
-import re
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING
-
-import msgspec
+from collections.abc import Callable
+from typing import Any
 
 from asgi_llmguard.errors import ConfigurationError
-
-if TYPE_CHECKING:
-    pass
-
-__all__ = [
-    "Cooldown",
-    "CooldownPolicy",
-    "MemoryCooldowns",
-    "classify_failure",
-    "retry_after_hint",
-]
-
-logger = logging.getLogger("asgi_llmguard.forward")
-
-_DAY = 86_400.0
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_RESET_HEADERS = (b"x-ratelimit-reset-requests", b"x-ratelimit-reset-tokens")
-_ANTHROPIC_RESETS = (
-    b"anthropic-ratelimit-requests-reset",
-    b"anthropic-ratelimit-tokens-reset",
-    b"anthropic-ratelimit-input-tokens-reset",
-    b"anthropic-ratelimit-output-tokens-reset",
+from asgi_llmguard.forward.cooldowns.base import (
+    _DAY,
+    _PRUNE_EVERY,
+    Cooldown,
+    CooldownPolicy,
+    _Entry,
+    _forget_at,
+    classify_failure,
 )
-# Full prunes run at least this often (in recorded failures), so memory of old failures fades
-# even while the map is far below its bound.
-_PRUNE_EVERY = 1024
-
-
-class CooldownPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """How long a credential rests after each kind of failure, in seconds
-    (``[routing.cooldowns]``)."""
-
-    base: float = 1.0
-    cap: float = 300.0
-    auth: float = 3600.0
-    server_error: float = 5.0
-    timeout: float = 5.0
-    max_entries: int = 10_000
-
-    def __post_init__(self) -> None:
-        for name in ("base", "cap", "auth", "server_error", "timeout"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not (0 < value < math.inf):
-                raise ConfigurationError(
-                    f"cooldown {name} must be a positive number of seconds, not {value!r}"
-                )
-        if self.cap < self.base:
-            raise ConfigurationError(
-                f"cooldown cap ({self.cap}) must be at least base ({self.base})"
-            )
-        if not isinstance(self.max_entries, int) or self.max_entries < 1:
-            raise ConfigurationError(
-                f"cooldown max_entries must be a positive integer, not {self.max_entries!r}"
-            )
-
-
-@dataclass(frozen=True, slots=True)
-class Cooldown:
-    credential_id: str
-    #: The model without thinking suffix; ``""`` = every model of the credential.
-    model: str
-    #: Seconds since the epoch.
-    until: float
-    #: ``rate_limited``, ``auth``, ``server_error`` or ``timeout``.
-    reason: str
-    #: Consecutive failures: the escalation level.
-    failures: int
-
-
-# ------------------------------------------------------------------------ the provider's hints
-
-
-def _go_duration(text: str) -> float | None:
-    """OpenAI's reset durations (Go's ``time.Duration`` format): ``1s``, ``6m0s``, ``20ms``."""
-    total = 0.0
-    position = 0
-    for match in _DURATION.finditer(text):
-        if match.start() != position:
-            return None
-        total += float(match.group(1)) * _UNITS[match.group(2)]
-        position = match.end()
-    return total if position and position == len(text) else None
-
-
-def _hint(name: bytes, value: str, now: float) -> float | None:
-    if name == b"retry-after":
-        try:
-            return float(value)
-        except ValueError:
-            return email.utils.parsedate_to_datetime(value).timestamp() - now
-    if name == b"retry-after-ms":
-        return float(value) / 1000
-    if name in _RESET_HEADERS:
-        try:
-            return float(value)
-        except ValueError:
-            return _go_duration(value)
-    if name in _ANTHROPIC_RESETS:
-        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        if stamp.tzinfo is None:
-            return None  # RFC 3339 requires an offset; a naive time would be read as local
-        return stamp.timestamp() - now
-    return None
-
-
-def retry_after_hint(headers: Iterable[tuple[bytes, bytes]], now: float) -> float | None:
-    """Seconds to wait as the provider says: the largest of its hints, within [0, 24 h]; ``None``
-    when it gave none that parses. ``now`` is epoch seconds (for dates). Never raises on garbage:
-    a provider's malformed header must not fail the request that carried it."""
-    best: float | None = None
-    for name, raw in headers:
-        try:
-            seconds = _hint(name, raw.decode("latin-1").strip(), now)
-        except (ValueError, TypeError, OverflowError, IndexError, AttributeError):
-            continue
-        if seconds is None or seconds != seconds:  # NaN
-            continue
-        seconds = min(max(seconds, 0.0), _DAY)
-        if best is None or seconds > best:
-            best = seconds
-    return best
-
-
-def classify_failure(status: int | None, kind: str | None) -> str | None:
-    """The reason a failed attempt cools its credential, or ``None``: not the credential's fault
-    (another 4xx is the request's fault; a success is none)."""
-    if status is None or status == 0:
-        return "timeout" if kind in ("connect", "timeout", "broken") else None
-    if status == 429:
-        return "rate_limited"
-    if status in (401, 402, 403):
-        return "auth"
-    if 500 <= status <= 599:
-        return "server_error"
-    return None
-
-
-# ----------------------------------------------------------------------------- in memory
-
-
-class _Entry:
-    __slots__ = ("dirty", "failures", "pending", "reason", "set_at", "stamp", "until")
-
-    def __init__(self) -> None:
-        self.until = 0.0
-        self.set_at = 0.0
-        self.failures = 0
-        self.reason = ""
-        #: The store's write counter when this entry last changed here (see RedisCooldowns).
-        self.stamp = 0
-        #: Changed here while the shared store was unreachable: to be pushed to it.
-        self.dirty = False
-        #: Writes of this entry to the shared store still in flight.
-        self.pending = 0
-
-
-def _forget_at(until: float, set_at: float, forget: float) -> float:
-    """When an expired entry's failure count stops mattering: it is remembered for as long as
-    its cooldown lasted, at most ``forget`` (``2 * cap``). The same rule runs in Redis."""
-    return until + min(forget, max(until - set_at, 0.0))
 
 
 class MemoryCooldowns:
@@ -224,6 +44,15 @@ class MemoryCooldowns:
         self._reset_at = 0
 
     # -- the hot path -------------------------------------------------------------------------
+
+    @classmethod
+    def from_url(
+        cls, url: str, policy: CooldownPolicy | None = None, **options: Any
+    ) -> MemoryCooldowns:
+        """The store for ``memory://``, as `asgi_llmguard.stores.cooldown_store` builds it:
+        ``clock`` is used; the options only a shared store has are ignored."""
+        clock = options.get("clock", time.time)
+        return cls(policy, clock=clock)
 
     def cooling_until(self, credential_id: str, model: str) -> float | None:
         """Until when (epoch) ``(credential, model)`` rests, counting a credential-wide entry;
