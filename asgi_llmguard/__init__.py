@@ -31,10 +31,11 @@ from asgi_llmguard.middleware.health import HealthMiddleware, postgres_check, re
 from asgi_llmguard.middleware.metrics import MetricsMiddleware
 from asgi_llmguard.middleware.overload import OverloadMiddleware
 from asgi_llmguard.middleware.ratelimit import RateLimitMiddleware
-from asgi_llmguard.middleware.size_limit import SizeLimitMiddleware
+from asgi_llmguard.middleware.size_limit import SizeLimitMiddleware, SizeLimits
 from asgi_llmguard.middleware.usage import EventSink, UsageMiddleware
 from asgi_llmguard.policy import Budget, KeyPolicy, RateLimit
 from asgi_llmguard.providers.base import Upstream
+from asgi_llmguard.ratelimit.config import RateLimitOptions
 from asgi_llmguard.routes import Endpoint, Route, classify
 from asgi_llmguard.stack import Gateway, build_stack
 from asgi_llmguard.stores import budget_store, cooldown_store, rate_limiter, store_from_url
@@ -85,6 +86,7 @@ __all__ = [
     "PriceTier",
     "RateLimit",
     "RateLimitMiddleware",
+    "RateLimitOptions",
     "RedisBudgetStore",
     "RedisCooldowns",
     "RequestContext",
@@ -98,6 +100,7 @@ __all__ = [
     "ServiceTierPrice",
     "Sink",
     "SizeLimitMiddleware",
+    "SizeLimits",
     "StaticKey",
     "StaticKeyStore",
     "Timeouts",
