@@ -1,13 +1,13 @@
 """asgi_llmguard: an LLM API gateway as composable pure-ASGI middlewares."""
 
 from asgi_llmguard.admin import AdminApp
-from asgi_llmguard.capture import CaptureRecord, JSONLCaptureSink, SQLiteCaptureSink
+from asgi_llmguard.capture import CaptureRecord, CaptureSink, JSONLCaptureSink, SQLiteCaptureSink
 from asgi_llmguard.context import RequestContext, RequestFields, get_context, read_body
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.app import ForwardingApp
 from asgi_llmguard.forward.breaker import BreakerPolicy
 from asgi_llmguard.forward.config import PoolLimits, Timeouts
-from asgi_llmguard.forward.cooldowns import CooldownPolicy, RedisCooldowns
+from asgi_llmguard.forward.cooldowns import CooldownPolicy, MemoryCooldowns, RedisCooldowns
 from asgi_llmguard.forward.router import RetryPolicy, Routing, WarmupPolicy
 from asgi_llmguard.keys import (
     CachedKeyStore,
@@ -16,8 +16,10 @@ from asgi_llmguard.keys import (
     SQLiteKeyStore,
     StaticKey,
     StaticKeyStore,
+    WritableKeyStore,
     generate_key,
     hash_key,
+    issue_key,
 )
 from asgi_llmguard.middleware.access_log import AccessLogMiddleware
 from asgi_llmguard.middleware.auth import AuthMiddleware
@@ -29,19 +31,20 @@ from asgi_llmguard.middleware.health import HealthMiddleware, postgres_check, re
 from asgi_llmguard.middleware.metrics import MetricsMiddleware
 from asgi_llmguard.middleware.overload import OverloadMiddleware
 from asgi_llmguard.middleware.ratelimit import RateLimitMiddleware
-from asgi_llmguard.middleware.size_limit import SizeLimitMiddleware
-from asgi_llmguard.middleware.usage import UsageMiddleware
+from asgi_llmguard.middleware.size_limit import SizeLimitMiddleware, SizeLimits
+from asgi_llmguard.middleware.usage import EventSink, UsageMiddleware
 from asgi_llmguard.policy import Budget, KeyPolicy, RateLimit
 from asgi_llmguard.providers.base import Upstream
+from asgi_llmguard.ratelimit.config import RateLimitOptions
 from asgi_llmguard.routes import Endpoint, Route, classify
 from asgi_llmguard.stack import Gateway, build_stack
 from asgi_llmguard.stores import budget_store, cooldown_store, rate_limiter, store_from_url
 from asgi_llmguard.tokens import TokenUsage
-from asgi_llmguard.usage.budgets import MemoryBudgetStore, RedisBudgetStore
+from asgi_llmguard.usage.budgets import BudgetStore, MemoryBudgetStore, RedisBudgetStore
 from asgi_llmguard.usage.events import UsageEvent
 from asgi_llmguard.usage.pipeline import UsagePipeline
-from asgi_llmguard.usage.pricing import ModelPrice, PriceTable
-from asgi_llmguard.usage.sinks import CallableSink, JSONLSink, PostgresSink, SQLiteSink
+from asgi_llmguard.usage.pricing import ModelPrice, PriceTable, PriceTier, ServiceTierPrice
+from asgi_llmguard.usage.sinks import CallableSink, JSONLSink, PostgresSink, Sink, SQLiteSink
 
 __version__ = "0.1.0"
 
@@ -51,16 +54,19 @@ __all__ = [
     "AuthMiddleware",
     "BreakerPolicy",
     "Budget",
+    "BudgetStore",
     "CachedKeyStore",
     "CallableSink",
     "CaptureMiddleware",
     "CaptureRecord",
+    "CaptureSink",
     "ClassifyMiddleware",
     "ConcurrencyMiddleware",
     "ConfigurationError",
     "CooldownPolicy",
     "DrainMiddleware",
     "Endpoint",
+    "EventSink",
     "ForwardingApp",
     "Gateway",
     "HealthMiddleware",
@@ -69,6 +75,7 @@ __all__ = [
     "KeyPolicy",
     "KeyStore",
     "MemoryBudgetStore",
+    "MemoryCooldowns",
     "MetricsMiddleware",
     "ModelPrice",
     "OverloadMiddleware",
@@ -76,8 +83,10 @@ __all__ = [
     "PostgresKeyStore",
     "PostgresSink",
     "PriceTable",
+    "PriceTier",
     "RateLimit",
     "RateLimitMiddleware",
+    "RateLimitOptions",
     "RedisBudgetStore",
     "RedisCooldowns",
     "RequestContext",
@@ -88,7 +97,10 @@ __all__ = [
     "SQLiteCaptureSink",
     "SQLiteKeyStore",
     "SQLiteSink",
+    "ServiceTierPrice",
+    "Sink",
     "SizeLimitMiddleware",
+    "SizeLimits",
     "StaticKey",
     "StaticKeyStore",
     "Timeouts",
@@ -98,6 +110,7 @@ __all__ = [
     "UsageMiddleware",
     "UsagePipeline",
     "WarmupPolicy",
+    "WritableKeyStore",
     "__version__",
     "budget_store",
     "build_stack",
@@ -106,6 +119,7 @@ __all__ = [
     "generate_key",
     "get_context",
     "hash_key",
+    "issue_key",
     "postgres_check",
     "rate_limiter",
     "read_body",

@@ -16,8 +16,12 @@ import msgspec
 
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.config import PoolLimits, Timeouts
+from asgi_llmguard.forward.cooldowns import CooldownPolicy
+from asgi_llmguard.forward.router import Routing
+from asgi_llmguard.middleware.size_limit import SizeLimits
 from asgi_llmguard.policy import Budget, RateLimit
 from asgi_llmguard.providers.base import Upstream
+from asgi_llmguard.ratelimit.config import RateLimitOptions
 from asgi_llmguard.usage.pricing import MissingPrice, ModelPrice, PriceTable
 
 ProviderName = Literal["openai", "azure", "anthropic"]
@@ -69,25 +73,11 @@ class ServerConfig(_Strict):
             raise ValueError(f"gc_threshold must be >= 0, not {self.gc_threshold}")
 
 
-class TimeoutsConfig(_Strict):
-    connect: float | None = 10.0
-    pool: float | None = 60.0
-    write: float | None = 60.0
-    first_byte: float | None = 600.0
-    idle: float | None = 600.0
-
-
-class PoolConfig(_Strict):
-    max_connections: int = 1000
-    max_per_host: int = 0
-    keepalive_expiry: float = 60.0
-
-
 class ForwardConfig(_Strict):
     trust_env: bool = True
     passthrough: Literal["openai", "azure", "anthropic"] | None = None
-    timeouts: TimeoutsConfig = msgspec.field(default_factory=TimeoutsConfig)
-    limits: PoolConfig = msgspec.field(default_factory=PoolConfig)
+    timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
+    limits: PoolLimits = msgspec.field(default_factory=PoolLimits)
 
 
 class UpstreamConfig(_Strict):
@@ -166,6 +156,8 @@ class KeyCacheConfig(_Strict):
     ttl: float = 30.0
     negative_ttl: float = 5.0
     max_entries: int = 10_000
+    #: Unknown keys remembered at most (default: ``max_entries``).
+    max_negative_entries: int | None = None
 
 
 class AuthConfig(_Strict):
@@ -177,6 +169,7 @@ class AuthConfig(_Strict):
     store_env: str | None = None
     header_names: list[str] | None = None
     max_key_length: int | None = None
+    matcher_cache_size: int | None = None
     cache: KeyCacheConfig = msgspec.field(default_factory=KeyCacheConfig)
 
 
@@ -209,6 +202,11 @@ class KeyConfig(_Strict):
         }
 
 
+def _settings(section: msgspec.Struct, layer: type[msgspec.Struct]) -> dict[str, Any]:
+    """A section's fields that are its layer's keyword arguments (all of them: same defaults)."""
+    return {f.name: getattr(section, f.name) for f in msgspec.structs.fields(layer)}
+
+
 def _given(struct: msgspec.Struct, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The fields of a config section that were set (``None`` keeps the middleware default)."""
     return {
@@ -216,40 +214,26 @@ def _given(struct: msgspec.Struct, skip: frozenset[str] = frozenset()) -> dict[s
     }
 
 
-class SizeLimitConfig(_Strict):
-    """``[size_limit]`` -> `SizeLimitMiddleware` kwargs."""
+class SizeLimitSection(SizeLimits, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """``[size_limit]``: `SizeLimits` (`SizeLimitMiddleware` kwargs) and a switch; TOML has no
+    ``None``, so ``body_timeout = 0`` stands for no deadline."""
 
     enabled: bool = True
-    max_body_bytes: int | None = None
-    #: Seconds for the whole body; ``0`` for no deadline.
-    body_timeout: float | None = None
-    min_body_rate: float | None = None
-    body_rate_grace: float | None = None
-    per_route: dict[str, int] | None = None
 
-    def kwargs(self) -> dict[str, Any]:
-        out = _given(self, frozenset({"enabled"}))
-        if out.get("body_timeout") == 0:
-            out["body_timeout"] = None
-        return out
+    def __post_init__(self) -> None:
+        if self.body_timeout == 0:
+            msgspec.structs.force_setattr(self, "body_timeout", None)
+        super().__post_init__()
 
 
-class RateLimitSection(_Strict):
-    """``[rate_limit]`` -> `RateLimitMiddleware` kwargs; ``storage_env`` names an environment
-    variable holding a Redis URL with a password."""
+class RateLimitSection(
+    RateLimitOptions, frozen=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """``[rate_limit]``: `RateLimitOptions` (`RateLimitMiddleware` kwargs), a switch, and
+    ``storage_env`` naming an environment variable that holds a Redis URL with a password."""
 
     enabled: bool = True
-    limits: list[RateLimit] | None = None
-    storage: str | None = None
     storage_env: str | None = None
-    algorithm: str | None = None
-    redis_timeout: float | None = None
-    key_prefix: str | None = None
-    max_memory_keys: int | None = None
-    redis_max_connections: int | None = None
-    reserve_tokens: bool | None = None
-    default_max_output_tokens: int | None = None
-    trusted_proxies: list[str] | None = None
 
 
 class ConcurrencyConfig(_Strict):
@@ -326,6 +310,8 @@ class MetricsConfig(_Strict):
     refresh_interval: float | None = None
     latency_buckets: list[float] | None = None
     ttfb_buckets: list[float] | None = None
+    #: Paths not counted (default: the health endpoints).
+    exclude_paths: list[str] | None = None
 
 
 class AdminConfig(_Strict):
@@ -343,75 +329,32 @@ class AdminConfig(_Strict):
     max_body_bytes: int | None = None
 
 
-class CooldownConfig(_Strict):
-    base: float = 1.0
-    cap: float = 300.0
-    auth: float = 3600.0
-    server_error: float = 5.0
-    timeout: float = 5.0
-    max_entries: int = 10_000
+class RoutingSection(Routing, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """``[routing]``: the `Routing` struct itself, plus where its cooldowns are shared: a Redis
+    URL, or the environment variable holding it (URLs are resolved here, not by the router)."""
 
-
-class BreakerConfig(_Strict):
-    window: float = 30.0
-    min_requests: int = 20
-    failure_ratio: float = 0.5
-    open_for: float = 30.0
-
-
-class RetryConfig(_Strict):
-    max_attempts: int = 3
-    max_time: float = 30.0
-    backoff: float = 0.05
-    backoff_cap: float = 2.0
-    statuses: list[int] = msgspec.field(default_factory=lambda: [429, 500, 502, 503, 504, 529])
-
-
-class WarmupConfig(_Strict):
-    ttl: float = 300.0
-    timeout: float = 15.0
-    max_tokens: int = 1
-    prompt: str = "ping"
-
-
-class RoutingConfig(_Strict):
-    """``[routing]``: how requests are spread over the upstreams (`Routing` kwargs)."""
-
-    selector: Literal["round-robin", "weighted", "fill-first", "priority"] = "round-robin"
-    aliases: dict[str, list[str]] = msgspec.field(default_factory=dict)
-    rewrite_response_model: bool = True
-    #: ``""`` turns pinning off.
-    pin_header: str = "x-llmguard-credential"
-    session_header: str | None = None
-    session_ttl: float = 3600.0
-    max_sessions: int = 100_000
-    hold_first_event: bool = False
-    cooldowns: CooldownConfig | None = msgspec.field(default_factory=CooldownConfig)
-    #: Share cooldowns between replicas through Redis (URL, or the env variable holding it).
+    cooldowns: CooldownPolicy | None = msgspec.field(default_factory=CooldownPolicy)
     cooldown_store: str | None = None
     cooldown_store_env: str | None = None
     #: The cooldown store's Redis connection pool size per process.
     cooldown_store_max_connections: int = 64
-    breaker: BreakerConfig | None = None
-    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
-    warmup: WarmupConfig | None = None
 
     def __repr__(self) -> str:
-        return f"RoutingConfig(selector={self.selector!r}, aliases={list(self.aliases)!r})"
+        return f"RoutingSection(selector={self.selector!r}, aliases={list(self.aliases)!r})"
 
 
 class GatewayConfig(_Strict):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     forward: ForwardConfig = msgspec.field(default_factory=ForwardConfig)
     upstreams: list[UpstreamConfig] = msgspec.field(default_factory=list)
-    routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
+    routing: RoutingSection = msgspec.field(default_factory=RoutingSection)
     usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
     pricing: PricingConfig = msgspec.field(default_factory=PricingConfig)
     prices: dict[str, ModelPrice] = msgspec.field(default_factory=dict)
     budgets: BudgetsConfig = msgspec.field(default_factory=BudgetsConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     keys: list[KeyConfig] = msgspec.field(default_factory=list)
-    size_limit: SizeLimitConfig = msgspec.field(default_factory=SizeLimitConfig)
+    size_limit: SizeLimitSection = msgspec.field(default_factory=SizeLimitSection)
     rate_limit: RateLimitSection = msgspec.field(default_factory=RateLimitSection)
     concurrency: ConcurrencyConfig = msgspec.field(default_factory=ConcurrencyConfig)
     capture: CaptureConfig | None = None
@@ -527,7 +470,11 @@ def resolve_keys(
             )
         c = auth.cache
         return CachedKeyStore(
-            store_from_url(url), ttl=c.ttl, negative_ttl=c.negative_ttl, max_entries=c.max_entries
+            store_from_url(url),
+            ttl=c.ttl,
+            negative_ttl=c.negative_ttl,
+            max_entries=c.max_entries,
+            max_negative_entries=c.max_negative_entries,
         )
     if not config.keys:
         if url == "static":
@@ -564,21 +511,15 @@ def resolve_keys(
         raise ConfigurationError(f"keys: {exc}") from None
 
 
-def routing_from_config(r: RoutingConfig) -> Any:
-    """The `Routing` options ``[routing]`` describes (the Redis cooldown store is connected
-    lazily, on first use)."""
-    from asgi_llmguard.forward.breaker import BreakerPolicy
-    from asgi_llmguard.forward.cooldowns import CooldownPolicy
-    from asgi_llmguard.forward.router import RetryPolicy, Routing, WarmupPolicy
+def routing_from_config(r: RoutingSection) -> Routing:
+    """The `Routing` options ``[routing]`` describes, its cooldown store URL resolved (the Redis
+    cooldown store is connected lazily, on first use)."""
     from asgi_llmguard.stores import cooldown_store
-
-    def fields(section: msgspec.Struct) -> dict[str, Any]:
-        return msgspec.structs.asdict(section)
 
     try:
         cooldowns: Any = None
         if r.cooldowns is not None:
-            cooldowns = CooldownPolicy(**fields(r.cooldowns))
+            cooldowns = r.cooldowns
             url = _from_env(r.cooldown_store, r.cooldown_store_env, "routing.cooldown_store")
             if url is not None:
                 cooldowns = cooldown_store(
@@ -586,22 +527,8 @@ def routing_from_config(r: RoutingConfig) -> Any:
                 )
         elif r.cooldown_store is not None or r.cooldown_store_env is not None:
             raise ConfigurationError("routing: a cooldown_store needs cooldowns")
-        retry = fields(r.retry)
-        retry["statuses"] = frozenset(retry["statuses"])
-        return Routing(
-            selector=r.selector,
-            aliases=r.aliases,
-            rewrite_response_model=r.rewrite_response_model,
-            pin_header=r.pin_header or None,
-            session_header=r.session_header,
-            session_ttl=r.session_ttl,
-            max_sessions=r.max_sessions,
-            cooldowns=cooldowns,
-            breaker=BreakerPolicy(**fields(r.breaker)) if r.breaker is not None else None,
-            retry=RetryPolicy(**retry),
-            warmup=WarmupPolicy(**fields(r.warmup)) if r.warmup is not None else None,
-            hold_first_event=r.hold_first_event,
-        )
+        given = {f.name: getattr(r, f.name) for f in msgspec.structs.fields(Routing)}
+        return Routing(**{**given, "cooldowns": cooldowns})
     except ConfigurationError as exc:
         raise ConfigurationError(f"routing: {exc}") from None
 
@@ -681,8 +608,8 @@ def stack_kwargs(config: GatewayConfig, upstreams: list[Upstream]) -> dict[str, 
     fwd = config.forward
     kwargs: dict[str, Any] = {
         "upstreams": upstreams,
-        "timeouts": Timeouts(**msgspec.structs.asdict(fwd.timeouts)),
-        "limits": PoolLimits(**msgspec.structs.asdict(fwd.limits)),
+        "timeouts": fwd.timeouts,
+        "limits": fwd.limits,
         "trust_env": fwd.trust_env,
         "passthrough": fwd.passthrough,
         "routing": routing_from_config(config.routing),
@@ -691,23 +618,20 @@ def stack_kwargs(config: GatewayConfig, upstreams: list[Upstream]) -> dict[str, 
     if keys is not None:
         kwargs["keys"] = keys
         a = config.auth
-        kwargs["auth"] = {
-            k: v
-            for k, v in (("header_names", a.header_names), ("max_key_length", a.max_key_length))
-            if v is not None
-        }
+        kwargs["auth"] = _given(a, frozenset({"store", "store_env", "cache"}))
     kwargs["access_log"] = config.access_log.kwargs() if config.access_log.enabled else None
     kwargs["admin"] = _admin(config, os.environ)
     kwargs["health"] = _health(config.health)
     kwargs["overload"] = _given(config.overload) if config.overload is not None else None
     m = config.metrics
     kwargs["metrics"] = _given(m, frozenset({"enabled"})) if m is not None and m.enabled else None
-    kwargs["size_limit"] = config.size_limit.kwargs() if config.size_limit.enabled else None
+    sl = config.size_limit
+    kwargs["size_limit"] = _settings(sl, SizeLimits) if sl.enabled else None
     rl = config.rate_limit
     if rl.enabled:
-        rate = _given(rl, frozenset({"enabled", "storage_env"}))
+        rate = _settings(rl, RateLimitOptions)
         if rl.storage_env is not None:
-            if rl.storage is not None:
+            if rl.storage != RateLimitOptions().storage:
                 raise ConfigurationError("rate_limit: set storage or storage_env, not both")
             url = os.environ.get(rl.storage_env)
             if not url:

@@ -9,16 +9,19 @@ PUBLIC = [
     "AuthMiddleware",
     "BreakerPolicy",
     "Budget",
+    "BudgetStore",
     "CachedKeyStore",
     "CallableSink",
     "CaptureMiddleware",
     "CaptureRecord",
+    "CaptureSink",
     "ClassifyMiddleware",
     "ConcurrencyMiddleware",
     "ConfigurationError",
     "CooldownPolicy",
     "DrainMiddleware",
     "Endpoint",
+    "EventSink",
     "ForwardingApp",
     "Gateway",
     "HealthMiddleware",
@@ -27,6 +30,7 @@ PUBLIC = [
     "KeyPolicy",
     "KeyStore",
     "MemoryBudgetStore",
+    "MemoryCooldowns",
     "MetricsMiddleware",
     "ModelPrice",
     "OverloadMiddleware",
@@ -34,8 +38,10 @@ PUBLIC = [
     "PostgresKeyStore",
     "PostgresSink",
     "PriceTable",
+    "PriceTier",
     "RateLimit",
     "RateLimitMiddleware",
+    "RateLimitOptions",
     "RedisBudgetStore",
     "RedisCooldowns",
     "RequestContext",
@@ -46,7 +52,10 @@ PUBLIC = [
     "SQLiteCaptureSink",
     "SQLiteKeyStore",
     "SQLiteSink",
+    "ServiceTierPrice",
+    "Sink",
     "SizeLimitMiddleware",
+    "SizeLimits",
     "StaticKey",
     "StaticKeyStore",
     "Timeouts",
@@ -56,6 +65,7 @@ PUBLIC = [
     "UsageMiddleware",
     "UsagePipeline",
     "WarmupPolicy",
+    "WritableKeyStore",
     "__version__",
     "budget_store",
     "build_stack",
@@ -64,6 +74,7 @@ PUBLIC = [
     "generate_key",
     "get_context",
     "hash_key",
+    "issue_key",
     "postgres_check",
     "rate_limiter",
     "read_body",
@@ -85,3 +96,13 @@ def test_testing_api_is_sorted_and_importable():
     assert {"FakeProvider", "serve"} <= set(names)
     for name in names:
         assert getattr(asgi_llmguard.testing, name) is not None
+
+
+def test_internal_modules_renamed_with_an_underscore_keep_their_old_import_path():
+    from asgi_llmguard.usage.sinks import _fanout, _spill
+    from asgi_llmguard.usage.sinks.fanout import Fanout, SinkStats
+    from asgi_llmguard.usage.sinks.spill import SpillDirectory, SpillFile, sync_files, try_lock
+
+    assert (Fanout, SinkStats) == (_fanout.Fanout, _fanout.SinkStats)
+    assert (SpillDirectory, SpillFile) == (_spill.SpillDirectory, _spill.SpillFile)
+    assert (sync_files, try_lock) == (_spill.sync_files, _spill.try_lock)

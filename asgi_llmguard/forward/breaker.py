@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+
+import msgspec
 
 from asgi_llmguard.errors import ConfigurationError
 
@@ -29,8 +30,9 @@ _BUCKETS = 10
 _MAX_UPSTREAMS = 10_000
 
 
-@dataclass(frozen=True, slots=True)
-class BreakerPolicy:
+class BreakerPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """When the breaker opens, and for how long (``[routing.breaker]``): see the module doc."""
+
     window: float = 30.0
     min_requests: int = 20
     failure_ratio: float = 0.5

@@ -1,14 +1,17 @@
-"""Small config objects for the upstream client, in the spirit of ``httpx.Limits``/``Timeout``."""
+"""Small config objects for the upstream client, in the spirit of ``httpx.Limits``/``Timeout``.
+
+Frozen msgspec structs: the config file's ``[forward.timeouts]`` and ``[forward.limits]`` decode
+into these very types, strictly (an unknown field is refused), with the same defaults.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from asgi_llmguard.errors import ConfigurationError
 
 
-@dataclass(frozen=True, slots=True)
-class Timeouts:
+class Timeouts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Upstream timeouts in seconds, each for one phase of an exchange (``None``: no limit).
 
     The defaults suit long generations: a reasoning model may think for minutes before its first
@@ -34,8 +37,7 @@ class Timeouts:
                 raise ConfigurationError(f"Timeouts.{name} must be a positive number or None")
 
 
-@dataclass(frozen=True, slots=True)
-class PoolLimits:
+class PoolLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Upstream connection pool limits.
 
     - ``max_connections``: open connections across all upstreams (0: unlimited).

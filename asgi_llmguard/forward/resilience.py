@@ -99,7 +99,3 @@ class StreamRewriter:
     def flush(self) -> bytes:
         rest, self._pending = self._pending, b""
         return self._table.rewrite_model(rest, self._alias) if rest else b""
-
-
-def is_retryable(policy: RetryPolicy, status: int) -> bool:
-    return status in policy.statuses

@@ -22,8 +22,10 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
+
+import msgspec
 
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.aliases import AliasTable
@@ -41,9 +43,9 @@ Cooldowns = MemoryCooldowns | RedisCooldowns
 DEFAULT_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How many attempts one request may make, and how long it may spend on them.
+class RetryPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How many attempts one request may make, and how long it may spend on them
+    (``[routing.retry]``).
 
     Only failures that provably happened before the upstream accepted the request (a connection
     that could not be opened) or that the upstream answered with a retryable status are retried,
@@ -66,12 +68,12 @@ class RetryPolicy:
             raise ConfigurationError(
                 "retry max_time must be positive and 0 <= backoff <= backoff_cap"
             )
-        object.__setattr__(self, "statuses", frozenset(self.statuses))
+        msgspec.structs.force_setattr(self, "statuses", frozenset(self.statuses))
 
 
-@dataclass(frozen=True, slots=True)
-class WarmupPolicy:
-    """Background warm-up of the secondary credentials while fill-first uses the primary."""
+class WarmupPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Background warm-up of the secondary credentials while fill-first uses the primary
+    (``[routing.warmup]``)."""
 
     #: A credential that answered a warm-up with 2xx is not warmed again for this long.
     ttl: float = 300.0
@@ -88,28 +90,31 @@ class WarmupPolicy:
             raise ConfigurationError("warmup ttl, timeout, max_tokens and max_entries must be > 0")
 
 
-@dataclass(frozen=True, slots=True)
-class Routing:
-    """Routing options of `ForwardingApp` (``routing=``); every field has a working default."""
+class Routing(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Routing options of `ForwardingApp` (``routing=``); every field has a working default.
+
+    The config file's ``[routing]`` section decodes into this struct (plus the URL of a shared
+    cooldown store, which only the config file resolves)."""
 
     selector: Selector = "round-robin"
     #: Public model name -> upstream model names (see `AliasTable`).
-    aliases: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    aliases: Mapping[str, Sequence[str]] = msgspec.field(default_factory=dict)
     #: Put the alias back as the ``model`` of answers, so clients see the name they asked for.
     rewrite_response_model: bool = True
-    #: A header naming the credential (its ``name``) a request must use; ``None``: off.
+    #: A header naming the credential (its ``name``) a request must use; ``None`` (or ``""``,
+    #: as a TOML file writes it): off.
     pin_header: str | None = "x-llmguard-credential"
     #: A header carrying a session id; requests of one session stay on one credential.
     session_header: str | None = None
     session_ttl: float = 3600.0
     max_sessions: int = 100_000
     #: Cooldown durations (or a ready store, e.g. `RedisCooldowns` shared by replicas).
-    cooldowns: CooldownPolicy | MemoryCooldowns | RedisCooldowns | None = field(
+    cooldowns: CooldownPolicy | MemoryCooldowns | RedisCooldowns | None = msgspec.field(
         default_factory=CooldownPolicy
     )
     #: A circuit breaker per credential; ``None``: off.
     breaker: BreakerPolicy | None = None
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
     #: Warm the secondary credentials while fill-first serves from the primary; ``None``: off.
     warmup: WarmupPolicy | None = None
     #: Hold a stream's first event until it arrives, so an error sent inside an HTTP 200 stream
@@ -117,6 +122,8 @@ class Routing:
     hold_first_event: bool = False
 
     def __post_init__(self) -> None:
+        if self.pin_header == "":
+            msgspec.structs.force_setattr(self, "pin_header", None)
         if self.selector not in SELECTORS:
             raise ConfigurationError(
                 f"routing selector must be one of {', '.join(SELECTORS)}, not {self.selector!r}"

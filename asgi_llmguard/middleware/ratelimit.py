@@ -20,10 +20,8 @@ The body is read only when a token limit or a per-model limit applies, and then 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from asgi_llmguard.context import (
     SCOPE_KEY,
@@ -48,7 +46,28 @@ from asgi_llmguard.ratelimit import (
     format_reset,
     parse_limit,
 )
-from asgi_llmguard.ratelimit.headers import HEADER_NAMES, rate_headers, retry_after, tighter
+from asgi_llmguard.ratelimit.admission import (
+    AdmitMany,
+    Check,
+    admit_each,
+    admit_now,
+    admit_together,
+    costs,
+    outcome,
+    reserving,
+    settle_later,
+    settle_now,
+)
+from asgi_llmguard.ratelimit.buckets import (
+    LimitSet,
+    Plan,
+    bucket_name,
+    client_owner,
+    dedupe,
+    key_bucket_prefix,
+    key_owner,
+)
+from asgi_llmguard.ratelimit.headers import HEADER_NAMES, rate_headers, retry_after
 from asgi_llmguard.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("asgi_llmguard.ratelimit")
@@ -59,8 +78,6 @@ _SCOPE_TEXT = {
     "model": "for this model",
     "global": "on this gateway",
 }
-# Model names come from the request body: long ones are hashed so keys stay short.
-_MAX_MODEL_IN_KEY = 128
 
 
 class RateLimitMiddleware(Resource):
@@ -100,7 +117,8 @@ class RateLimitMiddleware(Resource):
     ) -> None:
         if isinstance(limits, RateLimit):
             limits = (limits,)
-        self._limits = _dedupe(tuple(parse_limit(spec) for spec in limits))
+        self._limits = dedupe(tuple(parse_limit(spec) for spec in limits))
+        self._defaults = LimitSet(self._limits)
         if not (isinstance(default_max_output_tokens, int) and default_max_output_tokens >= 0):
             raise ConfigurationError("default_max_output_tokens must be an integer >= 0")
         if not (isinstance(max_key_specs, int) and max_key_specs >= 1):
@@ -118,21 +136,15 @@ class RateLimitMiddleware(Resource):
         )
         self.stats = self.limiter.stats
         # Stores that check all of a request's buckets in one round trip (Redis) say so.
-        self._admit: (
-            Callable[[Sequence[tuple[str, ParsedLimit, float, bool]]], Awaitable[list[Decision]]]
-            | None
-        ) = getattr(self.limiter, "admit", None)
+        self._together: AdmitMany | None = getattr(self.limiter, "admit", None)
         self._reserve = bool(reserve_tokens)
         self._default_output = default_max_output_tokens
         self._identity = identity or ClientIdentity(trusted_proxies)
-        self._specs: dict[tuple[RateLimit, ...], tuple[ParsedLimit, ...]] = {}
-        self._last_specs: tuple[tuple[RateLimit, ...], tuple[ParsedLimit, ...]] | None = None
-        self._shapes: dict[tuple[int, bool], _Shape] = {}
-        # (key id, model, metered) -> (the key's limits, its buckets); bounded like _specs.
-        self._buckets_memo: dict[
-            tuple[str, str | None, bool],
-            tuple[tuple[ParsedLimit, ...], list[tuple[ParsedLimit, str]]],
-        ] = {}
+        # A key's limits, parsed and planned once per distinct tuple of specs.
+        self._specs: dict[tuple[RateLimit, ...], LimitSet] = {}
+        self._last_specs: tuple[tuple[RateLimit, ...], LimitSet] | None = None
+        # (plan, key id, model) -> the checks of the key's buckets; bounded like _specs.
+        self._checks_memo: dict[tuple[Plan, str, str | None], list[Check]] = {}
         self._max_specs = max_key_specs
         # Token settlements that must outlive a cancelled request; held so they are not GC'd.
         self._background: set[asyncio.Task[None]] = set()
@@ -143,36 +155,25 @@ class RateLimitMiddleware(Resource):
         await self.limiter.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind != "http":
-            if kind == "lifespan":
-                await pass_lifespan(self.app, self, scope, receive, send)
-            else:
-                await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self._not_http(scope, receive, send)
             return
         ctx: RequestContext = scope.get(SCOPE_KEY) or get_context(scope)
-        key = ctx.key
+        # 1. What applies: the limits of the request's key (or the gateway's) on its route.
         try:
-            limits = self._limits_for(key) if key is not None else self._limits
+            plan = self._plan(ctx)
         except ConfigurationError as exc:
-            logger.error("key %s has an invalid rate limit: %s", key.key_id if key else "-", exc)
-            await send_error(
-                send, 500, "This key's rate limits are misconfigured.", anthropic=_anthropic(ctx)
-            )
+            await self._misconfigured(ctx, send, exc)
             return
-        route = ctx.route
-        endpoint = route.endpoint if route is not None else None
-        metered = endpoint is not None and endpoint.billable and endpoint.json_body
-        shape = self._shape(limits, metered)
-        if shape is None:
+        if plan is None:  # no limit applies to this request on this route
             await self.app(scope, receive, send)
             return
-        anthropic = endpoint is not None and endpoint.anthropic_errors
 
+        # 2. Where it counts: its buckets, named after the model if a limit needs it.
         model: str | None = None
-        wants_tokens = shape.wants_tokens
-        if shape.needs_model:
-            if endpoint is not None and endpoint.json_body and ctx.body is None:
+        if plan.needs_model:
+            route = ctx.route
+            if ctx.body is None and route is not None and route.endpoint.json_body:
                 try:
                     await read_body(ctx, receive)
                 except ClientDisconnected:
@@ -182,171 +183,68 @@ class RateLimitMiddleware(Resource):
             try:
                 model = ctx.model
             except InvalidBody as exc:
-                await send_error(send, 400, str(exc), anthropic=anthropic)
+                await send_error(send, 400, str(exc), anthropic=_anthropic(ctx))
                 return
-
-        if key is not None:
-            # The same key asking for the same model finds the same buckets: named once.
-            memo = (key.key_id, model, metered)
-            cached = self._buckets_memo.get(memo)
-            if cached is not None and cached[0] is limits:
-                buckets = cached[1]
-            else:
-                buckets = _buckets(shape, model, f"k={key.key_id}")
-                if len(self._buckets_memo) >= self._max_specs:
-                    del self._buckets_memo[next(iter(self._buckets_memo))]
-                self._buckets_memo[memo] = (limits, buckets)
-        else:
-            buckets = _buckets(shape, model, None, lambda: f"c={self._identity(scope)}")
-        if not buckets:
+        key = ctx.key  # a key's buckets are named once per plan and model: look them up here
+        checks = None if key is None else self._checks_memo.get((plan, key.key_id, model))
+        if checks is None:
+            checks = self._checks(plan, ctx, model, scope)
+        if not checks:
             await self.app(scope, receive, send)
             return
+        estimate = 0
+        if plan.wants_tokens:
+            estimate = self._estimate(ctx)
+            if self._reserve:
+                checks = reserving(checks, estimate)
 
-        estimate = self._estimate(ctx) if wants_tokens else 0
-        limiter = self.limiter
-        stats = self.stats
-        requests: Decision | None = None
-        tokens: Decision | None = None
-        taken: list[tuple[ParsedLimit, str, float]] = []  # given back if a later limit refuses
-        settle: list[tuple[ParsedLimit, str, float]] = []  # token limits charged at the end
-        failed_open = False
-        admit = self._admit
-        if admit is not None and len(buckets) > 1:
-            # The store checks every bucket in one round trip, all or nothing.
-            checks = []
-            for lim, bucket in buckets:
-                if lim.kind != "tokens":
-                    checks.append((bucket, lim, 1.0, True))
-                elif self._reserve:
-                    checks.append((bucket, lim, float(min(estimate, lim.burst)), True))
-                else:
-                    checks.append((bucket, lim, 0.0, False))
-            try:
-                decisions = await admit(checks)
-            except StoreUnavailable:
-                if not all(lim.fail_open for lim, _ in buckets):
-                    stats.fail_closed += 1
-                    await self._unavailable(send, anthropic)
-                    return
-                failed_open = True
-                decisions = []
-            refused: tuple[ParsedLimit, Decision] | None = None
-            for (bucket, lim, cost, _), decision in zip(checks, decisions, strict=False):
-                if lim.kind == "tokens":
-                    tokens = tighter(tokens, decision)
-                    settle.append((lim, bucket, cost))
-                else:
-                    requests = tighter(requests, decision)
-                if not decision.allowed and refused is None:
-                    refused = (lim, decision)
-            if refused is not None:
-                stats.rejected += 1
-                await self._refuse(send, refused[0], refused[1], requests, tokens, anthropic)
-                return
-        else:
-            immediate = limiter.immediate
-            for lim, bucket in buckets:
-                is_tokens = lim.kind == "tokens"
-                cost = 1.0
-                try:
-                    take = not is_tokens or self._reserve
-                    if is_tokens:
-                        # More than a full bucket could never pass: reserve at most a full bucket,
-                        # the rest is charged after the fact like any token overrun.
-                        cost = float(min(estimate, lim.burst)) if take else 0.0
-                    if immediate:  # in memory: no coroutine per bucket
-                        decision = (
-                            limiter.acquire_now(bucket, lim, cost)
-                            if take
-                            else limiter.peek_now(bucket, lim)
-                        )
-                    elif take:
-                        decision = await limiter.acquire(bucket, lim, cost)
-                    else:
-                        decision = await limiter.peek(bucket, lim)
-                except StoreUnavailable:
-                    if lim.fail_open:
-                        failed_open = True
-                        continue
-                    stats.fail_closed += 1
-                    await self._give_back(taken)
-                    await self._unavailable(send, anthropic)
-                    return
-                if not decision.allowed:
-                    stats.rejected += 1
-                    await self._give_back(taken)
-                    if is_tokens:
-                        tokens = decision
-                    else:
-                        requests = decision
-                    await self._refuse(send, lim, decision, requests, tokens, anthropic)
-                    return
-                if cost:
-                    taken.append((lim, bucket, cost))
-                if is_tokens:
-                    settle.append((lim, bucket, cost))
-                    tokens = tighter(tokens, decision)
-                else:
-                    requests = tighter(requests, decision)
-
-        if failed_open:  # counted once per request, and only if it is admitted
-            stats.fail_open += 1
-        headers = rate_headers(requests, tokens)
-        if not headers and not settle:
-            await self.app(scope, receive, send)
-            return
-        status = 0
-
-        async def send_with_headers(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [
-                    *(h for h in message.get("headers", ()) if h[0].lower() not in HEADER_NAMES),
-                    *headers,
-                ]
-            await send(message)
-
-        if not settle:
-            await self.app(scope, receive, send_with_headers)
-            return
+        # 3. Admit its request units and token reserves, one bucket at a time or all together.
+        together = self._together if len(checks) > 1 else None
+        decisions: Sequence[Decision | None]
         try:
-            await self.app(scope, receive, send_with_headers)
-        finally:
-            used = ctx.usage_tokens
-            if used is None:
-                # The usage layer did not say. A refusal or an upstream error used nothing we
-                # could know of; otherwise (success, a cancel mid-answer) assume the estimate.
-                used = 0 if status >= 400 else estimate
-            if limiter.immediate:
-                for lim, bucket, reserved in settle:
-                    if used != reserved:
-                        limiter.charge_now(bucket, lim, used - reserved)
-            else:
-                done = self._settle(settle, used)
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    # Awaiting here would be cancelled again: finish the charge on its own.
-                    background = asyncio.get_running_loop().create_task(done)
-                    self._background.add(background)
-                    background.add_done_callback(self._background.discard)
+            if together is None:
+                limiter = self.limiter
+                if limiter.immediate:
+                    decisions = admit_now(limiter, checks)
                 else:
-                    await done
+                    decisions = await admit_each(limiter, checks)
+            else:
+                decisions = await admit_together(together, checks)
+        except StoreUnavailable:
+            self.stats.fail_closed += 1
+            await self._unavailable(send, _anthropic(ctx))
+            return
+        requests, tokens, settle, refused, failed_open = outcome(
+            checks, decisions, together is not None
+        )
+        if refused is not None:
+            self.stats.rejected += 1
+            await self._refuse(send, refused, requests, tokens, _anthropic(ctx))
+            return
+        if failed_open:  # counted once per request, and only if it is admitted
+            self.stats.fail_open += 1
+
+        # 4. Call the app, our headers on its answer; then settle the tokens it used.
+        headers = rate_headers(requests, tokens)  # never empty when there is something to settle
+        if headers:
+            await self._call(scope, receive, send, ctx, headers, settle, estimate)
+        else:
+            await self.app(scope, receive, send)
 
     def key_buckets(
         self, key: KeyPolicy, models: Sequence[str] = ()
     ) -> list[tuple[ParsedLimit, str, str | None]]:
         """``(limit, bucket, model)`` for the buckets this key's requests are counted in: its
         per-key ones (model ``None``), and its per-(key, model) ones for each of ``models``.
-        An operator's view (the admin API), named exactly as `__call__` names them."""
-        who = f"k={key.key_id}"
+        An operator's view (the admin API), named by the same `bucket_name` as requests'."""
+        owner = key_owner(key.key_id)
         buckets: list[tuple[ParsedLimit, str, str | None]] = []
-        for lim in self._limits_for(key):
+        for lim in self._limits_for(key).limits:
             if lim.per == "key":
-                buckets.append((lim, f"{who}|{lim.ident}", None))
+                buckets.append((lim, bucket_name(lim, owner, None), None))
             elif lim.per == "key_model":
                 buckets.extend(
-                    (lim, f"{who}|m={_model_part(model)}|{lim.ident}", model)
+                    (lim, bucket_name(lim, owner, model), model)
                     for model in models
                     if lim.matches_model(model)
                 )
@@ -355,36 +253,64 @@ class RateLimitMiddleware(Resource):
     @staticmethod
     def key_bucket_prefix(key_id: str) -> str:
         """What every bucket of this key's own starts with (per key and per key and model)."""
-        return f"k={key_id}|"
+        return key_bucket_prefix(key_id)
 
-    def _limits_for(self, key: KeyPolicy) -> tuple[ParsedLimit, ...]:
+    # -- the steps of a request ----------------------------------------------------------------
+
+    def _plan(self, ctx: RequestContext) -> Plan | None:
+        """What the request's limits (its key's, or the gateway's) ask of it on its route;
+        ``None`` when none applies. Raises `ConfigurationError` for a key's invalid limit."""
+        key = ctx.key
+        if key is None:
+            limits = self._defaults
+        else:
+            last = self._last_specs  # most requests come with the same policy as the last one
+            limits = (
+                last[1]
+                if last is not None and last[0] is key.rate_limits
+                else self._limits_for(key)
+            )
+        route = ctx.route
+        if route is not None:
+            endpoint = route.endpoint
+            if endpoint.billable and endpoint.json_body:  # LLM tokens are counted here
+                return limits.metered
+        return limits.unmetered
+
+    def _limits_for(self, key: KeyPolicy) -> LimitSet:
+        """The key's own limits and the gateway's, parsed and planned once per distinct specs."""
         specs = key.rate_limits
         if not specs:
-            return self._limits
+            return self._defaults
         # Hashing the specs costs a dataclass hash per limit: remember the last tuple seen.
         last = self._last_specs
         if last is not None and last[0] is specs:
             return last[1]
         parsed = self._specs.get(specs)
         if parsed is None:
-            parsed = _dedupe(tuple(parse_limit(spec) for spec in specs) + self._limits)
+            parsed = LimitSet(dedupe(tuple(parse_limit(spec) for spec in specs) + self._limits))
             if len(self._specs) >= self._max_specs:
                 del self._specs[next(iter(self._specs))]
             self._specs[specs] = parsed
         self._last_specs = (specs, parsed)
         return parsed
 
-    def _shape(self, limits: tuple[ParsedLimit, ...], metered: bool) -> _Shape | None:
-        """What a set of limits asks of a request (cached per limit set and route kind)."""
-        memo = (id(limits), metered)
-        cached = self._shapes.get(memo)
-        if cached is not None and cached.limits is limits:
-            return cached if cached.candidates else None
-        shape = _Shape(limits, metered)
-        if len(self._shapes) >= self._max_specs:
-            del self._shapes[next(iter(self._shapes))]
-        self._shapes[memo] = shape
-        return shape if shape.candidates else None
+    def _checks(
+        self, plan: Plan, ctx: RequestContext, model: str | None, scope: Scope
+    ) -> list[Check]:
+        """The buckets the request counts in, each with what to take from it, named now (and
+        for a key, kept for its next requests)."""
+        key = ctx.key
+        if key is None:
+            identity = self._identity
+            return costs(plan.buckets(model, None, lambda: client_owner(identity(scope))))
+        # The same key asking for the same model finds the same buckets (`__call__` looks in
+        # the memo first): named once.
+        checks = costs(plan.buckets(model, key_owner(key.key_id)))
+        if len(self._checks_memo) >= self._max_specs:
+            del self._checks_memo[next(iter(self._checks_memo))]
+        self._checks_memo[(plan, key.key_id, model)] = checks
+        return checks
 
     def _estimate(self, ctx: RequestContext) -> int:
         """Prompt bytes / 4 plus the output the request allows: cheap, and on the high side."""
@@ -396,19 +322,67 @@ class RateLimitMiddleware(Resource):
             output = self._default_output
         return len(body) // 4 + 1 + output
 
-    async def _give_back(self, taken: list[tuple[ParsedLimit, str, float]]) -> None:
-        # A refused request should not count against the limits it passed before the refusal.
-        for lim, bucket, cost in taken:
-            # A store failure is counted and logged by the limiter; the units expire anyway.
-            with contextlib.suppress(StoreUnavailable):
-                await self.limiter.charge(bucket, lim, -cost)
+    async def _call(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        ctx: RequestContext,
+        headers: list[tuple[bytes, bytes]],
+        settle: list[Check],
+        estimate: int,
+    ) -> None:
+        """Call the app with our ``headers`` on its response; then charge the token buckets in
+        ``settle`` what the request used, less what they reserved."""
+        status = 0
 
-    async def _settle(self, settle: list[tuple[ParsedLimit, str, float]], used: int) -> None:
-        for lim, bucket, reserved in settle:
-            delta = used - reserved
-            if delta:
-                with contextlib.suppress(StoreUnavailable):  # counted and logged by the limiter
-                    await self.limiter.charge(bucket, lim, delta)
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                kept = [h for h in message.get("headers", ()) if h[0].lower() not in HEADER_NAMES]
+                kept += headers
+                message["headers"] = kept
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            if settle:
+                used = ctx.usage_tokens
+                if used is None:
+                    # The usage layer did not say. A refusal or an upstream error used nothing we
+                    # could know of; otherwise (success, a cancel mid-answer) assume the estimate.
+                    used = 0 if status >= 400 else estimate
+                limiter = self.limiter
+                if limiter.immediate:
+                    settle_now(limiter, settle, used)
+                else:
+                    done = settle_later(limiter, settle, used)
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        # Awaiting here would be cancelled again: finish the charge on its own.
+                        background = asyncio.get_running_loop().create_task(done)
+                        self._background.add(background)
+                        background.add_done_callback(self._background.discard)
+                    else:
+                        await done
+
+    # -- everything else -----------------------------------------------------------------------
+
+    async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await pass_lifespan(self.app, self, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _misconfigured(ctx: RequestContext, send: Send, exc: ConfigurationError) -> None:
+        key = ctx.key
+        logger.error("key %s has an invalid rate limit: %s", key.key_id if key else "-", exc)
+        await send_error(
+            send, 500, "This key's rate limits are misconfigured.", anthropic=_anthropic(ctx)
+        )
 
     @staticmethod
     async def _unavailable(send: Send, anthropic: bool) -> None:
@@ -421,15 +395,15 @@ class RateLimitMiddleware(Resource):
             headers=[(b"retry-after", b"1")],
         )
 
+    @staticmethod
     async def _refuse(
-        self,
         send: Send,
-        lim: ParsedLimit,
-        decision: Decision,
+        refused: tuple[Check, Decision],
         requests: Decision | None,
         tokens: Decision | None,
         anthropic: bool,
     ) -> None:
+        (_, lim, _, _), decision = refused
         wait = decision.retry_after
         message = (
             f"Rate limit reached: {lim} {_SCOPE_TEXT.get(lim.per, '')}. "
@@ -449,70 +423,6 @@ class RateLimitMiddleware(Resource):
         return f"<RateLimitMiddleware limits={len(self._limits)} limiter={self.limiter!r}>"
 
 
-class _Shape:
-    """What one set of limits asks of a request on a metered (or unmetered) route: the limits
-    that apply (token limits only on metered routes), whether it needs the body's token
-    estimate, and whether it needs the model to name its buckets."""
-
-    __slots__ = ("candidates", "limits", "needs_model", "wants_tokens")
-
-    def __init__(self, limits: tuple[ParsedLimit, ...], metered: bool) -> None:
-        self.limits = limits
-        self.candidates = tuple(lim for lim in limits if metered or lim.kind == "requests")
-        self.wants_tokens = any(lim.kind == "tokens" for lim in self.candidates)
-        self.needs_model = self.wants_tokens or any(lim.needs_model for lim in self.candidates)
-
-
-def _buckets(
-    shape: _Shape,
-    model: str | None,
-    who: str | None,
-    identity: Callable[[], str] | None = None,
-) -> list[tuple[ParsedLimit, str]]:
-    """The buckets a request for ``model`` is counted in, named as the store knows them.
-    ``who``: ``k=<key id>``; without a key, ``identity`` names the client when needed."""
-    buckets: list[tuple[ParsedLimit, str]] = []
-    for lim in shape.candidates:
-        if not lim.matches_model(model):
-            continue
-        per = lim.per
-        if per == "global":
-            buckets.append((lim, f"g|{lim.ident}"))
-            continue
-        if per != "key" and model is None:
-            continue  # a per-model limit has no bucket for a request without a model
-        if per != "model" and who is None:
-            assert identity is not None
-            who = identity()
-        if per == "key":
-            buckets.append((lim, f"{who}|{lim.ident}"))
-        elif per == "model":
-            buckets.append((lim, f"m={_model_part(model)}|{lim.ident}"))
-        else:
-            buckets.append((lim, f"{who}|m={_model_part(model)}|{lim.ident}"))
-    return buckets
-
-
 def _anthropic(ctx: RequestContext) -> bool:
     route = ctx.route
     return route is not None and route.endpoint.anthropic_errors
-
-
-def _model_part(model: str | None) -> str:
-    model = model or ""
-    if len(model) <= _MAX_MODEL_IN_KEY:
-        return model
-    return "#" + hashlib.sha256(model.encode()).hexdigest()[:32]
-
-
-def _dedupe(limits: tuple[ParsedLimit, ...]) -> tuple[ParsedLimit, ...]:
-    """Drop limits that would share a bucket with an earlier one (same size, scope and models):
-    a key's own limit equal to a gateway-wide one must not count each request twice."""
-    seen: set[tuple[str, str]] = set()
-    kept: list[ParsedLimit] = []
-    for lim in limits:
-        mark = (lim.per, lim.ident)
-        if mark not in seen:
-            seen.add(mark)
-            kept.append(lim)
-    return tuple(kept)

@@ -29,6 +29,8 @@ import logging
 import math
 from collections.abc import Mapping
 
+import msgspec
+
 from asgi_llmguard.context import SCOPE_KEY, RequestContext, get_context
 from asgi_llmguard.errors import ConfigurationError, send_error
 from asgi_llmguard.types import ASGIApp, Message, Receive, Scope, Send
@@ -67,6 +69,44 @@ class BodyTimeout(BodyRejected):
     status = 408
 
 
+class SizeLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The settings of `SizeLimitMiddleware`, its keyword arguments (see there), validated.
+
+    The config file's ``[size_limit]`` section is this struct (where ``body_timeout = 0`` stands
+    for ``None``, which TOML cannot write)."""
+
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    per_route: Mapping[str, int] | None = None
+    body_timeout: float | None = 60.0
+    min_body_rate: float | None = None
+    body_rate_grace: float = 5.0
+
+    def __post_init__(self) -> None:
+        _check_limit("max_body_bytes", self.max_body_bytes)
+        for operation, limit in (self.per_route or {}).items():
+            if not isinstance(operation, str) or not operation:
+                raise ConfigurationError(
+                    f"per_route keys must be endpoint operations such as 'chat.completions', "
+                    f"not {operation!r}"
+                )
+            _check_limit(f"per_route[{operation!r}]", limit)
+        timeout = self.body_timeout
+        if timeout is not None and not (
+            isinstance(timeout, int | float) and 0 < timeout < math.inf
+        ):
+            raise ConfigurationError(
+                f"body_timeout must be a positive number of seconds or None, not {timeout!r}"
+            )
+        rate = self.min_body_rate
+        if rate is not None and not (isinstance(rate, int | float) and 0 < rate < math.inf):
+            raise ConfigurationError(
+                f"min_body_rate must be a positive number of bytes per second or None, not {rate!r}"
+            )
+        grace = self.body_rate_grace
+        if not (isinstance(grace, int | float) and 0 <= grace < math.inf):
+            raise ConfigurationError(f"body_rate_grace must be seconds (>= 0), not {grace!r}")
+
+
 class SizeLimitMiddleware:
     """Limit the size of request bodies and the time they may take to arrive.
 
@@ -93,35 +133,17 @@ class SizeLimitMiddleware:
         min_body_rate: float | None = None,
         body_rate_grace: float = 5.0,
     ) -> None:
-        _check_limit("max_body_bytes", max_body_bytes)
-        routes = dict(per_route or {})
-        for operation, limit in routes.items():
-            if not isinstance(operation, str) or not operation:
-                raise ConfigurationError(
-                    f"per_route keys must be endpoint operations such as 'chat.completions', "
-                    f"not {operation!r}"
-                )
-            _check_limit(f"per_route[{operation!r}]", limit)
-        if body_timeout is not None and not (
-            isinstance(body_timeout, int | float) and 0 < body_timeout < math.inf
-        ):
-            raise ConfigurationError(
-                f"body_timeout must be a positive number of seconds or None, not {body_timeout!r}"
-            )
-        if min_body_rate is not None and not (
-            isinstance(min_body_rate, int | float) and 0 < min_body_rate < math.inf
-        ):
-            raise ConfigurationError(
-                f"min_body_rate must be a positive number of bytes per second or None, "
-                f"not {min_body_rate!r}"
-            )
-        if not (isinstance(body_rate_grace, int | float) and 0 <= body_rate_grace < math.inf):
-            raise ConfigurationError(
-                f"body_rate_grace must be seconds (>= 0), not {body_rate_grace!r}"
-            )
+        #: The settings, validated (`ConfigurationError` names the wrong one).
+        self.settings = SizeLimits(
+            max_body_bytes=max_body_bytes,
+            per_route=per_route,
+            body_timeout=body_timeout,
+            min_body_rate=min_body_rate,
+            body_rate_grace=body_rate_grace,
+        )
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.per_route: Mapping[str, int] = routes
+        self.per_route: Mapping[str, int] = dict(per_route or {})
         self.body_timeout = float(body_timeout) if body_timeout is not None else None
         self.min_body_rate = float(min_body_rate) if min_body_rate is not None else None
         self.body_rate_grace = float(body_rate_grace)

@@ -11,7 +11,12 @@ Every engine answers `acquire` / `charge` / `peek` with a `Decision`, or raises
 """
 
 from asgi_llmguard.ratelimit.base import Limiter, LimiterStats, StoreUnavailable
-from asgi_llmguard.ratelimit.config import ALGORITHMS, RateLimitConfig, create_limiter
+from asgi_llmguard.ratelimit.config import (
+    ALGORITHMS,
+    RateLimitConfig,
+    RateLimitOptions,
+    create_limiter,
+)
 from asgi_llmguard.ratelimit.gcra import MemoryGcra, RedisGcra
 from asgi_llmguard.ratelimit.headers import format_reset
 from asgi_llmguard.ratelimit.identity import ClientIdentity
@@ -27,6 +32,7 @@ __all__ = [
     "MemoryGcra",
     "ParsedLimit",
     "RateLimitConfig",
+    "RateLimitOptions",
     "RedisGcra",
     "StoreUnavailable",
     "WindowLimiter",

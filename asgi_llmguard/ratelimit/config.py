@@ -1,15 +1,19 @@
-"""`RateLimitConfig` and `create_limiter`: the algorithm and the store, chosen by name and URI."""
+"""`RateLimitConfig` and `create_limiter`: the algorithm and the store, chosen by name and URI;
+`RateLimitOptions`: every setting of `RateLimitMiddleware`, as the config file's
+``[rate_limit]`` section decodes it."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, cast
+
+import msgspec
 
 from asgi_llmguard._redis import is_cluster, redis_client
 from asgi_llmguard.errors import ConfigurationError
+from asgi_llmguard.policy import RateLimit
 from asgi_llmguard.ratelimit._store import parse_storage
 from asgi_llmguard.ratelimit.base import Limiter
 from asgi_llmguard.ratelimit.gcra import MemoryGcra, RedisGcra
@@ -19,8 +23,7 @@ from asgi_llmguard.ratelimit.windows import WINDOW_ALGORITHMS, WindowLimiter
 ALGORITHMS = frozenset({"gcra", "token-bucket", *WINDOW_ALGORITHMS})
 
 
-@dataclass(frozen=True, slots=True)
-class RateLimitConfig:
+class RateLimitConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How the limiter stores its buckets.
 
     - ``algorithm``: ``"gcra"`` (token bucket, the default), ``"fixed-window"``,
@@ -65,6 +68,25 @@ class RateLimitConfig:
             f"RateLimitConfig(algorithm={self.algorithm!r}, "
             f"storage={parse_storage(self.storage).where!r}, redis_timeout={self.redis_timeout!r})"
         )
+
+
+class RateLimitOptions(RateLimitConfig, frozen=True, forbid_unknown_fields=True):
+    """The settings of `RateLimitMiddleware` (its keyword arguments, apart from the ``limiter``
+    and ``identity`` objects): the store's (`RateLimitConfig`) and these. The config file's
+    ``[rate_limit]`` section is this struct.
+
+    - ``limits``: gateway-wide `RateLimit` specs, applied to every request.
+    - ``reserve_tokens``: admit a token-limited request only if the bucket holds its estimate.
+    - ``default_max_output_tokens``: the output assumed when a request sets no maximum.
+    - ``trusted_proxies``: peers whose ``X-Forwarded-For`` names the client.
+    - ``max_key_specs``: how many distinct per-key limit sets are kept parsed.
+    """
+
+    limits: tuple[RateLimit, ...] = ()
+    reserve_tokens: bool = False
+    default_max_output_tokens: int = 1024
+    trusted_proxies: tuple[str, ...] = ()
+    max_key_specs: int = 10_000
 
 
 def create_limiter(

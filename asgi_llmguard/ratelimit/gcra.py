@@ -14,6 +14,7 @@ in-memory one (any clock) and the Redis one (the server's clock) answer alike.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Final
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.ratelimit._store import Guard
 from asgi_llmguard.ratelimit.base import Limiter
-from asgi_llmguard.ratelimit.spec import Decision, ParsedLimit, floor_units
+from asgi_llmguard.ratelimit.spec import Decision, ParsedLimit
 from asgi_llmguard.redis_batch import ScriptBatcher
 
 if TYPE_CHECKING:
@@ -39,7 +40,8 @@ def decide(limit: ParsedLimit, allowed: bool, ahead: float, cost: float) -> Deci
     """The decision for a bucket whose TAT is ``ahead`` seconds after now (after the update
     when allowed, unchanged when refused)."""
     ahead = max(ahead, 0.0)
-    remaining = floor_units((limit.tolerance - ahead) / limit.interval)
+    # Whole units, forgiving the float noise of sums like 0.1 x 30 (29.999999999999996).
+    remaining = max(0, math.floor((limit.tolerance - ahead) / limit.interval + 1e-9))
     retry = 0.0 if allowed else max(ahead + cost * limit.interval - limit.tolerance, 0.0)
     return Decision(allowed, limit.amount, remaining, ahead, retry)
 

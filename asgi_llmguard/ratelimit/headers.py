@@ -66,25 +66,26 @@ def tighter(current: Decision | None, new: Decision) -> Decision:
     return current
 
 
-def _of(names: tuple[bytes, bytes, bytes], decision: Decision) -> tuple[tuple[bytes, bytes], ...]:
-    limit, remaining, reset = names
-    return (
-        (limit, b"%d" % decision.limit),
-        (remaining, b"%d" % decision.remaining),
-        (reset, _reset(decision.reset_after)),
-    )
-
-
-_REQUESTS = _NAMES["requests"]
-_TOKENS = _NAMES["tokens"]
+_LIMIT_REQUESTS, _REMAINING_REQUESTS, _RESET_REQUESTS = _NAMES["requests"]
+_LIMIT_TOKENS, _REMAINING_TOKENS, _RESET_TOKENS = _NAMES["tokens"]
 
 
 def rate_headers(requests: Decision | None, tokens: Decision | None) -> list[tuple[bytes, bytes]]:
     """The ``x-ratelimit-*`` headers of the binding request and token limits (set on every
     admitted response, so formatted with bytes operations only)."""
-    headers: list[tuple[bytes, bytes]] = []
-    if requests is not None:
-        headers += _of(_REQUESTS, requests)
+    headers: list[tuple[bytes, bytes]] = (
+        []
+        if requests is None
+        else [
+            (_LIMIT_REQUESTS, b"%d" % requests.limit),
+            (_REMAINING_REQUESTS, b"%d" % requests.remaining),
+            (_RESET_REQUESTS, _reset(requests.reset_after)),
+        ]
+    )
     if tokens is not None:
-        headers += _of(_TOKENS, tokens)
+        headers += (
+            (_LIMIT_TOKENS, b"%d" % tokens.limit),
+            (_REMAINING_TOKENS, b"%d" % tokens.remaining),
+            (_RESET_TOKENS, _reset(tokens.reset_after)),
+        )
     return headers

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import math
 import re
 from dataclasses import dataclass, field
 
@@ -147,8 +146,3 @@ def _period_text(seconds: float) -> str:
             count = int(seconds // size)
             return name if count == 1 else f"{count} {name}s"
     return "second" if seconds == 1 else f"{seconds:g} seconds"
-
-
-def floor_units(value: float) -> int:
-    """Whole units, forgiving the float noise of sums like 0.1 x 30 (29.999999999999996)."""
-    return max(0, math.floor(value + 1e-9))

@@ -55,10 +55,10 @@ from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.lifecycle import Resource, pass_lifespan
 from asgi_llmguard.types import ASGIApp, Receive, Scope, Send
 from asgi_llmguard.usage.events import UsageEvent
+from asgi_llmguard.usage.sinks._fanout import Fanout, SinkStats
+from asgi_llmguard.usage.sinks._spill import SpillDirectory, SpillFile, sync_files
 from asgi_llmguard.usage.sinks.base import EventId, SeenSet, Sink
-from asgi_llmguard.usage.sinks.fanout import Fanout, SinkStats
 from asgi_llmguard.usage.sinks.jsonl import encode_line, encode_lines, read_chunk
-from asgi_llmguard.usage.sinks.spill import SpillDirectory, SpillFile, sync_files
 
 logger = logging.getLogger("asgi_llmguard.usage")
 

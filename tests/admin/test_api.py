@@ -155,6 +155,25 @@ def test_ratelimit_show_and_reset_lets_a_limited_key_through(gateway: Running):
     assert _chat(gateway, key)
 
 
+def test_ratelimit_show_and_reset_name_per_model_buckets_as_requests_do(gateway: Running):
+    limits = [{"limit": "2/minute", "per": "key_model"}]
+    with gateway.client() as admin:
+        key = admin.post("/keys", json={"name": "team-m", "rate_limits": limits}).json()["key"]
+        models = {"model": ["gpt-4o-mini", "gpt-4o"]}
+        assert _chat(gateway, key, model="gpt-4o-mini")
+        shown = admin.get("/ratelimits/team-m", params=models).json()["buckets"]
+        assert {b["model"]: b["remaining"] for b in shown} == {"gpt-4o-mini": 1, "gpt-4o": 2}
+        assert _chat(gateway, key, model="gpt-4o-mini")
+        with pytest.raises(openai.RateLimitError):
+            _chat(gateway, key, model="gpt-4o-mini")
+        assert _chat(gateway, key, model="gpt-4o")  # another model, another bucket
+        shown = admin.get("/ratelimits/team-m", params=models).json()["buckets"]
+        assert {b["model"]: b["remaining"] for b in shown} == {"gpt-4o-mini": 0, "gpt-4o": 1}
+        reset = admin.post("/ratelimits/team-m/reset", json={"models": ["gpt-4o-mini"]}).json()
+        assert reset["reset"] == 1
+    assert _chat(gateway, key, model="gpt-4o-mini")
+
+
 def test_cooldowns_list_and_reset(gateway: Running):
     until = time.time() + 60
     gateway.forwarder.cooldowns.items = [

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+import msgspec
+
 from asgi_llmguard.errors import ConfigurationError
 
 _DAY = 86_400.0
@@ -27,9 +29,9 @@ _ANTHROPIC_RESETS = (
 _PRUNE_EVERY = 1024
 
 
-@dataclass(frozen=True, slots=True)
-class CooldownPolicy:
-    """How long a credential rests after each kind of failure, in seconds."""
+class CooldownPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How long a credential rests after each kind of failure, in seconds
+    (``[routing.cooldowns]``)."""
 
     base: float = 1.0
     cap: float = 300.0
