@@ -264,7 +264,7 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             audio = audio if audio < uncached else uncached
         else:
             audio = 0
-        scaled, exponent = _scaled(self.rates(prompt, usage.service_tier))
+        scaled, exponent = _scaled_rates(self, prompt, usage.service_tier)
         numerator = 1000 * (
             scaled[0] * (prompt - cached - creation - audio)
             + scaled[1] * cached
@@ -325,17 +325,70 @@ def estimate_nanos(price: ModelPrice, prompt_tokens_estimate: int, max_output_to
     not the request, decides which tier serves it. Tool-call fees are not included: the number
     of calls is not known in advance.
     """
-    prompt = max(0, prompt_tokens_estimate)
-    output = max(0, max_output_tokens)
+    prompt = prompt_tokens_estimate if prompt_tokens_estimate > 0 else 0
+    output = max_output_tokens if max_output_tokens > 0 else 0
+    exponent, worst_rates = _worst_rates(price, prompt)
     worst = 0
+    for prompt_rate, output_rate in worst_rates:  # one pair per service tier
+        numerator = prompt_rate * prompt + output_rate * output
+        if numerator > worst:
+            worst = numerator
+    # The prices as integers over one power of ten, so the max of the numerators is the
+    # numerator of the max: one exact dot product per tier, rounded up.
+    return -(-1000 * worst // _pow10(exponent))
+
+
+def _tier_index(price: ModelPrice, prompt: int) -> int:
+    """Which long-context tier applies to a prompt of ``prompt`` tokens (-1: none)."""
+    tiers = price.tiers
+    if tiers:
+        for index in range(len(tiers) - 1, -1, -1):
+            if prompt > tiers[index].above:
+                return index
+    return -1
+
+
+# Scaled rates by (price identity, long-context tier, service tier). Each entry keeps its price
+# alive, so an identity is never reused while it is cached; prices come from configuration (and
+# tier names from providers), so the map stays small and is cleared when it is not.
+_RATES: dict[tuple[int, int, str | None], tuple[ModelPrice, tuple[int, ...], int]] = {}
+_WORST: dict[tuple[int, int], tuple[ModelPrice, int, tuple[tuple[int, int], ...]]] = {}
+_MAX_CACHED = 4096
+
+
+def _scaled_rates(
+    price: ModelPrice, prompt: int, service_tier: str | None
+) -> tuple[tuple[int, ...], int]:
+    """`_scaled` of ``price.rates(prompt, service_tier)``, computed once per price and tier."""
+    key = (id(price), _tier_index(price, prompt), service_tier)
+    hit = _RATES.get(key)
+    if hit is not None and hit[0] is price:
+        return hit[1], hit[2]
+    scaled, exponent = _scaled(price.rates(prompt, service_tier))
+    if len(_RATES) >= _MAX_CACHED:
+        _RATES.clear()
+    _RATES[key] = (price, scaled, exponent)
+    return scaled, exponent
+
+
+def _worst_rates(price: ModelPrice, prompt: int) -> tuple[int, tuple[tuple[int, int], ...]]:
+    """For each service tier (the standard one first): the dearest prompt rate and the dearer of
+    the output and reasoning rates, all over one power of ten; computed once per price."""
+    key = (id(price), _tier_index(price, prompt))
+    hit = _WORST.get(key)
+    if hit is not None and hit[0] is price:
+        return hit[1], hit[2]
+    pairs: list[tuple[int, int, int]] = []
     for tier in (None, *price.service_tiers):
-        # The prices as integers over one power of ten (cached), so the max of the numerators
-        # is the numerator of the max: one exact dot product, rounded up.
-        s, exponent = _scaled(price.rates(prompt, tier))
+        s, e = _scaled(price.rates(prompt, tier))
         dearest = max(s[0], s[1], s[2], s[5] if price.cache_creation_1h is not None else 0)
-        numerator = 1000 * (dearest * prompt + max(s[3], s[4]) * output)
-        worst = max(worst, -(-numerator // _pow10(exponent)))
-    return worst
+        pairs.append((dearest, max(s[3], s[4]), e))
+    exponent = max(e for _, _, e in pairs)
+    rates = tuple((d * _pow10(exponent - e), o * _pow10(exponent - e)) for d, o, e in pairs)
+    if len(_WORST) >= _MAX_CACHED:
+        _WORST.clear()
+    _WORST[key] = (price, exponent, rates)
+    return exponent, rates
 
 
 @functools.lru_cache(maxsize=4096)
