@@ -40,9 +40,23 @@ class Endpoint:
     spends: bool = False
     #: Errors on this endpoint take Anthropic's shape (read on every request: a plain field).
     anthropic_errors: bool = field(init=False, repr=False, compare=False)
+    #: The unit (``"minute"``, ``"image"``) its answers are billed in, if any (a plain field too).
+    unit: str | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "anthropic_errors", self.api == "anthropic")  # frozen
+        unit = _UNITS.get(self.operation) if self.api != "anthropic" else None
+        object.__setattr__(self, "unit", unit)
+
+
+#: The unit each operation billed by the piece is metered in.
+_UNITS = {
+    "audio.transcriptions": "minute",
+    "audio.translations": "minute",
+    "images.generations": "image",
+    "images.edits": "image",
+    "images.variations": "image",
+}
 
 
 @dataclass(frozen=True, slots=True)

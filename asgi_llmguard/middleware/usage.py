@@ -35,7 +35,7 @@ from asgi_llmguard.context import (
 from asgi_llmguard.errors import ConfigurationError, send_error, worth_waiting
 from asgi_llmguard.middleware._usage_meter import STRIPPED_OPERATIONS, Meter, with_include_usage
 from asgi_llmguard.policy import Budget
-from asgi_llmguard.providers.metering import billed_unit, stream_meter
+from asgi_llmguard.providers.metering import stream_meter
 from asgi_llmguard.routes import Endpoint
 from asgi_llmguard.tokens import TokenUsage
 from asgi_llmguard.types import ASGIApp, Receive, Scope, Send
@@ -275,7 +275,7 @@ class UsageMiddleware:
         # An upload's file is not prompt text: its unit price (if any) stands for it below.
         prompt = 1 if multipart else len(ctx.body or b"") // 4 + 1
         amount = estimate_nanos(price, prompt, fields.max_output or self._default_max_output)
-        unit = billed_unit(endpoint) if endpoint is not None else None
+        unit = endpoint.unit if endpoint is not None else None
         unit_price = price.unit_price(unit)
         if unit_price is not None:
             expected = _expected_units(ctx, fields, unit)
@@ -342,7 +342,7 @@ class UsageMiddleware:
         usage, served, tool_calls = meter.result()
         stream_meter = meter.meter  # `Meter.estimated`, inlined
         estimated = stream_meter is not None and stream_meter.estimated
-        unit = billed_unit(endpoint) if endpoint.billable else None
+        unit = endpoint.unit if endpoint.billable else None
         outcome: Outcome
         reason: Reason | None = None
         if ctx.disconnected:

@@ -59,21 +59,6 @@ def usage_from_json(
     return openai_usage.usage_from_json(body)
 
 
-#: The unit each operation billed by the piece is metered in.
-_UNITS = {
-    "audio.transcriptions": "minute",
-    "audio.translations": "minute",
-    "images.generations": "image",
-    "images.edits": "image",
-    "images.variations": "image",
-}
-
-
-def billed_unit(endpoint: Endpoint) -> str | None:
-    """The unit (``"minute"``, ``"image"``) an endpoint's answers are metered in, if any."""
-    return _UNITS.get(endpoint.operation) if endpoint.api != "anthropic" else None
-
-
 def units_from_json(unit: str, body: bytes) -> float | None:
     """How many ``unit``s a non-streamed answer reports, or ``None`` if it says nothing."""
     return openai_usage.units_from_json(unit, body)
