@@ -11,6 +11,7 @@ from typing import Literal
 import msgspec
 
 from asgi_llmguard.context import UniqueIds
+from asgi_llmguard.lifecycle import Resource
 from asgi_llmguard.policy import Budget
 from asgi_llmguard.usage.pricing import usd_to_nanos
 
@@ -114,8 +115,11 @@ def _check(amount: int, ttl: float) -> None:
 _new_id = UniqueIds("")
 
 
-class BudgetStore(abc.ABC):
-    """Where budgets are kept. Every method raises `BudgetStoreError` when the store fails."""
+class BudgetStore(Resource, abc.ABC):
+    """Where budgets are kept. Every method raises `BudgetStoreError` when the store fails.
+
+    A `Resource`: ``start`` (optional: stores connect on first use) and ``aclose``, or
+    ``async with store:``."""
 
     @abc.abstractmethod
     async def reserve(
@@ -138,9 +142,6 @@ class BudgetStore(abc.ABC):
     @abc.abstractmethod
     async def reset(self, subject: str) -> None:
         """Forget everything about ``subject`` (an operator's action)."""
-
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
-        """Release connections the store owns."""
 
 
 def _usage(
