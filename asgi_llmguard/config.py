@@ -22,6 +22,7 @@ from asgi_llmguard.middleware.size_limit import SizeLimits
 from asgi_llmguard.policy import Budget, RateLimit
 from asgi_llmguard.providers.base import Upstream
 from asgi_llmguard.ratelimit.config import RateLimitOptions
+from asgi_llmguard.usage.budgets import BudgetOptions
 from asgi_llmguard.usage.pricing import MissingPrice, ModelPrice, PriceTable
 
 ProviderName = Literal["openai", "azure", "anthropic"]
@@ -137,19 +138,17 @@ class PricingConfig(_Strict):
     missing: MissingPrice = "reject"
 
 
-class BudgetsConfig(_Strict):
-    #: ``"memory://"`` (one worker; ``"memory"`` too) or a ``redis://``, ``rediss://`` or
-    #: ``redis+cluster://`` URL shared by workers and replicas.
+class BudgetsSection(BudgetOptions, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """``[budgets]``: `BudgetOptions` (the usage layer's ``budget_options``; tag budgets as
+    ``[budgets.tags."team:ml"]``), and where the store is: ``"memory://"`` (one worker;
+    ``"memory"`` too) or a ``redis://``, ``rediss://`` or ``redis+cluster://`` URL shared by
+    workers and replicas, with its key prefix, timeout and connection pool size per process
+    (per node on a cluster)."""
+
     store: str = "memory"
     prefix: str = "llmguard:budget:"
     timeout: float = 0.5
-    #: The Redis connection pool's size per process (per node on a cluster).
     redis_max_connections: int = 64
-    on_error: Literal["open", "closed"] = "closed"
-    reservation_ttl: float = 900.0
-    default_max_output_tokens: int = 4096
-    #: Budgets shared by keys whose metadata matches, e.g. ``[budgets.tags."team:ml"]``.
-    tags: dict[str, Budget] = msgspec.field(default_factory=dict)
 
 
 class KeyCacheConfig(_Strict):
@@ -351,7 +350,7 @@ class GatewayConfig(_Strict):
     usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
     pricing: PricingConfig = msgspec.field(default_factory=PricingConfig)
     prices: dict[str, ModelPrice] = msgspec.field(default_factory=dict)
-    budgets: BudgetsConfig = msgspec.field(default_factory=BudgetsConfig)
+    budgets: BudgetsSection = msgspec.field(default_factory=BudgetsSection)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     keys: list[KeyConfig] = msgspec.field(default_factory=list)
     size_limit: SizeLimitSection = msgspec.field(default_factory=SizeLimitSection)
@@ -674,10 +673,7 @@ def stack_kwargs(config: GatewayConfig, upstreams: list[Upstream]) -> dict[str, 
         "prices": PriceTable.default().with_overrides(config.prices, per_upstream),
         "missing_price": config.pricing.missing,
         "budgets": budgets,
-        "budget_on_error": b.on_error,
-        "budget_tags": b.tags,
-        "reservation_ttl": b.reservation_ttl,
-        "default_max_output_tokens": b.default_max_output_tokens,
+        "budget_options": BudgetOptions(**_settings(b, BudgetOptions)),
         "stream_usage": usage.stream_usage,
         "aliases": config.routing.aliases,
     }

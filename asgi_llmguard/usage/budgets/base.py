@@ -115,6 +115,34 @@ def _check(amount: int, ttl: float) -> None:
 _new_id = UniqueIds("")
 
 
+class BudgetOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How the usage layer holds budgets: ``UsageMiddleware(budget_options=...)``, and the
+    ``[budgets]`` section of the config file (which adds where the store is).
+
+    - ``on_error``: ``"closed"`` refuses (503) and ``"open"`` admits when the store cannot be
+      reached.
+    - ``reservation_ttl``: seconds a reservation holds money if it is never settled (a crashed
+      worker); longer than your longest request.
+    - ``default_max_output_tokens``: the output assumed for a reservation when the request sets
+      no limit.
+    - ``tags``: extra budgets by key metadata, e.g. ``{"team:ml": Budget(monthly=500)}``
+      applies to every key whose metadata has ``team = "ml"``.
+    """
+
+    on_error: Literal["open", "closed"] = "closed"
+    reservation_ttl: float = 900.0
+    default_max_output_tokens: int = 4096
+    tags: dict[str, Budget] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("open", "closed"):
+            raise ValueError("on_error must be 'open' or 'closed'")
+        if self.default_max_output_tokens <= 0:
+            raise ValueError("default_max_output_tokens must be positive")
+        if not self.reservation_ttl > 0:
+            raise ValueError("reservation_ttl must be > 0")
+
+
 class BudgetStore(Resource, abc.ABC):
     """Where budgets are kept. Every method raises `BudgetStoreError` when the store fails.
 
