@@ -14,6 +14,8 @@ that calls these APIs::
     assert fake.requests[0].header("authorization") == "Bearer sk-test"
 """
 
+from asgi_llmguard.testing._google_oauth import ServiceAccountKey
+from asgi_llmguard.testing._vertex import FakeVertex
 from asgi_llmguard.testing._wait import wait_for, wait_until
 from asgi_llmguard.testing.fake import FakeConnectionReset, FakeProvider, ReceivedRequest
 from asgi_llmguard.testing.server import RunningServer, serve, serve_async
@@ -21,8 +23,10 @@ from asgi_llmguard.testing.server import RunningServer, serve, serve_async
 __all__ = [
     "FakeConnectionReset",
     "FakeProvider",
+    "FakeVertex",
     "ReceivedRequest",
     "RunningServer",
+    "ServiceAccountKey",
     "serve",
     "serve_async",
     "wait_for",
