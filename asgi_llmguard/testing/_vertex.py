@@ -231,6 +231,9 @@ class FakeVertex:
         return [r for r in list(self._requests) if _parse(r.path).family in wanted]
 
     def reset(self) -> None:
+        """Forget the recorded requests and zero the counters, :attr:`tokens_issued` included
+        (the tokens issued stay valid)."""
+        self._issuer.issued = 0
         with self._lock:
             self._requests.clear()
             self._completed = self._disconnects = self._resets = 0
