@@ -13,7 +13,9 @@ import pytest
 from asgi_llmguard.providers.google_auth import GoogleCredentialsError, GoogleTokenSource
 from asgi_llmguard.testing import FakeVertex, serve
 
-GEMINI = "/v1/projects/fake-project/locations/us-central1/publishers/google/models/m:generateContent"
+GEMINI = (
+    "/v1/projects/fake-project/locations/us-central1/publishers/google/models/m:generateContent"
+)
 BODY = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
 
 
@@ -52,7 +54,8 @@ async def test_the_token_is_fetched_once_and_cached(fake, fake_and_url, key_file
     first = await source.get()
     assert [await source.get() for _ in range(5)] == [first] * 5
     assert [source.token() for _ in range(1000)] == [first] * 1000
-    assert fake.tokens_issued == 1 and _token_requests(fake) == 1
+    assert fake.tokens_issued == 1
+    assert _token_requests(fake) == 1
     assert source.project_id == "fake-project"
     # the fake accepted the signed assertion, and accepts the token it issued
     assert await asyncio.to_thread(_call, fake_and_url[1], first) == 200
@@ -90,7 +93,8 @@ async def test_concurrent_callers_share_one_refresh(fake, key_file):
     source = GoogleTokenSource.from_service_account_file(key_file)
     tokens = await asyncio.gather(*(source.get() for _ in range(50)))
     assert len(set(tokens)) == 1
-    assert fake.tokens_issued == 1 and _token_requests(fake) == 1
+    assert fake.tokens_issued == 1
+    assert _token_requests(fake) == 1
     await source.aclose()
 
 
@@ -100,7 +104,8 @@ async def test_callers_in_other_threads_share_the_same_refresh(fake, key_file):
     tokens = await asyncio.gather(
         *(asyncio.to_thread(asyncio.run, source.get()) for _ in range(4)), source.get()
     )
-    assert len(set(tokens)) == 1 and fake.tokens_issued == 1
+    assert len(set(tokens)) == 1
+    assert fake.tokens_issued == 1
     await source.aclose()
 
 
@@ -118,7 +123,8 @@ async def test_a_failing_endpoint_leaves_the_valid_token_in_use(fake, key_file, 
     assert source.token() == first  # still valid: still served
     assert await source.get() == first
     failures = [r for r in caplog.records if "google_token_refresh_failed" in r.getMessage()]
-    assert failures and "keeping the current token" in failures[0].getMessage()
+    assert failures
+    assert "keeping the current token" in failures[0].getMessage()
     # the endpoint heals: the next attempt (after retry_interval) gets a new token
     fake.configure(token_status=None)
     await asyncio.sleep(0.25)
@@ -172,7 +178,8 @@ async def test_the_token_and_the_key_never_appear_in_repr_errors_or_logs(fake, k
     texts = [repr(source), str(source), repr(source_failing), str(caught.value)]
     texts += [r.getMessage() for r in caplog.records]
     texts += [str(r.args) for r in caplog.records]
-    assert texts and all(token not in t and key_line not in t for t in texts)
+    assert texts
+    assert all(token not in t and key_line not in t for t in texts)
     assert "token expires in" in repr(source)
     await source.aclose()
 
