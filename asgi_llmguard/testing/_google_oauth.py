@@ -222,3 +222,36 @@ def grant(
     if not assertion:
         raise OAuthError(400, "invalid_request", "Missing required parameter: assertion")
     return key.verify(assertion, audiences=audiences)
+
+
+def answer(
+    method: str,
+    body: bytes,
+    content_type: str | None,
+    *,
+    here: str,
+    key: ServiceAccountKey,
+    issuer: TokenIssuer,
+    expires_in: int,
+    fail_with: int | None,
+) -> tuple[int, dict[str, Any]]:
+    """The token endpoint's answer to one request: a new token, or the refusal.
+
+    ``here`` is the URL the request reached (accepted as the assertion's audience, as is
+    Google's own token URL); ``fail_with`` refuses every request with that status.
+    """
+    try:
+        if method != "POST":
+            raise OAuthError(405, "invalid_request", "Method not allowed")
+        if fail_with is not None:
+            if fail_with in (400, 401, 403):
+                raise OAuthError(fail_with, "invalid_grant", "account disabled")
+            raise OAuthError(fail_with, "internal_failure", "token service unavailable")
+        grant(body, content_type, key, (GOOGLE_TOKEN_AUDIENCE, here))
+    except OAuthError as error:
+        return error.status, error.body()
+    return 200, {
+        "access_token": issuer.issue(expires_in),
+        "expires_in": expires_in,
+        "token_type": "Bearer",
+    }

@@ -43,64 +43,25 @@ import threading
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
 from asgi_llmguard.testing import _anthropic
 from asgi_llmguard.testing import _google_oauth as oauth
 from asgi_llmguard.testing import _vertex_gemini as gemini
-from asgi_llmguard.testing._common import ApiError, Generation, StreamPlan, new_id
+from asgi_llmguard.testing._common import ApiError, StreamPlan, new_id
 from asgi_llmguard.testing._http import ClientGone, Exchange, Receive, ReceivedRequest, Scope, Send
 from asgi_llmguard.testing._knobs import LINE_ENDINGS, Knobs, count, override, seconds, validate
+from asgi_llmguard.testing._vertex_routes import Call, Family, dispatch, parse
 from asgi_llmguard.testing._wait import wait_for, wait_until
 from asgi_llmguard.testing.fake import _RESET_FILTER, FakeConnectionReset
 
 __all__ = ["FakeVertex"]
 
-Family = Literal["google", "anthropic", "token", "none"]
-
-_VERSIONS = frozenset({"v1", "v1beta1"})
-_GEMINI_METHODS = frozenset({"generateContent", "streamGenerateContent", "countTokens"})
-_CLAUDE_METHODS = frozenset({"rawPredict", "streamRawPredict"})
 _JSON = (b"content-type", b"application/json; charset=UTF-8")
 _TOOL_USE_HEADER = "x-fake-tool-use-prompt-tokens"
 _TOKEN_HEADERS = [(b"content-type", b"application/json; charset=utf-8"), (b"pragma", b"no-cache")]
-
-
-@dataclasses.dataclass(frozen=True)
-class _Call:
-    family: Family
-    project: str = ""
-    location: str = ""
-    model: str = ""
-    method: str = ""
-
-
-def _parse(path: str) -> _Call:
-    """``/{v}/projects/{p}/locations/{l}/publishers/{pub}/models/{m}:{method}``."""
-    if path == "/token":
-        return _Call("token")
-    parts = path.split("/")
-    if (
-        len(parts) != 10
-        or parts[0]
-        or parts[1] not in _VERSIONS
-        or parts[2] != "projects"
-        or parts[4] != "locations"
-        or parts[6] != "publishers"
-        or parts[8] != "models"
-        or parts[9].count(":") != 1
-    ):
-        return _Call("none")
-    publisher, (model, method) = parts[7], parts[9].split(":")
-    if not (parts[3] and parts[5] and model):
-        return _Call("none")
-    if publisher == "google" and method in _GEMINI_METHODS:
-        return _Call("google", parts[3], parts[5], model, method)
-    if publisher == "anthropic" and method in _CLAUDE_METHODS:
-        return _Call("anthropic", parts[3], parts[5], model, method)
-    return _Call("none")
 
 
 class FakeVertex:
@@ -228,7 +189,7 @@ class FakeVertex:
     def calls(self, family: Family | None = None) -> list[ReceivedRequest]:
         """The model calls received (``google`` or ``anthropic``; both when None)."""
         wanted = {"google", "anthropic"} if family is None else {family}
-        return [r for r in list(self._requests) if _parse(r.path).family in wanted]
+        return [r for r in list(self._requests) if parse(r.path).family in wanted]
 
     def reset(self) -> None:
         """Forget the recorded requests and zero the counters, :attr:`tokens_issued` included
@@ -303,7 +264,7 @@ class FakeVertex:
     async def _answer(self, request: ReceivedRequest, scope: Scope, exchange: Exchange) -> None:
         root = scope.get("root_path", "")
         path = request.path[len(root) :] if root and request.path.startswith(root) else request.path
-        call = _parse(path)
+        call = parse(path)
         if call.family == "token":
             await self._token(request, scope, exchange)
             return
@@ -326,7 +287,7 @@ class FakeVertex:
             if knobs.status is not None and knobs.status >= 400:
                 raise ApiError(knobs.status, f"Fake Vertex AI error: {knobs.status}")
             body = self._json(request.body)
-            result = self._dispatch(call, body, knobs, tool_use, sse)
+            result = dispatch(call, body, knobs, tool_use, sse)
         except ApiError as error:
             await self._error(exchange, call, error, knobs, array)
             return
@@ -342,7 +303,7 @@ class FakeVertex:
         except ValueError:
             raise ApiError(400, f"bad value for {_TOOL_USE_HEADER}: {text!r}") from None
 
-    def _authorize(self, request: ReceivedRequest, call: _Call) -> None:
+    def _authorize(self, request: ReceivedRequest, call: Call) -> None:
         given = request.header("authorization") or ""
         scheme, _, token = given.partition(" ")
         state = self._issuer.status(token.strip()) if scheme.lower() == "bearer" else "unknown"
@@ -370,68 +331,21 @@ class FakeVertex:
             raise ApiError(400, "Invalid JSON payload received. Expected an object.")
         return body
 
-    @staticmethod
-    def _dispatch(
-        call: _Call, body: dict[str, Any], knobs: Knobs, tool_use: int, sse: bool
-    ) -> dict[str, Any] | StreamPlan:
-        if call.family == "google":
-            if call.method == "countTokens":
-                return gemini.count(body)
-            usage = gemini.Usage(knobs.cached_tokens, knobs.reasoning_tokens, tool_use)
-            stream = None
-            if call.method == "streamGenerateContent":
-                stream = "sse" if sse else "json"
-            return gemini.generate(
-                call.model, body, reply=knobs.reply, chunks=knobs.chunks, usage=usage, stream=stream
-            )
-        if body.get("anthropic_version") is None:
-            raise ApiError(400, "anthropic_version: Field required")
-        if call.model == "count-tokens":
-            return _anthropic.count_tokens(body)
-        streaming = call.method == "streamRawPredict"
-        if body.get("stream") is not None and bool(body.get("stream")) != streaming:
-            method = "streamRawPredict" if body.get("stream") else "rawPredict"
-            raise ApiError(400, f"stream: {body.get('stream')} needs :{method}")
-        generation = Generation(
-            reply=knobs.reply,
-            chunks=knobs.chunks,
-            model=call.model,
-            cache_write_5m=knobs.cache_write_5m,
-            cache_write_1h=knobs.cache_write_1h,
-            service_tier=knobs.service_tier,
-        )
-        return _anthropic.messages({**body, "stream": streaming}, generation)
-
     # -- token endpoint ---------------------------------------------------------------------------
 
     async def _token(self, request: ReceivedRequest, scope: Scope, exchange: Exchange) -> None:
         await exchange.pause(self.token_latency)
-        host = request.header("host") or ""
-        here = f"{scope.get('scheme', 'http')}://{host}{request.path}"
-        try:
-            if request.method != "POST":
-                raise oauth.OAuthError(405, "invalid_request", "Method not allowed")
-            status = self.token_status
-            if status is not None:
-                if status in (400, 401, 403):
-                    raise oauth.OAuthError(status, "invalid_grant", "account disabled")
-                raise oauth.OAuthError(status, "internal_failure", "token service unavailable")
-            oauth.grant(
-                request.body,
-                request.header("content-type"),
-                self.account,
-                (oauth.GOOGLE_TOKEN_AUDIENCE, here),
-            )
-        except oauth.OAuthError as error:
-            await self._send(exchange, error.status, orjson.dumps(error.body()), _TOKEN_HEADERS)
-            return
-        expires_in = self.token_expires_in
-        answer = {
-            "access_token": self._issuer.issue(expires_in),
-            "expires_in": expires_in,
-            "token_type": "Bearer",
-        }
-        await self._send(exchange, 200, orjson.dumps(answer), _TOKEN_HEADERS)
+        status, answer = oauth.answer(
+            request.method,
+            request.body,
+            request.header("content-type"),
+            here=f"{scope.get('scheme', 'http')}://{request.header('host') or ''}{request.path}",
+            key=self.account,
+            issuer=self._issuer,
+            expires_in=self.token_expires_in,
+            fail_with=self.token_status,
+        )
+        await self._send(exchange, status, orjson.dumps(answer), _TOKEN_HEADERS)
 
     # -- sending ----------------------------------------------------------------------------------
 
@@ -446,7 +360,7 @@ class FakeVertex:
         await self._send(exchange, status, orjson.dumps(obj), [_JSON])
 
     async def _error(
-        self, exchange: Exchange, call: _Call, error: ApiError, knobs: Knobs, array: bool
+        self, exchange: Exchange, call: Call, error: ApiError, knobs: Knobs, array: bool
     ) -> None:
         status = error.status
         google = call.family != "anthropic" or error.kind == "google" or status in (403, 404, 429)
@@ -464,7 +378,7 @@ class FakeVertex:
         await self._send(exchange, status, data, [_JSON, *headers])
 
     async def _stream(
-        self, exchange: Exchange, call: _Call, plan: StreamPlan, knobs: Knobs, sse: bool
+        self, exchange: Exchange, call: Call, plan: StreamPlan, knobs: Knobs, sse: bool
     ) -> None:
         if call.family == "anthropic" and knobs.line_ending != "lf":
             eol = LINE_ENDINGS[knobs.line_ending]
