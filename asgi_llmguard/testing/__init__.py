@@ -12,6 +12,9 @@ that calls these APIs::
         client = openai.OpenAI(base_url=f"{upstream.url}/v1", api_key="sk-test")
         ...
     assert fake.requests[0].header("authorization") == "Bearer sk-test"
+
+:class:`FakeVertex` does the same for Vertex AI (Gemini and Claude), with its own OAuth 2.0 token
+endpoint and service account (:class:`ServiceAccountKey`), for ``google-auth``-based clients.
 """
 
 from asgi_llmguard.testing._google_oauth import ServiceAccountKey
