@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import json
 import logging
 import threading
 import time
@@ -93,6 +94,27 @@ def _describe(exc: BaseException) -> tuple[str, bool]:
     return f"the refresh failed ({type(exc).__name__})", True
 
 
+def _service_account(
+    info: Mapping[str, Any], scopes: Sequence[str], token_uri: str | None, where: str
+) -> Credentials:
+    _import_google_auth()
+    from google.oauth2 import service_account
+
+    content = dict(info)
+    if token_uri is not None:
+        content["token_uri"] = token_uri
+    try:
+        credentials: Credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+            content, scopes=list(scopes)
+        )
+    except ValueError:
+        raise ConfigurationError(
+            f"the service-account key {where}{' ' if where else ''}is not a valid "
+            "service-account JSON key (it needs client_email, private_key and token_uri)"
+        ) from None
+    return credentials
+
+
 class GoogleTokenSource(Resource):
     """Access tokens for one Google credential, cached and refreshed ahead of expiry.
 
@@ -161,21 +183,25 @@ class GoogleTokenSource(Resource):
 
     @classmethod
     def from_service_account_file(
-        cls, path: str | Path, *, scopes: Sequence[str] = (CLOUD_PLATFORM,), **options: Any
+        cls,
+        path: str | Path,
+        *,
+        scopes: Sequence[str] = (CLOUD_PLATFORM,),
+        token_uri: str | None = None,
+        **options: Any,
     ) -> GoogleTokenSource:
-        """A service-account JSON key file (its ``token_uri`` is the token endpoint)."""
-        _import_google_auth()
-        from google.oauth2 import service_account
-
+        """A service-account JSON key file. Its ``token_uri`` is the token endpoint, unless
+        ``token_uri`` is given (e.g. a private endpoint of the token service)."""
         try:
-            credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
-                str(path), scopes=list(scopes)
-            )
+            info = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
             raise ConfigurationError(
                 f"cannot read the service-account key file {str(path)!r}: {type(exc).__name__}"
             ) from None
-        options.setdefault("project_id", credentials.project_id)
+        if not isinstance(info, dict):
+            info = {}
+        credentials = _service_account(info, scopes, token_uri, f"file {str(path)!r}")
+        options.setdefault("project_id", info.get("project_id"))
         return cls(credentials, **options)
 
     @classmethod
@@ -184,21 +210,12 @@ class GoogleTokenSource(Resource):
         info: Mapping[str, str],
         *,
         scopes: Sequence[str] = (CLOUD_PLATFORM,),
+        token_uri: str | None = None,
         **options: Any,
     ) -> GoogleTokenSource:
-        """A service-account key file's parsed content."""
-        _import_google_auth()
-        from google.oauth2 import service_account
-
-        try:
-            credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
-                dict(info), scopes=list(scopes)
-            )
-        except ValueError:
-            raise ConfigurationError(
-                "the service-account key is not a valid service-account JSON key "
-                "(it needs client_email, private_key and token_uri)"
-            ) from None
+        """A service-account key file's parsed content (``token_uri`` as in
+        :meth:`from_service_account_file`)."""
+        credentials = _service_account(info, scopes, token_uri, "")
         options.setdefault("project_id", info.get("project_id"))
         return cls(credentials, **options)
 
@@ -282,6 +299,8 @@ class GoogleTokenSource(Resource):
         if self._inflight is not None:
             return self._inflight
         future: concurrent.futures.Future[_Token] = concurrent.futures.Future()
+        # Running from the start: a waiter that is cancelled cannot cancel it for the others.
+        future.set_running_or_notify_cancel()
         self._inflight = future
         thread = threading.Thread(
             target=self._refresh, args=(future,), name="llmguard-google-auth", daemon=True

@@ -109,6 +109,33 @@ async def test_callers_in_other_threads_share_the_same_refresh(fake, key_file):
     await source.aclose()
 
 
+async def test_a_cancelled_waiter_does_not_cancel_the_refresh_for_the_others(fake, key_file):
+    fake.configure(token_latency=0.3)
+    source = GoogleTokenSource.from_service_account_file(key_file)
+    doomed = asyncio.ensure_future(source.get())
+    others = [asyncio.ensure_future(source.get()) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    doomed.cancel()
+    tokens = await asyncio.gather(*others)
+    assert len(set(tokens)) == 1
+    assert source.token() == tokens[0]
+    assert fake.tokens_issued == 1
+    await source.aclose()
+
+
+async def test_the_token_endpoint_can_be_given_apart_from_the_key_file(
+    fake, fake_and_url, tmp_path
+):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    path = fake.write_service_account_file(tmp_path / "sa.json", f"http://127.0.0.1:{closed}")
+    source = GoogleTokenSource.from_service_account_file(path, token_uri=f"{fake_and_url[1]}/token")
+    assert await source.get()
+    assert fake.tokens_issued == 1
+    await source.aclose()
+
+
 async def test_a_failing_endpoint_leaves_the_valid_token_in_use(fake, key_file, caplog):
     caplog.set_level(logging.DEBUG)
     fake.configure(token_expires_in=3)
