@@ -184,6 +184,30 @@ def test_another_project_is_permission_denied(fake, url):
     assert answer.json()["error"]["status"] == "PERMISSION_DENIED"
 
 
+def test_knobs_by_header(fake, url):
+    headers = {
+        "authorization": f"Bearer {fake.issue_token()}",
+        "x-fake-reasoning-tokens": "6",
+        "x-fake-tool-use-prompt-tokens": "3",
+        "x-fake-reply": "short answer",
+    }
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    answer = httpx.post(url + _gemini_path("generateContent"), json=body, headers=headers)
+    assert answer.json()["candidates"][0]["content"]["parts"][0]["text"] == "short answer"
+    usage = answer.json()["usageMetadata"]
+    assert usage["thoughtsTokenCount"] == 6
+    assert usage["toolUsePromptTokenCount"] == 3
+    assert usage["totalTokenCount"] == 1 + 2 + 6 + 3
+    assert "cachedContentTokenCount" not in usage  # zeros are left out, as proto3 JSON does
+    bad = httpx.post(
+        url + _gemini_path("generateContent"),
+        json=body,
+        headers={**headers, "x-fake-tool-use-prompt-tokens": "many"},
+    )
+    assert bad.status_code == 400
+    assert bad.json()["error"]["status"] == "INVALID_ARGUMENT"
+
+
 def test_the_json_array_stream(fake, url):
     headers = {"authorization": f"Bearer {fake.issue_token()}"}
     body = {"contents": [{"role": "user", "parts": [{"text": "one two"}]}]}
