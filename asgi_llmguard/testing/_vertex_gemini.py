@@ -163,8 +163,10 @@ def generate(
     """``:generateContent`` (``stream`` None), or ``:streamGenerateContent`` as ``"sse"`` events
     or as a ``"json"`` array of responses.
 
-    Streamed, each content chunk is a response with one word; the last response carries an
-    empty text part, ``finishReason`` and the ``usageMetadata``.
+    Streamed, each content chunk is a response with one word and the running counts
+    (``promptTokenCount``, ``candidatesTokenCount`` so far, their ``totalTokenCount``), as
+    Gemini streams them; the last response carries an empty text part, ``finishReason`` and the
+    final ``usageMetadata``. A meter keeps the last counts it saw, never their sum.
     """
     c = complete(
         model,
@@ -178,26 +180,36 @@ def generate(
     response_id = new_id("")
     created = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
 
-    def answer(text: str, last: bool) -> dict[str, Any]:
+    def answer(text: str, sent: int | None) -> dict[str, Any]:
+        """A response with ``text``; ``sent``: the words streamed so far (None: the last)."""
+        usage = meta
+        if sent is not None:
+            usage = {
+                "promptTokenCount": c.prompt_tokens,
+                "candidatesTokenCount": sent,
+                "totalTokenCount": c.prompt_tokens + sent,
+                "trafficType": "ON_DEMAND",
+            }
         return _response(
             c,
             text,
-            finish=finish if last else None,
-            usage=meta if last else None,
+            finish=finish if sent is None else None,
+            usage=usage,
             response_id=response_id,
             created=created,
         )
 
     if stream is None:
-        return answer(c.text, True)
+        return answer(c.text, None)
+    pieces = [answer(piece, i) for i, piece in enumerate(c.pieces, start=1)]
     if stream == "sse":
         return StreamPlan(
-            content=[_sse(answer(piece, False)) for piece in c.pieces],
-            tail=[_sse(answer("", True))],
+            content=[_sse(piece) for piece in pieces],
+            tail=[_sse(answer("", None))],
         )
     # The JSON array Google streams: pretty-printed elements, ",\r\n" between them.
-    elements = [_pretty(answer(piece, False)) for piece in c.pieces]
-    last = _pretty(answer("", True))
+    elements = [_pretty(piece) for piece in pieces]
+    last = _pretty(answer("", None))
     return StreamPlan(
         head=[b"["],
         content=[e if i == 0 else b",\r\n" + e for i, e in enumerate(elements)],

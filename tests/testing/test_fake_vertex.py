@@ -97,7 +97,7 @@ def test_generate_content_with_service_account_credentials(fake, url, credential
     assert call.json()["contents"][0]["parts"][0]["text"] == "say hello please"
 
 
-def test_streamed_content_carries_usage_on_its_last_chunk(fake, url, credentials):
+def test_a_stream_carries_running_usage_and_the_final_counts_last(fake, url, credentials):
     fake.configure(cached_tokens=2, reasoning_tokens=7, tool_use_prompt_tokens=4)
     client = _genai(url, credentials)
     chunks = list(
@@ -106,7 +106,12 @@ def test_streamed_content_carries_usage_on_its_last_chunk(fake, url, credentials
         )
     )
     assert "".join(c.text or "" for c in chunks) == REPLY
-    assert [c.usage_metadata is not None for c in chunks] == [False] * 5 + [True]
+    # running counts on every chunk; the last one is final
+    running = [
+        (c.usage_metadata.candidates_token_count, c.candidates[0].finish_reason) for c in chunks
+    ]
+    assert running == [(n, None) for n in range(1, 6)] + [(5, types.FinishReason.STOP)]
+    assert chunks[0].usage_metadata.total_token_count == 4 + 1
     usage = chunks[-1].usage_metadata
     assert usage.prompt_token_count == 4
     assert usage.candidates_token_count == 5
@@ -228,12 +233,13 @@ def test_the_json_array_stream(fake, url):
     assert answer.json()[0]["error"]["status"] == "RESOURCE_EXHAUSTED"
 
 
-def test_a_truncated_stream_has_no_usage_and_a_reset_one_breaks(fake, url, credentials):
+def test_a_truncated_stream_has_no_final_usage_and_a_reset_one_breaks(fake, url, credentials):
     client = _genai(url, credentials)
     fake.configure(truncate_after_chunks=2)
     chunks = list(client.models.generate_content_stream(model="gemini-2.5-flash", contents="hi"))
     assert [c.text for c in chunks] == ["Hello", " from"]
-    assert all(c.usage_metadata is None for c in chunks)
+    assert all(c.candidates[0].finish_reason is None for c in chunks)
+    assert chunks[-1].usage_metadata.candidates_token_count == 2  # running, not final
     fake.configure(truncate_after_chunks=None, reset_after_chunks=1)
     with pytest.raises(Exception):  # noqa: B017, PT011 - the HTTP library's own read error
         list(client.models.generate_content_stream(model="gemini-2.5-flash", contents="hi"))
