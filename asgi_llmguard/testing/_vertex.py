@@ -64,6 +64,16 @@ _TOOL_USE_HEADER = "x-fake-tool-use-prompt-tokens"
 _TOKEN_HEADERS = [(b"content-type", b"application/json; charset=utf-8"), (b"pragma", b"no-cache")]
 
 
+def _family(path: str) -> Family:
+    """The family of a recorded path, which may carry the prefix the fake is mounted under."""
+    while True:
+        found = parse(path).family
+        slash = path.find("/", 1)
+        if found != "none" or slash < 0:
+            return found
+        path = path[slash:]
+
+
 class FakeVertex:
     """A fake Vertex AI (Gemini and Claude) with its own OAuth 2.0 token endpoint.
 
@@ -187,9 +197,10 @@ class FakeVertex:
         return self._resets
 
     def calls(self, family: Family | None = None) -> list[ReceivedRequest]:
-        """The model calls received (``google`` or ``anthropic``; both when None)."""
+        """The model calls received (``google`` or ``anthropic``; both when None), wherever the
+        fake is mounted."""
         wanted = {"google", "anthropic"} if family is None else {family}
-        return [r for r in list(self._requests) if parse(r.path).family in wanted]
+        return [r for r in list(self._requests) if _family(r.path) in wanted]
 
     def reset(self) -> None:
         """Forget the recorded requests and zero the counters, :attr:`tokens_issued` included

@@ -362,3 +362,22 @@ def test_unknown_paths_and_methods(fake, url):
     )
     assert httpx.get(url + _gemini_path("generateContent")).status_code == 405
     assert httpx.get(f"{url}/token").status_code == 405
+
+
+def test_mounted_under_a_prefix(tmp_path):
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    fake = FakeVertex()
+    with serve(Starlette(routes=[Mount("/vertex", app=fake)])) as upstream:
+        base = f"{upstream.url}/vertex"
+        path = fake.write_service_account_file(tmp_path / "sa.json", base)
+        credentials = service_account.Credentials.from_service_account_file(
+            str(path), scopes=SCOPES
+        )
+        client = _genai(base, credentials)
+        assert client.models.generate_content(model="gemini-2.5-flash", contents="hi").text == (
+            REPLY
+        )
+    assert [r.path.split(":")[-1] for r in fake.calls("google")] == ["generateContent"]
+    assert fake.tokens_issued == 1
