@@ -75,9 +75,14 @@ class ServiceAccountKey:
         project_id: str = "fake-project",
         private_key_pem: str | None = None,
     ) -> None:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
-
+        try:
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric import rsa
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "the fake Vertex AI signs and checks keys with cryptography, which google-auth "
+                "brings: pip install 'asgi-llmguard[vertex]'"
+            ) from exc
         if private_key_pem is None:
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
             private_key_pem = key.private_bytes(
