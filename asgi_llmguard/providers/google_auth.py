@@ -162,9 +162,8 @@ class GoogleTokenSource(Resource):
         self._credentials = credentials
         self._request_type = google_auth.transport.requests.Request
         self.project_id = project_id
-        self.name = (
-            name or getattr(credentials, "service_account_email", None) or ("application-default")
-        )
+        email = getattr(credentials, "service_account_email", None)
+        self.name = name or email or "application-default"
         self._margin = float(refresh_margin)
         self._skew = float(expiry_skew)
         self._retry_interval = float(retry_interval)
