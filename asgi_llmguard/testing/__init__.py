@@ -12,8 +12,13 @@ that calls these APIs::
         client = openai.OpenAI(base_url=f"{upstream.url}/v1", api_key="sk-test")
         ...
     assert fake.requests[0].header("authorization") == "Bearer sk-test"
+
+:class:`FakeVertex` does the same for Vertex AI (Gemini and Claude), with its own OAuth 2.0 token
+endpoint and service account (:class:`ServiceAccountKey`), for ``google-auth``-based clients.
 """
 
+from asgi_llmguard.testing._google_oauth import ServiceAccountKey
+from asgi_llmguard.testing._vertex import FakeVertex
 from asgi_llmguard.testing._wait import wait_for, wait_until
 from asgi_llmguard.testing.fake import FakeConnectionReset, FakeProvider, ReceivedRequest
 from asgi_llmguard.testing.server import RunningServer, serve, serve_async
@@ -21,8 +26,10 @@ from asgi_llmguard.testing.server import RunningServer, serve, serve_async
 __all__ = [
     "FakeConnectionReset",
     "FakeProvider",
+    "FakeVertex",
     "ReceivedRequest",
     "RunningServer",
+    "ServiceAccountKey",
     "serve",
     "serve_async",
     "wait_for",
