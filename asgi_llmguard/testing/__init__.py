@@ -14,11 +14,13 @@ that calls these APIs::
     assert fake.requests[0].header("authorization") == "Bearer sk-test"
 """
 
+from asgi_llmguard.testing._bedrock import FakeBedrock
 from asgi_llmguard.testing._wait import wait_for, wait_until
 from asgi_llmguard.testing.fake import FakeConnectionReset, FakeProvider, ReceivedRequest
 from asgi_llmguard.testing.server import RunningServer, serve, serve_async
 
 __all__ = [
+    "FakeBedrock",
     "FakeConnectionReset",
     "FakeProvider",
     "ReceivedRequest",
