@@ -196,10 +196,10 @@ def decode_frame(frame: bytes) -> Frame | None:
 
 
 class _ConverseUsage(msgspec.Struct):
-    inputTokens: int | None = None  # noqa: N815 - the wire's names
-    outputTokens: int | None = None  # noqa: N815
-    cacheReadInputTokens: int | None = None  # noqa: N815
-    cacheWriteInputTokens: int | None = None  # noqa: N815
+    inputTokens: int | None = None
+    outputTokens: int | None = None
+    cacheReadInputTokens: int | None = None
+    cacheWriteInputTokens: int | None = None
 
     def tokens(self) -> TokenUsage:
         read = self.cacheReadInputTokens or 0
@@ -221,10 +221,10 @@ class _Chunk(msgspec.Struct):
 
 
 class _InvocationMetrics(msgspec.Struct):
-    inputTokenCount: int | None = None  # noqa: N815
-    outputTokenCount: int | None = None  # noqa: N815
-    cacheReadInputTokenCount: int | None = None  # noqa: N815
-    cacheWriteInputTokenCount: int | None = None  # noqa: N815
+    inputTokenCount: int | None = None
+    outputTokenCount: int | None = None
+    cacheReadInputTokenCount: int | None = None
+    cacheWriteInputTokenCount: int | None = None
 
     def tokens(self) -> TokenUsage:
         return _ConverseUsage(

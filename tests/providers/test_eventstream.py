@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import itertools
 import struct
 import zlib
 
@@ -90,7 +91,7 @@ def _meter_all(meter: ConverseStreamMeter | InvokeStreamMeter, data: bytes, cuts
     splitter = FrameSplitter()
     seen = []
     bounds = [0, *sorted(cuts), len(data)]
-    for start, end in zip(bounds, bounds[1:], strict=False):
+    for start, end in itertools.pairwise(bounds):
         for frame in splitter.feed(data[start:end]):
             seen.append(frame)
             meter.event(frame)
@@ -109,11 +110,15 @@ def test_converse_stream_usage_is_exact_for_any_split(data: st.DataObject) -> No
     meter = ConverseStreamMeter()
     splitter, frames = _meter_all(meter, raw, data.draw(_cuts("converse")))
     assert meter.usage == CONVERSE_USAGE
-    assert meter.finished and not meter.error and not meter.estimated
+    assert meter.finished
+    assert not meter.error
+    assert not meter.estimated
     assert meter.deltas == 7
     # The meter only observes: the frames handed out are the stream's bytes, all of them.
     assert b"".join(frames) == raw
-    assert splitter.pending == 0 and not splitter.broken and splitter.corrupt == 0
+    assert splitter.pending == 0
+    assert not splitter.broken
+    assert splitter.corrupt == 0
 
 
 @settings(max_examples=200, deadline=None)
@@ -123,7 +128,9 @@ def test_invoke_stream_usage_is_exact_for_any_split(data: st.DataObject) -> None
     meter = InvokeStreamMeter()
     _, frames = _meter_all(meter, raw, data.draw(_cuts("invoke")))
     assert meter.usage == CLAUDE_USAGE
-    assert meter.finished and not meter.error and not meter.estimated
+    assert meter.finished
+    assert not meter.error
+    assert not meter.estimated
     assert meter.model == "anthropic.claude-3-5-haiku-20241022-v1:0"
     assert meter.deltas == 7
     assert b"".join(frames) == raw
@@ -152,9 +159,11 @@ def test_invoke_stream_cut_before_its_counts_is_estimated() -> None:
     raw = _without(_without(_streams()["invoke"], "message_delta"), "message_stop")
     meter = InvokeStreamMeter()
     _meter_all(meter, raw, [])
-    assert meter.estimated and not meter.finished
+    assert meter.estimated
+    assert not meter.finished
     # The Messages meter's estimate: at least one token per delta.
-    assert meter.usage is not None and meter.usage.output_tokens >= 7
+    assert meter.usage is not None
+    assert meter.usage.output_tokens >= 7
 
 
 @settings(max_examples=100, deadline=None)
@@ -165,7 +174,8 @@ def test_truncated_stream_gives_no_usage_and_holds_one_frame_at_most(data: st.Da
     end = data.draw(st.integers(0, len(raw) - 1))  # anywhere before the end of the last frame
     meter = ConverseStreamMeter()
     splitter, seen = _meter_all(meter, raw[:end], data.draw(st.lists(st.integers(0, end))))
-    assert meter.usage is None and not meter.finished
+    assert meter.usage is None
+    assert not meter.finished
     assert splitter.pending <= max(len(f) for f in frames)
     assert b"".join(seen) == raw[: len(b"".join(seen))]
 
@@ -178,7 +188,8 @@ def test_a_frame_whose_message_crc_fails_is_dropped_and_the_rest_read() -> None:
     for cuts in ([], list(range(len(raw)))):
         meter = ConverseStreamMeter()
         splitter, _ = _meter_all(meter, raw, cuts)
-        assert splitter.corrupt == 1 and not splitter.broken
+        assert splitter.corrupt == 1
+        assert not splitter.broken
         assert meter.deltas == 6
         assert meter.usage == CONVERSE_USAGE
 
@@ -190,7 +201,8 @@ def test_a_prelude_whose_crc_fails_stops_the_splitter() -> None:
     raw = b"".join([frames[0], frames[1], bytes(damaged), *frames[3:]])
     meter = ConverseStreamMeter()
     splitter, seen = _meter_all(meter, raw, [5, 100])
-    assert splitter.broken and splitter.pending == 0
+    assert splitter.broken
+    assert splitter.pending == 0
     assert seen == frames[:2]
     assert meter.usage is None
     assert splitter.feed(frames[-1]) == []
@@ -212,7 +224,8 @@ def test_absurd_frame_lengths_are_skipped_without_being_held() -> None:
     # The oversized frame's last bytes, then the stream goes on.
     rest = huge - 12 - 15 * (1 << 16)
     assert splitter.feed(b"\0" * rest + frames[1] + frames[2][:5]) == [frames[1]]
-    assert splitter.oversized == 1 and not splitter.broken
+    assert splitter.oversized == 1
+    assert not splitter.broken
     assert splitter.feed(frames[2][5:]) == [frames[2]]
 
 
@@ -236,8 +249,10 @@ def test_exception_frames_are_errors_and_their_status_is_known() -> None:
     frames = _frames(raw)
     meter = ConverseStreamMeter()
     _meter_all(meter, raw, [])
-    assert meter.error and meter.exception == "throttlingException"
-    assert not meter.finished and meter.usage is None
+    assert meter.error
+    assert meter.exception == "throttlingException"
+    assert not meter.finished
+    assert meter.usage is None
     # The first frame held: messageStart is not an error; the exception right after it is.
     assert first_frame_end(raw[:11]) == -1
     assert first_frame_end(raw[: len(frames[0]) - 1]) == -1
@@ -281,10 +296,14 @@ def test_the_terminal_exception_frame_is_raised_by_botocore() -> None:
     shape = operation.output_shape.members["stream"]
     raw = b"".join(_frames(_streams()["converse"])[:2]) + frame
     events = EventStream(_Raw(raw), shape, EventStreamJSONParser(), "ConverseStream")
-    received = []
-    with pytest.raises(EventStreamError) as caught:
+    received: list[dict] = []
+
+    def read_all() -> None:
         for event in events:
             received.append(event)
+
+    with pytest.raises(EventStreamError) as caught:
+        read_all()
     assert received == [
         {"messageStart": {"role": "assistant"}},
         {"contentBlockDelta": {"delta": {"text": "Hello"}, "contentBlockIndex": 0}},
@@ -297,8 +316,11 @@ def test_the_terminal_exception_frame_is_raised_by_botocore() -> None:
 
 def test_json_answers() -> None:
     usage, model, calls = usage_from_converse_json(_streams()["converse-json"])
-    assert usage == CONVERSE_USAGE and model is None and calls == {}
+    assert usage == CONVERSE_USAGE
+    assert model is None
+    assert calls == {}
     assert usage_from_converse_json(b"{not json") == (None, None, {})
     # InvokeModel with Claude answers Anthropic's JSON: its reader applies as it is.
     usage, model, _ = anthropic_usage(_streams()["invoke-json"])
-    assert usage == CLAUDE_USAGE and model == "anthropic.claude-3-5-haiku-20241022-v1:0"
+    assert usage == CLAUDE_USAGE
+    assert model == "anthropic.claude-3-5-haiku-20241022-v1:0"
