@@ -29,7 +29,10 @@ from typing import TYPE_CHECKING, Any
 from asgi_llmguard.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from botocore.credentials import Credentials, ReadOnlyCredentials
+    from botocore.credentials import (  # type: ignore[import-untyped]
+        Credentials,
+        ReadOnlyCredentials,
+    )
 
 _MISSING = "AWS Bedrock needs botocore: pip install 'asgi-llmguard[bedrock]'"
 #: The headers a signature adds (lowercase).
@@ -38,11 +41,11 @@ SIGNATURE_HEADERS = frozenset({"authorization", "x-amz-date", "x-amz-security-to
 
 def _botocore() -> Any:
     try:
-        import botocore.auth
-        import botocore.awsrequest
+        import botocore.auth  # type: ignore[import-untyped]
+        import botocore.awsrequest  # type: ignore[import-untyped]
         import botocore.credentials
-        import botocore.exceptions
-        import botocore.session
+        import botocore.exceptions  # type: ignore[import-untyped]
+        import botocore.session  # type: ignore[import-untyped]
     except ImportError:  # pragma: no cover - the extra is installed in tests
         raise ConfigurationError(_MISSING) from None
     return botocore
@@ -105,7 +108,7 @@ class SigV4Signer:
                 + (f" profile {self.profile!r}" if self.profile else "")
                 + ", container or instance metadata)"
             )
-        return credentials  # type: ignore[no-any-return]
+        return credentials
 
     async def credentials(self) -> ReadOnlyCredentials:
         """The current credentials, renewed first (in a thread, once for all waiters) when due."""
