@@ -12,6 +12,9 @@ that calls these APIs::
         client = openai.OpenAI(base_url=f"{upstream.url}/v1", api_key="sk-test")
         ...
     assert fake.requests[0].header("authorization") == "Bearer sk-test"
+
+:class:`FakeBedrock` does the same for Amazon Bedrock Runtime (Converse, InvokeModel and their
+event streams), checking SigV4 signatures or Bedrock API keys.
 """
 
 from asgi_llmguard.testing._bedrock import FakeBedrock
