@@ -296,11 +296,18 @@ class FakeBedrock:
             knobs = _override(knobs, request.headers)
             await exchange.pause(knobs.common.latency)
             in_stream = knobs.exception_after_chunks is not None and operation.endswith("stream")
+            retry = knobs.common.retry_after
+            headers = [] if retry is None else [(b"retry-after", f"{retry:g}".encode())]
             if knobs.error is not None and not in_stream:
-                raise ApiError(wire.ERRORS[knobs.error], f"Fake Bedrock: {knobs.error}")
+                raise ApiError(
+                    wire.ERRORS[knobs.error],
+                    f"Fake Bedrock: {knobs.error}",
+                    kind=knobs.error,
+                    headers=headers,
+                )
             status = knobs.common.status
             if status is not None and status >= 400:
-                raise ApiError(status, f"Fake Bedrock: HTTP {status}")
+                raise ApiError(status, f"Fake Bedrock: HTTP {status}", headers=headers)
             result = self._dispatch(request, model_id, operation, knobs)
         except ApiError as error:
             await self._send_error(exchange, error)

@@ -178,7 +178,7 @@ def test_invoke_model_with_response_stream(client: Any) -> None:
 @pytest.mark.parametrize(
     ("knob", "exception", "status"),
     [
-        ({"error": "ThrottlingException"}, "ThrottlingException", 429),
+        ({"error": "ThrottlingException", "retry_after": "2"}, "ThrottlingException", 429),
         ({"status": "429"}, "ThrottlingException", 429),
         ({"status": "403"}, "AccessDeniedException", 403),
         ({"error": "ServiceUnavailableException"}, "ServiceUnavailableException", 503),
@@ -194,6 +194,9 @@ def test_errors_surface_as_botocores_modeled_exceptions(
     assert caught.value.response["Error"]["Code"] == exception
     assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
     assert caught.value.response["Error"]["Message"].startswith("Fake Bedrock")
+    headers = caught.value.response["ResponseMetadata"]["HTTPHeaders"]
+    assert headers["x-amzn-errortype"] == exception
+    assert headers.get("retry-after") == knob.get("retry_after")
 
 
 def test_a_claude_body_without_its_version_is_a_validation_error(client: Any) -> None:
