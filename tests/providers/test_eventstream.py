@@ -136,6 +136,47 @@ def test_invoke_stream_usage_is_exact_for_any_split(data: st.DataObject) -> None
     assert b"".join(frames) == raw
 
 
+usage_numbers = st.integers(0, 2**31 - 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    numbers=st.tuples(usage_numbers, usage_numbers, usage_numbers, usage_numbers),
+    texts=st.lists(st.text(max_size=300), max_size=20),
+    cached=st.booleans(),
+    data=st.data(),
+)
+def test_any_converse_usage_any_text_any_split(
+    numbers: tuple[int, int, int, int], texts: list[str], cached: bool, data: st.DataObject
+) -> None:
+    """Frames built by the fake's encoder, with any numbers and any (unicode) text."""
+    from asgi_llmguard.testing._eventstream import event
+
+    read, write, inp, out = numbers
+    usage = {"inputTokens": inp, "outputTokens": out, "totalTokens": inp + out + read + write}
+    if cached:
+        usage |= {"cacheReadInputTokens": read, "cacheWriteInputTokens": write}
+    raw = b"".join(
+        [
+            event("messageStart", {"role": "assistant"}),
+            *(event("contentBlockDelta", {"delta": {"text": t}, "p": "x" * len(t)}) for t in texts),
+            event("messageStop", {"stopReason": "end_turn"}),
+            event("metadata", {"usage": usage, "metrics": {"latencyMs": 1}}),
+        ]
+    )
+    meter = ConverseStreamMeter()
+    _, frames = _meter_all(meter, raw, data.draw(st.lists(st.integers(0, len(raw)), max_size=30)))
+    read, write = (read, write) if cached else (0, 0)
+    assert meter.usage == TokenUsage(
+        input_tokens=inp + read + write,
+        output_tokens=out,
+        cached_input_tokens=read,
+        cache_creation_tokens=write,
+    )
+    assert meter.deltas == len(texts)
+    assert b"".join(frames) == raw
+
+
 def _without(raw: bytes, anthropic_type: str) -> bytes:
     kept = []
     for frame in _frames(raw):
