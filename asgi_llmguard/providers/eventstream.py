@@ -192,6 +192,24 @@ def decode_frame(frame: bytes) -> Frame | None:
     return Frame(headers, frame[end : total - 4])
 
 
+def _string_header(name: str, value: str) -> bytes:
+    raw_name, raw_value = name.encode(), value.encode()
+    return (
+        bytes((len(raw_name),)) + raw_name + b"\x07" + struct.pack(">H", len(raw_value)) + raw_value
+    )
+
+
+# The encoded headers of the frames met most, found in a frame's header block by a byte search
+# rather than decoded: a stream is mostly content deltas.
+_EVENT = _string_header(":message-type", "event")
+_CONTENT_DELTA = _string_header(":event-type", "contentBlockDelta")
+_CHUNK = _string_header(":event-type", "chunk")
+
+
+def _header_block(frame: bytes) -> bytes:
+    return frame[12 : 12 + int.from_bytes(frame[4:8], "big")]
+
+
 # -- the frames' JSON --------------------------------------------------------------------------
 
 
@@ -299,6 +317,10 @@ class ConverseStreamMeter:
         return False
 
     def event(self, frame: bytes) -> None:
+        head = _header_block(frame)
+        if _CONTENT_DELTA in head and _EVENT in head:
+            self.deltas += 1
+            return
         decoded = decode_frame(frame)
         if decoded is None:
             return
@@ -366,17 +388,22 @@ class InvokeStreamMeter:
         return self._inner.service_tier
 
     def event(self, frame: bytes) -> None:
-        decoded = decode_frame(frame)
-        if decoded is None:
-            return
-        if decoded.is_error:
-            self.error = True
-            self.exception = decoded.error_type
-            return
-        if decoded.event_type != "chunk":
-            return
+        head = _header_block(frame)
+        if _CHUNK in head and _EVENT in head:
+            payload = frame[12 + len(head) : -4]
+        else:
+            decoded = decode_frame(frame)
+            if decoded is None:
+                return
+            if decoded.is_error:
+                self.error = True
+                self.exception = decoded.error_type
+                return
+            if decoded.event_type != "chunk":
+                return
+            payload = decoded.payload
         try:
-            data = binascii.a2b_base64(_chunk.decode(decoded.payload).bytes, strict_mode=True)
+            data = binascii.a2b_base64(_chunk.decode(payload).bytes, strict_mode=True)
             event = _anthropic_event.decode(data)
         except (*_DECODE_ERRORS, binascii.Error):
             return
@@ -408,13 +435,6 @@ def error_in_first_frame(frame: bytes) -> int | None:
     if decoded is None or not decoded.is_error:
         return None
     return EXCEPTION_STATUS.get(decoded.error_type, 500)
-
-
-def _string_header(name: str, value: str) -> bytes:
-    raw_name, raw_value = name.encode(), value.encode()
-    return (
-        bytes((len(raw_name),)) + raw_name + b"\x07" + struct.pack(">H", len(raw_value)) + raw_value
-    )
 
 
 def exception_frame(
