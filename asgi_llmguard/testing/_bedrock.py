@@ -31,71 +31,26 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import datetime as dt
-import hmac
 import logging
 import threading
 import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from asgi_llmguard.testing import _bedrock_wire as wire
 from asgi_llmguard.testing import _eventstream
+from asgi_llmguard.testing._bedrock_checks import BedrockKnobs, authenticate, override, validated
 from asgi_llmguard.testing._common import ApiError, Generation, StreamPlan
 from asgi_llmguard.testing._http import ClientGone, Exchange, Receive, ReceivedRequest, Scope, Send
-from asgi_llmguard.testing._knobs import DEFAULT_REPLY, Knobs, count, override, validate
-from asgi_llmguard.testing._sigv4 import SignatureError, SignedRequest, verify
+from asgi_llmguard.testing._knobs import DEFAULT_REPLY, Knobs, count
 from asgi_llmguard.testing._wait import wait_for, wait_until
 from asgi_llmguard.testing.fake import _RESET_FILTER, FakeConnectionReset
 
 _OPERATIONS = ("converse", "converse-stream", "invoke", "invoke-with-response-stream")
 _EVENTSTREAM = b"application/vnd.amazon.eventstream"
-
-
-@dataclass(frozen=True)
-class BedrockKnobs:
-    common: Knobs
-    error: str | None = None
-    exception_after_chunks: int | None = None
-
-
-def _validated(knobs: BedrockKnobs) -> BedrockKnobs:
-    validate(knobs.common)
-    if knobs.error is not None and knobs.error not in wire.ERRORS:
-        raise ValueError(f"error must be one of {', '.join(sorted(wire.ERRORS))}")
-    if knobs.exception_after_chunks is not None:
-        count("exception_after_chunks", knobs.exception_after_chunks)
-    return knobs
-
-
-_OWN_HEADERS = {"x-fake-error": "error", "x-fake-exception-after-chunks": "exception_after_chunks"}
-
-
-def _override(knobs: BedrockKnobs, headers: list[tuple[str, str]]) -> BedrockKnobs:
-    common = override(knobs.common, [(k, v) for k, v in headers if k not in _OWN_HEADERS])
-    changes: dict[str, Any] = {}
-    for name, text in headers:
-        field = _OWN_HEADERS.get(name)
-        if field is None:
-            continue
-        value = text.strip()
-        if value.lower() == "none":
-            changes[field] = None
-        elif field == "error":
-            changes[field] = value
-        else:
-            try:
-                changes[field] = int(value)
-            except ValueError:
-                raise ApiError(400, f"bad value for {name}: {text!r}") from None
-    try:
-        return _validated(dataclasses.replace(knobs, common=common, **changes))
-    except ValueError as exc:
-        raise ApiError(400, f"bad fake-provider header: {exc}") from None
 
 
 class FakeBedrock:
@@ -146,7 +101,7 @@ class FakeBedrock:
         self.api_key = api_key
         self.region = region
         self.max_clock_skew = max_clock_skew
-        self._defaults = _validated(
+        self._defaults = validated(
             BedrockKnobs(
                 Knobs(
                     latency=latency,
@@ -184,7 +139,7 @@ class FakeBedrock:
         if unknown:
             raise TypeError(f"unknown knob(s): {', '.join(sorted(unknown))}")
         defaults = self._defaults
-        self._defaults = _validated(
+        self._defaults = validated(
             dataclasses.replace(
                 defaults,
                 common=dataclasses.replace(
@@ -293,7 +248,7 @@ class FakeBedrock:
         try:
             model_id, operation = self._route(request, scope.get("root_path", ""))
             self._authenticate(request, scope)
-            knobs = _override(knobs, request.headers)
+            knobs = override(knobs, request.headers)
             await exchange.pause(knobs.common.latency)
             in_stream = knobs.exception_after_chunks is not None and operation.endswith("stream")
             retry = knobs.common.retry_after
@@ -348,38 +303,16 @@ class FakeBedrock:
     def _authenticate(self, request: ReceivedRequest, scope: Scope) -> None:
         if self.access_keys is None and self.api_key is None:
             return
-        given = request.header("authorization") or ""
-        if given.startswith("Bearer "):
-            if self.api_key is not None and hmac.compare_digest(
-                given[7:].encode(), self.api_key.encode()
-            ):
-                self.signers.append("bearer")
-                return
-            raise ApiError(
-                403,
-                "Invalid API Key format: Must start with pre-defined prefix",
-                kind="UnrecognizedClientException",
-            )
-        keys = self.access_keys or {}
-        signed = SignedRequest(
-            method=request.method,
-            raw_path=(scope.get("raw_path") or scope["path"].encode()),
-            raw_query=scope.get("query_string", b""),
-            headers=request.headers,
-            body=request.body,
+        signer = authenticate(
+            request,
+            scope.get("raw_path") or scope["path"].encode(),
+            scope.get("query_string", b""),
+            access_keys=self.access_keys or {},
+            api_key=self.api_key,
+            region=self.region,
+            max_skew=self.max_clock_skew,
         )
-        try:
-            access_key = verify(
-                signed,
-                keys.get,
-                service="bedrock",
-                region=self.region,
-                now=dt.datetime.now(dt.UTC),
-                max_skew=self.max_clock_skew,
-            )
-        except SignatureError as exc:
-            raise ApiError(403, exc.message, kind=exc.code) from None
-        self.signers.append(access_key)
+        self.signers.append(signer)
 
     @staticmethod
     def _dispatch(

@@ -23,15 +23,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asgi_llmguard.providers.anthropic_usage import usage_from_json as anthropic_usage
-from asgi_llmguard.providers.eventstream import (
+from asgi_llmguard.providers.bedrock_usage import (
     ConverseStreamMeter,
-    FrameSplitter,
     InvokeStreamMeter,
+    usage_from_converse_json,
+)
+from asgi_llmguard.providers.eventstream import (
+    FrameSplitter,
     decode_frame,
     error_in_first_frame,
     exception_frame,
     first_frame_end,
-    usage_from_converse_json,
 )
 from asgi_llmguard.testing import FakeBedrock, serve
 from asgi_llmguard.tokens import TokenUsage
