@@ -9,8 +9,8 @@ carrying a ``p`` padding field as Bedrock's do. ``usage`` has ``inputTokens`` (t
 prompt), ``outputTokens``, ``totalTokens`` (all of them) and, when a cache was used,
 ``cacheReadInputTokens`` and ``cacheWriteInputTokens``.
 
-InvokeModel with a Claude body (``anthropic_version: "bedrock-2023-05-31"``, no ``model``: the
-model is in the path) answers Anthropic's Messages JSON, with the
+InvokeModel with a Claude body (``anthropic_version``, e.g. ``"bedrock-2023-05-31"``; no ``model``:
+the model is in the path) answers Anthropic's Messages JSON, with the
 ``x-amzn-bedrock-input-token-count`` / ``-output-token-count`` headers; streamed, every Anthropic
 event becomes a ``chunk`` frame whose payload is ``{"bytes": <the event's JSON, base64>}``, and
 ``message_stop`` carries ``amazon-bedrock-invocationMetrics``.
@@ -69,7 +69,6 @@ STREAM_EXCEPTIONS = frozenset(
         "modelTimeoutException",
     }
 )
-ANTHROPIC_VERSION = "bedrock-2023-05-31"
 _PADDING = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123"
 
 
@@ -199,8 +198,11 @@ def invoke(
     """``/invoke`` and ``/invoke-with-response-stream`` with a Claude (Messages) body."""
     if "anthropic_version" not in body:
         raise _malformed("required key [anthropic_version] not found")
-    if body["anthropic_version"] != ANTHROPIC_VERSION:
-        raise _validation(f"anthropic_version: must be {ANTHROPIC_VERSION!r}")
+    version = body["anthropic_version"]
+    if not isinstance(version, str) or not version:
+        # Any version is served: ``bedrock-2023-05-31``, or the dated API version recent
+        # Anthropic SDKs send through Bedrock too.
+        raise _malformed("anthropic_version: expected a non-empty string")
     for extraneous in ("model", "stream"):
         if extraneous in body:
             raise _malformed(f"extraneous key [{extraneous}] is not permitted")

@@ -12,6 +12,7 @@ import base64
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import boto3
 import botocore.exceptions
 import httpx
@@ -309,3 +310,44 @@ def test_chunk_payloads_are_base64_of_anthropic_events(upstream: RunningServer) 
     payload = orjson.loads(raw[12 + headers_length : total - 4])
     assert set(payload) == {"bytes"}
     assert orjson.loads(base64.b64decode(payload["bytes"]))["type"] == "message_start"
+
+
+def test_anthropic_bedrock_client(upstream: RunningServer, fake: FakeBedrock) -> None:
+    """The ``anthropic`` SDK's Bedrock client: InvokeModel (and its stream), SigV4 or API key."""
+    signed = anthropic.AnthropicBedrock(
+        aws_access_key=ACCESS_KEY,
+        aws_secret_key=SECRET,
+        aws_region="us-east-1",
+        base_url=upstream.url,
+        max_retries=0,
+    )
+    message = signed.messages.create(
+        model=MODEL, max_tokens=20, messages=[{"role": "user", "content": "hi there"}]
+    )
+    assert message.content[0].text == "Hello from the fake provider."  # type: ignore[union-attr]
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (2, REPLY_WORDS)
+    with signed.messages.stream(
+        model="us.anthropic.claude-sonnet-4-20250514-v1:0",
+        max_tokens=20,
+        messages=[{"role": "user", "content": "hi"}],
+    ) as stream:
+        assert "".join(stream.text_stream) == "Hello from the fake provider."
+        assert stream.get_final_message().usage.output_tokens == REPLY_WORDS
+    with pytest.raises(anthropic.RateLimitError):
+        signed.messages.create(
+            model=MODEL,
+            max_tokens=20,
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-fake-error": "ThrottlingException"},
+        )
+    keyed = anthropic.AnthropicBedrock(
+        api_key=API_KEY, aws_region="us-east-1", base_url=upstream.url, max_retries=0
+    )
+    keyed.messages.create(model=MODEL, max_tokens=20, messages=[{"role": "user", "content": "x"}])
+    assert list(fake.signers) == [ACCESS_KEY, ACCESS_KEY, ACCESS_KEY, "bearer"]
+    assert [r.path.rsplit("/", 1)[1] for r in fake.requests] == [
+        "invoke",
+        "invoke-with-response-stream",
+        "invoke",
+        "invoke",
+    ]
