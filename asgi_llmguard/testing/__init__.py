@@ -15,8 +15,11 @@ that calls these APIs::
 
 :class:`FakeVertex` does the same for Vertex AI (Gemini and Claude), with its own OAuth 2.0 token
 endpoint and service account (:class:`ServiceAccountKey`), for ``google-auth``-based clients.
+:class:`FakeBedrock` does the same for Amazon Bedrock Runtime (Converse, InvokeModel and their
+event streams), checking SigV4 signatures or Bedrock API keys.
 """
 
+from asgi_llmguard.testing._bedrock import FakeBedrock
 from asgi_llmguard.testing._google_oauth import ServiceAccountKey
 from asgi_llmguard.testing._vertex import FakeVertex
 from asgi_llmguard.testing._wait import wait_for, wait_until
@@ -24,6 +27,7 @@ from asgi_llmguard.testing.fake import FakeConnectionReset, FakeProvider, Receiv
 from asgi_llmguard.testing.server import RunningServer, serve, serve_async
 
 __all__ = [
+    "FakeBedrock",
     "FakeConnectionReset",
     "FakeProvider",
     "FakeVertex",
