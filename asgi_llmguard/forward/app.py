@@ -60,8 +60,9 @@ from asgi_llmguard.forward.target import Target
 from asgi_llmguard.forward.thinking import apply_thinking
 from asgi_llmguard.forward.warmup import Warmer, warm_request
 from asgi_llmguard.lifecycle import Resource, serve_lifespan
-from asgi_llmguard.providers.base import Upstream, provider_for
-from asgi_llmguard.routes import Api
+from asgi_llmguard.providers import provider_for
+from asgi_llmguard.providers.base import Upstream
+from asgi_llmguard.routes import Api, Dialect
 from asgi_llmguard.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -221,7 +222,7 @@ class ForwardingApp(Resource):
             return
         endpoint = route.endpoint
         api = endpoint.api
-        anthropic = api == "anthropic"
+        dialect = endpoint.dialect
         try:
             body = ctx.body if ctx.body is not None else await read_body(ctx, receive)
             model = ctx.model if endpoint.json_body or route.deployment is not None else None
@@ -229,13 +230,13 @@ class ForwardingApp(Resource):
             ctx.disconnected = True
             return
         except InvalidBody as exc:
-            await send_error(send, 400, str(exc), anthropic=anthropic)
+            await send_error(send, 400, str(exc), dialect=dialect)
             return
         plan = self.router.plan(
             api, model, scope["headers"], deployment=route.deployment is not None
         )
         if not plan.steps:
-            await self._unroutable(send, plan, model, api, anthropic)
+            await self._unroutable(send, plan, model, api, dialect)
             return
         if (
             self.warmer is not None
@@ -274,7 +275,7 @@ class ForwardingApp(Resource):
                     index == last or made >= retry.max_attempts or time.perf_counter() >= deadline
                 )
                 failure = await self._attempt(
-                    ctx, plan, step, body, scope, send, watch, final, cooldowns, anthropic
+                    ctx, plan, step, body, scope, send, watch, final, cooldowns, dialect
                 )
                 if failure is None:
                     return
@@ -285,7 +286,7 @@ class ForwardingApp(Resource):
                         send,
                         STATUS_FOR[error.kind],
                         str(error),
-                        anthropic=anthropic,
+                        dialect=dialect,
                         code="upstream_error",
                     )
                     return
@@ -293,7 +294,7 @@ class ForwardingApp(Resource):
                 await asyncio.sleep(backoff_delay(retry, made))
             # Every planned credential was skipped (cooling, breaker half-open) before any attempt.
             await self._unroutable(
-                send, Plan([], cooling_until=time.time() + 1), ctx.model, api, anthropic
+                send, Plan([], cooling_until=time.time() + 1), ctx.model, api, dialect
             )
         except asyncio.CancelledError:
             if watch.disconnected and task.uncancel() == 0:
@@ -305,17 +306,17 @@ class ForwardingApp(Resource):
             # records what was produced.
             if not watch.disconnected and not watch.finished:
                 ctx.upstream_error = "shutdown"
-                await end_interrupted(send, watch, anthropic)
+                await end_interrupted(send, watch, dialect)
             raise
         finally:
             watch.finished = True
             watcher.cancel()
 
     async def _unroutable(
-        self, send: Send, plan: Plan, model: str | None, api: Api, anthropic: bool
+        self, send: Send, plan: Plan, model: str | None, api: Api, dialect: Dialect
     ) -> None:
         if plan.error is not None:
-            await send_error(send, plan.status, plan.error, anthropic=anthropic)
+            await send_error(send, plan.status, plan.error, dialect=dialect)
             return
         wait = max(1, math.ceil((plan.cooling_until or time.time()) - time.time()))
         await send_error(
@@ -323,8 +324,8 @@ class ForwardingApp(Resource):
             429,
             f"Every upstream credential for {model or api!s} is cooling down after errors or "
             f"rate limits; retry after {wait} s.",
-            anthropic=anthropic,
-            type="rate_limit_error" if anthropic else "rate_limit_exceeded",
+            dialect=dialect,
+            type=dialect.specific("rate_limit_exceeded"),
             code="upstream_cooling_down",
             headers=[(b"retry-after", str(wait).encode())],
             # a credential resting for an hour (after a 401) is not worth a client's wait
@@ -360,7 +361,7 @@ class ForwardingApp(Resource):
         watch: Watch,
         final: bool,
         cooldowns: Cooldowns | None,
-        anthropic: bool,
+        dialect: Dialect,
     ) -> _Failure | None:
         """One request to ``step``'s credential, its outcome recorded (breaker, cooldowns).
 
@@ -381,11 +382,13 @@ class ForwardingApp(Resource):
         except InvalidBody as exc:
             if breaker is not None:
                 breaker.release(credential)
-            await send_error(send, 400, str(exc), anthropic=anthropic)
+            await send_error(send, 400, str(exc), dialect=dialect)
             return None
         headers = request_headers(scope["headers"], target.drop, target.defaults, target.static)
         # The caller's id (else ours) travels upstream so provider-side logs can be matched.
         headers.append(("x-request-id", ctx.client_request_id or ctx.request_id))
+        if target.signs:  # a credential applied per request (a signature), after every header
+            url = target.provider.sign(target.upstream, ctx.method, url, headers, attempt_body)
         ctx.credential_id = credential
         started_at = time.time()
         began = time.perf_counter()
@@ -444,7 +447,7 @@ class ForwardingApp(Resource):
                     resp,
                     send,
                     watch,
-                    anthropic,
+                    dialect,
                     aliases=router.aliases,
                     alias=plan.alias,
                     held=held,

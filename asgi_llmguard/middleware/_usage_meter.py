@@ -141,7 +141,7 @@ class Meter:
                     self.truncated = True
                     note = sse_error_event(
                         "The upstream ended the stream before it was complete.",
-                        anthropic=self._endpoint.anthropic_errors,
+                        dialect=self._endpoint.dialect,
                     )
                     message = {"type": "http.response.body", "body": body + note}
         elif self._json is not None and body:
