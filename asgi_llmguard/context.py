@@ -11,6 +11,7 @@ import itertools
 import os
 import time
 from collections.abc import Iterator
+from urllib.parse import unquote_to_bytes
 
 import msgspec
 
@@ -163,6 +164,31 @@ class Attempt:
 
 
 _ANTHROPIC_HEADERS = frozenset({b"anthropic-version", b"anthropic-beta", b"x-api-key"})
+#: Google's key header: on ``/v1/models`` it says the caller speaks the Gemini API.
+_GOOGLE_KEY_HEADER = b"x-goog-api-key"
+#: Where `RequestContext.from_scope` puts a key it took out of a Gemini URL's ``key`` parameter;
+#: the key layer reads it when no header carries one.
+QUERY_KEY = "llmguard.query_key"
+
+
+def take_query_key(scope: Scope) -> None:
+    """Remove the ``key`` query parameter (the Gemini API's way of sending an API key) from
+    ``scope["query_string"]`` and keep its value at ``scope[QUERY_KEY]``, so no layer that records
+    or forwards the URL ever sees it."""
+    query: bytes = scope.get("query_string", b"")
+    if b"key=" not in query:
+        return
+    kept: list[bytes] = []
+    key: bytes | None = None
+    for pair in query.split(b"&"):
+        if pair.startswith(b"key="):
+            if key is None:
+                key = unquote_to_bytes(pair[4:].replace(b"+", b" "))
+        else:
+            kept.append(pair)
+    if key is not None:
+        scope[QUERY_KEY] = key
+        scope["query_string"] = b"&".join(kept)
 
 
 class RequestContext:
@@ -190,7 +216,12 @@ class RequestContext:
     )
 
     def __init__(
-        self, method: str, path: str, request_id: str | None = None, anthropic: bool = False
+        self,
+        method: str,
+        path: str,
+        request_id: str | None = None,
+        anthropic: bool = False,
+        google: bool = False,
     ) -> None:
         self.method = method
         #: The route path: the ASGI ``path`` with the ``root_path`` of a mount removed.
@@ -227,7 +258,7 @@ class RequestContext:
         #: The request's ``Content-Type``, kept for multipart endpoints only (their boundary).
         self.content_type: bytes | None = None
         try:
-            self.route = classify(method, path, anthropic)
+            self.route = classify(method, path, anthropic, google)
         except (RouteNotFound, MethodNotAllowed) as exc:
             self.route_error = exc
 
@@ -242,18 +273,29 @@ class RequestContext:
             # Model lists, files and skills exist in both dialects: Anthropic's headers pick
             # Anthropic's (``anthropic-beta`` alone too: curl users of the Files API send it with
             # a Bearer key).
+            # Google's key (header or ``key`` parameter) picks the Gemini API's model list.
             for name, _ in scope["headers"]:
                 if name in _ANTHROPIC_HEADERS:
                     ctx = cls(scope["method"], path, None, True)
                     break
+                if name == _GOOGLE_KEY_HEADER:
+                    ctx = cls(scope["method"], path, None, False, True)
+                    break
+            else:
+                if b"key=" in scope.get("query_string", b""):
+                    ctx = cls(scope["method"], path, None, False, True)
         if ctx is None:
             ctx = cls(scope["method"], path)
         route = ctx.route
-        if route is not None and route.endpoint.multipart:
-            for name, value in scope["headers"]:
-                if name == b"content-type":
-                    ctx.content_type = value
-                    break
+        if route is not None:
+            endpoint = route.endpoint
+            if endpoint.multipart:
+                for name, value in scope["headers"]:
+                    if name == b"content-type":
+                        ctx.content_type = value
+                        break
+            elif endpoint.api == "gemini":
+                take_query_key(scope)
         return ctx
 
     def fields(self) -> RequestFields:
@@ -317,10 +359,11 @@ class RequestContext:
 
     @property
     def model(self) -> str | None:
-        """The model asked for: the Azure deployment for deployment paths, else the body's."""
+        """The model asked for: the one the path names (an Azure deployment, Gemini's
+        ``models/{model}:...``), else the body's."""
         route = self.route
-        if route is not None and route.deployment is not None:
-            return route.deployment
+        if route is not None and route.model is not None:
+            return route.model
         fields = self._fields
         if fields is not None:  # decoded already: no call
             return fields.model

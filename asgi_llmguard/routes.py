@@ -15,9 +15,9 @@ from typing import Literal
 import orjson
 
 #: The API a route speaks. It decides the error dialect and which upstream may serve it.
-Api = Literal["openai", "azure", "anthropic"]
+Api = Literal["openai", "azure", "anthropic", "gemini"]
 #: Every API, as the config file and key policies spell them.
-APIS: tuple[Api, ...] = ("openai", "azure", "anthropic")
+APIS: tuple[Api, ...] = ("openai", "azure", "anthropic", "gemini")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -163,13 +163,22 @@ GOOGLE = Dialect(
 #: Every dialect, for layers that prebuild one refusal body per dialect.
 DIALECTS: tuple[Dialect, ...] = (OPENAI, ANTHROPIC, GOOGLE)
 #: The dialect of each API.
-_DIALECT_OF: dict[str, Dialect] = {"openai": OPENAI, "azure": OPENAI, "anthropic": ANTHROPIC}
+_DIALECT_OF: dict[str, Dialect] = {
+    "openai": OPENAI,
+    "azure": OPENAI,
+    "anthropic": ANTHROPIC,
+    "gemini": GOOGLE,
+}
 
 
 def dialect_of_path(path: str) -> Dialect:
     """The dialect of an answer to ``path`` when no route matched it (404, a bad Host): the one
     its callers' SDKs most likely expect."""
-    return ANTHROPIC if path.startswith("/v1/messages") else OPENAI
+    if path.startswith("/v1/messages"):
+        return ANTHROPIC
+    if path.startswith("/v1beta/") or (path.startswith("/v1/models/") and ":" in path):
+        return GOOGLE
+    return OPENAI
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +203,9 @@ class Endpoint:
     #: eval run, a Realtime session): it names a model the gateway does not read, so a
     #: key restricted to some models may not call it.
     spends: bool = False
+    #: Always answers with a stream, whatever the body says (Gemini's ``streamGenerateContent``:
+    #: the path asks for it, no body field does).
+    streams: bool = False
     #: The shape of the gateway's errors on this endpoint (read on every request: a plain field).
     dialect: Dialect = field(init=False, repr=False, compare=False)
     #: The unit (``"minute"``, ``"image"``) its answers are billed in, if any (a plain field too).
@@ -222,6 +234,8 @@ class Route:
     endpoint: Endpoint
     #: The Azure deployment named in the path (``/openai/deployments/{deployment}/...``).
     deployment: str | None = None
+    #: The model the path names: the Azure deployment, or Gemini's ``models/{model}:...``.
+    model: str | None = None
 
 
 class RouteNotFound(Exception):
@@ -727,8 +741,53 @@ _AZURE_OPERATIONS: dict[str, Endpoint] = {
 }
 _AZURE = re.compile(rf"/openai/deployments/(?P<deployment>{_ID})/(?P<op>[a-z/]+)")
 
+# The Gemini API (Google AI Studio): /v1beta/models/{model}:{method}, and the same under /v1.
+_GEMINI_METHODS: dict[str, Endpoint] = {
+    "generateContent": _e("gemini", "generateContent", **_BILL),
+    "streamGenerateContent": _e("gemini", "streamGenerateContent", streams=True, **_BILL),
+    "countTokens": _e("gemini", "countTokens", read_only=True, json_body=True),
+    "embedContent": _e("gemini", "embedContent", **_BILL),
+    "batchEmbedContents": _e("gemini", "batchEmbedContents", **_BILL),
+}
+_GEMINI_LIST = _e("gemini", "models.list", **_READ)
+_GEMINI_GET = _e("gemini", "models.get", **_READ)
+_GEMINI_MODEL = r"[A-Za-z0-9_.\-]{1,256}"
+_GEMINI = re.compile(rf"/v1(?:beta)?/models/(?P<model>{_GEMINI_MODEL})(?::(?P<method>[A-Za-z]+))?")
+#: Path prefixes of the Gemini API; under ``/v1`` only paths with a ``:method``, or requests with
+#: Google's key header, are Gemini's (``/v1/models`` is OpenAI's too).
+GEMINI_PREFIX = "/v1beta/"
 
-def classify(method: str, path: str, anthropic: bool = False) -> Route:
+
+def _gemini(method: str, path: str, listing: bool) -> Route | None:
+    """The Gemini route of ``path``; ``None`` when it is not one. ``listing``: the request is
+    Google's (its key header), so ``/v1/models[/{model}]`` lists Gemini's models."""
+    if path in ("/v1beta/models", "/v1/models"):
+        if path == "/v1/models" and not listing:
+            return None
+        if method != "GET":
+            raise MethodNotAllowed(("GET",))
+        return _GEMINI_LIST_ROUTE
+    m = _GEMINI.fullmatch(path)
+    if m is None:
+        return None
+    name = m["method"]
+    if name is None:
+        if not listing and not path.startswith(GEMINI_PREFIX):
+            return None
+        if method != "GET":
+            raise MethodNotAllowed(("GET",))
+        return Route(_GEMINI_GET, model=m["model"])
+    endpoint = _GEMINI_METHODS.get(name)
+    if endpoint is None:
+        if path.startswith(GEMINI_PREFIX):
+            raise RouteNotFound(path)
+        return None
+    if method != "POST":
+        raise MethodNotAllowed(("POST",))
+    return Route(endpoint, model=m["model"])
+
+
+def classify(method: str, path: str, anthropic: bool = False, google: bool = False) -> Route:
     """Map a request to its route.
 
     ``path`` is the route path (the ASGI ``path`` minus ``root_path``), already percent-decoded by
@@ -737,16 +796,24 @@ def classify(method: str, path: str, anthropic: bool = False) -> Route:
     path differently.
 
     ``anthropic``: the request carries Anthropic's headers; on the paths both providers serve
-    (`is_shared_path`) it picks Anthropic's endpoint.
+    (`is_shared_path`) it picks Anthropic's endpoint. ``google``: it carries Google's key (header
+    or query parameter), so ``/v1/models[/{model}]`` is the Gemini API's.
 
     Raises `RouteNotFound` or `MethodNotAllowed`.
     """
-    routes = (_EXACT_ROUTES_A if anthropic else _EXACT_ROUTES).get(path)
-    if routes is not None:  # the common case: a fixed path, its routes built once
-        route = routes.get(method)
-        if route is None:
-            raise MethodNotAllowed(tuple(routes))
-        return route
+    if not google:
+        routes = (_EXACT_ROUTES_A if anthropic else _EXACT_ROUTES).get(path)
+        if routes is not None:  # the common case: a fixed path, its routes built once
+            route = routes.get(method)
+            if route is None:
+                raise MethodNotAllowed(tuple(routes))
+            return route
+    if google or path.startswith(GEMINI_PREFIX) or (path.startswith("/v1/models/") and ":" in path):
+        gemini = _gemini(method, path, google)
+        if gemini is not None:
+            return gemini
+        if google:
+            return classify(method, path, anthropic)
     methods: dict[str, Endpoint]
     deployment: str | None = None
     if path.startswith("/openai/deployments/"):
@@ -755,6 +822,8 @@ def classify(method: str, path: str, anthropic: bool = False) -> Route:
             raise RouteNotFound(path)
         methods = {"POST": azure}
         deployment = m["deployment"]
+    elif path.startswith(GEMINI_PREFIX):
+        raise RouteNotFound(path)
     else:
         # "/v1/<resource>/...": only that resource's patterns can match
         end = path.find("/", 4)
@@ -772,7 +841,7 @@ def classify(method: str, path: str, anthropic: bool = False) -> Route:
         route = _PLAIN.get(id(endpoint))
         if route is not None:
             return route  # built once: routes are immutable
-    return Route(endpoint, deployment)
+    return Route(endpoint, deployment, model=deployment)
 
 
 def passthrough_route(api: Api) -> Route:
@@ -781,6 +850,8 @@ def passthrough_route(api: Api) -> Route:
 
 
 _PASSTHROUGH: dict[Api, Route] = {api: Route(Endpoint(api, "passthrough")) for api in APIS}
+
+_GEMINI_LIST_ROUTE = Route(_GEMINI_LIST)
 
 # The route of each endpoint reached without a deployment, by the endpoint's identity (the
 # endpoints are the module's own constants).

@@ -225,7 +225,7 @@ class ForwardingApp(Resource):
         dialect = endpoint.dialect
         try:
             body = ctx.body if ctx.body is not None else await read_body(ctx, receive)
-            model = ctx.model if endpoint.json_body or route.deployment is not None else None
+            model = ctx.model if endpoint.json_body or route.model is not None else None
         except ClientDisconnected:
             ctx.disconnected = True
             return
@@ -344,6 +344,8 @@ class ForwardingApp(Resource):
             ctx.upstream_model = None
             return body
         ctx.upstream_model = parsed.base
+        if route.model is not None:
+            return body  # the model is in the path: the provider's `target` sends it there
         document = orjson.loads(body)
         rewritten = apply_thinking(
             route.endpoint.api, document, parsed, operation=route.endpoint.operation
@@ -427,13 +429,19 @@ class ForwardingApp(Resource):
                 if breaker is not None:
                     outcome_recorded = True
                     breaker.record(credential, not failed)
+                whole = False
                 if cooldowns is not None and (model or status in (401, 402, 403)):
                     if failed:
+                        hint = retry_after_hint(resp.headers, time.time())
+                        if hint is None and status == 429 and target.provider.hints_in_body:
+                            # The wait is in the (small) error body: read it, relay it as read.
+                            held, whole = await resp.read_all(), True
+                            hint = target.provider.retry_hint(held)
                         await cooldowns.record_failure(
                             credential,
                             model,
                             status=status,
-                            retry_after=retry_after_hint(resp.headers, time.time()),
+                            retry_after=hint,
                             started=started_at,
                         )
                     elif status < 400:
@@ -451,6 +459,7 @@ class ForwardingApp(Resource):
                     aliases=router.aliases,
                     alias=plan.alias,
                     held=held,
+                    whole=whole,
                 )
                 return None
             finally:

@@ -61,9 +61,11 @@ async def relay(
     aliases: AliasTable | None = None,
     alias: str | None = None,
     held: bytes = b"",
+    whole: bool = False,
 ) -> None:
     """Send ``resp`` to the client. ``held``: body bytes already read from ``resp`` (the held
-    first event). With ``alias``, answers name the alias instead of the upstream model."""
+    first event; with ``whole``, the entire body). With ``alias``, answers name the alias instead
+    of the upstream model."""
     headers = response_headers(resp.headers)
     length = -1
     sse = False
@@ -81,7 +83,7 @@ async def relay(
 
     if 0 <= length <= SMALL_BODY and not sse:
         try:
-            data = await resp.read_all()
+            data = held if whole else await resp.read_all()
         except UpstreamError as exc:
             ctx.upstream_error = exc.kind
             logger.warning(

@@ -17,6 +17,7 @@ import orjson
 
 from asgi_llmguard.context import RequestContext
 from asgi_llmguard.errors import sse_error_event
+from asgi_llmguard.providers.jsonarray import JsonArraySplitter
 from asgi_llmguard.providers.metering import StreamMeter, units_from_json, usage_from_json
 from asgi_llmguard.providers.sse import EventSplitter
 from asgi_llmguard.routes import Endpoint
@@ -66,7 +67,7 @@ class Meter:
         self._send = send
         self.meter = meter
         self.strip = strip
-        self._splitter: EventSplitter | None = None
+        self._splitter: EventSplitter | JsonArraySplitter | None = None
         #: The unfinished event held back while stripping.
         self._held = b""
         self._json: list[bytes] | None = None
@@ -96,6 +97,15 @@ class Meter:
                 self._splitter = EventSplitter()
                 if self.strip:
                     message["headers"] = [(k, v) for k, v in headers if k != b"content-length"]
+            elif (
+                self.meter is not None
+                and self._endpoint.streams
+                and self.status < 300
+                and content_type.startswith(b"application/json")
+            ):
+                # A stream written as one JSON array (Gemini without ``alt=sse``).
+                self._splitter = JsonArraySplitter()
+                self.strip = False
             else:
                 self.strip = False
                 self.meter = None if not self.sse else self.meter
@@ -139,11 +149,12 @@ class Meter:
                 elif self._ctx.upstream_error is None and not self._ctx.disconnected:
                     # The upstream ended the stream cleanly but without its end marker: say so.
                     self.truncated = True
-                    note = sse_error_event(
-                        "The upstream ended the stream before it was complete.",
-                        dialect=self._endpoint.dialect,
-                    )
-                    message = {"type": "http.response.body", "body": body + note}
+                    if self.sse:  # a JSON array has no event to say it with
+                        note = sse_error_event(
+                            "The upstream ended the stream before it was complete.",
+                            dialect=self._endpoint.dialect,
+                        )
+                        message = {"type": "http.response.body", "body": body + note}
         elif self._json is not None and body:
             self._collect(body)
         return message
@@ -158,6 +169,11 @@ class Meter:
             parts[:] = [tail]
             self._json_size = len(tail)
             self._tail_only = True
+
+    @property
+    def streamed(self) -> bool:
+        """The answer was a stream: server-sent events, or a JSON array metered piece by piece."""
+        return self.sse or self._splitter is not None
 
     @property
     def answer_bytes(self) -> int:

@@ -22,6 +22,7 @@ import re
 from collections.abc import Sequence
 
 from asgi_llmguard.context import (
+    QUERY_KEY,
     SCOPE_KEY,
     ClientDisconnected,
     InvalidBody,
@@ -34,12 +35,12 @@ from asgi_llmguard.context import (
 from asgi_llmguard.errors import ConfigurationError, error_body, send_body, send_error
 from asgi_llmguard.keys.base import KeyStore
 from asgi_llmguard.policy import KeyPolicy, mcp_server_allowed
-from asgi_llmguard.routes import DIALECTS, Dialect, Endpoint, dialect_of_path
+from asgi_llmguard.routes import DIALECTS, GOOGLE, Dialect, Endpoint, dialect_of_path
 from asgi_llmguard.types import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger("asgi_llmguard.auth")
 
-DEFAULT_HEADERS = ("authorization", "x-api-key", "api-key")
+DEFAULT_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
 
 # RFC 7235 token68 (letters, digits, -._~+/ and = padding), plus ':' seen in some vendors' keys.
 # Anything else (quotes, spaces, controls, NUL, non-ASCII) cannot be a key: refused unhashed.
@@ -117,7 +118,10 @@ class AuthMiddleware:
         self._missing = {
             dialect: error_body(
                 401,
-                "You didn't provide an API key. Send it as `Authorization: Bearer <key>` "
+                "You didn't provide an API key. Send it in an `x-goog-api-key` header or the "
+                "`key` query parameter."
+                if dialect is GOOGLE
+                else "You didn't provide an API key. Send it as `Authorization: Bearer <key>` "
                 "or in an `x-api-key` header.",
                 dialect=dialect,
                 code="invalid_api_key",
@@ -161,6 +165,9 @@ class AuthMiddleware:
                 key, rank, ambiguous = value, index, False
             elif index == rank and value != key:
                 ambiguous = True  # the same header twice, with different keys
+        if key is None:
+            # The Gemini API's ``?key=``, taken out of the URL when the context was made.
+            key = scope.get(QUERY_KEY)
         if key is None:
             logger.debug("%s refused: no API key", ctx.request_id)
             await self._unauthorized(send, self._missing[dialect])
@@ -268,7 +275,7 @@ class AuthMiddleware:
         assert route is not None
         models = policy.models
         tool_types = policy.tool_types
-        model = route.deployment  # Azure: the deployment is the model, and it is in the path
+        model = route.model  # Azure's deployment, Gemini's models/{model}: the path names it
         fields = None
         if (
             endpoint.json_body

@@ -203,7 +203,7 @@ class UsageMiddleware:
                     )
                 return
 
-        streamed = bool(fields.stream) and endpoint.streamable
+        streamed = (bool(fields.stream) and endpoint.streamable) or endpoint.streams
         strip = False
         if (
             streamed
@@ -471,7 +471,7 @@ class UsageMiddleware:
                 usage,
                 cost,
                 meter.ttfb,
-                meter.sse,
+                meter.streamed,
                 estimated,
                 reason,
                 units,

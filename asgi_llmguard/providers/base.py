@@ -107,6 +107,8 @@ class Provider(Protocol):
     #: The upstream credential is applied per request by `sign` (a signature over the request);
     #: ``False``: `static_headers` carry it and `sign` is never called (the fast path).
     signs: bool
+    #: A 429's body may say how long to wait (`retry_hint`), beyond the standard headers.
+    hints_in_body: bool
 
     def static_headers(self, upstream: Upstream) -> StrHeaders:
         """Headers added to every upstream request, the credential included unless `signs`;
@@ -142,6 +144,10 @@ class Provider(Protocol):
         """The route path and JSON body of the smallest request that warms ``model`` up."""
         ...
 
+    def retry_hint(self, body: bytes) -> float | None:
+        """Seconds a rate-limited answer's body asks to wait (only when `hints_in_body`)."""
+        ...
+
 
 class StreamMeter(Protocol):
     """Reads a response stream one whole event at a time (see `EventSplitter`)."""
@@ -175,6 +181,7 @@ class StaticCredential:
     """The part every provider whose credential is a fixed header shares."""
 
     signs = False
+    hints_in_body = False
     key_env: tuple[str, ...] = ()
     default_url = ""
 
@@ -182,6 +189,9 @@ class StaticCredential:
         self, upstream: Upstream, method: str, url: str, headers: StrHeaders, body: bytes
     ) -> str:
         return url
+
+    def retry_hint(self, body: bytes) -> float | None:
+        return None
 
 
 def join(base_url: str, path: str, query: bytes) -> str:
