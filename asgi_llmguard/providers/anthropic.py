@@ -12,7 +12,6 @@ from asgi_llmguard.context import RequestContext
 from asgi_llmguard.providers import anthropic_usage
 from asgi_llmguard.providers.base import StaticCredential, StreamMeter, StrHeaders, Upstream, join
 from asgi_llmguard.routes import Api, Endpoint
-from asgi_llmguard.tokens import TokenUsage
 
 DEFAULT_VERSION = "2023-06-01"
 
@@ -41,10 +40,7 @@ class AnthropicProvider(StaticCredential):
             return anthropic_usage.MessagesStreamMeter()
         return None
 
-    def usage_from_json(
-        self, endpoint: Endpoint, body: bytes
-    ) -> tuple[TokenUsage | None, str | None, dict[str, int]]:
-        return anthropic_usage.usage_from_json(body)
+    usage_from_json = staticmethod(anthropic_usage.usage_from_json)
 
     def warmup(self, api: Api, model: str, max_tokens: int, prompt: str) -> tuple[str, bytes]:
         document = {

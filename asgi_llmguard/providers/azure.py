@@ -16,10 +16,9 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 from asgi_llmguard.context import InvalidBody, RequestContext
 from asgi_llmguard.providers import openai_usage
-from asgi_llmguard.providers.base import StaticCredential, StreamMeter, StrHeaders, Upstream, join
+from asgi_llmguard.providers.base import StaticCredential, StrHeaders, Upstream, join
 from asgi_llmguard.providers.openai import chat_warmup, openai_stream_meter
-from asgi_llmguard.routes import Api, Endpoint
-from asgi_llmguard.tokens import TokenUsage
+from asgi_llmguard.routes import Api
 
 DEFAULT_API_VERSION = "2024-10-21"
 
@@ -68,13 +67,8 @@ class AzureProvider(StaticCredential):
             path = "/openai" + path[3:]
         return join(upstream.base_url, path, _with_version(query, upstream.api_version))
 
-    def stream_meter(self, endpoint: Endpoint) -> StreamMeter | None:
-        return openai_stream_meter(endpoint)
-
-    def usage_from_json(
-        self, endpoint: Endpoint, body: bytes
-    ) -> tuple[TokenUsage | None, str | None, dict[str, int]]:
-        return openai_usage.usage_from_json(body)
+    stream_meter = staticmethod(openai_stream_meter)
+    usage_from_json = staticmethod(openai_usage.usage_from_json)
 
     def warmup(self, api: Api, model: str, max_tokens: int, prompt: str) -> tuple[str, bytes]:
         return chat_warmup(model, max_tokens, prompt)

@@ -134,9 +134,7 @@ class Provider(Protocol):
         """A meter for a streamed answer of ``endpoint`` (an API in `owns`), or ``None``."""
         ...
 
-    def usage_from_json(
-        self, endpoint: Endpoint, body: bytes
-    ) -> tuple[TokenUsage | None, str | None, dict[str, int]]:
+    def usage_from_json(self, body: bytes) -> tuple[TokenUsage | None, str | None, dict[str, int]]:
         """Usage, served model and server-side tool calls from a non-streamed JSON answer."""
         ...
 

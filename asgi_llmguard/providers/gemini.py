@@ -18,7 +18,6 @@ from asgi_llmguard.context import RequestContext
 from asgi_llmguard.providers import gemini_usage
 from asgi_llmguard.providers.base import StaticCredential, StreamMeter, StrHeaders, Upstream, join
 from asgi_llmguard.routes import Api, Endpoint
-from asgi_llmguard.tokens import TokenUsage
 
 #: ``google.rpc.RetryInfo``'s ``retryDelay`` in a 429's ``error.details``: ``"30s"``, ``"1.5s"``.
 _RETRY_DELAY = re.compile(rb'"retryDelay"\s*:\s*"(\d{1,6}(?:\.\d{1,9})?)s"')
@@ -56,10 +55,7 @@ class GeminiProvider(StaticCredential):
             return gemini_usage.GenerateStreamMeter()
         return None
 
-    def usage_from_json(
-        self, endpoint: Endpoint, body: bytes
-    ) -> tuple[TokenUsage | None, str | None, dict[str, int]]:
-        return gemini_usage.usage_from_json(body)
+    usage_from_json = staticmethod(gemini_usage.usage_from_json)
 
     def warmup(self, api: Api, model: str, max_tokens: int, prompt: str) -> tuple[str, bytes]:
         document = {

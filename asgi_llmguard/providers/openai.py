@@ -13,7 +13,28 @@ from asgi_llmguard.context import RequestContext
 from asgi_llmguard.providers import openai_usage
 from asgi_llmguard.providers.base import StaticCredential, StreamMeter, StrHeaders, Upstream, join
 from asgi_llmguard.routes import Api, Endpoint
-from asgi_llmguard.tokens import TokenUsage
+
+
+def openai_stream_meter(endpoint: Endpoint) -> StreamMeter | None:
+    """The meter of an OpenAI-shaped stream (OpenAI's routes and Azure's)."""
+    operation = endpoint.operation
+    if operation in ("chat.completions", "completions"):
+        return openai_usage.ChatStreamMeter()
+    if operation == "responses":
+        return openai_usage.ResponsesStreamMeter()
+    if operation == "audio.transcriptions":
+        return openai_usage.TranscriptionStreamMeter()
+    return None
+
+
+def chat_warmup(model: str, max_tokens: int, prompt: str) -> tuple[str, bytes]:
+    """A one-message chat completion: the warm-up of every OpenAI-shaped upstream."""
+    document = {
+        "model": model,
+        "max_completion_tokens": max_tokens,
+        "messages": [{"role": "user", "content": prompt}],
+    }
+    return "/v1/chat/completions", orjson.dumps(document)
 
 
 class OpenAIProvider(StaticCredential):
@@ -38,38 +59,11 @@ class OpenAIProvider(StaticCredential):
             path = path[3:]
         return join(upstream.base_url, path, query)
 
-    def stream_meter(self, endpoint: Endpoint) -> StreamMeter | None:
-        return openai_stream_meter(endpoint)
-
-    def usage_from_json(
-        self, endpoint: Endpoint, body: bytes
-    ) -> tuple[TokenUsage | None, str | None, dict[str, int]]:
-        return openai_usage.usage_from_json(body)
+    stream_meter = staticmethod(openai_stream_meter)
+    usage_from_json = staticmethod(openai_usage.usage_from_json)
 
     def warmup(self, api: Api, model: str, max_tokens: int, prompt: str) -> tuple[str, bytes]:
         return chat_warmup(model, max_tokens, prompt)
-
-
-def openai_stream_meter(endpoint: Endpoint) -> StreamMeter | None:
-    """The meter of an OpenAI-shaped stream (OpenAI's routes and Azure's)."""
-    operation = endpoint.operation
-    if operation in ("chat.completions", "completions"):
-        return openai_usage.ChatStreamMeter()
-    if operation == "responses":
-        return openai_usage.ResponsesStreamMeter()
-    if operation == "audio.transcriptions":
-        return openai_usage.TranscriptionStreamMeter()
-    return None
-
-
-def chat_warmup(model: str, max_tokens: int, prompt: str) -> tuple[str, bytes]:
-    """A one-message chat completion: the warm-up of every OpenAI-shaped upstream."""
-    document = {
-        "model": model,
-        "max_completion_tokens": max_tokens,
-        "messages": [{"role": "user", "content": prompt}],
-    }
-    return "/v1/chat/completions", orjson.dumps(document)
 
 
 PROVIDER = OpenAIProvider()

@@ -1,4 +1,5 @@
-"""A fake LLM provider: one pure ASGI app speaking OpenAI's, Azure OpenAI's and Anthropic's APIs.
+"""A fake LLM provider: one pure ASGI app speaking OpenAI's, Azure OpenAI's, Anthropic's and
+Google's Gemini APIs.
 
 It answers the way the official ``openai`` and ``anthropic`` SDKs expect, streaming included, with
 a fixed reply and deterministic token counts, and can misbehave on demand (latency, slow streams,
@@ -28,6 +29,13 @@ at ``<url>`` and an Azure OpenAI SDK at ``azure_endpoint=<url>``):
 ``POST /openai/deployments/{name}/chat/completions``         Azure OpenAI; also ``/completions``
                                                              and ``/embeddings``; needs the
                                                              ``api-version`` query parameter
+``POST /v1beta/models/{model}:generateContent``              Gemini (also under ``/v1``);
+                                                             ``:streamGenerateContent`` (SSE with
+                                                             ``?alt=sse``, else a JSON array),
+                                                             ``:countTokens``, ``:embedContent``,
+                                                             ``:batchEmbedContents``; ``GET
+                                                             /v1beta/models[/{model}]``; rules in
+                                                             ``_gemini``
 ==========================================================  =====================================
 
 The ``model`` of every answer is the request's ``model`` (for Azure: the deployment name). Errors

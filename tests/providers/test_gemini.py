@@ -90,7 +90,7 @@ def rows(ledger, pipeline, count: int) -> list[dict]:
 
 
 def test_generate_content_is_served_and_recorded_exactly(gateway):
-    server, fake, ledger, pipeline, upstream_url = gateway
+    server, fake, ledger, pipeline, _ = gateway
     gemini = client(server.url, **{"x-fake-cached-tokens": "1", "x-fake-reasoning-tokens": "4"})
     out = gemini.models.generate_content(model=MODEL, contents="one two three")
     assert out.text == REPLY
@@ -116,7 +116,7 @@ def test_generate_content_is_served_and_recorded_exactly(gateway):
 
 
 def test_generate_content_stream_over_sse(gateway):
-    server, fake, ledger, pipeline, upstream_url = gateway
+    server, fake, ledger, pipeline, _ = gateway
     gemini = client(server.url)
     pieces = list(
         gemini.models.generate_content_stream(model=MODEL, contents="alpha beta gamma delta")
@@ -131,7 +131,7 @@ def test_generate_content_stream_over_sse(gateway):
 
 
 def test_stream_as_a_json_array_is_relayed_unchanged_and_metered(gateway):
-    server, fake, ledger, pipeline, upstream_url = gateway
+    server, _, ledger, pipeline, upstream_url = gateway
     body = {"contents": [{"role": "user", "parts": [{"text": "a b"}]}]}
     path = f"/v1beta/models/{MODEL}:streamGenerateContent"
     with httpx.Client() as http:
@@ -147,7 +147,7 @@ def test_stream_as_a_json_array_is_relayed_unchanged_and_metered(gateway):
 
 
 def test_count_tokens_and_embeddings(gateway):
-    server, fake, ledger, pipeline, upstream_url = gateway
+    server, _, ledger, pipeline, _ = gateway
     gemini = client(server.url)
     counted = gemini.models.count_tokens(model=MODEL, contents="one two three four five")
     assert counted.total_tokens == 5
@@ -156,10 +156,25 @@ def test_count_tokens_and_embeddings(gateway):
     )
     assert len(embedded.embeddings) == 2
     assert embedded.embeddings[0].values[0] == pytest.approx(0.2)
+    counting, embedding = rows(ledger, pipeline, 2)
+    # Counting is recorded, never billed.
+    assert (counting["endpoint"], counting["model"], counting["cost_nanos"]) == (
+        "countTokens",
+        MODEL,
+        0,
+    )
+    # The Gemini API reports no tokens for embeddings: the gateway's estimate is billed, and
+    # flagged as an estimate.
+    assert (embedding["endpoint"], embedding["model"]) == (
+        "batchEmbedContents",
+        "gemini-embedding-001",
+    )
+    assert embedding["estimated"] == 1
+    assert embedding["cost_nanos"] == round(embedding["input_tokens"] * 0.15 * 1000) > 0
 
 
 def test_a_wrong_key_gets_googles_error_shape(gateway):
-    server, fake, ledger, pipeline, upstream_url = gateway
+    server, fake, _, _, _ = gateway
     wrong = client(server.url, key="sk-wrong")
     with pytest.raises(errors.ClientError) as raised:
         wrong.models.generate_content(model=MODEL, contents="x")
@@ -177,7 +192,7 @@ def test_a_wrong_key_gets_googles_error_shape(gateway):
 
 
 def test_a_key_in_the_url_is_used_then_forgotten(gateway, caplog):
-    server, fake, ledger, pipeline, upstream_url = gateway
+    server, fake, ledger, pipeline, _ = gateway
     body = {"contents": [{"parts": [{"text": "one two"}]}]}
     answer = httpx.post(
         f"{server.url}/v1beta/models/{MODEL}:generateContent?key={CALLER_KEY}&alt=json",
