@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from asgi_llmguard.context import SCOPE_KEY, RequestContext
+from asgi_llmguard.context import SCOPE_KEY, RequestContext, take_query_key
 from asgi_llmguard.errors import ConfigurationError, send_error, send_route_error
 from asgi_llmguard.routes import APIS, Api, RouteNotFound, dialect_of_path, passthrough_route
 from asgi_llmguard.types import ASGIApp, Receive, Scope, Send
@@ -101,6 +101,8 @@ class ClassifyMiddleware:
             ):
                 ctx.route = passthrough
                 ctx.route_error = None
+                if passthrough.endpoint.api == "gemini":
+                    take_query_key(scope)  # a key in the URL is never forwarded or recorded
             else:
                 await send_route_error(send, ctx.method, ctx.path, error)
                 return

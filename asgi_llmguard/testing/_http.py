@@ -125,7 +125,7 @@ def route_of(request: ReceivedRequest, path: str) -> Route:
             return Route("azure", _AZURE_ENDPOINTS[rest], arg=deployment)
     if path.startswith("/v1/messages"):
         return Route("anthropic", None)
-    if path.startswith("/v1beta/"):
+    if path.startswith("/v1beta/") or request.header("x-goog-api-key") is not None:
         return Route("gemini", None)
     return Route("azure" if path.startswith("/openai/") else "openai", None)
 

@@ -236,3 +236,23 @@ def test_rate_limited_upstream_cools_down_for_googles_retry_delay():
                 gemini.models.generate_content(model=MODEL, contents="x")
             assert (raised.value.code, raised.value.status) == (429, "RESOURCE_EXHAUSTED")
             assert len(fake.requests) == 2
+
+
+def test_a_key_in_the_url_of_a_passthrough_path_is_not_forwarded():
+    fake = FakeProvider(api_key=UPSTREAM_KEY)
+    policy = KeyPolicy(key_id="gem")
+    keys = StaticKeyStore([StaticKey(policy, key_hash=hash_key(CALLER_KEY))])
+    with serve(fake) as upstream:
+        app = build_stack(
+            upstreams=[Upstream("gemini", upstream.url, api_key=UPSTREAM_KEY)],
+            keys=keys,
+            usage=None,
+            passthrough="gemini",
+        )
+        with serve(app) as server:
+            answer = httpx.get(f"{server.url}/v1/cachedContents?key={CALLER_KEY}&pageSize=5")
+    assert answer.status_code == 404  # the fake has no cachedContents: its own 404
+    assert answer.json()["error"]["status"] == "NOT_FOUND"
+    (sent,) = fake.requests
+    assert (sent.path, sent.query_string) == ("/v1/cachedContents", "pageSize=5")
+    assert sent.header("x-goog-api-key") == UPSTREAM_KEY
