@@ -6,11 +6,15 @@ pieces with ``usageMetadata``), not from the fake or the gateway's own code.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from asgi_llmguard.context import RequestContext
 from asgi_llmguard.middleware._usage_meter import Meter
 from asgi_llmguard.providers.gemini_usage import GenerateStreamMeter, usage_from_json
 from asgi_llmguard.providers.jsonarray import JsonArraySplitter
@@ -79,15 +83,13 @@ async def _through_meter(data: bytes, cuts: list[int], content_type: bytes):
     async def send(message):
         sent.append(message)
 
-    from asgi_llmguard.context import RequestContext
-
     ctx = RequestContext("POST", "/v1beta/models/gemini-2.5-pro:streamGenerateContent")
     meter = Meter(ctx, STREAM, send, GenerateStreamMeter(), False)
     await meter.send(
         {"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type)]}
     )
     bounds = [0, *sorted(set(cuts)), len(data)]
-    for i, (start, end) in enumerate(zip(bounds, bounds[1:], strict=False)):
+    for i, (start, end) in enumerate(itertools.pairwise(bounds)):
         last = i == len(bounds) - 2
         await meter.send(
             {"type": "http.response.body", "body": data[start:end], "more_body": not last}
@@ -103,8 +105,6 @@ async def _through_meter(data: bytes, cuts: list[int], content_type: bytes):
     sse=st.booleans(),
 )
 def test_any_split_gives_the_same_usage_and_the_same_bytes(texts, cuts, sse):
-    import asyncio
-
     pieces = answer(texts)
     data = as_sse(pieces) if sse else as_json_array(pieces)
     cuts = [c % (len(data) + 1) for c in cuts]
@@ -114,7 +114,9 @@ def test_any_split_gives_the_same_usage_and_the_same_bytes(texts, cuts, sse):
     usage, model, _ = meter.result()
     assert usage == final_usage(len(texts))
     assert model == "gemini-2.5-pro"
-    assert meter.streamed and not meter.truncated and not meter.stream_error
+    assert meter.streamed
+    assert not meter.truncated
+    assert not meter.stream_error
 
 
 @settings(max_examples=100, deadline=None)
@@ -128,10 +130,11 @@ def test_the_splitter_hands_out_each_element_whole(texts, cuts):
     bounds = [0, *sorted({c % (len(data) + 1) for c in cuts}), len(data)]
     splitter = JsonArraySplitter()
     elements = []
-    for start, end in zip(bounds, bounds[1:], strict=False):
+    for start, end in itertools.pairwise(bounds):
         elements += splitter.feed(data[start:end])
     assert [orjson.loads(e) for e in elements] == pieces
-    assert splitter.ended and splitter.pending == 0
+    assert splitter.ended
+    assert splitter.pending == 0
 
 
 def test_memory_is_bounded_by_the_largest_element():
