@@ -287,14 +287,13 @@ class RequestContext:
         if ctx is None:
             ctx = cls(scope["method"], path)
         route = ctx.route
-        if route is not None:
-            endpoint = route.endpoint
-            if endpoint.multipart:
+        if route is not None and route.endpoint.reads_scope:
+            if route.endpoint.multipart:
                 for name, value in scope["headers"]:
                     if name == b"content-type":
                         ctx.content_type = value
                         break
-            elif endpoint.api == "gemini":
+            else:  # the Gemini API
                 take_query_key(scope)
         return ctx
 

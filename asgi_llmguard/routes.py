@@ -208,11 +208,15 @@ class Endpoint:
     streams: bool = False
     #: The shape of the gateway's errors on this endpoint (read on every request: a plain field).
     dialect: Dialect = field(init=False, repr=False, compare=False)
+    #: The request's context needs more from the scope than the path: an upload's
+    #: ``Content-Type``, or a key in a Gemini URL (read on every request: a plain field).
+    reads_scope: bool = field(init=False, repr=False, compare=False)
     #: The unit (``"minute"``, ``"image"``) its answers are billed in, if any (a plain field too).
     unit: str | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dialect", _DIALECT_OF[self.api])  # frozen
+        object.__setattr__(self, "reads_scope", self.multipart or self.api == "gemini")
         unit = _UNITS.get(self.operation) if self.api != "anthropic" else None
         object.__setattr__(self, "unit", unit)
 

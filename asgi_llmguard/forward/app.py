@@ -45,6 +45,7 @@ from asgi_llmguard.forward.headers import request_headers
 from asgi_llmguard.forward.pools import Candidate
 from asgi_llmguard.forward.relay import (
     STATUS_FOR,
+    ReadBody,
     Watch,
     end_interrupted,
     hold_first_event,
@@ -429,14 +430,14 @@ class ForwardingApp(Resource):
                 if breaker is not None:
                     outcome_recorded = True
                     breaker.record(credential, not failed)
-                whole = False
                 if cooldowns is not None and (model or status in (401, 402, 403)):
                     if failed:
                         hint = retry_after_hint(resp.headers, time.time())
                         if hint is None and status == 429 and target.provider.hints_in_body:
                             # The wait is in the (small) error body: read it, relay it as read.
-                            held, whole = await resp.read_all(), True
-                            hint = target.provider.retry_hint(held)
+                            body_read = await resp.read_all()
+                            hint = target.provider.retry_hint(body_read)
+                            resp = ReadBody(resp, body_read)
                         await cooldowns.record_failure(
                             credential,
                             model,
@@ -459,7 +460,6 @@ class ForwardingApp(Resource):
                     aliases=router.aliases,
                     alias=plan.alias,
                     held=held,
-                    whole=whole,
                 )
                 return None
             finally:

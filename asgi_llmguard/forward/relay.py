@@ -31,6 +31,29 @@ SMALL_BODY = 1 << 20
 STATUS_FOR = {"connect": 502, "timeout": 504, "broken": 502}
 
 
+class ReadBody:
+    """An upstream response whose whole body was already read (to look inside an error before
+    deciding what to do): it hands that body out again, then reports the end."""
+
+    __slots__ = ("_body", "_resp", "headers", "status")
+
+    def __init__(self, resp: UpstreamResponse, body: bytes) -> None:
+        self._resp = resp
+        self._body = body
+        self.status = resp.status
+        self.headers = resp.headers
+
+    async def read_chunk(self) -> bytes:
+        body, self._body = self._body, b""
+        return body
+
+    async def read_all(self) -> bytes:
+        return await self.read_chunk()
+
+    async def aclose(self) -> None:
+        await self._resp.aclose()
+
+
 class Watch:
     """Per-exchange flags shared with the disconnect watcher (never stored on the app)."""
 
@@ -61,11 +84,9 @@ async def relay(
     aliases: AliasTable | None = None,
     alias: str | None = None,
     held: bytes = b"",
-    whole: bool = False,
 ) -> None:
     """Send ``resp`` to the client. ``held``: body bytes already read from ``resp`` (the held
-    first event; with ``whole``, the entire body). With ``alias``, answers name the alias instead
-    of the upstream model."""
+    first event). With ``alias``, answers name the alias instead of the upstream model."""
     headers = response_headers(resp.headers)
     length = -1
     sse = False
@@ -83,7 +104,7 @@ async def relay(
 
     if 0 <= length <= SMALL_BODY and not sse:
         try:
-            data = held if whole else await resp.read_all()
+            data = await resp.read_all()
         except UpstreamError as exc:
             ctx.upstream_error = exc.kind
             logger.warning(

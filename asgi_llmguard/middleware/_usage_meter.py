@@ -49,6 +49,7 @@ class Meter:
         "sse",
         "status",
         "stream_error",
+        "streamed",
         "strip",
         "truncated",
         "ttfb",
@@ -74,6 +75,8 @@ class Meter:
         self._json_size = 0
         self._tail_only = False
         self.sse = False
+        #: The answer was a stream: server-sent events, or a JSON array metered piece by piece.
+        self.streamed = False
         self.status = 0
         self.ttfb: float | None = None
         self.truncated = False
@@ -92,7 +95,7 @@ class Meter:
                 if name == b"content-type":
                     content_type = value
                     break
-            self.sse = content_type.startswith(b"text/event-stream")
+            self.sse = self.streamed = content_type.startswith(b"text/event-stream")
             if self.sse and self.meter is not None:
                 self._splitter = EventSplitter()
                 if self.strip:
@@ -106,6 +109,7 @@ class Meter:
                 # A stream written as one JSON array (Gemini without ``alt=sse``).
                 self._splitter = JsonArraySplitter()
                 self.strip = False
+                self.streamed = True
             else:
                 self.strip = False
                 self.meter = None if not self.sse else self.meter
@@ -169,11 +173,6 @@ class Meter:
             parts[:] = [tail]
             self._json_size = len(tail)
             self._tail_only = True
-
-    @property
-    def streamed(self) -> bool:
-        """The answer was a stream: server-sent events, or a JSON array metered piece by piece."""
-        return self.sse or self._splitter is not None
 
     @property
     def answer_bytes(self) -> int:
