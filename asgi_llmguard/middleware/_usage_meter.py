@@ -49,7 +49,6 @@ class Meter:
         "sse",
         "status",
         "stream_error",
-        "streamed",
         "strip",
         "truncated",
         "ttfb",
@@ -74,9 +73,8 @@ class Meter:
         self._json: list[bytes] | None = None
         self._json_size = 0
         self._tail_only = False
+        #: The answer is a stream: server-sent events, or a JSON array metered piece by piece.
         self.sse = False
-        #: The answer was a stream: server-sent events, or a JSON array metered piece by piece.
-        self.streamed = False
         self.status = 0
         self.ttfb: float | None = None
         self.truncated = False
@@ -95,7 +93,7 @@ class Meter:
                 if name == b"content-type":
                     content_type = value
                     break
-            self.sse = self.streamed = content_type.startswith(b"text/event-stream")
+            self.sse = content_type.startswith(b"text/event-stream")
             if self.sse and self.meter is not None:
                 self._splitter = EventSplitter()
                 if self.strip:
@@ -109,7 +107,7 @@ class Meter:
                 # A stream written as one JSON array (Gemini without ``alt=sse``).
                 self._splitter = JsonArraySplitter()
                 self.strip = False
-                self.streamed = True
+                self.sse = True
             else:
                 self.strip = False
                 self.meter = None if not self.sse else self.meter
@@ -153,7 +151,7 @@ class Meter:
                 elif self._ctx.upstream_error is None and not self._ctx.disconnected:
                     # The upstream ended the stream cleanly but without its end marker: say so.
                     self.truncated = True
-                    if self.sse:  # a JSON array has no event to say it with
+                    if type(splitter) is EventSplitter:  # a JSON array has no event for it
                         note = sse_error_event(
                             "The upstream ended the stream before it was complete.",
                             dialect=self._endpoint.dialect,

@@ -471,7 +471,7 @@ class UsageMiddleware:
                 usage,
                 cost,
                 meter.ttfb,
-                meter.streamed,
+                meter.sse,
                 estimated,
                 reason,
                 units,

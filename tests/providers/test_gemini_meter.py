@@ -114,7 +114,7 @@ def test_any_split_gives_the_same_usage_and_the_same_bytes(texts, cuts, sse):
     usage, model, _ = meter.result()
     assert usage == final_usage(len(texts))
     assert model == "gemini-2.5-pro"
-    assert meter.streamed
+    assert meter.sse
     assert not meter.truncated
     assert not meter.stream_error
 
