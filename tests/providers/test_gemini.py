@@ -256,3 +256,21 @@ def test_a_key_in_the_url_of_a_passthrough_path_is_not_forwarded():
     (sent,) = fake.requests
     assert (sent.path, sent.query_string) == ("/v1/cachedContents", "pageSize=5")
     assert sent.header("x-goog-api-key") == UPSTREAM_KEY
+
+
+def test_a_stream_the_upstream_breaks_ends_with_an_error_the_sdk_raises(gateway):
+    server, _, ledger, pipeline, _ = gateway
+    gemini = client(server.url, **{"x-fake-reset-after-chunks": "2"})
+    received: list[str] = []
+
+    def read_all() -> None:
+        for piece in gemini.models.generate_content_stream(model=MODEL, contents="a b c"):
+            received.append(piece.text)
+
+    with pytest.raises(errors.APIError) as raised:
+        read_all()
+    assert raised.value.code == 500
+    assert received == FakeProvider.reply_chunks(REPLY)[:2]
+    (row,) = rows(ledger, pipeline, 1)
+    assert row["input_tokens"] == 3  # the last usageMetadata that arrived
+    assert row["output_tokens"] == 2
