@@ -755,7 +755,8 @@ _GEMINI_METHODS: dict[str, Endpoint] = {
 }
 _GEMINI_LIST = _e("gemini", "models.list", **_READ)
 _GEMINI_GET = _e("gemini", "models.get", **_READ)
-_GEMINI_MODEL = r"[A-Za-z0-9_.\-]{1,256}"
+# A model id, with a thinking suffix if the caller gives one (``gemini-2.5-pro(high)``).
+_GEMINI_MODEL = r"[A-Za-z0-9_.\-]{1,256}(?:\([A-Za-z0-9]{1,16}\))?"
 _GEMINI = re.compile(rf"/v1(?:beta)?/models/(?P<model>{_GEMINI_MODEL})(?::(?P<method>[A-Za-z]+))?")
 #: Path prefixes of the Gemini API; under ``/v1`` only paths with a ``:method``, or requests with
 #: Google's key header, are Gemini's (``/v1/models`` is OpenAI's too).

@@ -274,3 +274,17 @@ def test_a_stream_the_upstream_breaks_ends_with_an_error_the_sdk_raises(gateway)
     (row,) = rows(ledger, pipeline, 1)
     assert row["input_tokens"] == 3  # the last usageMetadata that arrived
     assert row["output_tokens"] == 2
+
+
+def test_a_thinking_suffix_in_the_path_is_removed_upstream(gateway):
+    server, fake, ledger, pipeline, _ = gateway
+    answer = httpx.post(
+        f"{server.url}/v1beta/models/{MODEL}(high):generateContent",
+        json={"contents": [{"parts": [{"text": "one"}]}]},
+        headers={"x-goog-api-key": CALLER_KEY},
+    )
+    assert answer.status_code == 200, answer.text
+    assert fake.requests[-1].path == f"/v1beta/models/{MODEL}:generateContent"
+    (row,) = rows(ledger, pipeline, 1)
+    assert (row["model"], row["input_tokens"]) == (f"{MODEL}(high)", 1)
+    assert row["cost_nanos"] == nanos(1, 0, WORDS)

@@ -185,6 +185,11 @@ def test_the_model_comes_from_the_path(path, api, operation, model):
     assert route.endpoint.dialect.name == ("google" if api == "gemini" else "openai")
 
 
+def test_a_thinking_suffix_stays_on_the_model_for_routing_to_remove():
+    route = classify("POST", "/v1beta/models/gemini-2.5-pro(high):generateContent")
+    assert route.model == "gemini-2.5-pro(high)"
+
+
 def test_openai_model_ids_with_colons_stay_openai():
     route = classify("GET", "/v1/models/ft:gpt-4o-mini:org::abc123")
     assert (route.endpoint.api, route.endpoint.operation) == ("openai", "models.retrieve")
