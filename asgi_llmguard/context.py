@@ -23,6 +23,7 @@ from asgi_llmguard.routes import (
     Route,
     RouteNotFound,
     classify,
+    classify_google,
 )
 from asgi_llmguard.tokens import TokenUsage
 from asgi_llmguard.types import Message, Receive, Scope
@@ -106,6 +107,7 @@ class RequestFields(msgspec.Struct):
 
 
 _EMPTY_FIELDS = RequestFields()
+_STREAMING_FIELDS = RequestFields(stream=True)
 _decoder = msgspec.json.Decoder(RequestFields)
 #: The form fields read from a multipart upload; every other part (the file) is skipped.
 _FORM_FIELDS = ("model", "n", "stream")
@@ -216,12 +218,7 @@ class RequestContext:
     )
 
     def __init__(
-        self,
-        method: str,
-        path: str,
-        request_id: str | None = None,
-        anthropic: bool = False,
-        google: bool = False,
+        self, method: str, path: str, request_id: str | None = None, anthropic: bool = False
     ) -> None:
         self.method = method
         #: The route path: the ASGI ``path`` with the ``root_path`` of a mount removed.
@@ -258,7 +255,7 @@ class RequestContext:
         #: The request's ``Content-Type``, kept for multipart endpoints only (their boundary).
         self.content_type: bytes | None = None
         try:
-            self.route = classify(method, path, anthropic, google)
+            self.route = classify(method, path, anthropic)
         except (RouteNotFound, MethodNotAllowed) as exc:
             self.route_error = exc
 
@@ -279,11 +276,11 @@ class RequestContext:
                     ctx = cls(scope["method"], path, None, True)
                     break
                 if name == _GOOGLE_KEY_HEADER:
-                    ctx = cls(scope["method"], path, None, False, True)
+                    ctx = cls._google(scope["method"], path)
                     break
             else:
                 if b"key=" in scope.get("query_string", b""):
-                    ctx = cls(scope["method"], path, None, False, True)
+                    ctx = cls._google(scope["method"], path)
         if ctx is None:
             ctx = cls(scope["method"], path)
         route = ctx.route
@@ -295,6 +292,16 @@ class RequestContext:
                         break
             else:  # the Gemini API
                 take_query_key(scope)
+        return ctx
+
+    @classmethod
+    def _google(cls, method: str, path: str) -> RequestContext:
+        """The context of a request carrying Google's key on a path OpenAI's API shares."""
+        ctx = cls(method, path)
+        try:
+            ctx.route, ctx.route_error = classify_google(method, path), None
+        except (RouteNotFound, MethodNotAllowed) as exc:
+            ctx.route, ctx.route_error = None, exc
         return ctx
 
     def fields(self) -> RequestFields:
@@ -313,7 +320,9 @@ class RequestContext:
             if route is not None and route.endpoint.multipart:
                 fields = self._form_fields()
             elif route is None or not route.endpoint.json_body or not self.body:
-                fields = _EMPTY_FIELDS
+                # A route that always streams (the path says so, not a body field).
+                streams = route is not None and route.endpoint.streams
+                fields = _STREAMING_FIELDS if streams else _EMPTY_FIELDS
             else:
                 body = self.body
                 try:

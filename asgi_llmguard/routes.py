@@ -203,8 +203,8 @@ class Endpoint:
     #: eval run, a Realtime session): it names a model the gateway does not read, so a
     #: key restricted to some models may not call it.
     spends: bool = False
-    #: Always answers with a stream, whatever the body says (Gemini's ``streamGenerateContent``:
-    #: the path asks for it, no body field does).
+    #: Always answers with a stream (Gemini's ``streamGenerateContent``: the path asks for it, no
+    #: body field does); its fields say ``stream`` without reading the body.
     streams: bool = False
     #: The shape of the gateway's errors on this endpoint (read on every request: a plain field).
     dialect: Dialect = field(init=False, repr=False, compare=False)
@@ -748,7 +748,10 @@ _AZURE = re.compile(rf"/openai/deployments/(?P<deployment>{_ID})/(?P<op>[a-z/]+)
 # The Gemini API (Google AI Studio): /v1beta/models/{model}:{method}, and the same under /v1.
 _GEMINI_METHODS: dict[str, Endpoint] = {
     "generateContent": _e("gemini", "generateContent", **_BILL),
-    "streamGenerateContent": _e("gemini", "streamGenerateContent", streams=True, **_BILL),
+    # Its body is not read: the path, not a body field, asks for the stream (see `streams`).
+    "streamGenerateContent": _e(
+        "gemini", "streamGenerateContent", billable=True, streamable=True, streams=True
+    ),
     "countTokens": _e("gemini", "countTokens", read_only=True, json_body=True),
     "embedContent": _e("gemini", "embedContent", **_BILL),
     "batchEmbedContents": _e("gemini", "batchEmbedContents", **_BILL),
@@ -792,7 +795,7 @@ def _gemini(method: str, path: str, listing: bool) -> Route | None:
     return Route(endpoint, model=m["model"])
 
 
-def classify(method: str, path: str, anthropic: bool = False, google: bool = False) -> Route:
+def classify(method: str, path: str, anthropic: bool = False) -> Route:
     """Map a request to its route.
 
     ``path`` is the route path (the ASGI ``path`` minus ``root_path``), already percent-decoded by
@@ -801,24 +804,21 @@ def classify(method: str, path: str, anthropic: bool = False, google: bool = Fal
     path differently.
 
     ``anthropic``: the request carries Anthropic's headers; on the paths both providers serve
-    (`is_shared_path`) it picks Anthropic's endpoint. ``google``: it carries Google's key (header
-    or query parameter), so ``/v1/models[/{model}]`` is the Gemini API's.
+    (`is_shared_path`) it picks Anthropic's endpoint. A request carrying Google's key on those
+    paths is classified by `classify_google`.
 
     Raises `RouteNotFound` or `MethodNotAllowed`.
     """
-    if not google:
-        routes = (_EXACT_ROUTES_A if anthropic else _EXACT_ROUTES).get(path)
-        if routes is not None:  # the common case: a fixed path, its routes built once
-            route = routes.get(method)
-            if route is None:
-                raise MethodNotAllowed(tuple(routes))
-            return route
-    if google or path.startswith(GEMINI_PREFIX) or (path.startswith("/v1/models/") and ":" in path):
-        gemini = _gemini(method, path, google)
+    routes = (_EXACT_ROUTES_A if anthropic else _EXACT_ROUTES).get(path)
+    if routes is not None:  # the common case: a fixed path, its routes built once
+        route = routes.get(method)
+        if route is None:
+            raise MethodNotAllowed(tuple(routes))
+        return route
+    if path.startswith(GEMINI_PREFIX) or (path.startswith("/v1/models/") and ":" in path):
+        gemini = _gemini(method, path, False)
         if gemini is not None:
             return gemini
-        if google:
-            return classify(method, path, anthropic)
     methods: dict[str, Endpoint]
     deployment: str | None = None
     if path.startswith("/openai/deployments/"):
@@ -847,6 +847,12 @@ def classify(method: str, path: str, anthropic: bool = False, google: bool = Fal
         if route is not None:
             return route  # built once: routes are immutable
     return Route(endpoint, deployment, model=deployment)
+
+
+def classify_google(method: str, path: str) -> Route:
+    """`classify` for a request carrying Google's key (``x-goog-api-key`` or ``?key=``): on the
+    paths the Gemini API shares with OpenAI's (``/v1/models[/{model}]``) it is the Gemini API."""
+    return _gemini(method, path, True) or classify(method, path)
 
 
 def passthrough_route(api: Api) -> Route:

@@ -94,20 +94,15 @@ class Meter:
                     content_type = value
                     break
             self.sse = content_type.startswith(b"text/event-stream")
-            if self.sse and self.meter is not None:
-                self._splitter = EventSplitter()
-                if self.strip:
-                    message["headers"] = [(k, v) for k, v in headers if k != b"content-length"]
-            elif (
-                self.meter is not None
-                and self._endpoint.streams
-                and self.status < 300
-                and content_type.startswith(b"application/json")
-            ):
-                # A stream written as one JSON array (Gemini without ``alt=sse``).
-                self._splitter = JsonArraySplitter()
-                self.strip = False
-                self.sse = True
+            if self.meter is not None and (self.sse or self._json_array(content_type)):
+                if self.sse:
+                    self._splitter = EventSplitter()
+                    if self.strip:
+                        message["headers"] = [(k, v) for k, v in headers if k != b"content-length"]
+                else:  # a stream written as one JSON array (Gemini without ``alt=sse``)
+                    self._splitter = JsonArraySplitter()
+                    self.strip = False
+                    self.sse = True
             else:
                 self.strip = False
                 self.meter = None if not self.sse else self.meter
@@ -116,6 +111,14 @@ class Meter:
             await self._send(message)
         else:
             await self._send(message)
+
+    def _json_array(self, content_type: bytes) -> bool:
+        """The answer of a route that always streams comes as one streamed JSON array."""
+        return (
+            self._endpoint.streams
+            and self.status < 300
+            and content_type.startswith(b"application/json")
+        )
 
     def _body(self, message: Message) -> Message:
         """Meter one body message; returns the message to pass on (re-framed when stripping)."""

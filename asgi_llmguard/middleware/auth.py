@@ -168,10 +168,10 @@ class AuthMiddleware:
         if key is None:
             # The Gemini API's ``?key=``, taken out of the URL when the context was made.
             key = scope.get(QUERY_KEY)
-        if key is None:
-            logger.debug("%s refused: no API key", ctx.request_id)
-            await self._unauthorized(send, self._missing[dialect])
-            return
+            if key is None:
+                logger.debug("%s refused: no API key", ctx.request_id)
+                await self._unauthorized(send, self._missing[dialect])
+                return
         if ambiguous or not 0 < len(key) <= self._max_key_length or key.translate(None, _KEY_CHARS):
             logger.debug("%s refused: malformed or ambiguous API key", ctx.request_id)
             await self._unauthorized(send, self._invalid[dialect])

@@ -203,7 +203,7 @@ class UsageMiddleware:
                     )
                 return
 
-        streamed = (bool(fields.stream) and endpoint.streamable) or endpoint.streams
+        streamed = bool(fields.stream) and endpoint.streamable
         strip = False
         if (
             streamed

@@ -18,7 +18,7 @@ from asgi_llmguard.context import RequestContext
 from asgi_llmguard.middleware._usage_meter import Meter
 from asgi_llmguard.providers.gemini_usage import GenerateStreamMeter, usage_from_json
 from asgi_llmguard.providers.jsonarray import JsonArraySplitter
-from asgi_llmguard.routes import classify
+from asgi_llmguard.routes import classify, classify_google
 from asgi_llmguard.tokens import TokenUsage
 
 STREAM = classify("POST", "/v1beta/models/gemini-2.5-pro:streamGenerateContent").endpoint
@@ -193,5 +193,5 @@ def test_a_thinking_suffix_stays_on_the_model_for_routing_to_remove():
 def test_openai_model_ids_with_colons_stay_openai():
     route = classify("GET", "/v1/models/ft:gpt-4o-mini:org::abc123")
     assert (route.endpoint.api, route.endpoint.operation) == ("openai", "models.retrieve")
-    assert classify("GET", "/v1/models", google=True).endpoint.api == "gemini"
+    assert classify_google("GET", "/v1/models").endpoint.api == "gemini"
     assert classify("GET", "/v1/models").endpoint.api == "openai"
