@@ -10,7 +10,7 @@ default. Reading the file, the environment and URLs is `asgi_llmguard.config`'s 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -19,11 +19,18 @@ from asgi_llmguard.forward.cooldowns import CooldownPolicy
 from asgi_llmguard.forward.router import Routing
 from asgi_llmguard.middleware.size_limit import SizeLimits
 from asgi_llmguard.policy import Budget, RateLimit
+from asgi_llmguard.providers import PROVIDERS
 from asgi_llmguard.ratelimit.config import RateLimitOptions
+from asgi_llmguard.routes import Api
 from asgi_llmguard.usage.budgets import BudgetOptions
 from asgi_llmguard.usage.pricing import MissingPrice, ModelPrice
 
-ProviderName = Literal["openai", "azure", "anthropic"]
+#: A provider's name: one in the registry (`asgi_llmguard.providers.PROVIDERS`), which msgspec
+#: checks as it decodes the file.
+if TYPE_CHECKING:
+    ProviderName = str
+else:
+    ProviderName = Literal[tuple(PROVIDERS)]
 
 _USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
 
@@ -69,7 +76,7 @@ class ServerConfig(_Strict):
 
 class ForwardConfig(_Strict):
     trust_env: bool = True
-    passthrough: Literal["openai", "azure", "anthropic"] | None = None
+    passthrough: Api | None = None
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     limits: PoolLimits = msgspec.field(default_factory=PoolLimits)
 

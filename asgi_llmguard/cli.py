@@ -42,6 +42,7 @@ def fake_upstreams(url: str) -> list[Upstream]:
     return [
         Upstream("openai", f"{url}/v1", api_key=FAKE_UPSTREAM_KEY, name="fake-openai"),
         Upstream("anthropic", url, api_key=FAKE_UPSTREAM_KEY, name="fake-anthropic"),
+        Upstream("gemini", url, api_key=FAKE_UPSTREAM_KEY, name="fake-gemini"),
     ]
 
 

@@ -43,6 +43,7 @@ from asgi_llmguard._config_schema import (
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.router import Routing
 from asgi_llmguard.middleware.size_limit import SizeLimits
+from asgi_llmguard.providers import PROVIDERS
 from asgi_llmguard.providers.base import Upstream
 from asgi_llmguard.ratelimit.config import RateLimitOptions
 from asgi_llmguard.usage.budgets import BudgetOptions
@@ -103,21 +104,19 @@ def resolve_upstreams(
 ) -> list[Upstream]:
     """The configured upstreams with their keys read from the environment.
 
-    With no ``[[upstreams]]`` in the file, ``OPENAI_API_KEY`` and ``ANTHROPIC_API_KEY`` (when set)
-    give the public OpenAI and Anthropic APIs. An empty list means no provider key is configured.
+    With no ``[[upstreams]]`` in the file, each provider's key variable (``OPENAI_API_KEY``,
+    ``ANTHROPIC_API_KEY``, ...: `Provider.key_env`), when set, gives that provider's public API.
+    An empty list means no provider key is configured.
     """
     entries = list(config.upstreams)
     if not entries:
-        if environ.get("OPENAI_API_KEY"):
-            entries.append(
-                UpstreamConfig("openai", "https://api.openai.com/v1", api_key_env="OPENAI_API_KEY")
-            )
-        if environ.get("ANTHROPIC_API_KEY"):
-            entries.append(
-                UpstreamConfig(
-                    "anthropic", "https://api.anthropic.com", api_key_env="ANTHROPIC_API_KEY"
-                )
-            )
+        for provider in PROVIDERS.values():
+            for variable in provider.key_env:
+                if environ.get(variable):
+                    entries.append(
+                        UpstreamConfig(provider.name, provider.default_url, api_key_env=variable)
+                    )
+                    break
     upstreams = []
     for i, entry in enumerate(entries):
         where = f"upstreams[{i}] ({entry.name or entry.provider})"

@@ -11,6 +11,7 @@ import itertools
 import os
 import time
 from collections.abc import Iterator
+from urllib.parse import unquote_to_bytes
 
 import msgspec
 
@@ -22,6 +23,7 @@ from asgi_llmguard.routes import (
     Route,
     RouteNotFound,
     classify,
+    classify_google,
 )
 from asgi_llmguard.tokens import TokenUsage
 from asgi_llmguard.types import Message, Receive, Scope
@@ -105,6 +107,7 @@ class RequestFields(msgspec.Struct):
 
 
 _EMPTY_FIELDS = RequestFields()
+_STREAMING_FIELDS = RequestFields(stream=True)
 _decoder = msgspec.json.Decoder(RequestFields)
 #: The form fields read from a multipart upload; every other part (the file) is skipped.
 _FORM_FIELDS = ("model", "n", "stream")
@@ -163,6 +166,31 @@ class Attempt:
 
 
 _ANTHROPIC_HEADERS = frozenset({b"anthropic-version", b"anthropic-beta", b"x-api-key"})
+#: Google's key header: on ``/v1/models`` it says the caller speaks the Gemini API.
+_GOOGLE_KEY_HEADER = b"x-goog-api-key"
+#: Where `RequestContext.from_scope` puts a key it took out of a Gemini URL's ``key`` parameter;
+#: the key layer reads it when no header carries one.
+QUERY_KEY = "llmguard.query_key"
+
+
+def take_query_key(scope: Scope) -> None:
+    """Remove the ``key`` query parameter (the Gemini API's way of sending an API key) from
+    ``scope["query_string"]`` and keep its value at ``scope[QUERY_KEY]``, so no layer that records
+    or forwards the URL ever sees it."""
+    query: bytes = scope.get("query_string", b"")
+    if b"key=" not in query:
+        return
+    kept: list[bytes] = []
+    key: bytes | None = None
+    for pair in query.split(b"&"):
+        if pair.startswith(b"key="):
+            if key is None:
+                key = unquote_to_bytes(pair[4:].replace(b"+", b" "))
+        else:
+            kept.append(pair)
+    if key is not None:
+        scope[QUERY_KEY] = key
+        scope["query_string"] = b"&".join(kept)
 
 
 class RequestContext:
@@ -242,18 +270,38 @@ class RequestContext:
             # Model lists, files and skills exist in both dialects: Anthropic's headers pick
             # Anthropic's (``anthropic-beta`` alone too: curl users of the Files API send it with
             # a Bearer key).
+            # Google's key (header or ``key`` parameter) picks the Gemini API's model list.
             for name, _ in scope["headers"]:
                 if name in _ANTHROPIC_HEADERS:
                     ctx = cls(scope["method"], path, None, True)
                     break
+                if name == _GOOGLE_KEY_HEADER:
+                    ctx = cls._google(scope["method"], path)
+                    break
+            else:
+                if b"key=" in scope.get("query_string", b""):
+                    ctx = cls._google(scope["method"], path)
         if ctx is None:
             ctx = cls(scope["method"], path)
         route = ctx.route
-        if route is not None and route.endpoint.multipart:
-            for name, value in scope["headers"]:
-                if name == b"content-type":
-                    ctx.content_type = value
-                    break
+        if route is not None and route.endpoint.reads_scope:
+            if route.endpoint.multipart:
+                for name, value in scope["headers"]:
+                    if name == b"content-type":
+                        ctx.content_type = value
+                        break
+            else:  # the Gemini API
+                take_query_key(scope)
+        return ctx
+
+    @classmethod
+    def _google(cls, method: str, path: str) -> RequestContext:
+        """The context of a request carrying Google's key on a path OpenAI's API shares."""
+        ctx = cls(method, path)
+        try:
+            ctx.route, ctx.route_error = classify_google(method, path), None
+        except (RouteNotFound, MethodNotAllowed) as exc:
+            ctx.route, ctx.route_error = None, exc
         return ctx
 
     def fields(self) -> RequestFields:
@@ -272,7 +320,9 @@ class RequestContext:
             if route is not None and route.endpoint.multipart:
                 fields = self._form_fields()
             elif route is None or not route.endpoint.json_body or not self.body:
-                fields = _EMPTY_FIELDS
+                # A route that always streams (the path says so, not a body field).
+                streams = route is not None and route.endpoint.streams
+                fields = _STREAMING_FIELDS if streams else _EMPTY_FIELDS
             else:
                 body = self.body
                 try:
@@ -317,10 +367,11 @@ class RequestContext:
 
     @property
     def model(self) -> str | None:
-        """The model asked for: the Azure deployment for deployment paths, else the body's."""
+        """The model asked for: the one the path names (an Azure deployment, Gemini's
+        ``models/{model}:...``), else the body's."""
         route = self.route
-        if route is not None and route.deployment is not None:
-            return route.deployment
+        if route is not None and route.model is not None:
+            return route.model
         fields = self._fields
         if fields is not None:  # decoded already: no call
             return fields.model

@@ -2,7 +2,8 @@
 
 Every refusal the gateway makes is JSON in the shape of the API the client speaks, so the official
 SDKs raise their usual typed exceptions: OpenAI's ``{"error": {"message", "type", "param",
-"code"}}`` and Anthropic's ``{"type": "error", "error": {"type", "message"}}``. Messages are
+"code"}}``, Anthropic's ``{"type": "error", "error": {"type", "message"}}`` and Google's
+``{"error": {"code", "message", "status"}}`` (each a `Dialect`, carried on the route). Messages are
 written by the gateway, never copied from an exception, so no secret or stack trace can leak.
 """
 
@@ -10,44 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import orjson
-
-from asgi_llmguard.routes import MethodNotAllowed, RouteNotFound
+from asgi_llmguard.routes import OPENAI, Dialect, MethodNotAllowed, RouteNotFound, dialect_of_path
 from asgi_llmguard.types import Send
 
 
 class ConfigurationError(ValueError):
     """A middleware or the config file was given a value it cannot work with."""
 
-
-# OpenAI uses a small set of error types; the code carries the detail.
-_OPENAI_TYPES = {
-    400: "invalid_request_error",
-    401: "invalid_request_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    405: "invalid_request_error",
-    408: "timeout_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-}
-# https://docs.anthropic.com/en/api/errors
-_ANTHROPIC_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    408: "timeout_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    502: "api_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
 
 _JSON = (b"content-type", b"application/json")
 # The OpenAI and Anthropic SDKs (and the CLIs built on them) retry 4xx answers such as 401 and 403
@@ -65,17 +35,13 @@ def error_body(
     status: int,
     message: str,
     *,
-    anthropic: bool = False,
+    dialect: Dialect = OPENAI,
     type: str | None = None,
     code: str | None = None,
     param: str | None = None,
 ) -> bytes:
-    """The JSON error body for ``status`` in OpenAI's shape, or Anthropic's when asked."""
-    if anthropic:
-        kind = type or _ANTHROPIC_TYPES.get(status, "api_error")
-        return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
-    kind = type or _OPENAI_TYPES.get(status, "server_error")
-    return orjson.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}})
+    """The JSON error body for ``status`` in ``dialect``'s shape (OpenAI's by default)."""
+    return dialect.error_body(status, message, type=type, code=code, param=param)
 
 
 async def send_error(
@@ -83,7 +49,7 @@ async def send_error(
     status: int,
     message: str,
     *,
-    anthropic: bool = False,
+    dialect: Dialect = OPENAI,
     type: str | None = None,
     code: str | None = None,
     headers: Iterable[tuple[bytes, bytes]] = (),
@@ -93,7 +59,7 @@ async def send_error(
     await send_body(
         send,
         status,
-        error_body(status, message, anthropic=anthropic, type=type, code=code),
+        dialect.error_body(status, message, type=type, code=code),
         headers,
         should_retry=should_retry,
     )
@@ -136,37 +102,26 @@ async def send_body(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def sse_error_event(message: str, *, anthropic: bool, type: str = "api_error") -> bytes:
-    """The terminal event sent when a stream cannot go on.
-
-    It starts with a blank line so that any event the upstream left half-written is ended before
-    ours; SDKs then raise on our event instead of seeing a silent end. OpenAI's SDK raises on a
-    ``data:`` payload with an ``error`` member; Anthropic's on ``event: error``.
-    """
-    if anthropic:
-        payload = orjson.dumps({"type": "error", "error": {"type": type, "message": message}})
-        return b"\n\nevent: error\ndata: " + payload + b"\n\n"
-    payload = orjson.dumps(
-        {"error": {"message": message, "type": type, "param": None, "code": None}}
-    )
-    return b"\n\ndata: " + payload + b"\n\n"
+def sse_error_event(message: str, *, dialect: Dialect, type: str = "api_error") -> bytes:
+    """The terminal event sent when a stream cannot go on (see `Dialect.stream_error`)."""
+    return dialect.stream_error(message, type=type)
 
 
 async def send_route_error(
     send: Send, method: str, path: str, error: RouteNotFound | MethodNotAllowed | None
 ) -> None:
     """404 for an unknown route, 405 (with ``Allow``) for a known path with the wrong method."""
-    anthropic = path.startswith("/v1/messages")
+    dialect = dialect_of_path(path)
     shown = path if len(path) <= 200 else path[:200] + "..."
     if isinstance(error, MethodNotAllowed):
         await send_error(
             send,
             405,
             f"Method {method} is not allowed on {shown}.",
-            anthropic=anthropic,
+            dialect=dialect,
             headers=[(b"allow", ", ".join(error.allowed).encode())],
         )
         return
     await send_error(
-        send, 404, f"Invalid URL ({method} {shown})", anthropic=anthropic, code="unknown_url"
+        send, 404, f"Invalid URL ({method} {shown})", dialect=dialect, code="unknown_url"
     )

@@ -62,7 +62,7 @@ class KeyPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_de
 
     key_id: str
     name: str | None = None
-    #: Provider APIs this key may call: ``"openai"``, ``"azure"``, ``"anthropic"``.
+    #: Provider APIs this key may call: ``"openai"``, ``"azure"``, ``"anthropic"``, ``"gemini"``.
     providers: frozenset[str] | None = None
     #: Operations this key may call, e.g. ``"chat.completions"``, ``"messages"``.
     endpoints: frozenset[str] | None = None

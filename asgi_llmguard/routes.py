@@ -12,8 +12,173 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-#: The API dialect a route speaks. It decides the error shape and which upstream may serve it.
-Api = Literal["openai", "azure", "anthropic"]
+import orjson
+
+#: The API a route speaks. It decides the error dialect and which upstream may serve it.
+Api = Literal["openai", "azure", "anthropic", "gemini"]
+#: Every API, as the config file and key policies spell them.
+APIS: tuple[Api, ...] = ("openai", "azure", "anthropic", "gemini")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Dialect:
+    """How one family of SDKs expects the gateway's own refusals: the JSON error body, the
+    terminal event of a broken stream, and the error types of the statuses it cares about.
+
+    Dialects are module constants compared by identity (`OPENAI`, `ANTHROPIC`, `GOOGLE`); the
+    route carries its own (`Endpoint.dialect`), so no layer tests which provider it is. Bodies a
+    layer sends often are prebuilt once per dialect (see `DIALECTS`).
+    """
+
+    name: str
+    #: HTTP status -> the dialect's error type (OpenAI, Anthropic) or status name (Google).
+    types: dict[int, str]
+    #: The type of a status not in ``types``.
+    fallback: str
+    #: The dialect's type for "the gateway itself failed" (a store it needs is down).
+    server_error: str
+    #: OpenAI's shape carries a specific ``type`` beyond its status's default (``lim.kind``,
+    #: ``insufficient_quota``); the other dialects keep their status's own type.
+    specific_types: bool = False
+
+    def error_body(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+    ) -> bytes:
+        """The JSON error body for ``status`` in this dialect's shape."""
+        name = self.name
+        if name == "anthropic":
+            kind = type or self.types.get(status, self.fallback)
+            return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
+        if name == "google":
+            status_name = self.types.get(status, self.fallback)
+            return orjson.dumps(
+                {"error": {"code": status, "message": message, "status": status_name}}
+            )
+        kind = type or self.types.get(status, self.fallback)
+        return orjson.dumps(
+            {"error": {"message": message, "type": kind, "param": param, "code": code}}
+        )
+
+    def stream_error(self, message: str, *, type: str = "api_error") -> bytes:
+        """The terminal SSE event sent when a stream cannot go on.
+
+        It starts with a blank line so that any event the upstream left half-written is ended
+        before ours; SDKs then raise on our event instead of seeing a silent end. OpenAI's SDK
+        raises on a ``data:`` payload with an ``error`` member; Anthropic's on ``event: error``;
+        Google's on a ``data:`` payload with an ``error`` member carrying a status.
+        """
+        if self.name == "anthropic":
+            payload = orjson.dumps({"type": "error", "error": {"type": type, "message": message}})
+            return b"\n\nevent: error\ndata: " + payload + b"\n\n"
+        if self.name == "google":
+            code = 503 if type == "overloaded_error" else 500
+            error = {"code": code, "message": message, "status": self.types[code]}
+            return b"\n\ndata: " + orjson.dumps({"error": error}) + b"\n\n"
+        payload = orjson.dumps(
+            {"error": {"message": message, "type": type, "param": None, "code": None}}
+        )
+        return b"\n\ndata: " + payload + b"\n\n"
+
+    def specific(self, type: str) -> str | None:
+        """``type`` where the dialect carries specific types (OpenAI's), else ``None``: the
+        status's own type."""
+        return type if self.specific_types else None
+
+    def __repr__(self) -> str:
+        return f"<Dialect {self.name}>"
+
+
+#: OpenAI's ``{"error": {"message", "type", "param", "code"}}``: OpenAI, Azure and every
+#: OpenAI-compatible server. A small set of types; the code carries the detail.
+OPENAI = Dialect(
+    "openai",
+    {
+        400: "invalid_request_error",
+        401: "invalid_request_error",
+        403: "permission_error",
+        404: "invalid_request_error",
+        405: "invalid_request_error",
+        408: "timeout_error",
+        413: "invalid_request_error",
+        429: "rate_limit_error",
+    },
+    fallback="server_error",
+    server_error="server_error",
+    specific_types=True,
+)
+#: Anthropic's ``{"type": "error", "error": {"type", "message"}}``
+#: (https://docs.anthropic.com/en/api/errors).
+ANTHROPIC = Dialect(
+    "anthropic",
+    {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        402: "billing_error",
+        403: "permission_error",
+        404: "not_found_error",
+        405: "invalid_request_error",
+        408: "timeout_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
+        500: "api_error",
+        502: "api_error",
+        503: "overloaded_error",
+        504: "timeout_error",
+        529: "overloaded_error",
+    },
+    fallback="api_error",
+    server_error="api_error",
+)
+#: Google's ``{"error": {"code", "message", "status"}}`` (the Gemini API, Vertex AI), the
+#: status being the canonical code name of https://cloud.google.com/apis/design/errors.
+GOOGLE = Dialect(
+    "google",
+    {
+        400: "INVALID_ARGUMENT",
+        401: "UNAUTHENTICATED",
+        402: "FAILED_PRECONDITION",
+        403: "PERMISSION_DENIED",
+        404: "NOT_FOUND",
+        405: "UNIMPLEMENTED",
+        408: "DEADLINE_EXCEEDED",
+        409: "ABORTED",
+        413: "INVALID_ARGUMENT",
+        429: "RESOURCE_EXHAUSTED",
+        499: "CANCELLED",
+        500: "INTERNAL",
+        501: "UNIMPLEMENTED",
+        502: "UNAVAILABLE",
+        503: "UNAVAILABLE",
+        504: "DEADLINE_EXCEEDED",
+    },
+    fallback="UNKNOWN",
+    server_error="INTERNAL",
+)
+#: Every dialect, for layers that prebuild one refusal body per dialect.
+DIALECTS: tuple[Dialect, ...] = (OPENAI, ANTHROPIC, GOOGLE)
+#: The dialect of each API.
+_DIALECT_OF: dict[str, Dialect] = {
+    "openai": OPENAI,
+    "azure": OPENAI,
+    "anthropic": ANTHROPIC,
+    "gemini": GOOGLE,
+}
+
+
+def dialect_of_path(path: str) -> Dialect:
+    """The dialect of an answer to ``path`` when no route matched it (404, a bad Host): the one
+    its callers' SDKs most likely expect."""
+    if path.startswith("/v1/messages"):
+        return ANTHROPIC
+    if path.startswith("/v1beta/") or (path.startswith("/v1/models/") and ":" in path):
+        return GOOGLE
+    return OPENAI
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,13 +203,20 @@ class Endpoint:
     #: eval run, a Realtime session): it names a model the gateway does not read, so a
     #: key restricted to some models may not call it.
     spends: bool = False
-    #: Errors on this endpoint take Anthropic's shape (read on every request: a plain field).
-    anthropic_errors: bool = field(init=False, repr=False, compare=False)
+    #: Always answers with a stream (Gemini's ``streamGenerateContent``: the path asks for it, no
+    #: body field does); its fields say ``stream`` without reading the body.
+    streams: bool = False
+    #: The shape of the gateway's errors on this endpoint (read on every request: a plain field).
+    dialect: Dialect = field(init=False, repr=False, compare=False)
+    #: The request's context needs more from the scope than the path: an upload's
+    #: ``Content-Type``, or a key in a Gemini URL (read on every request: a plain field).
+    reads_scope: bool = field(init=False, repr=False, compare=False)
     #: The unit (``"minute"``, ``"image"``) its answers are billed in, if any (a plain field too).
     unit: str | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "anthropic_errors", self.api == "anthropic")  # frozen
+        object.__setattr__(self, "dialect", _DIALECT_OF[self.api])  # frozen
+        object.__setattr__(self, "reads_scope", self.multipart or self.api == "gemini")
         unit = _UNITS.get(self.operation) if self.api != "anthropic" else None
         object.__setattr__(self, "unit", unit)
 
@@ -66,6 +238,8 @@ class Route:
     endpoint: Endpoint
     #: The Azure deployment named in the path (``/openai/deployments/{deployment}/...``).
     deployment: str | None = None
+    #: The model the path names: the Azure deployment, or Gemini's ``models/{model}:...``.
+    model: str | None = None
 
 
 class RouteNotFound(Exception):
@@ -571,6 +745,55 @@ _AZURE_OPERATIONS: dict[str, Endpoint] = {
 }
 _AZURE = re.compile(rf"/openai/deployments/(?P<deployment>{_ID})/(?P<op>[a-z/]+)")
 
+# The Gemini API (Google AI Studio): /v1beta/models/{model}:{method}, and the same under /v1.
+_GEMINI_METHODS: dict[str, Endpoint] = {
+    "generateContent": _e("gemini", "generateContent", **_BILL),
+    # Its body is not read: the path, not a body field, asks for the stream (see `streams`).
+    "streamGenerateContent": _e(
+        "gemini", "streamGenerateContent", billable=True, streamable=True, streams=True
+    ),
+    "countTokens": _e("gemini", "countTokens", read_only=True, json_body=True),
+    "embedContent": _e("gemini", "embedContent", **_BILL),
+    "batchEmbedContents": _e("gemini", "batchEmbedContents", **_BILL),
+}
+_GEMINI_LIST = _e("gemini", "models.list", **_READ)
+_GEMINI_GET = _e("gemini", "models.get", **_READ)
+# A model id, with a thinking suffix if the caller gives one (``gemini-2.5-pro(high)``).
+_GEMINI_MODEL = r"[A-Za-z0-9_.\-]{1,256}(?:\([A-Za-z0-9]{1,16}\))?"
+_GEMINI = re.compile(rf"/v1(?:beta)?/models/(?P<model>{_GEMINI_MODEL})(?::(?P<method>[A-Za-z]+))?")
+#: Path prefixes of the Gemini API; under ``/v1`` only paths with a ``:method``, or requests with
+#: Google's key header, are Gemini's (``/v1/models`` is OpenAI's too).
+GEMINI_PREFIX = "/v1beta/"
+
+
+def _gemini(method: str, path: str, listing: bool) -> Route | None:
+    """The Gemini route of ``path``; ``None`` when it is not one. ``listing``: the request is
+    Google's (its key header), so ``/v1/models[/{model}]`` lists Gemini's models."""
+    if path in ("/v1beta/models", "/v1/models"):
+        if path == "/v1/models" and not listing:
+            return None
+        if method != "GET":
+            raise MethodNotAllowed(("GET",))
+        return _GEMINI_LIST_ROUTE
+    m = _GEMINI.fullmatch(path)
+    if m is None:
+        return None
+    name = m["method"]
+    if name is None:
+        if not listing and not path.startswith(GEMINI_PREFIX):
+            return None
+        if method != "GET":
+            raise MethodNotAllowed(("GET",))
+        return Route(_GEMINI_GET, model=m["model"])
+    endpoint = _GEMINI_METHODS.get(name)
+    if endpoint is None:
+        if path.startswith(GEMINI_PREFIX):
+            raise RouteNotFound(path)
+        return None
+    if method != "POST":
+        raise MethodNotAllowed(("POST",))
+    return Route(endpoint, model=m["model"])
+
 
 def classify(method: str, path: str, anthropic: bool = False) -> Route:
     """Map a request to its route.
@@ -581,7 +804,8 @@ def classify(method: str, path: str, anthropic: bool = False) -> Route:
     path differently.
 
     ``anthropic``: the request carries Anthropic's headers; on the paths both providers serve
-    (`is_shared_path`) it picks Anthropic's endpoint.
+    (`is_shared_path`) it picks Anthropic's endpoint. A request carrying Google's key on those
+    paths is classified by `classify_google`.
 
     Raises `RouteNotFound` or `MethodNotAllowed`.
     """
@@ -591,6 +815,10 @@ def classify(method: str, path: str, anthropic: bool = False) -> Route:
         if route is None:
             raise MethodNotAllowed(tuple(routes))
         return route
+    if path.startswith(GEMINI_PREFIX) or (path.startswith("/v1/models/") and ":" in path):
+        gemini = _gemini(method, path, False)
+        if gemini is not None:
+            return gemini
     methods: dict[str, Endpoint]
     deployment: str | None = None
     if path.startswith("/openai/deployments/"):
@@ -599,6 +827,8 @@ def classify(method: str, path: str, anthropic: bool = False) -> Route:
             raise RouteNotFound(path)
         methods = {"POST": azure}
         deployment = m["deployment"]
+    elif path.startswith(GEMINI_PREFIX):
+        raise RouteNotFound(path)
     else:
         # "/v1/<resource>/...": only that resource's patterns can match
         end = path.find("/", 4)
@@ -616,7 +846,13 @@ def classify(method: str, path: str, anthropic: bool = False) -> Route:
         route = _PLAIN.get(id(endpoint))
         if route is not None:
             return route  # built once: routes are immutable
-    return Route(endpoint, deployment)
+    return Route(endpoint, deployment, model=deployment)
+
+
+def classify_google(method: str, path: str) -> Route:
+    """`classify` for a request carrying Google's key (``x-goog-api-key`` or ``?key=``): on the
+    paths the Gemini API shares with OpenAI's (``/v1/models[/{model}]``) it is the Gemini API."""
+    return _gemini(method, path, True) or classify(method, path)
 
 
 def passthrough_route(api: Api) -> Route:
@@ -624,9 +860,9 @@ def passthrough_route(api: Api) -> Route:
     return _PASSTHROUGH[api]
 
 
-_PASSTHROUGH: dict[Api, Route] = {
-    api: Route(Endpoint(api, "passthrough")) for api in ("openai", "azure", "anthropic")
-}
+_PASSTHROUGH: dict[Api, Route] = {api: Route(Endpoint(api, "passthrough")) for api in APIS}
+
+_GEMINI_LIST_ROUTE = Route(_GEMINI_LIST)
 
 # The route of each endpoint reached without a deployment, by the endpoint's identity (the
 # endpoints are the module's own constants).

@@ -33,7 +33,8 @@ class CaptureRecord(msgspec.Struct, kw_only=True, frozen=True):
     duration: float
     #: The virtual key's id (a hash prefix or the operator's name), never the key.
     key_id: str | None = None
-    #: The route's API (``openai``, ``azure``, ``anthropic``) and operation (``chat.completions``).
+    #: The route's API (``openai``, ``azure``, ``anthropic``, ``gemini``) and operation
+    #: (``chat.completions``).
     api: str | None = None
     endpoint: str | None = None
     model: str | None = None

@@ -31,7 +31,15 @@ _REDACTED_B = REDACTED.encode()
 
 #: Always redacted: the headers that carry the client's (and the upstream's) credentials.
 CREDENTIAL_HEADERS = frozenset(
-    {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "set-cookie"}
+    {
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "api-key",
+        "x-goog-api-key",
+        "cookie",
+        "set-cookie",
+    }
 )
 _SECRET_SUFFIXES = (
     "-key",

@@ -45,6 +45,7 @@ from asgi_llmguard.forward.headers import request_headers
 from asgi_llmguard.forward.pools import Candidate
 from asgi_llmguard.forward.relay import (
     STATUS_FOR,
+    ReadBody,
     Watch,
     end_interrupted,
     hold_first_event,
@@ -60,8 +61,9 @@ from asgi_llmguard.forward.target import Target
 from asgi_llmguard.forward.thinking import apply_thinking
 from asgi_llmguard.forward.warmup import Warmer, warm_request
 from asgi_llmguard.lifecycle import Resource, serve_lifespan
-from asgi_llmguard.providers.base import Upstream, provider_for
-from asgi_llmguard.routes import Api
+from asgi_llmguard.providers import provider_for
+from asgi_llmguard.providers.base import Upstream
+from asgi_llmguard.routes import Api, Dialect
 from asgi_llmguard.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -221,21 +223,21 @@ class ForwardingApp(Resource):
             return
         endpoint = route.endpoint
         api = endpoint.api
-        anthropic = api == "anthropic"
+        dialect = endpoint.dialect
         try:
             body = ctx.body if ctx.body is not None else await read_body(ctx, receive)
-            model = ctx.model if endpoint.json_body or route.deployment is not None else None
+            model = ctx.model if endpoint.json_body or route.model is not None else None
         except ClientDisconnected:
             ctx.disconnected = True
             return
         except InvalidBody as exc:
-            await send_error(send, 400, str(exc), anthropic=anthropic)
+            await send_error(send, 400, str(exc), dialect=dialect)
             return
         plan = self.router.plan(
             api, model, scope["headers"], deployment=route.deployment is not None
         )
         if not plan.steps:
-            await self._unroutable(send, plan, model, api, anthropic)
+            await self._unroutable(send, plan, model, api, dialect)
             return
         if (
             self.warmer is not None
@@ -274,7 +276,7 @@ class ForwardingApp(Resource):
                     index == last or made >= retry.max_attempts or time.perf_counter() >= deadline
                 )
                 failure = await self._attempt(
-                    ctx, plan, step, body, scope, send, watch, final, cooldowns, anthropic
+                    ctx, plan, step, body, scope, send, watch, final, cooldowns, dialect
                 )
                 if failure is None:
                     return
@@ -285,7 +287,7 @@ class ForwardingApp(Resource):
                         send,
                         STATUS_FOR[error.kind],
                         str(error),
-                        anthropic=anthropic,
+                        dialect=dialect,
                         code="upstream_error",
                     )
                     return
@@ -293,7 +295,7 @@ class ForwardingApp(Resource):
                 await asyncio.sleep(backoff_delay(retry, made))
             # Every planned credential was skipped (cooling, breaker half-open) before any attempt.
             await self._unroutable(
-                send, Plan([], cooling_until=time.time() + 1), ctx.model, api, anthropic
+                send, Plan([], cooling_until=time.time() + 1), ctx.model, api, dialect
             )
         except asyncio.CancelledError:
             if watch.disconnected and task.uncancel() == 0:
@@ -305,17 +307,17 @@ class ForwardingApp(Resource):
             # records what was produced.
             if not watch.disconnected and not watch.finished:
                 ctx.upstream_error = "shutdown"
-                await end_interrupted(send, watch, anthropic)
+                await end_interrupted(send, watch, dialect)
             raise
         finally:
             watch.finished = True
             watcher.cancel()
 
     async def _unroutable(
-        self, send: Send, plan: Plan, model: str | None, api: Api, anthropic: bool
+        self, send: Send, plan: Plan, model: str | None, api: Api, dialect: Dialect
     ) -> None:
         if plan.error is not None:
-            await send_error(send, plan.status, plan.error, anthropic=anthropic)
+            await send_error(send, plan.status, plan.error, dialect=dialect)
             return
         wait = max(1, math.ceil((plan.cooling_until or time.time()) - time.time()))
         await send_error(
@@ -323,8 +325,8 @@ class ForwardingApp(Resource):
             429,
             f"Every upstream credential for {model or api!s} is cooling down after errors or "
             f"rate limits; retry after {wait} s.",
-            anthropic=anthropic,
-            type="rate_limit_error" if anthropic else "rate_limit_exceeded",
+            dialect=dialect,
+            type=dialect.specific("rate_limit_exceeded"),
             code="upstream_cooling_down",
             headers=[(b"retry-after", str(wait).encode())],
             # a credential resting for an hour (after a 401) is not worth a client's wait
@@ -343,6 +345,8 @@ class ForwardingApp(Resource):
             ctx.upstream_model = None
             return body
         ctx.upstream_model = parsed.base
+        if route.model is not None:
+            return body  # the model is in the path: the provider's `target` sends it there
         document = orjson.loads(body)
         rewritten = apply_thinking(
             route.endpoint.api, document, parsed, operation=route.endpoint.operation
@@ -360,7 +364,7 @@ class ForwardingApp(Resource):
         watch: Watch,
         final: bool,
         cooldowns: Cooldowns | None,
-        anthropic: bool,
+        dialect: Dialect,
     ) -> _Failure | None:
         """One request to ``step``'s credential, its outcome recorded (breaker, cooldowns).
 
@@ -381,11 +385,13 @@ class ForwardingApp(Resource):
         except InvalidBody as exc:
             if breaker is not None:
                 breaker.release(credential)
-            await send_error(send, 400, str(exc), anthropic=anthropic)
+            await send_error(send, 400, str(exc), dialect=dialect)
             return None
         headers = request_headers(scope["headers"], target.drop, target.defaults, target.static)
         # The caller's id (else ours) travels upstream so provider-side logs can be matched.
         headers.append(("x-request-id", ctx.client_request_id or ctx.request_id))
+        if target.signs:  # a credential applied per request (a signature), after every header
+            url = target.provider.sign(target.upstream, ctx.method, url, headers, attempt_body)
         ctx.credential_id = credential
         started_at = time.time()
         began = time.perf_counter()
@@ -426,11 +432,17 @@ class ForwardingApp(Resource):
                     breaker.record(credential, not failed)
                 if cooldowns is not None and (model or status in (401, 402, 403)):
                     if failed:
+                        hint = retry_after_hint(resp.headers, time.time())
+                        if hint is None and status == 429 and target.provider.hints_in_body:
+                            # The wait is in the (small) error body: read it, relay it as read.
+                            body_read = await resp.read_all()
+                            hint = target.provider.retry_hint(body_read)
+                            resp = ReadBody(resp, body_read)
                         await cooldowns.record_failure(
                             credential,
                             model,
                             status=status,
-                            retry_after=retry_after_hint(resp.headers, time.time()),
+                            retry_after=hint,
                             started=started_at,
                         )
                     elif status < 400:
@@ -444,7 +456,7 @@ class ForwardingApp(Resource):
                     resp,
                     send,
                     watch,
-                    anthropic,
+                    dialect,
                     aliases=router.aliases,
                     alias=plan.alias,
                     held=held,

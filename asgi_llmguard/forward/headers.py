@@ -33,6 +33,7 @@ REQUEST_DROP = HOP_BY_HOP | {
     b"authorization",
     b"x-api-key",
     b"api-key",
+    b"x-goog-api-key",
     b"cookie",
     b"forwarded",
     b"x-forwarded-for",

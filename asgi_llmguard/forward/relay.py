@@ -21,6 +21,7 @@ from asgi_llmguard.forward.resilience import (
     error_in_first_event,
     first_event_end,
 )
+from asgi_llmguard.routes import Dialect
 from asgi_llmguard.types import Send
 
 logger = logging.getLogger("asgi_llmguard.forward")
@@ -28,6 +29,29 @@ logger = logging.getLogger("asgi_llmguard.forward")
 # Non-streamed answers up to this size are read whole and sent in one message.
 SMALL_BODY = 1 << 20
 STATUS_FOR = {"connect": 502, "timeout": 504, "broken": 502}
+
+
+class ReadBody:
+    """An upstream response whose whole body was already read (to look inside an error before
+    deciding what to do): it hands that body out again, then reports the end."""
+
+    __slots__ = ("_body", "_resp", "headers", "status")
+
+    def __init__(self, resp: UpstreamResponse, body: bytes) -> None:
+        self._resp = resp
+        self._body = body
+        self.status = resp.status
+        self.headers = resp.headers
+
+    async def read_chunk(self) -> bytes:
+        body, self._body = self._body, b""
+        return body
+
+    async def read_all(self) -> bytes:
+        return await self.read_chunk()
+
+    async def aclose(self) -> None:
+        await self._resp.aclose()
 
 
 class Watch:
@@ -55,7 +79,7 @@ async def relay(
     resp: UpstreamResponse,
     send: Send,
     watch: Watch,
-    anthropic: bool,
+    dialect: Dialect,
     *,
     aliases: AliasTable | None = None,
     alias: str | None = None,
@@ -87,7 +111,7 @@ async def relay(
                 "upstream %s broke answering %s: %s", ctx.credential_id, ctx.request_id, exc
             )
             await send_error(
-                send, STATUS_FOR[exc.kind], str(exc), anthropic=anthropic, code="upstream_error"
+                send, STATUS_FOR[exc.kind], str(exc), dialect=dialect, code="upstream_error"
             )
             return
         if rewrite:
@@ -137,7 +161,7 @@ async def relay(
         await send(
             {
                 "type": "http.response.body",
-                "body": sse_error_event(str(exc), anthropic=anthropic),
+                "body": sse_error_event(str(exc), dialect=dialect),
                 "more_body": True,
             }
         )
@@ -148,7 +172,7 @@ async def relay(
 _SHUTDOWN = "The gateway is shutting down; the answer was interrupted. Retry the request."
 
 
-async def end_interrupted(send: Send, watch: Watch, anthropic: bool) -> None:
+async def end_interrupted(send: Send, watch: Watch, dialect: Dialect) -> None:
     """A terminal SSE error event for a stream, a 503 for an answer not started yet; nothing
     can be added to a started non-stream answer (the server closes it unfinished)."""
     watch.finished = True
@@ -158,12 +182,12 @@ async def end_interrupted(send: Send, watch: Watch, anthropic: bool) -> None:
                 send,
                 503,
                 _SHUTDOWN,
-                anthropic=anthropic,
+                dialect=dialect,
                 code="shutting_down",
                 headers=[(b"retry-after", b"1"), (b"connection", b"close")],
             )
         elif watch.sse:
-            event = sse_error_event(_SHUTDOWN, anthropic=anthropic)
+            event = sse_error_event(_SHUTDOWN, dialect=dialect)
             await send({"type": "http.response.body", "body": event, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
     except Exception:  # the connection may be gone already

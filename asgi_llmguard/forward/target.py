@@ -9,7 +9,7 @@ from asgi_llmguard.providers.base import Provider, Upstream
 class Target:
     """An upstream and everything about it that can be computed before the first request."""
 
-    __slots__ = ("credential_id", "defaults", "drop", "provider", "static", "upstream")
+    __slots__ = ("credential_id", "defaults", "drop", "provider", "signs", "static", "upstream")
 
     def __init__(self, upstream: Upstream, provider: Provider) -> None:
         self.upstream = upstream
@@ -18,3 +18,5 @@ class Target:
         self.defaults = provider.default_headers(upstream)
         self.drop = request_drop_set(self.static)
         self.credential_id = upstream.credential_id
+        #: The provider applies the credential per request (`Provider.sign`).
+        self.signs = provider.signs

@@ -29,13 +29,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-import orjson
-
 from asgi_llmguard.context import Attempt, RequestContext
 from asgi_llmguard.forward.engines import Engine, UpstreamError
 from asgi_llmguard.forward.headers import request_headers
 from asgi_llmguard.forward.router import WarmupPolicy
 from asgi_llmguard.forward.target import Target
+from asgi_llmguard.providers import OWNERS
 from asgi_llmguard.providers.metering import usage_from_json
 from asgi_llmguard.routes import Api, classify
 
@@ -149,21 +148,18 @@ async def warm_request(
 ) -> bool:
     """One tiny request to ``target`` for ``model``; ``True`` when it answered 2xx. The attempt
     goes to ``listener`` (the usage ledger records it as ``warmup``)."""
-    if api == "anthropic":
-        path = "/v1/messages"
-        document: dict[str, object] = {"model": model, "max_tokens": policy.max_tokens}
-    else:
-        path = "/v1/chat/completions"
-        document = {"model": model, "max_completion_tokens": policy.max_tokens}
-    document["messages"] = [{"role": "user", "content": policy.prompt}]
+    provider = target.provider
+    path, body = OWNERS[api].warmup(api, model, policy.max_tokens, policy.prompt)
     ctx = RequestContext("POST", path)
     ctx.request_id = "warmup_" + ctx.request_id.removeprefix("req_")
-    ctx.body = orjson.dumps(document)
-    url = target.provider.target(target.upstream, ctx, b"")
+    ctx.body = body
+    url = provider.target(target.upstream, ctx, b"")
     headers = request_headers(
         [(b"content-type", b"application/json")], target.drop, target.defaults, target.static
     )
     headers.append(("x-request-id", ctx.request_id))
+    if target.signs:
+        url = provider.sign(target.upstream, "POST", url, headers, body)
     started_at = time.time()
     began = time.perf_counter()
     status = 0

@@ -28,12 +28,13 @@ from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.keys.base import KeyExists, KeyRecord, WritableKeyStore, issue_key
 from asgi_llmguard.keys.hashing import DEFAULT_PREFIX
 from asgi_llmguard.keys.url import store_from_url
+from asgi_llmguard.routes import APIS
 
 T = TypeVar("T")
 
 ENV_KEYS_DB = "ASGI_LLMGUARD_KEYS_DB"
 DEFAULT_DB = "sqlite:///llmguard.sqlite3"
-PROVIDERS = ("openai", "azure", "anthropic")
+PROVIDERS = APIS
 
 
 def _run(url: str, action: Callable[[WritableKeyStore], Awaitable[T]]) -> T:

@@ -17,6 +17,7 @@ import orjson
 
 from asgi_llmguard.context import RequestContext
 from asgi_llmguard.errors import sse_error_event
+from asgi_llmguard.providers.jsonarray import JsonArraySplitter
 from asgi_llmguard.providers.metering import StreamMeter, units_from_json, usage_from_json
 from asgi_llmguard.providers.sse import EventSplitter
 from asgi_llmguard.routes import Endpoint
@@ -66,12 +67,13 @@ class Meter:
         self._send = send
         self.meter = meter
         self.strip = strip
-        self._splitter: EventSplitter | None = None
+        self._splitter: EventSplitter | JsonArraySplitter | None = None
         #: The unfinished event held back while stripping.
         self._held = b""
         self._json: list[bytes] | None = None
         self._json_size = 0
         self._tail_only = False
+        #: The answer is a stream: server-sent events, or a JSON array metered piece by piece.
         self.sse = False
         self.status = 0
         self.ttfb: float | None = None
@@ -92,10 +94,15 @@ class Meter:
                     content_type = value
                     break
             self.sse = content_type.startswith(b"text/event-stream")
-            if self.sse and self.meter is not None:
-                self._splitter = EventSplitter()
-                if self.strip:
-                    message["headers"] = [(k, v) for k, v in headers if k != b"content-length"]
+            if self.meter is not None and (self.sse or self._json_array(content_type)):
+                if self.sse:
+                    self._splitter = EventSplitter()
+                    if self.strip:
+                        message["headers"] = [(k, v) for k, v in headers if k != b"content-length"]
+                else:  # a stream written as one JSON array (Gemini without ``alt=sse``)
+                    self._splitter = JsonArraySplitter()
+                    self.strip = False
+                    self.sse = True
             else:
                 self.strip = False
                 self.meter = None if not self.sse else self.meter
@@ -104,6 +111,14 @@ class Meter:
             await self._send(message)
         else:
             await self._send(message)
+
+    def _json_array(self, content_type: bytes) -> bool:
+        """The answer of a route that always streams comes as one streamed JSON array."""
+        return (
+            self._endpoint.streams
+            and self.status < 300
+            and content_type.startswith(b"application/json")
+        )
 
     def _body(self, message: Message) -> Message:
         """Meter one body message; returns the message to pass on (re-framed when stripping)."""
@@ -139,11 +154,12 @@ class Meter:
                 elif self._ctx.upstream_error is None and not self._ctx.disconnected:
                     # The upstream ended the stream cleanly but without its end marker: say so.
                     self.truncated = True
-                    note = sse_error_event(
-                        "The upstream ended the stream before it was complete.",
-                        anthropic=self._endpoint.anthropic_errors,
-                    )
-                    message = {"type": "http.response.body", "body": body + note}
+                    if type(splitter) is EventSplitter:  # a JSON array has no event for it
+                        note = sse_error_event(
+                            "The upstream ended the stream before it was complete.",
+                            dialect=self._endpoint.dialect,
+                        )
+                        message = {"type": "http.response.body", "body": body + note}
         elif self._json is not None and body:
             self._collect(body)
         return message

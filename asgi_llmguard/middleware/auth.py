@@ -22,6 +22,7 @@ import re
 from collections.abc import Sequence
 
 from asgi_llmguard.context import (
+    QUERY_KEY,
     SCOPE_KEY,
     ClientDisconnected,
     InvalidBody,
@@ -34,12 +35,12 @@ from asgi_llmguard.context import (
 from asgi_llmguard.errors import ConfigurationError, error_body, send_body, send_error
 from asgi_llmguard.keys.base import KeyStore
 from asgi_llmguard.policy import KeyPolicy, mcp_server_allowed
-from asgi_llmguard.routes import Endpoint
+from asgi_llmguard.routes import DIALECTS, GOOGLE, Dialect, Endpoint, dialect_of_path
 from asgi_llmguard.types import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger("asgi_llmguard.auth")
 
-DEFAULT_HEADERS = ("authorization", "x-api-key", "api-key")
+DEFAULT_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
 
 # RFC 7235 token68 (letters, digits, -._~+/ and = padding), plus ':' seen in some vendors' keys.
 # Anything else (quotes, spaces, controls, NUL, non-ASCII) cannot be a key: refused unhashed.
@@ -115,20 +116,23 @@ class AuthMiddleware:
         self._matcher = functools.lru_cache(maxsize=matcher_cache_size)(ModelMatcher)
         # Prebuilt 401s: the answer to a flood of bad keys costs no encoding.
         self._missing = {
-            anthropic: error_body(
+            dialect: error_body(
                 401,
-                "You didn't provide an API key. Send it as `Authorization: Bearer <key>` "
+                "You didn't provide an API key. Send it in an `x-goog-api-key` header or the "
+                "`key` query parameter."
+                if dialect is GOOGLE
+                else "You didn't provide an API key. Send it as `Authorization: Bearer <key>` "
                 "or in an `x-api-key` header.",
-                anthropic=anthropic,
+                dialect=dialect,
                 code="invalid_api_key",
             )
-            for anthropic in (False, True)
+            for dialect in DIALECTS
         }
         self._invalid = {
-            anthropic: error_body(
-                401, "Incorrect API key provided.", anthropic=anthropic, code="invalid_api_key"
+            dialect: error_body(
+                401, "Incorrect API key provided.", dialect=dialect, code="invalid_api_key"
             )
-            for anthropic in (False, True)
+            for dialect in DIALECTS
         }
 
     def __repr__(self) -> str:
@@ -140,11 +144,7 @@ class AuthMiddleware:
             return
         ctx: RequestContext = scope.get(SCOPE_KEY) or get_context(scope)
         route = ctx.route
-        anthropic = (
-            route.endpoint.anthropic_errors
-            if route is not None
-            else ctx.path.startswith("/v1/messages")
-        )
+        dialect = route.endpoint.dialect if route is not None else dialect_of_path(ctx.path)
 
         # -- the key, from the headers alone -------------------------------------------------------
         key: bytes | None = None
@@ -166,12 +166,15 @@ class AuthMiddleware:
             elif index == rank and value != key:
                 ambiguous = True  # the same header twice, with different keys
         if key is None:
-            logger.debug("%s refused: no API key", ctx.request_id)
-            await self._unauthorized(send, self._missing[anthropic])
-            return
+            # The Gemini API's ``?key=``, taken out of the URL when the context was made.
+            key = scope.get(QUERY_KEY)
+            if key is None:
+                logger.debug("%s refused: no API key", ctx.request_id)
+                await self._unauthorized(send, self._missing[dialect])
+                return
         if ambiguous or not 0 < len(key) <= self._max_key_length or key.translate(None, _KEY_CHARS):
             logger.debug("%s refused: malformed or ambiguous API key", ctx.request_id)
-            await self._unauthorized(send, self._invalid[anthropic])
+            await self._unauthorized(send, self._invalid[dialect])
             return
         key_hash = hashlib.sha256(key).hexdigest()
         del key
@@ -189,8 +192,8 @@ class AuthMiddleware:
                 send,
                 503,
                 "The gateway cannot check API keys right now; try again shortly.",
-                anthropic=anthropic,
-                type="api_error" if anthropic else "server_error",
+                dialect=dialect,
+                type=dialect.server_error,
                 code="key_store_unavailable",
                 headers=[(b"retry-after", b"1")],
             )
@@ -200,7 +203,7 @@ class AuthMiddleware:
                 logger.debug("%s refused: unknown key %s", ctx.request_id, key_hash[:12])
             else:
                 logger.info("%s refused: revoked key %s", ctx.request_id, policy.key_id)
-            await self._unauthorized(send, self._invalid[anthropic])
+            await self._unauthorized(send, self._invalid[dialect])
             return
         ctx.key = policy
 
@@ -225,7 +228,7 @@ class AuthMiddleware:
                 f"This API key is restricted, and {ctx.method} {_shown(ctx.path)} is not an "
                 "endpoint its restrictions can be checked on.",
                 "endpoint_not_allowed",
-                anthropic,
+                dialect,
             )
             return
         endpoint = route.endpoint
@@ -236,7 +239,7 @@ class AuthMiddleware:
                 policy,
                 f"This API key may not call the {endpoint.api} API.",
                 "provider_not_allowed",
-                anthropic,
+                dialect,
             )
             return
         if policy.endpoints is not None and endpoint.operation not in policy.endpoints:
@@ -246,7 +249,7 @@ class AuthMiddleware:
                 policy,
                 f"This API key may not call {endpoint.operation}.",
                 "endpoint_not_allowed",
-                anthropic,
+                dialect,
             )
             return
         refusal = await self._check_body(ctx, policy, endpoint, receive)
@@ -255,9 +258,9 @@ class AuthMiddleware:
         if refusal:
             message, code = refusal
             if code == "invalid_request_body":
-                await send_error(send, 400, message, anthropic=anthropic)
+                await send_error(send, 400, message, dialect=dialect)
             else:
-                await self._forbidden(send, ctx, policy, message, code, anthropic)
+                await self._forbidden(send, ctx, policy, message, code, dialect)
             return
         if ctx.body is not None:
             receive = replay_receive(ctx, receive)
@@ -272,7 +275,7 @@ class AuthMiddleware:
         assert route is not None
         models = policy.models
         tool_types = policy.tool_types
-        model = route.deployment  # Azure: the deployment is the model, and it is in the path
+        model = route.model  # Azure's deployment, Gemini's models/{model}: the path names it
         fields = None
         if (
             endpoint.json_body
@@ -349,10 +352,10 @@ class AuthMiddleware:
         policy: KeyPolicy,
         message: str,
         code: str,
-        anthropic: bool,
+        dialect: Dialect,
     ) -> None:
         logger.debug("%s refused for key %s: %s", ctx.request_id, policy.key_id, code)
-        await send_error(send, 403, message, anthropic=anthropic, code=code)
+        await send_error(send, 403, message, dialect=dialect, code=code)
 
 
 def _refused_mcp_server(allowed: tuple[str, ...], fields: RequestFields) -> str | None:

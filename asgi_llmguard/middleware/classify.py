@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 
-from asgi_llmguard.context import SCOPE_KEY, RequestContext
+from asgi_llmguard.context import SCOPE_KEY, RequestContext, take_query_key
 from asgi_llmguard.errors import ConfigurationError, send_error, send_route_error
-from asgi_llmguard.routes import Api, RouteNotFound, passthrough_route
+from asgi_llmguard.routes import APIS, Api, RouteNotFound, dialect_of_path, passthrough_route
 from asgi_llmguard.types import ASGIApp, Receive, Scope, Send
 
 # RFC 9112 section 3.2 / RFC 3986 section 3.2.2: Host = uri-host [ ":" port ], where uri-host is
@@ -63,9 +63,9 @@ class ClassifyMiddleware:
     """
 
     def __init__(self, app: ASGIApp, *, passthrough: Api | None = None) -> None:
-        if passthrough not in (None, "openai", "azure", "anthropic"):
+        if passthrough is not None and passthrough not in APIS:
             raise ConfigurationError(
-                f"passthrough must be None, 'openai' or 'anthropic', not {passthrough!r}"
+                f"passthrough must be None or one of {', '.join(APIS)}, not {passthrough!r}"
             )
         self.app = app
         self._passthrough = passthrough_route(passthrough) if passthrough else None
@@ -89,8 +89,7 @@ class ClassifyMiddleware:
         if host is None or host.strip(_REG_NAME):
             host_error = _host_problem(host, scope)
             if host_error is not None:
-                anthropic = ctx.path.startswith("/v1/messages")
-                await send_error(send, 400, host_error, anthropic=anthropic)
+                await send_error(send, 400, host_error, dialect=dialect_of_path(ctx.path))
                 return
         if ctx.route is None:
             error = ctx.route_error
@@ -102,6 +101,8 @@ class ClassifyMiddleware:
             ):
                 ctx.route = passthrough
                 ctx.route_error = None
+                if passthrough.endpoint.api == "gemini":
+                    take_query_key(scope)  # a key in the URL is never forwarded or recorded
             else:
                 await send_route_error(send, ctx.method, ctx.path, error)
                 return

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from asgi_llmguard.context import SCOPE_KEY, RequestContext, get_context
 from asgi_llmguard.errors import ConfigurationError, error_body, send_body
 from asgi_llmguard.ratelimit.identity import ClientIdentity
+from asgi_llmguard.routes import DIALECTS, OPENAI
 from asgi_llmguard.types import ASGIApp, Receive, Scope, Send
 
 _MESSAGE = (
@@ -66,10 +67,16 @@ class ConcurrencyMiddleware:
         self.in_flight: Mapping[str, int] = types.MappingProxyType(self._counts)
         self.rejected = 0
         # Prebuilt refusals: nothing to compute when refusing under load.
-        self._openai_body = error_body(
-            429, _MESSAGE, type="requests", code="concurrency_limit_exceeded"
-        )
-        self._anthropic_body = error_body(429, _MESSAGE, anthropic=True)
+        self._bodies = {
+            dialect: error_body(
+                429,
+                _MESSAGE,
+                dialect=dialect,
+                type=dialect.specific("requests"),
+                code="concurrency_limit_exceeded",
+            )
+            for dialect in DIALECTS
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -91,8 +98,7 @@ class ConcurrencyMiddleware:
         if held >= cap:
             self.rejected += 1
             route = ctx.route
-            anthropic = route is not None and route.endpoint.anthropic_errors
-            body = self._anthropic_body if anthropic else self._openai_body
+            body = self._bodies[route.endpoint.dialect if route is not None else OPENAI]
             await send_body(send, 429, body, _HEADERS)
             return
         counts[who] = held + 1

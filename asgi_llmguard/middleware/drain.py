@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 
 from asgi_llmguard.context import get_context, route_path
 from asgi_llmguard.errors import ConfigurationError, error_body, send_body, sse_error_event
+from asgi_llmguard.routes import DIALECTS, OPENAI
 from asgi_llmguard.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("asgi_llmguard")
@@ -46,11 +47,10 @@ def _is_sse(headers: Iterable[tuple[bytes, bytes]]) -> bool:
 class _InFlight:
     """One request in flight: its task and how far its response got."""
 
-    __slots__ = ("anthropic", "complete", "ended", "headers", "started", "task")
+    __slots__ = ("complete", "ended", "headers", "started", "task")
 
     def __init__(self, task: asyncio.Task[object] | None) -> None:
         self.task = task
-        self.anthropic = False
         self.started = False
         #: The response's headers, read only if the drain has to end it.
         self.headers: Iterable[tuple[bytes, bytes]] = ()
@@ -89,8 +89,10 @@ class DrainMiddleware:
         self._idle: asyncio.Event | None = None
         self.draining = False
         self._headers = ((b"retry-after", str(retry_after).encode()), (b"connection", b"close"))
-        self._openai_refusal = error_body(503, _REFUSED, code="shutting_down")
-        self._anthropic_refusal = error_body(503, _REFUSED, anthropic=True)
+        self._refusals = {
+            dialect: error_body(503, _REFUSED, dialect=dialect, code="shutting_down")
+            for dialect in DIALECTS
+        }
 
     @property
     def in_flight(self) -> int:
@@ -138,8 +140,7 @@ class DrainMiddleware:
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         route = get_context(scope).route
-        anthropic = route is not None and route.endpoint.anthropic_errors
-        body = self._anthropic_refusal if anthropic else self._openai_refusal
+        body = self._refusals[route.endpoint.dialect if route is not None else OPENAI]
         await send_body(send, 503, body, self._headers)
 
     async def _finish(self, scope: Scope, send: Send, entry: _InFlight) -> None:
@@ -147,8 +148,8 @@ class DrainMiddleware:
             await self._refuse(scope, send)
         elif _is_sse(entry.headers) and not entry.complete:
             route = get_context(scope).route
-            anthropic = route is not None and route.endpoint.anthropic_errors
-            event = sse_error_event(_ENDED, anthropic=anthropic, type="overloaded_error")
+            dialect = route.endpoint.dialect if route is not None else OPENAI
+            event = sse_error_event(_ENDED, dialect=dialect, type="overloaded_error")
             await send({"type": "http.response.body", "body": event, "more_body": False})
         # else: a JSON answer half sent cannot be mended; returning leaves it incomplete and
         # the server closes the connection.

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from asgi_llmguard.context import get_context, route_path
 from asgi_llmguard.errors import ConfigurationError, error_body, send_body
+from asgi_llmguard.routes import DIALECTS, OPENAI
 from asgi_llmguard.types import ASGIApp, Receive, Scope, Send
 
 _MESSAGE = "The gateway is overloaded; please retry after a short wait."
@@ -70,8 +71,10 @@ class OverloadMiddleware:
         self.shed = 0
         # Prebuilt refusals: nothing to compute when refusing under load.
         self._headers = ((b"retry-after", str(retry_after).encode()),)
-        self._openai_body = error_body(503, _MESSAGE, code="overloaded")
-        self._anthropic_body = error_body(503, _MESSAGE, anthropic=True)
+        self._bodies = {
+            dialect: error_body(503, _MESSAGE, dialect=dialect, code="overloaded")
+            for dialect in DIALECTS
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (self._exempt and route_path(scope) in self._exempt):
@@ -80,8 +83,7 @@ class OverloadMiddleware:
         if self.in_flight >= self.max_in_flight:
             self.shed += 1
             route = get_context(scope).route
-            anthropic = route is not None and route.endpoint.anthropic_errors
-            body = self._anthropic_body if anthropic else self._openai_body
+            body = self._bodies[route.endpoint.dialect if route is not None else OPENAI]
             await send_body(send, 503, body, self._headers)
             return
         self.in_flight += 1

@@ -68,6 +68,7 @@ from asgi_llmguard.ratelimit.buckets import (
     key_owner,
 )
 from asgi_llmguard.ratelimit.headers import HEADER_NAMES, rate_headers, retry_after
+from asgi_llmguard.routes import OPENAI, Dialect
 from asgi_llmguard.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("asgi_llmguard.ratelimit")
@@ -183,7 +184,7 @@ class RateLimitMiddleware(Resource):
             try:
                 model = ctx.model
             except InvalidBody as exc:
-                await send_error(send, 400, str(exc), anthropic=_anthropic(ctx))
+                await send_error(send, 400, str(exc), dialect=_dialect(ctx))
                 return
         key = ctx.key  # a key's buckets are named once per plan and model: look them up here
         checks = None if key is None else self._checks_memo.get((plan, key.key_id, model))
@@ -212,14 +213,14 @@ class RateLimitMiddleware(Resource):
                 decisions = await admit_together(together, checks)
         except StoreUnavailable:
             self.stats.fail_closed += 1
-            await self._unavailable(send, _anthropic(ctx))
+            await self._unavailable(send, _dialect(ctx))
             return
         requests, tokens, settle, refused, failed_open = outcome(
             checks, decisions, together is not None
         )
         if refused is not None:
             self.stats.rejected += 1
-            await self._refuse(send, refused, requests, tokens, _anthropic(ctx))
+            await self._refuse(send, refused, requests, tokens, _dialect(ctx))
             return
         if failed_open:  # counted once per request, and only if it is admitted
             self.stats.fail_open += 1
@@ -381,16 +382,16 @@ class RateLimitMiddleware(Resource):
         key = ctx.key
         logger.error("key %s has an invalid rate limit: %s", key.key_id if key else "-", exc)
         await send_error(
-            send, 500, "This key's rate limits are misconfigured.", anthropic=_anthropic(ctx)
+            send, 500, "This key's rate limits are misconfigured.", dialect=_dialect(ctx)
         )
 
     @staticmethod
-    async def _unavailable(send: Send, anthropic: bool) -> None:
+    async def _unavailable(send: Send, dialect: Dialect) -> None:
         await send_error(
             send,
             503,
             "Rate limits cannot be checked right now; please try again shortly.",
-            anthropic=anthropic,
+            dialect=dialect,
             code="rate_limit_unavailable",
             headers=[(b"retry-after", b"1")],
         )
@@ -401,7 +402,7 @@ class RateLimitMiddleware(Resource):
         refused: tuple[Check, Decision],
         requests: Decision | None,
         tokens: Decision | None,
-        anthropic: bool,
+        dialect: Dialect,
     ) -> None:
         (_, lim, _, _), decision = refused
         wait = decision.retry_after
@@ -413,8 +414,8 @@ class RateLimitMiddleware(Resource):
             send,
             429,
             message,
-            anthropic=anthropic,
-            type=None if anthropic else lim.kind,
+            dialect=dialect,
+            type=dialect.specific(lim.kind),
             code="rate_limit_exceeded",
             headers=[(b"retry-after", retry_after(wait)), *rate_headers(requests, tokens)],
         )
@@ -423,6 +424,6 @@ class RateLimitMiddleware(Resource):
         return f"<RateLimitMiddleware limits={len(self._limits)} limiter={self.limiter!r}>"
 
 
-def _anthropic(ctx: RequestContext) -> bool:
+def _dialect(ctx: RequestContext) -> Dialect:
     route = ctx.route
-    return route is not None and route.endpoint.anthropic_errors
+    return route.endpoint.dialect if route is not None else OPENAI

@@ -33,6 +33,7 @@ import msgspec
 
 from asgi_llmguard.context import SCOPE_KEY, RequestContext, get_context
 from asgi_llmguard.errors import ConfigurationError, send_error
+from asgi_llmguard.routes import OPENAI, Dialect
 from asgi_llmguard.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("asgi_llmguard.size_limit")
@@ -162,10 +163,10 @@ class SizeLimitMiddleware:
         ctx: RequestContext = scope.get(SCOPE_KEY) or get_context(scope)
         route = ctx.route
         limit = self.max_body_bytes
-        anthropic = False
+        dialect = OPENAI
         if route is not None:
             endpoint = route.endpoint
-            anthropic = endpoint.anthropic_errors
+            dialect = endpoint.dialect
             limit = self.per_route.get(endpoint.operation, limit)
 
         # One pass over the headers: Content-Length (all copies must agree) and whether a
@@ -184,12 +185,12 @@ class SizeLimitMiddleware:
                 chunked = True
         if invalid:
             await send_error(
-                send, 400, "Invalid Content-Length header.", anthropic=anthropic, headers=_CLOSE
+                send, 400, "Invalid Content-Length header.", dialect=dialect, headers=_CLOSE
             )
             return
         if length is not None and length > limit:
             await send_error(
-                send, 413, _too_large(limit, by_key=False), anthropic=anthropic, headers=_CLOSE
+                send, 413, _too_large(limit, by_key=False), dialect=dialect, headers=_CLOSE
             )
             return
         if length == 0 or (
@@ -199,7 +200,7 @@ class SizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
 
-        guard = _BodyGuard(receive, send, ctx, limit, length, self, anthropic)
+        guard = _BodyGuard(receive, send, ctx, limit, length, self, dialect)
         try:
             await self.app(scope, guard.receive, send)
         except Exception as exc:
@@ -287,12 +288,12 @@ class _BodyGuard:
     __slots__ = (
         "_receive",
         "_send",
-        "anthropic",
         "by_key",
         "cancelling",
         "config",
         "ctx",
         "deadline_total",
+        "dialect",
         "done",
         "error",
         "expired",
@@ -314,11 +315,11 @@ class _BodyGuard:
         limit: int,
         length: int | None,
         config: SizeLimitMiddleware,
-        anthropic: bool,
+        dialect: Dialect,
     ) -> None:
         self._receive = receive
         self._send = send
-        self.anthropic = anthropic
+        self.dialect = dialect
         self.ctx = ctx
         self.limit = limit
         self.length = length
@@ -405,7 +406,7 @@ class _BodyGuard:
         self.close()
         try:
             await send_error(
-                self._send, error.status, error.message, anthropic=self.anthropic, headers=_CLOSE
+                self._send, error.status, error.message, dialect=self.dialect, headers=_CLOSE
             )
         except Exception:
             logger.debug("request body refused after the response started (%s)", error.status)

@@ -143,7 +143,7 @@ class UsageMiddleware:
             await self.app(scope, receive, send)
             return
         endpoint = route.endpoint
-        anthropic = endpoint.anthropic_errors
+        dialect = endpoint.dialect
         try:
             if ctx.body is None:  # an earlier layer may have read it already
                 await read_body(ctx, receive)
@@ -153,7 +153,7 @@ class UsageMiddleware:
             return
         except InvalidBody as exc:
             self._reject(ctx, endpoint, None, 400)
-            await send_error(send, 400, str(exc), anthropic=anthropic)
+            await send_error(send, 400, str(exc), dialect=dialect)
             return
         model = ctx.model
 
@@ -168,7 +168,7 @@ class UsageMiddleware:
                     f"The model {model!r} has no price configured on this gateway."
                     if model
                     else "The request names no model.",
-                    anthropic=anthropic,
+                    dialect=dialect,
                     code="model_not_priced" if model else "missing_model",
                 )
                 return
@@ -186,8 +186,8 @@ class UsageMiddleware:
                         send,
                         429,
                         "This key's budget is exhausted: you exceeded your current quota.",
-                        anthropic=anthropic,
-                        type="insufficient_quota" if not anthropic else None,
+                        dialect=dialect,
+                        type=dialect.specific("insufficient_quota"),
                         code="insufficient_quota",
                         headers=headers,
                         # a total budget never resets; clients should not sleep for hours
@@ -198,7 +198,7 @@ class UsageMiddleware:
                         send,
                         503,
                         "Budgets cannot be checked right now; try again shortly.",
-                        anthropic=anthropic,
+                        dialect=dialect,
                         headers=[(b"retry-after", b"1")],
                     )
                 return

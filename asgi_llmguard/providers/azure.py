@@ -15,7 +15,9 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, quote, urlencode
 
 from asgi_llmguard.context import InvalidBody, RequestContext
-from asgi_llmguard.providers.base import StrHeaders, Upstream, join
+from asgi_llmguard.providers import openai_usage
+from asgi_llmguard.providers.base import StaticCredential, StrHeaders, Upstream, join
+from asgi_llmguard.providers.openai import chat_warmup, openai_stream_meter
 from asgi_llmguard.routes import Api
 
 DEFAULT_API_VERSION = "2024-10-21"
@@ -32,8 +34,10 @@ _DEPLOYMENT_OPERATIONS = {
 }
 
 
-class AzureProvider:
+class AzureProvider(StaticCredential):
+    name = "azure"
     serves: frozenset[Api] = frozenset({"azure", "openai"})
+    owns: frozenset[Api] = frozenset({"azure"})
 
     def static_headers(self, upstream: Upstream) -> StrHeaders:
         headers = list(upstream.headers.items())
@@ -62,6 +66,12 @@ class AzureProvider:
         elif path.startswith("/v1/"):
             path = "/openai" + path[3:]
         return join(upstream.base_url, path, _with_version(query, upstream.api_version))
+
+    stream_meter = staticmethod(openai_stream_meter)
+    usage_from_json = staticmethod(openai_usage.usage_from_json)
+
+    def warmup(self, api: Api, model: str, max_tokens: int, prompt: str) -> tuple[str, bytes]:
+        return chat_warmup(model, max_tokens, prompt)
 
 
 def _with_version(query: bytes, version: str | None) -> bytes:

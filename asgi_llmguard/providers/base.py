@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from asgi_llmguard.context import RequestContext
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.redact import fingerprint
-from asgi_llmguard.routes import Api
+from asgi_llmguard.routes import Api, Endpoint
+from asgi_llmguard.tokens import TokenUsage
 
-ProviderName = Literal["openai", "azure", "anthropic"]
+#: A provider's name in the registry (``asgi_llmguard.providers.PROVIDERS``).
+ProviderName = str
 StrHeaders = list[tuple[str, str]]
 
 
@@ -20,7 +22,8 @@ StrHeaders = list[tuple[str, str]]
 class Upstream:
     """One upstream credential at one provider.
 
-    ``provider`` is the API the upstream speaks: ``openai`` (OpenAI and every OpenAI-compatible
+    ``provider`` is the API the upstream speaks, a name in the provider registry
+    (`asgi_llmguard.providers.PROVIDERS`): ``openai`` (OpenAI and every OpenAI-compatible
     server: vLLM, DeepInfra, a custom base URL), ``azure`` (Azure OpenAI) or ``anthropic``.
     ``base_url`` is the provider's base URL as its SDK takes it: ``https://api.openai.com/v1``,
     ``http://vllm:8000/v1``, ``https://RESOURCE.openai.azure.com``, ``https://api.anthropic.com``.
@@ -49,9 +52,12 @@ class Upstream:
     priority: int = 0
 
     def __post_init__(self) -> None:
-        if self.provider not in ("openai", "azure", "anthropic"):
+        from asgi_llmguard.providers import PROVIDERS  # the registry imports this module
+
+        if self.provider not in PROVIDERS:
+            names = ", ".join(repr(name) for name in PROVIDERS)
             raise ConfigurationError(
-                f"Upstream provider must be 'openai', 'azure' or 'anthropic', not {self.provider!r}"
+                f"Upstream provider must be one of {names}, not {self.provider!r}"
             )
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -81,33 +87,109 @@ class Upstream:
 
 
 class Provider(Protocol):
-    """What the forwarder asks of a provider module, once per upstream at start-up."""
+    """All the gateway knows about one provider's wire, behind one interface.
 
-    #: The route dialects this provider can serve, in order of preference.
+    One module per provider (``providers/<name>.py``) exports one instance as ``PROVIDER``; the
+    registry in ``providers/__init__.py`` lists them. The forwarder asks for the static parts once
+    per upstream at start-up (`Target`), and for the per-request parts on each attempt.
+    """
+
+    #: The name ``Upstream.provider`` and the config file's ``provider =`` use.
+    name: str
+    #: The route APIs this provider can serve, in order of preference.
     serves: frozenset[Api]
+    #: The route APIs whose wire this module defines: their meters and warm-up requests.
+    owns: frozenset[Api]
+    #: Environment variables, in order, whose key gives a default upstream at ``default_url``
+    #: when the config file lists no upstreams (``OPENAI_API_KEY``); empty: none.
+    key_env: tuple[str, ...]
+    default_url: str
+    #: The upstream credential is applied per request by `sign` (a signature over the request);
+    #: ``False``: `static_headers` carry it and `sign` is never called (the fast path).
+    signs: bool
+    #: A 429's body may say how long to wait (`retry_hint`), beyond the standard headers.
+    hints_in_body: bool
 
     def static_headers(self, upstream: Upstream) -> StrHeaders:
-        """Headers added to every upstream request, credential included; built once."""
-        ...
-
-    def target(self, upstream: Upstream, ctx: RequestContext, query: bytes) -> str:
-        """The absolute upstream URL for this request, query string included."""
+        """Headers added to every upstream request, the credential included unless `signs`;
+        built once."""
         ...
 
     def default_headers(self, upstream: Upstream) -> StrHeaders:
         """Headers sent only when the client did not send them (e.g. ``anthropic-version``)."""
         ...
 
+    def target(self, upstream: Upstream, ctx: RequestContext, query: bytes) -> str:
+        """The absolute upstream URL for this request, query string included."""
+        ...
 
-def provider_for(name: ProviderName) -> Provider:
-    from asgi_llmguard.providers import anthropic, azure, openai
+    def sign(
+        self, upstream: Upstream, method: str, url: str, headers: StrHeaders, body: bytes
+    ) -> str:
+        """Apply the upstream credential to one request (only when `signs`): add to ``headers``
+        in place, and return the URL to send to (``url`` itself, or one with a parameter)."""
+        ...
 
-    modules: dict[str, Provider] = {
-        "openai": openai.PROVIDER,
-        "azure": azure.PROVIDER,
-        "anthropic": anthropic.PROVIDER,
-    }
-    return modules[name]
+    def stream_meter(self, endpoint: Endpoint) -> StreamMeter | None:
+        """A meter for a streamed answer of ``endpoint`` (an API in `owns`), or ``None``."""
+        ...
+
+    def usage_from_json(self, body: bytes) -> tuple[TokenUsage | None, str | None, dict[str, int]]:
+        """Usage, served model and server-side tool calls from a non-streamed JSON answer."""
+        ...
+
+    def warmup(self, api: Api, model: str, max_tokens: int, prompt: str) -> tuple[str, bytes]:
+        """The route path and JSON body of the smallest request that warms ``model`` up."""
+        ...
+
+    def retry_hint(self, body: bytes) -> float | None:
+        """Seconds a rate-limited answer's body asks to wait (only when `hints_in_body`)."""
+        ...
+
+
+class StreamMeter(Protocol):
+    """Reads a response stream one whole event at a time (see `EventSplitter`)."""
+
+    #: The provider's usage, once an event carried it (its output count completed by an
+    #: estimate while the provider's final count has not arrived; see ``estimated``).
+    @property
+    def usage(self) -> TokenUsage | None: ...
+
+    #: ``usage`` holds the gateway's estimate of the output: the stream ended before the
+    #: provider's final count (a placeholder or running count is never taken as final).
+    @property
+    def estimated(self) -> bool: ...
+
+    model: str | None
+    #: The provider's end-of-stream marker was seen (``[DONE]``, ``message_stop``, ...).
+    finished: bool
+    #: An error event was seen in the stream.
+    error: bool
+    #: Events that carried generated output (an estimate of output tokens so far).
+    deltas: int
+    #: Server-side tool calls by tool type, billed per call (``{"web_search": 2}``).
+    tool_calls: dict[str, int]
+    #: The service tier the stream's events said served it so far (also on ``usage``).
+    service_tier: str | None
+
+    def event(self, event: bytes) -> None: ...
+
+
+class StaticCredential:
+    """The part every provider whose credential is a fixed header shares."""
+
+    signs = False
+    hints_in_body = False
+    key_env: tuple[str, ...] = ()
+    default_url = ""
+
+    def sign(
+        self, upstream: Upstream, method: str, url: str, headers: StrHeaders, body: bytes
+    ) -> str:
+        return url
+
+    def retry_hint(self, body: bytes) -> float | None:
+        return None
 
 
 def join(base_url: str, path: str, query: bytes) -> str:

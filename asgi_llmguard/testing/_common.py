@@ -74,6 +74,8 @@ class StreamPlan:
     head: list[bytes] = field(default_factory=list)
     content: list[bytes] = field(default_factory=list)
     tail: list[bytes] = field(default_factory=list)
+    #: ``text/event-stream``, or ``application/json`` for Gemini's streamed JSON array.
+    content_type: bytes = b"text/event-stream"
 
 
 def count_tokens(text: str) -> int:

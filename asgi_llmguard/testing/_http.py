@@ -13,7 +13,7 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-Api = Literal["openai", "azure", "anthropic"]
+Api = Literal["openai", "azure", "anthropic", "gemini"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class Route:
     endpoint: str | None  # None: unknown path
     methods: tuple[str, ...] = ("POST",)
     arg: str = ""  # the Azure deployment or the model id
+    query: str = ""  # the query string (Gemini's ``alt=sse``)
 
 
 _OPENAI_ENDPOINTS = {
@@ -65,8 +66,40 @@ _AZURE_ENDPOINTS = {
 _AZURE_PREFIX = "/openai/deployments/"
 
 
+_GEMINI_PREFIXES = ("/v1beta/models", "/v1/models")
+_GEMINI_METHODS = frozenset(
+    {"generateContent", "streamGenerateContent", "countTokens", "embedContent"}
+    | {"batchEmbedContents"}
+)
+
+
+def _gemini_route(request: ReceivedRequest, path: str) -> Route | None:
+    """Gemini's ``models/{model}:{method}`` and model list paths, else ``None``."""
+    if path == "/v1beta/models":
+        return Route("gemini", "models", ("GET",))
+    version, _, rest = path[1:].partition("/models/")
+    if version not in ("v1beta", "v1") or not rest or "/" in rest:
+        return None
+    model, colon, method = rest.partition(":")
+    if not model:
+        return None
+    if not colon:
+        if version == "v1" and request.header("x-goog-api-key") is None:
+            return None  # OpenAI's /v1/models/{id}
+        return Route("gemini", "model", ("GET",), model)
+    if method in _GEMINI_METHODS:
+        return Route("gemini", method, ("POST",), model, request.query_string)
+    return Route("gemini", None)
+
+
 def route_of(request: ReceivedRequest, path: str) -> Route:
     """The endpoint ``path`` (the request's path without any mount prefix) names."""
+    if path.startswith(_GEMINI_PREFIXES):
+        gemini = _gemini_route(request, path)
+        if gemini is not None:
+            return gemini
+        if path == "/v1/models" and request.header("x-goog-api-key") is not None:
+            return Route("gemini", "models", ("GET",))
     if path in _OPENAI_ENDPOINTS:
         return Route("openai", _OPENAI_ENDPOINTS[path])
     if path == "/v1/messages":
@@ -92,6 +125,8 @@ def route_of(request: ReceivedRequest, path: str) -> Route:
             return Route("azure", _AZURE_ENDPOINTS[rest], arg=deployment)
     if path.startswith("/v1/messages"):
         return Route("anthropic", None)
+    if path.startswith("/v1beta/") or request.header("x-goog-api-key") is not None:
+        return Route("gemini", None)
     return Route("azure" if path.startswith("/openai/") else "openai", None)
 
 

@@ -1,4 +1,5 @@
-"""A fake LLM provider: one pure ASGI app speaking OpenAI's, Azure OpenAI's and Anthropic's APIs.
+"""A fake LLM provider: one pure ASGI app speaking OpenAI's, Azure OpenAI's, Anthropic's and
+Google's Gemini APIs.
 
 It answers the way the official ``openai`` and ``anthropic`` SDKs expect, streaming included, with
 a fixed reply and deterministic token counts, and can misbehave on demand (latency, slow streams,
@@ -28,6 +29,13 @@ at ``<url>`` and an Azure OpenAI SDK at ``azure_endpoint=<url>``):
 ``POST /openai/deployments/{name}/chat/completions``         Azure OpenAI; also ``/completions``
                                                              and ``/embeddings``; needs the
                                                              ``api-version`` query parameter
+``POST /v1beta/models/{model}:generateContent``              Gemini (also under ``/v1``);
+                                                             ``:streamGenerateContent`` (SSE with
+                                                             ``?alt=sse``, else a JSON array),
+                                                             ``:countTokens``, ``:embedContent``,
+                                                             ``:batchEmbedContents``; ``GET
+                                                             /v1beta/models[/{model}]``; rules in
+                                                             ``_gemini``
 ==========================================================  =====================================
 
 The ``model`` of every answer is the request's ``model`` (for Azure: the deployment name). Errors
@@ -92,7 +100,7 @@ from typing import Any
 
 import orjson
 
-from asgi_llmguard.testing import _anthropic, _openai, _uploads
+from asgi_llmguard.testing import _anthropic, _gemini, _openai, _uploads
 from asgi_llmguard.testing._common import (
     ApiError,
     Generation,
@@ -412,6 +420,8 @@ class FakeProvider:
             )
         if self.api_key is not None:
             self._check_key(route.api, request, self.api_key)
+        if route.api == "gemini" and route.endpoint is None:
+            raise ApiError(404, f"Invalid URL ({request.method} {request.path})")
         if route.api == "azure":
             query = urllib.parse.parse_qs(request.query_string)
             if not query.get("api-version"):
@@ -442,6 +452,21 @@ class FakeProvider:
                     "regional API endpoint for your resource.",
                     code="401",
                 )
+        elif api == "gemini":
+            # Gemini takes ``x-goog-api-key`` or the ``key`` query parameter.
+            given = request.header("x-goog-api-key")
+            if given is None:
+                keys = urllib.parse.parse_qs(request.query_string).get("key")
+                given = keys[0] if keys else None
+            if given is None:
+                raise ApiError(
+                    403,
+                    "Method doesn't allow unregistered callers (callers without established "
+                    "identity). Please use API Key or other form of API consumer identity to "
+                    "call this API.",
+                )
+            if given != key:
+                raise ApiError(400, "API key not valid. Please pass a valid API key.")
         else:
             # Anthropic takes ``x-api-key``; its SDK (2.x) sends ``Authorization: Bearer``.
             given = request.header("x-api-key")
@@ -476,6 +501,8 @@ class FakeProvider:
                 return _uploads.audio(form, upload, "translate")
             uploaded = sum(sum(sizes) for sizes in form.files.values())
             return _uploads.images(form.fields, upload, uploaded, needs_image=True)
+        if route.api == "gemini" and route.endpoint in ("models", "model"):
+            return _gemini.models() if route.endpoint == "models" else _gemini.model(route.arg)
         if route.endpoint == "models":
             return _anthropic.models() if route.api == "anthropic" else _openai.models()
         if route.endpoint == "batch":
@@ -505,6 +532,8 @@ class FakeProvider:
             cache_write_1h=knobs.cache_write_1h,
             service_tier=knobs.service_tier,
         )
+        if route.api == "gemini":
+            return FakeProvider._gemini(route, body, generation)
         match route.endpoint:
             case "chat":
                 return _openai.chat(body, generation)
@@ -524,6 +553,23 @@ class FakeProvider:
                 return _anthropic.batches_create(body)
             case _:
                 return _anthropic.count_tokens(body)
+
+    @staticmethod
+    def _gemini(
+        route: Route, body: dict[str, Any], generation: Generation
+    ) -> dict[str, Any] | StreamPlan:
+        match route.endpoint:
+            case "generateContent":
+                return _gemini.generate(route.arg, body, generation)
+            case "streamGenerateContent":
+                sse = "sse" in urllib.parse.parse_qs(route.query).get("alt", ())
+                return _gemini.stream(route.arg, body, generation, sse)
+            case "countTokens":
+                return _gemini.count(body)
+            case "embedContent":
+                return _gemini.embed(body)
+            case _:
+                return _gemini.batch_embed(body)
 
     # -- sending ----------------------------------------------------------------------------------
 
@@ -555,6 +601,15 @@ class FakeProvider:
     async def _send_error(self, exchange: Exchange, api: Api, error: ApiError) -> None:
         if api == "anthropic":
             body = _anthropic.error_body(error.status, error.message, kind=error.kind)
+        elif api == "gemini":
+            # Google says how long to wait in the body (``RetryInfo``), not in a header.
+            retry = next((v for k, v in error.headers if k == b"retry-after"), None)
+            body = _gemini.error_body(
+                error.status, error.message, retry_delay=float(retry) if retry else None
+            )
+            headers = [(k, v) for k, v in error.headers if k != b"retry-after"]
+            await self._send_json(exchange, api, error.status, body, headers)
+            return
         else:
             body = _openai.error_body(
                 error.status, error.message, code=error.code, param=error.param, kind=error.kind
@@ -564,13 +619,13 @@ class FakeProvider:
     async def _stream(self, exchange: Exchange, api: Api, plan: StreamPlan, knobs: Knobs) -> None:
         if knobs.line_ending != "lf":
             eol = LINE_ENDINGS[knobs.line_ending]
-            plan = StreamPlan(
-                *(
-                    [e.replace(b"\n", eol) for e in part]
-                    for part in (plan.head, plan.content, plan.tail)
-                )
+            head, content, tail = (
+                [e.replace(b"\n", eol) for e in part]
+                for part in (plan.head, plan.content, plan.tail)
             )
-        await exchange.start(200, [*_SSE_HEADERS, self._id_header(api)])
+            plan = StreamPlan(head, content, tail, content_type=plan.content_type)
+        headers = _SSE_HEADERS if plan.content_type == b"text/event-stream" else [_JSON_TYPE]
+        await exchange.start(200, [*headers, self._id_header(api)])
         if plan.head:
             await exchange.body(b"".join(plan.head))
         if await self._cut(exchange, knobs, 0):

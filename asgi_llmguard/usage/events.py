@@ -33,7 +33,7 @@ class UsageEvent(msgspec.Struct, kw_only=True, omit_defaults=False):
     #: The model the caller asked for, and the one the upstream says it served.
     model: str | None = None
     served_model: str | None = None
-    #: The route's API (``openai``, ``azure``, ``anthropic``) and operation.
+    #: The route's API (``openai``, ``azure``, ``anthropic``, ``gemini``) and operation.
     provider: str
     endpoint: str
     #: The upstream credential that served the attempt (its configured name or hash prefix).

@@ -175,7 +175,7 @@ def test_bad_arguments_are_refused(db):
     with pytest.raises(SystemExit):
         run("create", "--db", db, "--meta", "novalue")
     with pytest.raises(ConfigurationError, match="provider"):
-        run("create", "--db", db, "--provider", "gemini")
+        run("create", "--db", db, "--provider", "no-such-api")
     with pytest.raises(ConfigurationError):
         run("list", "--db", "redis://localhost")
 

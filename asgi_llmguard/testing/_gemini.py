@@ -1,0 +1,217 @@
+"""The Gemini API (Google AI Studio) as the fake speaks it, from Google's documented wire format.
+
+``POST /{v1beta,v1}/models/{model}:generateContent`` answers a ``GenerateContentResponse``:
+``candidates[].content.parts[].text``, ``finishReason``, ``usageMetadata`` and ``modelVersion``.
+``:streamGenerateContent`` answers the same object in pieces: with ``?alt=sse`` one
+``data: {...}`` event per piece (``\\r\\n\\r\\n`` after each, as Google sends them), without it one
+JSON array whose elements are the pieces, streamed as they are produced. Every piece carries
+``usageMetadata``: the prompt's counts and the candidates' so far; the last one is final.
+``:countTokens`` answers ``{"totalTokens"}``, ``:embedContent`` ``{"embedding": {"values"}}`` and
+``:batchEmbedContents`` ``{"embeddings": [...]}``. ``GET /{v1beta,v1}/models[/{model}]`` lists
+models. Errors are ``{"error": {"code", "message", "status"}}``; a 429 carries a
+``google.rpc.RetryInfo`` with ``retryDelay`` in ``error.details`` when a retry-after is set.
+
+Tokens follow the fake's rule: prompt tokens are the words of every ``text`` part of
+``contents`` and ``systemInstruction``; one candidate token per reply chunk;
+``generationConfig.maxOutputTokens`` caps them (``finishReason: "MAX_TOKENS"``). The cached and
+reasoning knobs give ``cachedContentTokenCount`` (part of the prompt) and
+``thoughtsTokenCount`` (beside the candidates, in ``totalTokenCount``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from asgi_llmguard.testing._common import (
+    ApiError,
+    Completion,
+    Generation,
+    StreamPlan,
+    complete,
+    count_tokens,
+    new_id,
+)
+
+#: HTTP status -> the canonical status name Google puts in ``error.status``.
+STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+_MODELS = ("gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.0-flash")
+_EMBEDDING_SIZE = 8
+
+
+def error_body(status: int, message: str, *, retry_delay: float | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {
+        "code": status,
+        "message": message,
+        "status": STATUS_NAMES.get(status, "UNKNOWN"),
+    }
+    if status == 429 and retry_delay is not None:
+        delay = str(int(retry_delay)) if retry_delay == int(retry_delay) else str(retry_delay)
+        error["details"] = [
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{delay}s"}
+        ]
+    return {"error": error}
+
+
+def _words_in_parts(content: Any) -> int:
+    total = 0
+    if isinstance(content, dict):
+        for part in content.get("parts") or ():
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                total += count_tokens(part["text"])
+    return total
+
+
+def _contents(body: dict[str, Any]) -> list[Any]:
+    contents = body.get("contents")
+    if isinstance(contents, dict):
+        contents = [contents]
+    if not isinstance(contents, list) or not contents:
+        raise ApiError(400, "* GenerateContentRequest.contents: contents is not specified")
+    return contents
+
+
+def prompt_words(body: dict[str, Any]) -> int:
+    words = sum(_words_in_parts(c) for c in _contents(body))
+    return words + _words_in_parts(body.get("systemInstruction"))
+
+
+def _max_output(body: dict[str, Any]) -> int | None:
+    config = body.get("generationConfig")
+    if config is None:
+        return None
+    if not isinstance(config, dict):
+        raise ApiError(400, "Invalid value at 'generation_config'")
+    value = config.get("maxOutputTokens")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ApiError(400, "generationConfig.maxOutputTokens must be a positive integer")
+    return value
+
+
+def _plan(model: str, body: dict[str, Any], generation: Generation) -> Completion:
+    return complete(
+        model,
+        generation.reply,
+        chunks=generation.chunks,
+        max_tokens=_max_output(body),
+        prompt_words=prompt_words(body),
+    )
+
+
+def _usage(c: Completion, generation: Generation, candidates: int) -> dict[str, Any]:
+    usage: dict[str, Any] = {"promptTokenCount": c.prompt_tokens}
+    if candidates:
+        usage["candidatesTokenCount"] = candidates
+    total = c.prompt_tokens + candidates
+    cached = min(generation.cached_tokens, c.prompt_tokens)
+    if cached:
+        usage["cachedContentTokenCount"] = cached
+    if generation.reasoning_tokens:
+        usage["thoughtsTokenCount"] = generation.reasoning_tokens
+        total += generation.reasoning_tokens
+    usage["totalTokenCount"] = total
+    usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": c.prompt_tokens}]
+    return usage
+
+
+def _piece(
+    c: Completion, generation: Generation, text: str, candidates: int, finish: str | None
+) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}}
+    if finish is not None:
+        candidate["finishReason"] = finish
+    candidate["index"] = 0
+    return {
+        "candidates": [candidate],
+        "usageMetadata": _usage(c, generation, candidates),
+        "modelVersion": c.model,
+        "responseId": _RESPONSE_ID,
+    }
+
+
+_RESPONSE_ID = "fake-response"
+
+
+def generate(model: str, body: dict[str, Any], generation: Generation) -> dict[str, Any]:
+    c = _plan(model, body, generation)
+    finish = "MAX_TOKENS" if c.capped else "STOP"
+    answer = _piece(c, generation, c.text, c.completion_tokens, finish)
+    answer["responseId"] = new_id("")
+    return answer
+
+
+def stream(model: str, body: dict[str, Any], generation: Generation, sse: bool) -> StreamPlan:
+    """One piece per reply chunk; the last carries the finish reason and the final usage."""
+    c = _plan(model, body, generation)
+    finish = "MAX_TOKENS" if c.capped else "STOP"
+    pieces = list(c.pieces) or [""]
+    objects = [
+        _piece(c, generation, text, i, finish if i == len(pieces) else None)
+        for i, text in enumerate(pieces, start=1)
+    ]
+    if sse:
+        events = [b"data: " + orjson.dumps(o) + b"\r\n\r\n" for o in objects]
+        return StreamPlan([], events[:-1], events[-1:])
+    # A JSON array written as it goes: "[" + piece, then "\n,\r\n" + piece, then "\n]".
+    encoded = [orjson.dumps(o, option=orjson.OPT_INDENT_2) for o in objects]
+    parts = [b"[" + encoded[0]] + [b"\n,\r\n" + e for e in encoded[1:]]
+    return StreamPlan([], parts[:-1], [parts[-1] + b"\n]"], content_type=b"application/json")
+
+
+def count(body: dict[str, Any]) -> dict[str, Any]:
+    request = body.get("generateContentRequest")
+    source = request if isinstance(request, dict) else body
+    words = max(1, prompt_words(source))
+    return {
+        "totalTokens": words,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": words}],
+    }
+
+
+def _embedding(content: Any) -> dict[str, Any]:
+    words = _words_in_parts(content)
+    return {"values": [round((words + i) / 10, 3) for i in range(_EMBEDDING_SIZE)]}
+
+
+def embed(body: dict[str, Any]) -> dict[str, Any]:
+    content = body.get("content")
+    if not isinstance(content, dict):
+        raise ApiError(400, "* EmbedContentRequest.content: content is not specified")
+    return {"embedding": _embedding(content)}
+
+
+def batch_embed(body: dict[str, Any]) -> dict[str, Any]:
+    requests = body.get("requests")
+    if not isinstance(requests, list) or not requests:
+        raise ApiError(400, "* BatchEmbedContentsRequest.requests: requests is not specified")
+    return {"embeddings": [embed(r)["embedding"] for r in requests if isinstance(r, dict)]}
+
+
+def model(name: str) -> dict[str, Any]:
+    return {
+        "name": f"models/{name}",
+        "version": "001",
+        "displayName": name,
+        "inputTokenLimit": 1048576,
+        "outputTokenLimit": 65536,
+        "supportedGenerationMethods": ["generateContent", "countTokens"],
+    }
+
+
+def models() -> dict[str, Any]:
+    return {"models": [model(name) for name in _MODELS]}
