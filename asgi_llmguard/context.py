@@ -22,6 +22,7 @@ from asgi_llmguard.routes import (
     Route,
     RouteNotFound,
     classify,
+    classify_websocket,
 )
 from asgi_llmguard.tokens import TokenUsage
 from asgi_llmguard.types import Message, Receive, Scope
@@ -190,7 +191,12 @@ class RequestContext:
     )
 
     def __init__(
-        self, method: str, path: str, request_id: str | None = None, anthropic: bool = False
+        self,
+        method: str,
+        path: str,
+        request_id: str | None = None,
+        anthropic: bool = False,
+        websocket: bool = False,
     ) -> None:
         self.method = method
         #: The route path: the ASGI ``path`` with the ``root_path`` of a mount removed.
@@ -227,7 +233,9 @@ class RequestContext:
         #: The request's ``Content-Type``, kept for multipart endpoints only (their boundary).
         self.content_type: bytes | None = None
         try:
-            self.route = classify(method, path, anthropic)
+            self.route = (
+                classify_websocket(path) if websocket else classify(method, path, anthropic)
+            )
         except (RouteNotFound, MethodNotAllowed) as exc:
             self.route_error = exc
 
@@ -238,6 +246,8 @@ class RequestContext:
         if root and path.startswith(root):
             path = path[len(root) :] or "/"
         ctx: RequestContext | None = None
+        if scope["type"] == "websocket":
+            return cls("GET", path, websocket=True)
         if path.startswith(SHARED_PREFIXES):
             # Model lists, files and skills exist in both dialects: Anthropic's headers pick
             # Anthropic's (``anthropic-beta`` alone too: curl users of the Files API send it with

@@ -619,6 +619,23 @@ def classify(method: str, path: str, anthropic: bool = False) -> Route:
     return Route(endpoint, deployment)
 
 
+#: The WebSocket routes, by path: the Responses API's WebSocket mode (``GET /v1/responses`` with
+#: ``Upgrade: websocket``; each ``response.create`` is a response billed as one of
+#: ``POST /v1/responses``) and the Realtime API (``/v1/realtime?model=...``).
+_WEBSOCKET: dict[str, Route] = {
+    "/v1/responses": Route(Endpoint("openai", "responses", billable=True, streamable=True)),
+    "/v1/realtime": Route(Endpoint("openai", "realtime", billable=True, streamable=True)),
+}
+
+
+def classify_websocket(path: str) -> Route:
+    """The route of a WebSocket upgrade to ``path``; raises `RouteNotFound`."""
+    route = _WEBSOCKET.get(path)
+    if route is None:
+        raise RouteNotFound(path)
+    return route
+
+
 def passthrough_route(api: Api) -> Route:
     """The route given to unknown paths when passthrough is configured: forwarded, not billed."""
     return _PASSTHROUGH[api]

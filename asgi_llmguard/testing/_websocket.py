@@ -312,8 +312,6 @@ async def realtime_response(
             "metadata": params.get("metadata"),
         }
 
-    part_type = "output_audio" if audio else "output_text"
-
     def part(done: bool) -> dict[str, Any]:
         if audio:
             return {"type": "output_audio", "transcript": text if done else ""}

@@ -1,0 +1,517 @@
+"""The WebSocket relay: the Responses API's WebSocket mode and the Realtime API.
+
+The gateway connects upstream first (aiohttp's client WebSocket, on the forwarder's pooled
+session), with the upstream's credential and without the client's, and only then accepts the
+client's socket, with the subprotocol the upstream chose; an upstream that cannot be reached or
+refuses the handshake refuses the upgrade (502/504, or the upstream's 4xx; a close 1011 where the
+server has no WebSocket denial response). Then frames are relayed both ways, each direction in
+order, text as text and binary as binary, every send awaited (a slow reader slows its writer
+down instead of filling memory). Close codes and reasons are relayed. Each hop answers its own
+pings (uvicorn towards the client, aiohttp towards the upstream).
+
+Limits (`WebSocketLimits`): a message larger than ``max_message_bytes`` from either side ends the
+session with 1009; no frame either way for ``idle_timeout`` seconds ends it with 1001, and so does
+``max_duration``. A session ended from outside (the drain after its grace) closes the upstream;
+the drain layer tells the client (1012).
+
+Turns: the frames that start a response (``response.create``) and those that end one
+(``response.completed`` / ``.incomplete`` / ``.failed``, Realtime's ``response.done``) are
+decoded (only those) and handed to the hooks the layers registered on the session
+(`asgi_llmguard.wsession`); everything else passes untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import orjson
+
+from asgi_llmguard.context import SCOPE_KEY, RequestContext
+from asgi_llmguard.errors import send_error, send_route_error
+from asgi_llmguard.forward.headers import RESPONSE_DROP, request_headers
+from asgi_llmguard.forward.target import Target
+from asgi_llmguard.wsession import (
+    ResponseDone,
+    Turn,
+    TurnRefusal,
+    WebSocketSession,
+    denial_send,
+    session_of,
+)
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from asgi_llmguard.forward.router import Router
+    from asgi_llmguard.types import Receive, Scope, Send
+
+logger = logging.getLogger("asgi_llmguard.forward")
+
+#: The handshake's own headers: aiohttp writes the upstream's, uvicorn the client's.
+HANDSHAKE = frozenset(
+    {
+        b"sec-websocket-key",
+        b"sec-websocket-version",
+        b"sec-websocket-extensions",
+        b"sec-websocket-protocol",
+        b"sec-websocket-accept",
+    }
+)
+_ACCEPT_DROP = RESPONSE_DROP | HANDSHAKE | {b"content-length", b"content-type"}
+#: Subprotocols that carry a key (browsers cannot set headers): never sent upstream.
+KEY_PROTOCOL_PREFIXES = ("openai-insecure-api-key.",)
+_TERMINAL = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
+_REALTIME_DONE = b'"response.done"'
+_CREATE = '"response.create"'
+
+
+class WebSocketLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The WebSocket relay's limits.
+
+    - ``max_message_bytes``: the largest message either side may send (1009 beyond it);
+    - ``idle_timeout``: seconds without a frame either way before the session is closed (1001);
+    - ``max_duration``: seconds a session may last (1001 when over; OpenAI's own limit is 60 min);
+    - ``connect_timeout``: seconds to open the upstream socket (504 when over);
+    - ``heartbeat``: seconds between pings to the upstream, to notice one that vanished.
+    ``None`` turns a timeout off.
+    """
+
+    max_message_bytes: int = 16 * 1024 * 1024
+    idle_timeout: float | None = 600.0
+    max_duration: float | None = 3600.0
+    connect_timeout: float = 10.0
+    heartbeat: float | None = 30.0
+
+
+class _Create(msgspec.Struct):
+    type: str = ""
+    model: str | None = None
+    max_output_tokens: int | str | None = None
+    response: _RealtimeParams | None = None
+    event_id: str | None = None
+
+
+class _RealtimeParams(msgspec.Struct):
+    max_output_tokens: int | str | None = None
+
+
+class _Status(msgspec.Struct):
+    status: str | None = None
+
+
+class _Terminal(msgspec.Struct):
+    type: str = ""
+    response: _Status | None = None
+
+
+_create = msgspec.json.Decoder(_Create)
+_terminal = msgspec.json.Decoder(_Terminal)
+
+
+def _valid_close(code: int | None) -> int:
+    """A close code that may be sent on the wire (1005, 1006, 1015 may not)."""
+    if code is None or code in (1004, 1005, 1006, 1015) or not (1000 <= code < 5000):
+        return 1000
+    if 1016 <= code < 3000:
+        return 1000
+    return code
+
+
+class _Ended(Exception):
+    def __init__(self, code: int, reason: str, why: str) -> None:
+        self.code = code
+        self.reason = reason
+        self.why = why
+
+
+class WebSocketRelay:
+    """Relay WebSocket sessions for a `ForwardingApp` (one per forwarder)."""
+
+    def __init__(self, router: Router, session: Any, limits: WebSocketLimits) -> None:
+        #: A callable returning the pooled ``aiohttp.ClientSession`` (``None``: own one).
+        self._pooled = session
+        self._own: aiohttp.ClientSession | None = None
+        self.router = router
+        self.limits = limits
+        #: Sessions being relayed now.
+        self.open = 0
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._pooled is not None:
+            pooled: aiohttp.ClientSession = self._pooled()
+            return pooled
+        if self._own is None:
+            import aiohttp
+
+            self._own = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        return self._own
+
+    async def aclose(self) -> None:
+        own, self._own = self._own, None
+        if own is not None:
+            await own.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx: RequestContext | None = scope.get(SCOPE_KEY)
+        if ctx is None:
+            ctx = scope[SCOPE_KEY] = RequestContext.from_scope(scope)
+        send = denial_send(scope, send)
+        route = ctx.route
+        if route is None:
+            await send_route_error(send, ctx.method, ctx.path, ctx.route_error)
+            return
+        session = session_of(scope, route.endpoint.operation)
+        if session.model is None and route.endpoint.operation == "realtime":
+            session.model = _query_value(scope.get("query_string", b""), b"model")
+        upstream = await self._connect(ctx, session, scope, send)
+        if upstream is None:
+            return
+        ws, chosen, headers = upstream
+        self.open += 1
+        why = "closed"
+        opened: deque[Turn] = deque()
+        try:
+            accept: dict[str, Any] = {"type": "websocket.accept", "headers": headers}
+            if chosen:
+                accept["subprotocol"] = chosen
+            await send(accept)
+            why = await self._relay(ctx, session, ws, receive, send, opened)
+        except asyncio.CancelledError:
+            why = "shutdown"
+            raise
+        finally:
+            self.open -= 1
+            if not ws.closed:
+                await _quietly(ws.close(code=1001, message=b"The client's session ended."))
+            for hook in session.end_hooks:
+                await _quietly(hook(list(opened), why))
+
+    async def _connect(
+        self, ctx: RequestContext, session: WebSocketSession, scope: Scope, send: Send
+    ) -> tuple[aiohttp.ClientWebSocketResponse, str | None, list[tuple[bytes, bytes]]] | None:
+        """Open the upstream socket on the first planned credential that accepts it; on failure
+        refuse the client and return ``None``."""
+        import aiohttp
+
+        route = ctx.route
+        assert route is not None
+        api = route.endpoint.api
+        plan = self.router.plan(api, session.model, scope["headers"])
+        if not plan.steps:
+            await send_error(
+                send, plan.status if plan.error else 503, plan.error or "No upstream available."
+            )
+            return None
+        offered = [
+            p.strip()
+            for name, value in scope["headers"]
+            if name == b"sec-websocket-protocol"
+            for p in value.decode("latin-1").split(",")
+            if p.strip() and not p.strip().startswith(KEY_PROTOCOL_PREFIXES)
+        ]
+        limits = self.limits
+        status, message = 502, "Could not connect to the upstream."
+        for step in plan.steps:
+            target: Target = step.candidate.target  # type: ignore[assignment]
+            url = target.provider.target(target.upstream, ctx, scope.get("query_string", b""))
+            headers = request_headers(
+                scope["headers"], target.drop | HANDSHAKE, target.defaults, target.static
+            )
+            headers.append(("x-request-id", ctx.client_request_id or ctx.request_id))
+            ctx.credential_id = step.candidate.credential_id
+            try:
+                async with asyncio.timeout(limits.connect_timeout):
+                    ws = await self._session().ws_connect(
+                        url,
+                        headers=headers,
+                        protocols=offered,
+                        max_msg_size=limits.max_message_bytes,
+                        autoping=True,
+                        heartbeat=limits.heartbeat,
+                        compress=0,
+                    )
+            except TimeoutError:
+                status, message = 504, "The upstream did not accept the WebSocket in time."
+                ctx.upstream_error = "timeout"
+                continue
+            except aiohttp.WSServerHandshakeError as exc:
+                # The upstream's refusal: a client error it can fix is passed on; the gateway's
+                # own credential failing, or a server error, is a bad gateway.
+                if exc.status in (400, 404, 429) or (
+                    exc.status >= 400 and exc.status < 500 and exc.status not in (401, 403)
+                ):
+                    status, message = (
+                        exc.status,
+                        f"The upstream refused the WebSocket ({exc.status}).",
+                    )
+                else:
+                    status, message = 502, f"The upstream refused the WebSocket ({exc.status})."
+                ctx.upstream_error = "refused"
+                continue
+            except (aiohttp.ClientError, OSError):
+                ctx.upstream_error = "connect"
+                continue
+            ctx.upstream_error = None
+            answer = getattr(ws, "_response", None)
+            accept_headers: list[tuple[bytes, bytes]] = []
+            if answer is not None:
+                for name, value in answer.raw_headers:
+                    lowered = name.lower()
+                    if lowered not in _ACCEPT_DROP:
+                        accept_headers.append((lowered, value))
+            return ws, ws.protocol, accept_headers
+        logger.warning("websocket %s: no upstream accepted (%s)", ctx.request_id, message)
+        await send_error(send, status, message, code="upstream_error")
+        return None
+
+    async def _relay(
+        self,
+        ctx: RequestContext,
+        session: WebSocketSession,
+        ws: aiohttp.ClientWebSocketResponse,
+        receive: Receive,
+        send: Send,
+        opened: deque[Turn],
+    ) -> str:
+        """Relay until either side closes or a limit ends the session; returns why it ended."""
+        limits = self.limits
+        clock = [time.monotonic()]
+        loop = asyncio.get_running_loop()
+        upward = loop.create_task(
+            self._client_to_upstream(ctx, session, ws, receive, send, opened, clock)
+        )
+        downward = loop.create_task(self._upstream_to_client(ctx, session, ws, send, opened, clock))
+        tasks = {upward, downward}
+        deadline = None if limits.max_duration is None else time.monotonic() + limits.max_duration
+        try:
+            while True:
+                now = time.monotonic()
+                waits = []
+                if limits.idle_timeout is not None:
+                    waits.append(clock[0] + limits.idle_timeout - now)
+                if deadline is not None:
+                    waits.append(deadline - now)
+                timeout = max(0.0, min(waits)) if waits else None
+                done, _ = await asyncio.wait(
+                    tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if done:
+                    task = done.pop()
+                    exc = task.exception()
+                    if isinstance(exc, _Ended):
+                        await _quietly(
+                            send(
+                                {"type": "websocket.close", "code": exc.code, "reason": exc.reason}
+                            )
+                        )
+                        await _quietly(ws.close(code=exc.code, message=exc.reason.encode()))
+                        return exc.why
+                    if exc is not None:
+                        raise exc
+                    return str(task.result())
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    reason = "The session reached its maximum duration; reconnect to continue."
+                    why = "max_duration"
+                elif limits.idle_timeout is not None and now - clock[0] >= limits.idle_timeout:
+                    reason, why = "The session was idle for too long.", "idle"
+                else:
+                    continue
+                await _quietly(send({"type": "websocket.close", "code": 1001, "reason": reason}))
+                await _quietly(ws.close(code=1001, message=reason.encode()))
+                return why
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _client_to_upstream(
+        self,
+        ctx: RequestContext,
+        session: WebSocketSession,
+        ws: aiohttp.ClientWebSocketResponse,
+        receive: Receive,
+        send: Send,
+        opened: deque[Turn],
+        clock: list[float],
+    ) -> str:
+        limit = self.limits.max_message_bytes
+        hooks = session.turn_hooks
+        while True:
+            message = await receive()
+            kind = message["type"]
+            clock[0] = time.monotonic()
+            if kind == "websocket.receive":
+                text = message.get("text")
+                if text is not None:
+                    size = len(text)
+                    if size * 4 > limit:
+                        size = len(text.encode())
+                    if size > limit:
+                        raise _Ended(1009, "Message too big.", "too_big")
+                    if _CREATE in text:
+                        refusal = await self._start_turn(ctx, session, text, opened, hooks)
+                        if refusal is not None:
+                            await send({"type": "websocket.send", "text": refusal})
+                            continue
+                    await ws.send_str(text)
+                else:
+                    data = message.get("bytes") or b""
+                    if len(data) > limit:
+                        raise _Ended(1009, "Message too big.", "too_big")
+                    await ws.send_bytes(data)
+            elif kind == "websocket.disconnect":
+                code = _valid_close(message.get("code"))
+                reason = message.get("reason") or ""
+                session.close_code = message.get("code")
+                await ws.close(code=code, message=reason.encode()[:123])
+                return "client_disconnected" if opened else "closed"
+
+    async def _start_turn(
+        self,
+        ctx: RequestContext,
+        session: WebSocketSession,
+        text: str,
+        opened: deque[Turn],
+        hooks: list[Any],
+    ) -> str | None:
+        """A ``response.create``: a new turn, offered to the layers' hooks. Returns the error
+        event to send instead of forwarding the frame when a layer refuses it."""
+        try:
+            create = _create.decode(text)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            return None  # not ours to judge: the upstream answers it
+        if create.type != "response.create":
+            return None
+        limit = create.max_output_tokens
+        if create.response is not None:
+            limit = create.response.max_output_tokens
+        session.turns += 1
+        turn = Turn(
+            f"{ctx.request_id}.{session.turns}",
+            session.turns,
+            create.model or session.model,
+            limit if isinstance(limit, int) else None,
+            len(text),
+        )
+        for hook in hooks:
+            refusal = await hook(turn)
+            if refusal is not None:
+                for end in session.end_hooks:
+                    await end([turn], "refused")
+                return _error_event(session.kind, refusal, create.event_id)
+        opened.append(turn)
+        return None
+
+    async def _upstream_to_client(
+        self,
+        ctx: RequestContext,
+        session: WebSocketSession,
+        ws: aiohttp.ClientWebSocketResponse,
+        send: Send,
+        opened: deque[Turn],
+        clock: list[float],
+    ) -> str:
+        import aiohttp
+
+        realtime = session.kind == "realtime"
+        done_hooks = session.done_hooks
+        while True:
+            msg = await ws.receive()
+            clock[0] = time.monotonic()
+            kind = msg.type
+            if kind == aiohttp.WSMsgType.TEXT:
+                text: str = msg.data
+                await send({"type": "websocket.send", "text": text})
+                if opened or realtime:
+                    data = text.encode()
+                    if opened and b'.delta"' in data:
+                        opened[0].deltas += 1
+                    status = _terminal_status(data, realtime)
+                    if status is not None:
+                        turn = opened.popleft() if opened else self._server_turn(ctx, session)
+                        event = ResponseDone(status, data)
+                        for hook in done_hooks:
+                            await hook(turn, event)
+            elif kind == aiohttp.WSMsgType.BINARY:
+                await send({"type": "websocket.send", "bytes": msg.data})
+            elif kind in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSING,
+                aiohttp.WSMsgType.CLOSED,
+            ):
+                code = _valid_close(ws.close_code)
+                reason = msg.extra if isinstance(msg.extra, str) else ""
+                session.close_code = ws.close_code
+                await _quietly(
+                    send({"type": "websocket.close", "code": code, "reason": reason[:123]})
+                )
+                return "upstream_closed" if opened else "closed"
+            elif kind == aiohttp.WSMsgType.ERROR:
+                error = msg.data
+                if getattr(error, "code", None) == 1009:
+                    raise _Ended(1009, "Message too big.", "too_big")
+                raise _Ended(1011, "The upstream connection failed.", "upstream_error")
+
+    @staticmethod
+    def _server_turn(ctx: RequestContext, session: WebSocketSession) -> Turn:
+        """A response the upstream started by itself (Realtime voice activity detection)."""
+        session.turns += 1
+        return Turn(f"{ctx.request_id}.{session.turns}", session.turns, session.model, None, 0)
+
+
+def _terminal_status(data: bytes, realtime: bool) -> str | None:
+    if realtime:
+        if _REALTIME_DONE not in data:
+            return None
+    elif not any(marker in data for marker in _TERMINAL):
+        return None
+    try:
+        event = _terminal.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    kind = event.type
+    if realtime:
+        if kind != "response.done":
+            return None
+    elif kind not in ("response.completed", "response.incomplete", "response.failed"):
+        return None
+    status = event.response.status if event.response is not None else None
+    return status or kind.rpartition(".")[2]
+
+
+def _error_event(kind: str, refusal: TurnRefusal, client_event: str | None) -> str:
+    error = {"type": refusal.kind, "code": refusal.code, "message": refusal.message, "param": None}
+    if kind == "realtime":
+        event: dict[str, Any] = {
+            "type": "error",
+            "event_id": f"event_llmguard_{time.time_ns():x}",
+            "error": {**error, "event_id": client_event},
+        }
+    else:
+        event = {"type": "error", "status": refusal.status, "error": error}
+        if refusal.retry_after is not None:
+            event["headers"] = {"retry-after": str(refusal.retry_after)}
+    return orjson.dumps(event).decode()
+
+
+def _query_value(query: bytes, name: bytes) -> str | None:
+    from urllib.parse import unquote_to_bytes
+
+    for pair in query.split(b"&"):
+        key, _, value = pair.partition(b"=")
+        if key == name and value:
+            return unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8", "replace")[:256]
+    return None
+
+
+async def _quietly(awaitable: Any) -> None:
+    try:
+        await awaitable
+    except Exception:
+        logger.debug("websocket: ignored an error while closing", exc_info=True)
