@@ -55,6 +55,7 @@ class Turn:
 
     __slots__ = (
         "deltas",
+        "frame",
         "max_output",
         "model",
         "number",
@@ -79,6 +80,8 @@ class Turn:
         self.started_at = time.time()
         #: Output deltas relayed so far (an estimate of the output if the turn is cut).
         self.deltas = 0
+        #: The frame that started it, while the turn hooks run (``None`` after).
+        self.frame: str | None = None
         #: What the layers keep per turn (a budget reservation, a rate-limit charge).
         self.state: dict[str, Any] = {}
 

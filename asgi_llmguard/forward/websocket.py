@@ -399,12 +399,16 @@ class WebSocketRelay:
             limit if isinstance(limit, int) else None,
             len(text),
         )
-        for hook in hooks:
-            refusal = await hook(turn)
-            if refusal is not None:
-                for end in session.end_hooks:
-                    await end([turn], "refused")
-                return _error_event(session.kind, refusal, create.event_id)
+        turn.frame = text
+        try:
+            for hook in hooks:
+                refusal = await hook(turn)
+                if refusal is not None:
+                    for end in session.end_hooks:
+                        await end([turn], "refused")
+                    return _error_event(session.kind, refusal, create.event_id)
+        finally:
+            turn.frame = None
         opened.append(turn)
         return None
 

@@ -33,6 +33,7 @@ from asgi_llmguard.context import (
     read_body,
 )
 from asgi_llmguard.errors import ConfigurationError, send_error, worth_waiting
+from asgi_llmguard.middleware import _websocket
 from asgi_llmguard.middleware._usage_meter import STRIPPED_OPERATIONS, Meter, with_include_usage
 from asgi_llmguard.policy import Budget
 from asgi_llmguard.providers.metering import stream_meter
@@ -126,6 +127,8 @@ class UsageMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "websocket":  # metered per turn
+                send = _websocket.meter_turns(self, scope, send)
             await self.app(scope, receive, send)
             return
         ctx: RequestContext = scope.get(SCOPE_KEY) or get_context(scope)
