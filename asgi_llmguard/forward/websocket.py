@@ -304,11 +304,9 @@ class WebSocketRelay:
                     task = done.pop()
                     exc = task.exception()
                     if isinstance(exc, _Ended):
-                        await _quietly(
-                            send(
-                                {"type": "websocket.close", "code": exc.code, "reason": exc.reason}
-                            )
-                        )
+                        if exc.why not in ("client_disconnected", "closed"):
+                            close = {"type": "websocket.close", "code": exc.code}
+                            await _quietly(send({**close, "reason": exc.reason}))
                         await _quietly(ws.close(code=exc.code, message=exc.reason.encode()))
                         return exc.why
                     if exc is not None:
@@ -357,20 +355,21 @@ class WebSocketRelay:
                     if _CREATE in text:
                         refusal = await self._start_turn(ctx, session, text, opened, hooks)
                         if refusal is not None:
-                            await send({"type": "websocket.send", "text": refusal})
+                            await _to_client(send, {"type": "websocket.send", "text": refusal})
                             continue
-                    await ws.send_str(text)
+                    await _to_upstream(ws.send_str(text))
                 else:
                     data = message.get("bytes") or b""
                     if len(data) > limit:
                         raise _Ended(1009, "Message too big.", "too_big")
-                    await ws.send_bytes(data)
+                    await _to_upstream(ws.send_bytes(data))
             elif kind == "websocket.disconnect":
-                code = _valid_close(message.get("code"))
+                # The upstream is closed with the client's code once the relay has stopped.
+                session.close_code = _valid_close(message.get("code"))
                 reason = message.get("reason") or ""
-                session.close_code = message.get("code")
-                await ws.close(code=code, message=reason.encode()[:123])
-                return "client_disconnected" if opened else "closed"
+                raise _Ended(
+                    session.close_code, reason[:123], "client_disconnected" if opened else "closed"
+                )
 
     async def _start_turn(
         self,
@@ -431,7 +430,7 @@ class WebSocketRelay:
             kind = msg.type
             if kind == aiohttp.WSMsgType.TEXT:
                 text: str = msg.data
-                await send({"type": "websocket.send", "text": text})
+                await _to_client(send, {"type": "websocket.send", "text": text})
                 if opened or realtime:
                     data = text.encode()
                     if opened and b'.delta"' in data:
@@ -443,15 +442,19 @@ class WebSocketRelay:
                         for hook in done_hooks:
                             await hook(turn, event)
             elif kind == aiohttp.WSMsgType.BINARY:
-                await send({"type": "websocket.send", "bytes": msg.data})
+                await _to_client(send, {"type": "websocket.send", "bytes": msg.data})
             elif kind in (
                 aiohttp.WSMsgType.CLOSE,
                 aiohttp.WSMsgType.CLOSING,
                 aiohttp.WSMsgType.CLOSED,
             ):
-                code = _valid_close(ws.close_code)
+                raw = ws.close_code
                 reason = msg.extra if isinstance(msg.extra, str) else ""
-                session.close_code = ws.close_code
+                if raw is None or raw == 1006:  # no close frame: the upstream vanished
+                    code, reason = 1011, "The upstream connection was lost."
+                else:
+                    code = _valid_close(raw)
+                session.close_code = raw
                 await _quietly(
                     send({"type": "websocket.close", "code": code, "reason": reason[:123]})
                 )
@@ -512,6 +515,22 @@ def _query_value(query: bytes, name: bytes) -> str | None:
         if key == name and value:
             return unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8", "replace")[:256]
     return None
+
+
+async def _to_client(send: Send, message: dict[str, Any]) -> None:
+    try:
+        await send(message)
+    except OSError:  # the server's ClientDisconnected: the client is gone
+        raise _Ended(1001, "The client went away.", "client_disconnected") from None
+
+
+async def _to_upstream(sending: Any) -> None:
+    import aiohttp
+
+    try:
+        await sending
+    except (aiohttp.ClientError, OSError):
+        raise _Ended(1011, "The upstream connection failed.", "upstream_error") from None
 
 
 async def _quietly(awaitable: Any) -> None:

@@ -1,0 +1,253 @@
+"""WebSocket sessions through a served gateway: the Responses API's WebSocket mode and the
+Realtime API, with the real openai SDK and with raw sockets, in front of the fake provider."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from websockets.asyncio.client import connect as aconnect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from asgi_llmguard import (
+    KeyPolicy,
+    SQLiteSink,
+    StaticKey,
+    StaticKeyStore,
+    Upstream,
+    UsagePipeline,
+    build_stack,
+    hash_key,
+)
+from asgi_llmguard.forward.websocket import WebSocketLimits
+from asgi_llmguard.testing import FakeProvider, RunningServer, serve
+
+KEY = "sk-llmg-ws-0123456789abcdefghijklmnopqrstuvwxyz"
+UPSTREAM_KEY = "sk-upstream-ws-secret"
+CREATE = {"type": "response.create", "model": "gpt-4.1-mini", "input": "say hello to me"}
+
+
+@dataclass
+class Gateway:
+    server: RunningServer
+    fake: FakeProvider
+    ledger: Path
+    app: Any
+
+    @property
+    def ws_url(self) -> str:
+        return self.server.url.replace("http://", "ws://")
+
+    def rows(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        rows: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            rows = self._read()
+            if len(rows) >= count:
+                break
+            time.sleep(0.05)
+        assert len(rows) == count, rows
+        return rows
+
+    def _read(self) -> list[dict[str, Any]]:
+        if not self.ledger.exists():
+            return []
+        with sqlite3.connect(self.ledger) as db:
+            db.row_factory = sqlite3.Row
+            if not db.execute("SELECT 1 FROM sqlite_master WHERE name='usage_events'").fetchone():
+                return []
+            return [dict(r) for r in db.execute("SELECT * FROM usage_events ORDER BY started_at")]
+
+    def wait(self, predicate: Any, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, "condition not reached"
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    fake = FakeProvider(api_key=UPSTREAM_KEY)
+    keys = StaticKeyStore(
+        [StaticKey(KeyPolicy(key_id="ws", max_concurrency=50_000), key_hash=hash_key(KEY))]
+    )
+    ledger = tmp_path / "ledger.sqlite3"
+    pipeline = UsagePipeline(
+        [SQLiteSink(str(ledger))], spill_path=str(tmp_path / "spill"), flush_interval=0.05
+    )
+    with serve(fake) as upstream:
+        app = build_stack(
+            upstreams=[Upstream("openai", f"{upstream.url}/v1", api_key=UPSTREAM_KEY, name="oa")],
+            keys=keys,
+            pipeline=pipeline,
+            websockets=WebSocketLimits(max_message_bytes=64 * 1024),
+        )
+        with serve(app) as server:
+            yield Gateway(server, fake, ledger, app)
+
+
+def _auth(key: str = KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _until(ws: Any, kind: str) -> list[dict[str, Any]]:
+    events = []
+    while True:
+        event = json.loads(ws.recv(timeout=5))
+        events.append(event)
+        if event["type"] in (kind, "error"):
+            return events
+
+
+def test_an_upgrade_without_a_valid_key_is_refused_with_401_before_accepting(gateway):
+    for headers in ({}, _auth("sk-llmg-wrong")):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"{gateway.ws_url}/v1/responses", additional_headers=headers, open_timeout=5)
+        assert refused.value.response.status_code == 401
+        assert b"invalid_api_key" in refused.value.response.body
+    assert not gateway.fake.requests  # the upstream was never opened
+    assert gateway.rows(0) == []
+
+
+def test_responses_websocket_turns_are_relayed_and_each_recorded(gateway):
+    with connect(f"{gateway.ws_url}/v1/responses", additional_headers=_auth()) as ws:
+        for _ in range(3):
+            ws.send(json.dumps(CREATE))
+            events = _until(ws, "response.completed")
+            assert events[-1]["type"] == "response.completed", events[-1]
+            deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
+            assert "".join(deltas) == "Hello from the fake provider."
+    upgrade = gateway.fake.requests[0]
+    assert upgrade.header("authorization") == f"Bearer {UPSTREAM_KEY}"
+    assert KEY not in json.dumps(upgrade.headers)
+    rows = gateway.rows(3)
+    assert len({r["request_id"] for r in rows}) == 3
+    assert all(r["outcome"] == "ok" and r["endpoint"] == "responses" for r in rows)
+    assert all(r["input_tokens"] == 4 and r["output_tokens"] == 5 for r in rows)
+    assert all(r["cost_nanos"] > 0 and r["key_id"] == "ws" for r in rows)
+
+
+def test_the_key_subprotocol_is_accepted_and_never_echoed_nor_sent_upstream(gateway):
+    protocols = ["realtime", f"openai-insecure-api-key.{KEY}"]
+    with connect(f"{gateway.ws_url}/v1/realtime?model=gpt-realtime", subprotocols=protocols) as ws:
+        assert ws.subprotocol == "realtime"
+        assert json.loads(ws.recv(timeout=5))["type"] == "session.created"
+    upgrade = gateway.fake.requests[0]
+    assert KEY not in json.dumps(upgrade.headers)
+    assert upgrade.header("sec-websocket-protocol") == "realtime"
+
+
+def test_a_message_over_the_limit_closes_the_session_with_1009(gateway):
+    with connect(f"{gateway.ws_url}/v1/responses", additional_headers=_auth(), max_size=None) as ws:
+        ws.send(json.dumps({**CREATE, "input": "word " * 20_000}))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    gateway.wait(lambda: gateway.app.forwarder.websockets.open == 0)
+    assert not [r for r in gateway.fake.requests if r.method == "WEBSOCKET"]
+
+
+def test_a_client_vanishing_mid_turn_leaves_a_cancelled_record_and_no_slot(gateway):
+    headers = {**_auth(), "x-fake-chunk-delay": "0.2"}
+    with connect(f"{gateway.ws_url}/v1/responses", additional_headers=headers) as ws:
+        ws.send(json.dumps(CREATE))
+        assert json.loads(ws.recv(timeout=5))["type"] == "response.created"
+        ws.socket.shutdown(2)  # gone without a close frame
+    (row,) = gateway.rows(1)
+    assert row["outcome"] == "cancelled" and row["reason"] == "client_disconnected"
+    assert row["estimated"] and row["input_tokens"] > 0
+    gateway.wait(lambda: gateway.app.forwarder.websockets.open == 0)
+    gateway.wait(lambda: not gateway.app.concurrency.in_flight)
+    gateway.wait(lambda: gateway.fake.active_streams == 0)
+
+
+def test_an_upstream_vanishing_mid_turn_closes_the_client_and_keeps_the_record(gateway):
+    headers = {**_auth(), "x-fake-reset-after-chunks": "2"}
+    with connect(f"{gateway.ws_url}/v1/responses", additional_headers=headers) as ws:
+        ws.send(json.dumps(CREATE))
+        deltas = 0
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                if json.loads(ws.recv(timeout=5))["type"] == "response.output_text.delta":
+                    deltas += 1
+    assert deltas == 2
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+    (row,) = gateway.rows(1)
+    assert row["outcome"] == "cancelled" and row["output_tokens"] == 2 and row["estimated"]
+    gateway.wait(lambda: not gateway.app.concurrency.in_flight)
+
+
+def test_the_realtime_sdk_client_gets_its_answer_and_audio_is_priced_apart(gateway):
+    client = openai.OpenAI(base_url=f"{gateway.server.url}/v1", api_key=KEY)
+    with client.realtime.connect(model="gpt-realtime") as conn:
+        assert conn.recv().type == "session.created"
+        conn.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "hello there gateway"}],
+                },
+            }
+        )
+        conn.send({"type": "input_audio_buffer.append", "audio": "AAAA" * 100})
+        conn.send({"type": "input_audio_buffer.commit"})
+        conn.send({"type": "response.create"})
+        for event in conn:
+            if event.type == "response.done":
+                usage = event.response.usage
+                break
+    assert usage is not None and usage.output_token_details.audio_tokens == 20
+    (row,) = gateway.rows(1)
+    assert row["endpoint"] == "realtime" and row["model"] == "gpt-realtime"
+    assert row["input_tokens"] == usage.input_tokens and row["output_tokens"] == 25
+    # gpt-realtime: text in $4/M, audio in $32/M, text out $16/M, audio out $64/M
+    text_in = usage.input_token_details.text_tokens
+    audio_in = usage.input_token_details.audio_tokens
+    expected = text_in * 4000 + audio_in * 32000 + 5 * 16000 + 20 * 64000
+    assert row["cost_nanos"] == expected
+
+
+def test_the_responses_sdk_websocket_client_gets_its_answer(gateway):
+    client = openai.OpenAI(base_url=f"{gateway.server.url}/v1", api_key=KEY)
+    with client.responses.connect() as conn:
+        conn.send(CREATE)
+        for event in conn:
+            if event.type == "response.completed":
+                assert event.response.usage.output_tokens == 5
+                break
+    (row,) = gateway.rows(1)
+    assert row["outcome"] == "ok"
+
+
+def test_a_thousand_sessions_opened_and_dropped_leave_nothing_behind(gateway):
+    async def run() -> int:
+        baseline = len(asyncio.all_tasks())
+
+        async def one(i: int) -> None:
+            ws = await aconnect(f"{gateway.ws_url}/v1/responses", additional_headers=_auth())
+            if i % 2:
+                await ws.close()
+            else:
+                ws.transport.abort()
+
+        for start in range(0, 1000, 100):
+            await asyncio.gather(*(one(i) for i in range(start, start + 100)))
+        return baseline
+
+    asyncio.run(run())
+    relay = gateway.app.forwarder.websockets
+    gateway.wait(lambda: relay.open == 0, timeout=20)
+    gateway.wait(lambda: not gateway.app.concurrency.in_flight, timeout=20)
+    gateway.wait(lambda: gateway.fake.active_streams == 0, timeout=20)
+    gateway.wait(lambda: gateway.app.drain_layer.in_flight == 0, timeout=20)
+    assert gateway.rows(0) == []
