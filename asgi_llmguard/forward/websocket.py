@@ -288,8 +288,12 @@ class WebSocketRelay:
         downward = loop.create_task(self._upstream_to_client(ctx, session, ws, send, opened, clock))
         tasks = {upward, downward}
         deadline = None if limits.max_duration is None else time.monotonic() + limits.max_duration
+        # What ends the session: (why, close code, reason, whether the client still needs
+        # telling). The closes happen once both directions have stopped, so neither direction
+        # mistakes the other's close for its peer's.
+        ending: tuple[str, int, str, bool] | None = None
         try:
-            while True:
+            while ending is None:
                 now = time.monotonic()
                 waits = []
                 if limits.idle_timeout is not None:
@@ -304,29 +308,28 @@ class WebSocketRelay:
                     task = done.pop()
                     exc = task.exception()
                     if isinstance(exc, _Ended):
-                        if exc.why not in ("client_disconnected", "closed"):
-                            close = {"type": "websocket.close", "code": exc.code}
-                            await _quietly(send({**close, "reason": exc.reason}))
-                        await _quietly(ws.close(code=exc.code, message=exc.reason.encode()))
-                        return exc.why
-                    if exc is not None:
+                        told = exc.why in ("client_disconnected", "closed")
+                        ending = (exc.why, exc.code, exc.reason, not told)
+                    elif exc is not None:
                         raise exc
-                    return str(task.result())
+                    else:
+                        return str(task.result())
+                    continue
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     reason = "The session reached its maximum duration; reconnect to continue."
-                    why = "max_duration"
+                    ending = ("max_duration", 1001, reason, True)
                 elif limits.idle_timeout is not None and now - clock[0] >= limits.idle_timeout:
-                    reason, why = "The session was idle for too long.", "idle"
-                else:
-                    continue
-                await _quietly(send({"type": "websocket.close", "code": 1001, "reason": reason}))
-                await _quietly(ws.close(code=1001, message=reason.encode()))
-                return why
+                    ending = ("idle", 1001, "The session was idle for too long.", True)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        why, code, reason, tell = ending
+        if tell:
+            await _quietly(send({"type": "websocket.close", "code": code, "reason": reason}))
+        await _quietly(ws.close(code=code, message=reason.encode()))
+        return why
 
     async def _client_to_upstream(
         self,

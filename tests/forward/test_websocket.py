@@ -28,7 +28,7 @@ from asgi_llmguard import (
     hash_key,
 )
 from asgi_llmguard.forward.websocket import WebSocketLimits
-from asgi_llmguard.testing import FakeProvider, RunningServer, serve
+from asgi_llmguard.testing import FakeProvider, RunningServer, serve, serve_async
 
 KEY = "sk-llmg-ws-0123456789abcdefghijklmnopqrstuvwxyz"
 UPSTREAM_KEY = "sk-upstream-ws-secret"
@@ -251,3 +251,50 @@ def test_a_thousand_sessions_opened_and_dropped_leave_nothing_behind(gateway):
     gateway.wait(lambda: gateway.fake.active_streams == 0, timeout=20)
     gateway.wait(lambda: gateway.app.drain_layer.in_flight == 0, timeout=20)
     assert gateway.rows(0) == []
+
+
+async def test_a_draining_gateway_closes_open_sessions_with_1012_after_the_grace(tmp_path):
+    fake = FakeProvider(api_key=UPSTREAM_KEY, chunk_delay=0.5)
+    keys = StaticKeyStore([StaticKey(KeyPolicy(key_id="ws"), key_hash=hash_key(KEY))])
+    ledger = tmp_path / "ledger.sqlite3"
+    pipeline = UsagePipeline(
+        [SQLiteSink(str(ledger))], spill_path=str(tmp_path / "spill"), flush_interval=0.05
+    )
+    async with serve_async(fake) as upstream:
+        app = build_stack(
+            upstreams=[Upstream("openai", f"{upstream.url}/v1", api_key=UPSTREAM_KEY, name="oa")],
+            keys=keys,
+            pipeline=pipeline,
+        )
+        async with serve_async(app) as server:
+            url = server.url.replace("http://", "ws://") + "/v1/responses"
+            async with aconnect(url, additional_headers=_auth()) as ws:
+                await ws.send(json.dumps(CREATE))
+                assert json.loads(await ws.recv())["type"] == "response.created"
+                assert await app.drain(0.2) == 1
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        await ws.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+            assert "restarting" in closed.value.rcvd.reason
+            assert not app.concurrency.in_flight
+            with pytest.raises(InvalidStatus) as refused:
+                await aconnect(url, additional_headers=_auth(), open_timeout=5)
+            assert refused.value.response.status_code == 503
+            await pipeline.aclose() if hasattr(pipeline, "aclose") else None
+    gateway = Gateway(server, fake, ledger, app)
+    (row,) = gateway.rows(1)
+    assert row["outcome"] == "cancelled" and row["reason"] == "shutdown"
+
+
+def test_the_access_log_has_one_line_per_session_with_its_turns(gateway, caplog):
+    caplog.set_level("INFO", logger="asgi_llmguard.access")
+    with connect(f"{gateway.ws_url}/v1/responses", additional_headers=_auth()) as ws:
+        for _ in range(2):
+            ws.send(json.dumps(CREATE))
+            _until(ws, "response.completed")
+    gateway.wait(lambda: gateway.app.forwarder.websockets.open == 0)
+    lines = [json.loads(r.message) for r in caplog.records if r.name == "asgi_llmguard.access"]
+    (line,) = [x for x in lines if x.get("websocket")]
+    assert line["status"] == 101 and line["turns"] == 2 and line["key_id"] == "ws"
+    assert line["close_code"] == 1000
