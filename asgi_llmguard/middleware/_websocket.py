@@ -13,6 +13,7 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -20,7 +21,7 @@ import msgspec
 from asgi_llmguard.context import SCOPE_KEY, RequestContext, RequestFields, get_context
 from asgi_llmguard.errors import send_body, send_error
 from asgi_llmguard.providers.openai_usage import usage_from_event
-from asgi_llmguard.ratelimit import StoreUnavailable
+from asgi_llmguard.ratelimit import Decision, StoreUnavailable
 from asgi_llmguard.ratelimit.admission import (
     admit_each,
     admit_now,
@@ -37,6 +38,7 @@ from asgi_llmguard.usage.events import Outcome, Reason, attempt_event
 from asgi_llmguard.wsession import (
     ResponseDone,
     Turn,
+    TurnHook,
     TurnRefusal,
     WebSocketSession,
     denial_send,
@@ -176,7 +178,7 @@ def _allowed(mw: AuthMiddleware, models: tuple[str, ...] | list[str], model: str
     return bool(matcher(model))
 
 
-def _turn_policy(mw: AuthMiddleware, ctx: RequestContext):  # type: ignore[no-untyped-def]
+def _turn_policy(mw: AuthMiddleware, ctx: RequestContext) -> TurnHook:
     from asgi_llmguard.middleware.auth import _refused_mcp_server
 
     async def check(turn: Turn) -> TurnRefusal | None:
@@ -231,6 +233,7 @@ def limit_turns(mw: RateLimitMiddleware, scope: Scope, send: Send) -> Send:
             if mw._reserve:
                 checks = reserving(checks, estimate)
         together = mw._together if len(checks) > 1 else None
+        decisions: Sequence[Decision | None]
         try:
             if together is None:
                 limiter = mw.limiter

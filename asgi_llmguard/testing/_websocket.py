@@ -45,7 +45,7 @@ import base64
 import binascii
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
@@ -61,8 +61,8 @@ from asgi_llmguard.testing._common import (
 )
 from asgi_llmguard.testing._knobs import Knobs
 
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 #: Audio output tokens the fake reports for each word of a spoken reply.
 AUDIO_TOKENS_PER_WORD = 4
@@ -99,7 +99,7 @@ def check_key(api: str, headers: list[tuple[str, str]], key: str) -> None:
         raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
 
-async def deny(scope: dict[str, Any], send: Send, error: ApiError) -> None:
+async def deny(scope: MutableMapping[str, Any], send: Send, error: ApiError) -> None:
     """Refuse the upgrade with an HTTP answer, or close with 1008 when the server cannot."""
     if "websocket.http.response" in scope.get("extensions", {}):
         body = orjson.dumps(
@@ -290,8 +290,8 @@ async def realtime_response(
     pieces = reply_chunks(k.reply, chunks=k.chunks)
     limit = params.get("max_output_tokens")
     capped = isinstance(limit, int) and limit < len(pieces)
-    if capped:
-        pieces = pieces[: int(limit)]
+    if isinstance(limit, int) and capped:
+        pieces = pieces[:limit]
     resp_id, item_id = new_id("resp_"), new_id("item_")
     text = "".join(pieces)
 

@@ -91,7 +91,7 @@ def test_codex_uses_the_responses_websocket_through_the_gateway_without_falling_
     assert "Reconnecting" not in done.stdout + done.stderr
 
     requests = gateway.fake.requests
-    assert [r.method for r in requests if r.path == "/v1/responses"][0] == "GET"
+    assert next(r.method for r in requests if r.path == "/v1/responses") == "GET"
     assert not [r for r in requests if r.method == "POST"], "fell back to HTTP"
     turns = [r for r in requests if r.method == "WEBSOCKET"]
     assert turns
