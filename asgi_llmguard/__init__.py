@@ -9,6 +9,7 @@ from asgi_llmguard.forward.breaker import BreakerPolicy
 from asgi_llmguard.forward.config import PoolLimits, Timeouts
 from asgi_llmguard.forward.cooldowns import CooldownPolicy, MemoryCooldowns, RedisCooldowns
 from asgi_llmguard.forward.router import RetryPolicy, Routing, WarmupPolicy
+from asgi_llmguard.forward.websocket import WebSocketLimits
 from asgi_llmguard.keys import (
     CachedKeyStore,
     KeyStore,
@@ -110,6 +111,7 @@ __all__ = [
     "UsageMiddleware",
     "UsagePipeline",
     "WarmupPolicy",
+    "WebSocketLimits",
     "WritableKeyStore",
     "__version__",
     "budget_store",
