@@ -16,6 +16,7 @@ import msgspec
 
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.config import PoolLimits, Timeouts
+from asgi_llmguard.forward.websocket import WebSocketLimits
 from asgi_llmguard.forward.cooldowns import CooldownPolicy
 from asgi_llmguard.forward.router import Routing
 from asgi_llmguard.middleware.size_limit import SizeLimits
@@ -78,6 +79,7 @@ class ForwardConfig(_Strict):
     passthrough: Literal["openai", "azure", "anthropic"] | None = None
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     limits: PoolLimits = msgspec.field(default_factory=PoolLimits)
+    websockets: WebSocketLimits = msgspec.field(default_factory=WebSocketLimits)
 
 
 class UpstreamConfig(_Strict):
@@ -610,6 +612,7 @@ def stack_kwargs(config: GatewayConfig, upstreams: list[Upstream]) -> dict[str, 
         "upstreams": upstreams,
         "timeouts": fwd.timeouts,
         "limits": fwd.limits,
+        "websockets": fwd.websockets,
         "trust_env": fwd.trust_env,
         "passthrough": fwd.passthrough,
         "routing": routing_from_config(config.routing),

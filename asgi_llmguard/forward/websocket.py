@@ -32,7 +32,7 @@ import msgspec
 import orjson
 
 from asgi_llmguard.context import SCOPE_KEY, RequestContext
-from asgi_llmguard.errors import send_error, send_route_error
+from asgi_llmguard.errors import ConfigurationError, send_error, send_route_error
 from asgi_llmguard.forward.headers import RESPONSE_DROP, request_headers
 from asgi_llmguard.forward.target import Target
 from asgi_llmguard.wsession import (
@@ -86,6 +86,16 @@ class WebSocketLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     max_duration: float | None = 3600.0
     connect_timeout: float = 10.0
     heartbeat: float | None = 30.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_message_bytes, bool) or self.max_message_bytes < 1:
+            raise ConfigurationError("WebSocketLimits.max_message_bytes must be >= 1")
+        for name in ("idle_timeout", "max_duration", "connect_timeout", "heartbeat"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigurationError(
+                    f"WebSocketLimits.{name} must be a positive number of seconds or None"
+                )
 
 
 class _Create(msgspec.Struct):
