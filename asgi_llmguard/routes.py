@@ -621,10 +621,13 @@ def classify(method: str, path: str, anthropic: bool = False) -> Route:
 
 #: The WebSocket routes, by path: the Responses API's WebSocket mode (``GET /v1/responses`` with
 #: ``Upgrade: websocket``; each ``response.create`` is a response billed as one of
-#: ``POST /v1/responses``) and the Realtime API (``/v1/realtime?model=...``).
+#: ``POST /v1/responses``) and the Realtime API (``/v1/realtime?model=...``; Azure OpenAI's
+#: ``/openai/realtime?deployment=...``).
 _WEBSOCKET: dict[str, Route] = {
     "/v1/responses": Route(Endpoint("openai", "responses", billable=True, streamable=True)),
     "/v1/realtime": Route(Endpoint("openai", "realtime", billable=True, streamable=True)),
+    # Azure OpenAI's Realtime path (``?api-version=...&deployment=...``), as its SDK connects.
+    "/openai/realtime": Route(Endpoint("azure", "realtime", billable=True, streamable=True)),
 }
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from asgi_llmguard.types import Message, Scope, Send
 
@@ -170,3 +171,13 @@ def denial_send(scope: Scope, send: Send) -> Send:
         await send(message)
 
     return deny
+
+
+def realtime_model(scope: Scope, api: str) -> str | None:
+    """The model a Realtime upgrade names: ``?model=`` (Azure's path: ``?deployment=``)."""
+    name = b"deployment" if api == "azure" else b"model"
+    for pair in scope.get("query_string", b"").split(b"&"):
+        key, _, value = pair.partition(b"=")
+        if key == name and value:
+            return unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8", "replace")[:256]
+    return None

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import orjson
 
-from asgi_llmguard.context import SCOPE_KEY, RequestContext
+from asgi_llmguard.context import SCOPE_KEY, InvalidBody, RequestContext
 from asgi_llmguard.errors import ConfigurationError, send_error, send_route_error
 from asgi_llmguard.forward.headers import RESPONSE_DROP, request_headers
 from asgi_llmguard.forward.target import Target
@@ -41,6 +41,7 @@ from asgi_llmguard.wsession import (
     TurnRefusal,
     WebSocketSession,
     denial_send,
+    realtime_model,
     session_of,
 )
 
@@ -177,7 +178,7 @@ class WebSocketRelay:
             return
         session = session_of(scope, route.endpoint.operation)
         if session.model is None and route.endpoint.operation == "realtime":
-            session.model = _query_value(scope.get("query_string", b""), b"model")
+            session.model = realtime_model(scope, route.endpoint.api)
         upstream = await self._connect(ctx, session, scope, send)
         if upstream is None:
             return
@@ -228,7 +229,11 @@ class WebSocketRelay:
         status, message = 502, "Could not connect to the upstream."
         for step in plan.steps:
             target: Target = step.candidate.target  # type: ignore[assignment]
-            url = target.provider.target(target.upstream, ctx, scope.get("query_string", b""))
+            try:
+                url = target.provider.target(target.upstream, ctx, scope.get("query_string", b""))
+            except InvalidBody as exc:
+                await send_error(send, 400, str(exc))
+                return None
             headers = request_headers(
                 scope["headers"], target.drop | HANDSHAKE, target.defaults, target.static
             )
@@ -518,16 +523,6 @@ def _error_event(kind: str, refusal: TurnRefusal, client_event: str | None) -> s
         if refusal.retry_after is not None:
             event["headers"] = {"retry-after": str(refusal.retry_after)}
     return orjson.dumps(event).decode()
-
-
-def _query_value(query: bytes, name: bytes) -> str | None:
-    from urllib.parse import unquote_to_bytes
-
-    for pair in query.split(b"&"):
-        key, _, value = pair.partition(b"=")
-        if key == name and value:
-            return unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8", "replace")[:256]
-    return None
 
 
 async def _to_client(send: Send, message: dict[str, Any]) -> None:

@@ -42,6 +42,7 @@ from asgi_llmguard.wsession import (
     TurnRefusal,
     WebSocketSession,
     denial_send,
+    realtime_model,
     session_of,
 )
 
@@ -61,14 +62,8 @@ _fields = msgspec.json.Decoder(RequestFields)
 def _session(scope: Scope, ctx: RequestContext) -> WebSocketSession:
     route = ctx.route
     session = session_of(scope, route.endpoint.operation if route is not None else "responses")
-    if session.model is None and session.kind == "realtime":
-        for pair in scope.get("query_string", b"").split(b"&"):
-            name, _, value = pair.partition(b"=")
-            if name == b"model" and value:
-                from urllib.parse import unquote
-
-                session.model = unquote(value.decode("latin-1"))[:256]
-                break
+    if session.model is None and session.kind == "realtime" and route is not None:
+        session.model = realtime_model(scope, route.endpoint.api)
     return session
 
 

@@ -324,3 +324,63 @@ def test_the_access_log_has_one_line_per_session_with_its_turns(gateway, caplog)
     assert line["turns"] == 2
     assert line["key_id"] == "ws"
     assert line["close_code"] == 1000
+
+
+@pytest.fixture
+def azure_gateway(tmp_path):
+    fake = FakeProvider(api_key=UPSTREAM_KEY)
+    keys = StaticKeyStore([StaticKey(KeyPolicy(key_id="ws"), key_hash=hash_key(KEY))])
+    ledger = tmp_path / "ledger.sqlite3"
+    pipeline = UsagePipeline(
+        [SQLiteSink(str(ledger))], spill_path=str(tmp_path / "spill"), flush_interval=0.05
+    )
+    with serve(fake) as upstream:
+        azure = Upstream(
+            "azure",
+            upstream.url,
+            api_key=UPSTREAM_KEY,
+            name="az",
+            api_version="2025-04-01-preview",
+            deployments={"gpt-realtime": "rt-deployment"},
+        )
+        app = build_stack(upstreams=[azure], keys=keys, pipeline=pipeline)
+        with serve(app) as server:
+            yield Gateway(server, fake, ledger, app)
+
+
+def test_realtime_on_an_azure_upstream_from_the_openai_and_azure_sdks(azure_gateway):
+    gateway = azure_gateway
+    client = openai.OpenAI(base_url=f"{gateway.server.url}/v1", api_key=KEY)
+    with client.realtime.connect(model="gpt-realtime") as conn:
+        assert conn.recv().type == "session.created"
+        conn.send({"type": "response.create"})
+        for event in conn:
+            if event.type == "response.done":
+                break
+    upgrade = gateway.fake.requests[0]
+    assert upgrade.path == "/openai/realtime"
+    assert "deployment=rt-deployment" in upgrade.query_string
+    assert "api-version=2025-04-01-preview" in upgrade.query_string
+    assert upgrade.header("api-key") == UPSTREAM_KEY
+    assert upgrade.header("authorization") is None
+
+    azure = openai.AzureOpenAI(
+        azure_endpoint=gateway.server.url,
+        api_key=KEY,
+        api_version="2025-04-01-preview",
+        websocket_base_url=gateway.ws_url + "/openai",
+    )
+    with azure.realtime.connect(model="gpt-realtime") as conn:
+        assert conn.recv().type == "session.created"
+        conn.send({"type": "response.create"})
+        for event in conn:
+            if event.type == "response.done":
+                break
+    second = [r for r in gateway.fake.requests if r.method == "GET"][1]
+    assert second.path == "/openai/realtime"
+    assert second.header("api-key") == UPSTREAM_KEY
+    rows = gateway.rows(2)
+    assert [r["provider"] for r in rows] == ["openai", "azure"]
+    assert {r["model"] for r in rows} == {"gpt-realtime"}
+    assert {r["output_tokens"] for r in rows} == {25}
+    assert all(r["cost_nanos"] > 0 for r in rows)
