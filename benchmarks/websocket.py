@@ -10,8 +10,13 @@ metering, SQLite ledger) under uvicorn in its own process, as `benchmarks.memory
   left idle; the gateway's RSS is read from /proc before, with them open, and after they closed.
 - CPU: one session runs T turns of C deltas each (``x-fake-chunks``), so every turn relays
   C + 8 frames downstream; the gateway process's user + system CPU time (from /proc) is divided
-  by the frames relayed. For comparison, the same turns as HTTP streams (``POST /v1/responses``,
-  ``stream: true``) on one keep-alive connection: CPU per SSE event relayed.
+  by the frames relayed. Once without compression, once with permessage-deflate negotiated by
+  the client (as the ``websockets`` library and Codex do by default; the gateway then compresses
+  every frame it sends the client). For comparison, the same turns as HTTP streams
+  (``POST /v1/responses``, ``stream: true``) on one keep-alive connection: CPU per SSE event.
+
+The idle sessions are measured twice too: with permessage-deflate negotiated (the default of
+most clients), then without.
 """
 
 from __future__ import annotations
@@ -42,7 +47,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
 
 
-async def idle_sessions(port: int, pid: int, sessions: int) -> dict[str, float]:
+async def idle_sessions(
+    port: int, pid: int, sessions: int, compression: str | None = "deflate"
+) -> dict[str, float]:
     from websockets.asyncio.client import connect
 
     url = f"ws://127.0.0.1:{port}/v1/responses"
@@ -53,7 +60,10 @@ async def idle_sessions(port: int, pid: int, sessions: int) -> dict[str, float]:
     for start in range(0, sessions, 100):
         batch = range(start, min(sessions, start + 100))
         opened += await asyncio.gather(
-            *(connect(url, additional_headers=headers, open_timeout=30) for _ in batch)
+            *(
+                connect(url, additional_headers=headers, open_timeout=30, compression=compression)
+                for _ in batch
+            )
         )
     seconds = time.monotonic() - started
     await asyncio.sleep(1.0)
@@ -70,13 +80,17 @@ async def idle_sessions(port: int, pid: int, sessions: int) -> dict[str, float]:
     }
 
 
-async def websocket_frames(port: int, pid: int, turns: int, chunks: int) -> dict[str, float]:
+async def websocket_frames(
+    port: int, pid: int, turns: int, chunks: int, compression: str | None
+) -> dict[str, float]:
     from websockets.asyncio.client import connect
 
     url = f"ws://127.0.0.1:{port}/v1/responses"
     headers = {"Authorization": f"Bearer {BENCH_KEY}", "x-fake-chunks": str(chunks)}
     frames = 0
-    async with connect(url, additional_headers=headers, max_size=None) as ws:
+    async with connect(
+        url, additional_headers=headers, max_size=None, compression=compression
+    ) as ws:
         await ws.send(json.dumps(CREATE))  # warm: the first turn opens what stays open
         while json.loads(await ws.recv())["type"] != "response.completed":
             pass
@@ -136,7 +150,7 @@ def run(sessions: int, turns: int, chunks: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="llmguard-ws-") as tmp_dir:
         tmp = Path(tmp_dir)
         try:
-            up_port, gw_port = free_port(), free_port()
+            up_port = free_port()
             env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
             up_log = tmp / "upstream.log"
@@ -145,21 +159,35 @@ def run(sessions: int, turns: int, chunks: int) -> dict[str, Any]:
             wait_for_port(up_port, upstream, up_log, timeout=30)
             env[ENV] = f"http://127.0.0.1:{up_port}"
             env[DIR_ENV] = str(tmp)
-            gw_log = tmp / "gateway.log"
-            gateway = procs.start(
-                [sys.executable, "-m", "benchmarks.serve", "gateway-full", str(gw_port)],
-                gw_log,
-                env,
-            )
-            wait_for_port(gw_port, gateway, gw_log, timeout=30)
-            try:
-                return {
-                    "idle": asyncio.run(idle_sessions(gw_port, gateway.pid, sessions)),
-                    "websocket": asyncio.run(websocket_frames(gw_port, gateway.pid, turns, chunks)),
-                    "sse": asyncio.run(sse_events(gw_port, gateway.pid, turns, chunks)),
-                }
-            except (OSError, BenchError) as exc:
-                raise BenchError(f"{exc}\n--- gateway log ---\n{tail(gw_log)}") from exc
+            result: dict[str, Any] = {}
+            # A fresh gateway for each memory measurement: freed memory is reused, not returned.
+            steps: list[tuple[str, Any]] = [
+                ("idle", lambda port, pid: idle_sessions(port, pid, sessions)),
+                ("idle_plain", lambda port, pid: idle_sessions(port, pid, sessions, None)),
+                (
+                    "websocket",
+                    lambda port, pid: websocket_frames(port, pid, turns, chunks, None),
+                ),
+            ]
+            for index, (name, step) in enumerate(steps):
+                gw_port = free_port()
+                gw_log = tmp / f"gateway-{index}.log"
+                gateway = procs.start(
+                    [sys.executable, "-m", "benchmarks.serve", "gateway-full", str(gw_port)],
+                    gw_log,
+                    env,
+                )
+                wait_for_port(gw_port, gateway, gw_log, timeout=30)
+                try:
+                    result[name] = asyncio.run(step(gw_port, gateway.pid))
+                    if name == "websocket":
+                        result["websocket_deflate"] = asyncio.run(
+                            websocket_frames(gw_port, gateway.pid, turns, chunks, "deflate")
+                        )
+                        result["sse"] = asyncio.run(sse_events(gw_port, gateway.pid, turns, chunks))
+                except (OSError, BenchError) as exc:
+                    raise BenchError(f"{exc}\n--- gateway log ---\n{tail(gw_log)}") from exc
+            return result
         finally:
             procs.stop_all()
 
@@ -167,7 +195,7 @@ def run(sessions: int, turns: int, chunks: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=1000)
-    parser.add_argument("--turns", type=int, default=20)
+    parser.add_argument("--turns", type=int, default=100)
     parser.add_argument("--chunks", type=int, default=500)
     args = parser.parse_args(argv)
     try:
@@ -176,14 +204,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"websocket benchmark failed: {exc}", file=sys.stderr)
         return 1
     idle, ws, sse = result["idle"], result["websocket"], result["sse"]
+    deflate = result["websocket_deflate"]
     print(
         f"gateway RSS: {idle['rss_before_mib']:.1f} MiB, {idle['rss_with_sessions_mib']:.1f} MiB "
         f"with {idle['sessions']} idle sessions ({idle['per_session_kib']:.1f} KiB each), "
-        f"{idle['rss_after_close_mib']:.1f} MiB after they closed"
+        f"{idle['rss_after_close_mib']:.1f} MiB after they closed; without compression: "
+        f"{result['idle_plain']['per_session_kib']:.1f} KiB each"
     )
     print(
         f"CPU per relayed frame: {ws['cpu_us_per_frame']:.1f} us over {ws['frames']} frames "
-        f"({ws['frames_per_s']:.0f} frames/s); per SSE event over HTTP: "
+        f"({ws['frames_per_s']:.0f} frames/s); with permessage-deflate towards the client: "
+        f"{deflate['cpu_us_per_frame']:.1f} us; per SSE event over HTTP: "
         f"{sse['cpu_us_per_event']:.1f} us over {sse['events']} events"
     )
     print(json.dumps(result))

@@ -66,8 +66,9 @@ HANDSHAKE = frozenset(
 _ACCEPT_DROP = RESPONSE_DROP | HANDSHAKE | {b"content-length", b"content-type"}
 #: Subprotocols that carry a key (browsers cannot set headers): never sent upstream.
 KEY_PROTOCOL_PREFIXES = ("openai-insecure-api-key.",)
-_TERMINAL = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
-_REALTIME_DONE = b'"response.done"'
+
+_TERMINAL = ('"response.completed"', '"response.incomplete"', '"response.failed"')
+_REALTIME_DONE = '"response.done"'
 _CREATE = '"response.create"'
 
 
@@ -450,13 +451,17 @@ class WebSocketRelay:
                 text: str = msg.data
                 await _to_client(send, {"type": "websocket.send", "text": text})
                 if opened or realtime:
-                    data = text.encode()
-                    if opened and b'.delta"' in data:
+                    # OpenAI's events name their type first: look there, and through the whole
+                    # frame only when the type is not where it usually is.
+                    head = text[:96]
+                    where = head if '"type"' in head else text
+                    if opened and '.delta"' in where:
                         opened[0].deltas += 1
-                    status = _terminal_status(data, realtime)
+                        continue
+                    status = _terminal_status(where, text, realtime)
                     if status is not None:
                         turn = opened.popleft() if opened else self._server_turn(ctx, session)
-                        event = ResponseDone(status, data)
+                        event = ResponseDone(status, text.encode())
                         for hook in done_hooks:
                             await hook(turn, event)
             elif kind == aiohttp.WSMsgType.BINARY:
@@ -490,14 +495,16 @@ class WebSocketRelay:
         return Turn(f"{ctx.request_id}.{session.turns}", session.turns, session.model, None, 0)
 
 
-def _terminal_status(data: bytes, realtime: bool) -> str | None:
+def _terminal_status(where: str, text: str, realtime: bool) -> str | None:
+    """The status of the response a terminal event ends (``None`` for any other frame);
+    ``where`` is the part of the frame ``text`` to look for its type in."""
     if realtime:
-        if _REALTIME_DONE not in data:
+        if _REALTIME_DONE not in where:
             return None
-    elif not any(marker in data for marker in _TERMINAL):
+    elif not any(marker in where for marker in _TERMINAL):
         return None
     try:
-        event = _terminal.decode(data)
+        event = _terminal.decode(text)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
     kind = event.type
