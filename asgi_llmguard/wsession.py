@@ -56,6 +56,7 @@ class Turn:
 
     __slots__ = (
         "deltas",
+        "event_id",
         "frame",
         "max_output",
         "model",
@@ -82,20 +83,25 @@ class Turn:
         #: Output deltas relayed so far (an estimate of the output if the turn is cut).
         self.deltas = 0
         #: The frame that started it, while the turn hooks run (``None`` after).
-        self.frame: str | None = None
+        self.frame: str | bytes | None = None
+        #: The client's ``event_id`` on the frame (Realtime), to match the upstream's errors.
+        self.event_id: str | None = None
         #: What the layers keep per turn (a budget reservation, a rate-limit charge).
         self.state: dict[str, Any] = {}
 
 
 class ResponseDone:
     """The upstream's terminal event of a response: its status (``completed``, ``incomplete``,
-    ``failed``, ``cancelled``) and the frame itself (the usage layer decodes its usage)."""
+    ``failed``, ``cancelled``; ``error`` when the upstream refused the turn with an ``error``
+    event, whose HTTP status is ``http_status``) and the frame itself (the usage layer decodes
+    its usage)."""
 
-    __slots__ = ("frame", "status")
+    __slots__ = ("frame", "http_status", "status")
 
-    def __init__(self, status: str, frame: bytes) -> None:
+    def __init__(self, status: str, frame: bytes, http_status: int = 200) -> None:
         self.status = status
         self.frame = frame
+        self.http_status = http_status
 
 
 TurnHook = Callable[[Turn], Awaitable[TurnRefusal | None]]

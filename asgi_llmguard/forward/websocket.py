@@ -70,6 +70,7 @@ KEY_PROTOCOL_PREFIXES = ("openai-insecure-api-key.",)
 _TERMINAL = ('"response.completed"', '"response.incomplete"', '"response.failed"')
 _REALTIME_DONE = '"response.done"'
 _CREATE = '"response.create"'
+_CREATE_BYTES = _CREATE.encode()
 
 
 class WebSocketLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -119,6 +120,13 @@ class _Status(msgspec.Struct):
 class _Terminal(msgspec.Struct):
     type: str = ""
     response: _Status | None = None
+    #: ``error`` events: the Responses WebSocket's HTTP status, the Realtime client event id.
+    status: int | None = None
+    error: _ErrorBody | None = None
+
+
+class _ErrorBody(msgspec.Struct):
+    event_id: str | None = None
 
 
 _create = msgspec.json.Decoder(_Create)
@@ -381,6 +389,11 @@ class WebSocketRelay:
                     data = message.get("bytes") or b""
                     if len(data) > limit:
                         raise _Ended(1009, "Message too big.", "too_big")
+                    if _CREATE_BYTES in data:  # a turn sent as a binary frame is still a turn
+                        refusal = await self._start_turn(ctx, session, data, opened, hooks)
+                        if refusal is not None:
+                            await _to_client(send, {"type": "websocket.send", "text": refusal})
+                            continue
                     await _to_upstream(ws.send_bytes(data))
             elif kind == "websocket.disconnect":
                 # The upstream is closed with the client's code once the relay has stopped.
@@ -394,7 +407,7 @@ class WebSocketRelay:
         self,
         ctx: RequestContext,
         session: WebSocketSession,
-        text: str,
+        text: str | bytes,
         opened: deque[Turn],
         hooks: list[Any],
     ) -> str | None:
@@ -417,6 +430,7 @@ class WebSocketRelay:
             limit if isinstance(limit, int) else None,
             len(text),
         )
+        turn.event_id = create.event_id
         turn.frame = text
         try:
             for hook in hooks:
@@ -458,6 +472,12 @@ class WebSocketRelay:
                     if opened and '.delta"' in where:
                         opened[0].deltas += 1
                         continue
+                    if opened and '"error"' in where:
+                        turn, event = _refused_turn(text, opened, realtime)
+                        if turn is not None and event is not None:
+                            for hook in done_hooks:
+                                await hook(turn, event)
+                        continue
                     status = _terminal_status(where, text, realtime)
                     if status is not None:
                         turn = opened.popleft() if opened else self._server_turn(ctx, session)
@@ -493,6 +513,34 @@ class WebSocketRelay:
         """A response the upstream started by itself (Realtime voice activity detection)."""
         session.turns += 1
         return Turn(f"{ctx.request_id}.{session.turns}", session.turns, session.model, None, 0)
+
+
+def _refused_turn(
+    text: str, opened: deque[Turn], realtime: bool
+) -> tuple[Turn | None, ResponseDone | None]:
+    """An upstream ``error`` event that refuses a turn: the turn it ends, and how. In the
+    Responses WebSocket mode an error answers the oldest open turn; a Realtime error names the
+    client event it answers (``error.event_id``), and only a ``response.create`` it names is
+    ended (others, such as a bad ``session.update``, leave the turns alone)."""
+    try:
+        event = _terminal.decode(text)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None, None
+    if event.type != "error":
+        return None, None
+    if realtime:
+        wanted = event.error.event_id if event.error is not None else None
+        if wanted is None:
+            return None, None
+        for turn in opened:
+            if turn.event_id == wanted:
+                opened.remove(turn)
+                break
+        else:
+            return None, None
+    else:
+        turn = opened.popleft()
+    return turn, ResponseDone("error", text.encode(), event.status or 400)
 
 
 def _terminal_status(where: str, text: str, realtime: bool) -> str | None:

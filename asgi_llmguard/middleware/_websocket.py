@@ -308,7 +308,9 @@ def meter_turns(mw: UsageMiddleware, scope: Scope, send: Send) -> Send:
         reservations: list[Reservation] = []
         if mw._budgets is not None and price is not None and ctx.key is not None:
             fields = RequestFields(max_output_tokens=turn.max_output)
-            refused = await mw._reserve(ctx, fields, price, reservations)
+            refused = await mw._reserve(
+                ctx, fields, price, reservations, prompt_bytes=turn.prompt_bytes
+            )
             if refused is not None:
                 _record(turn, "rejected", 429 if refused else 503, None, 0, False, None)
                 if isinstance(refused, BudgetExceeded):
@@ -328,6 +330,13 @@ def meter_turns(mw: UsageMiddleware, scope: Scope, send: Send) -> Send:
         return None
 
     async def done(turn: Turn, event: ResponseDone) -> None:
+        if event.status == "error":  # the upstream refused the turn: nothing was produced
+            held = turn.state.pop("usage", None)
+            if held is not None:
+                await mw._release_all(held[1])
+            _record(turn, "upstream_error", event.http_status, None, 0, False, None)
+            turn.state["tokens"] = 0
+            return
         usage, served, tool_calls = usage_from_event(event.frame)
         estimated = usage is None
         if usage is None:

@@ -18,7 +18,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from asgi_llmguard import (
+    Budget,
     KeyPolicy,
+    MemoryBudgetStore,
+    RateLimit,
     SQLiteSink,
     StaticKey,
     StaticKeyStore,
@@ -29,6 +32,7 @@ from asgi_llmguard import (
 )
 from asgi_llmguard.forward.websocket import WebSocketLimits
 from asgi_llmguard.testing import FakeProvider, RunningServer, serve, serve_async
+from asgi_llmguard.usage.pricing import PriceTable, estimate_nanos
 
 KEY = "sk-llmg-ws-0123456789abcdefghijklmnopqrstuvwxyz"
 UPSTREAM_KEY = "sk-upstream-ws-secret"
@@ -382,3 +386,130 @@ def test_realtime_on_an_azure_upstream_from_the_openai_and_azure_sdks(azure_gate
     assert {r["model"] for r in rows} == {"gpt-realtime"}
     assert {r["output_tokens"] for r in rows} == {25}
     assert all(r["cost_nanos"] > 0 for r in rows)
+
+
+SMALL = {**CREATE, "max_output_tokens": 5}
+#: A turn of ``SMALL`` costs 4 input and 5 output tokens of gpt-4.1-mini: 9,600 nano-dollars.
+TURN_NANOS = 4 * 400 + 5 * 1600
+#: What the budget reserves for it: its frame's size as prompt, at the dearest prompt price.
+RESERVED_NANOS = estimate_nanos(
+    PriceTable.default().resolve("gpt-4.1-mini"), len(json.dumps(SMALL)) // 4 + 1, 5
+)
+POOR_BUDGET_NANOS = RESERVED_NANOS + TURN_NANOS + TURN_NANOS // 2
+
+
+@pytest.fixture
+def guarded(tmp_path):
+    """A gateway whose keys are limited: two requests a minute, one model, a budget of a few
+    dollars' millionths; and short idle sessions."""
+    fake = FakeProvider(api_key=UPSTREAM_KEY)
+    limited = KeyPolicy(key_id="limited", rate_limits=(RateLimit("2/minute"),))
+    narrow = KeyPolicy(key_id="narrow", models=("gpt-4.1-mini",))
+    poor = KeyPolicy(key_id="poor", budget=Budget(total=POOR_BUDGET_NANOS / 1e9))
+    keys = StaticKeyStore(
+        [
+            StaticKey(limited, key_hash=hash_key(KEY + "-limited")),
+            StaticKey(narrow, key_hash=hash_key(KEY + "-narrow")),
+            StaticKey(poor, key_hash=hash_key(KEY + "-poor")),
+        ]
+    )
+    ledger = tmp_path / "ledger.sqlite3"
+    pipeline = UsagePipeline(
+        [SQLiteSink(str(ledger))], spill_path=str(tmp_path / "spill"), flush_interval=0.05
+    )
+    with serve(fake) as upstream:
+        app = build_stack(
+            upstreams=[Upstream("openai", f"{upstream.url}/v1", api_key=UPSTREAM_KEY, name="oa")],
+            keys=keys,
+            pipeline=pipeline,
+            usage={"budgets": MemoryBudgetStore()},
+            websockets=WebSocketLimits(idle_timeout=0.5),
+        )
+        with serve(app) as server:
+            yield Gateway(server, fake, ledger, app)
+
+
+def _turns(gateway: Gateway, key: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Send each event as a turn on one session; the last event each turn got."""
+    answers = []
+    with connect(f"{gateway.ws_url}/v1/responses", additional_headers=_auth(key)) as ws:
+        for event in events:
+            ws.send(json.dumps(event))
+            answers.append(_until(ws, "response.completed")[-1])
+    return answers
+
+
+def test_every_turn_counts_against_the_rate_limit_and_a_refused_turn_keeps_the_session(guarded):
+    answers = _turns(guarded, KEY + "-limited", [CREATE, CREATE, CREATE])
+    assert [a["type"] for a in answers] == ["response.completed", "response.completed", "error"]
+    refused = answers[2]
+    assert refused["status"] == 429
+    assert refused["error"]["code"] == "rate_limit_exceeded"
+    assert int(refused["headers"]["retry-after"]) >= 1
+    assert len([r for r in guarded.fake.requests if r.method == "WEBSOCKET"]) == 2
+
+
+def test_a_turn_for_a_model_the_key_may_not_use_is_refused_with_403(guarded):
+    other = {**CREATE, "model": "gpt-4o"}
+    answers = _turns(guarded, KEY + "-narrow", [other, CREATE])
+    assert answers[0]["type"] == "error"
+    assert answers[0]["status"] == 403
+    assert answers[0]["error"]["code"] == "model_not_allowed"
+    assert answers[1]["type"] == "response.completed"
+    turns = [r for r in guarded.fake.requests if r.method == "WEBSOCKET"]
+    assert [t.json()["model"] for t in turns] == ["gpt-4.1-mini"]
+
+
+def test_a_realtime_upgrade_for_a_model_the_key_may_not_use_is_refused_before_accepting(guarded):
+    with pytest.raises(InvalidStatus) as refused:
+        connect(
+            f"{guarded.ws_url}/v1/realtime?model=gpt-realtime",
+            additional_headers=_auth(KEY + "-narrow"),
+            open_timeout=5,
+        )
+    assert refused.value.response.status_code == 403
+    assert not guarded.fake.requests
+
+
+def test_a_turn_over_the_budget_is_refused_and_settled_turns_are_charged(guarded):
+    # Two turns' cost plus one reservation fit in the budget; a third reservation does not.
+    answers = _turns(guarded, KEY + "-poor", [SMALL] * 3)
+    assert [a["type"] for a in answers] == ["response.completed", "response.completed", "error"]
+    assert answers[2]["status"] == 429
+    assert answers[2]["error"]["code"] == "insufficient_quota"
+    rows = guarded.rows(3)
+    assert [r["outcome"] for r in rows] == ["ok", "ok", "rejected"]
+    assert [r["cost_nanos"] for r in rows] == [TURN_NANOS, TURN_NANOS, 0]
+
+
+def test_an_upstream_error_event_ends_its_turn_as_an_upstream_error(guarded):
+    # The gateway has nothing against it; the upstream refuses it (instructions must be text).
+    answers = _turns(guarded, KEY + "-limited", [{**CREATE, "instructions": 5}, CREATE])
+    assert answers[0]["type"] == "error"
+    assert answers[0]["status"] == 400
+    assert answers[1]["type"] == "response.completed"
+    refused, served = guarded.rows(2)
+    assert refused["outcome"] == "upstream_error"
+    assert refused["status"] == 400
+    assert refused["cost_nanos"] == 0
+    assert served["outcome"] == "ok"
+    assert served["output_tokens"] == 5
+
+
+def test_an_idle_session_is_closed_with_1001(guarded):
+    with connect(
+        f"{guarded.ws_url}/v1/responses", additional_headers=_auth(KEY + "-limited")
+    ) as ws:
+        _, closed = _until_closed(ws)
+    assert closed.rcvd is not None
+    assert closed.rcvd.code == 1001
+    assert "idle" in closed.rcvd.reason
+
+
+def test_a_turn_sent_as_a_binary_frame_is_still_counted(guarded):
+    key = KEY + "-limited"
+    with connect(f"{guarded.ws_url}/v1/responses", additional_headers=_auth(key)) as ws:
+        for _ in range(3):
+            ws.send(json.dumps(CREATE).encode())
+        answers = [_until(ws, "response.completed")[-1] for _ in range(3)]
+    assert [a["type"] for a in answers].count("error") == 1
