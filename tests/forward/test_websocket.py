@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -513,3 +514,37 @@ def test_a_turn_sent_as_a_binary_frame_is_still_counted(guarded):
             ws.send(json.dumps(CREATE).encode())
         answers = [_until(ws, "response.completed")[-1] for _ in range(3)]
     assert [a["type"] for a in answers].count("error") == 1
+
+
+def test_an_upgrade_to_a_path_without_a_websocket_is_refused_with_404(gateway):
+    for path in ("/v1/chat/completions", "/v1/nothing"):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"{gateway.ws_url}{path}", additional_headers=_auth(), open_timeout=5)
+        assert refused.value.response.status_code == 404
+    assert not gateway.fake.requests
+
+
+def test_an_upstream_that_refuses_the_upgrade_refuses_the_client(gateway):
+    headers = {**_auth(), "x-fake-status": "503"}
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"{gateway.ws_url}/v1/responses", additional_headers=headers, open_timeout=5)
+    assert refused.value.response.status_code == 502
+    assert b"upstream_error" in refused.value.response.body
+    headers = {**_auth(), "x-fake-status": "429"}
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"{gateway.ws_url}/v1/responses", additional_headers=headers, open_timeout=5)
+    assert refused.value.response.status_code == 429
+    gateway.wait(lambda: not gateway.app.concurrency.in_flight)
+
+
+def test_an_unreachable_upstream_refuses_the_upgrade_with_502():
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    app = build_stack(upstreams=[Upstream("openai", f"http://127.0.0.1:{dead}/v1", api_key="k")])
+    with serve(app) as server:
+        url = server.url.replace("http://", "ws://") + "/v1/responses"
+        with pytest.raises(InvalidStatus) as refused:
+            connect(url, open_timeout=5)
+    assert refused.value.response.status_code == 502
+    assert app.forwarder.websockets.open == 0
