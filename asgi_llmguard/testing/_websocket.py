@@ -26,6 +26,10 @@ then ``response.done`` whose ``usage`` splits input and output into text and aud
 * output: one text token per reply word; with audio output, also `AUDIO_TOKENS_PER_WORD` audio
   tokens per word.
 
+With ``audio.input.turn_detection`` set (``session.update``), every ``input_audio_buffer.commit``
+also starts a response by itself, as the server does when its voice activity detection hears
+the end of the speech (unless ``create_response`` is false); no ``response.create`` is sent.
+
 Unknown client event types get an ``error`` event (``invalid_request_error``,
 ``unknown_event``); the session stays open.
 
@@ -232,6 +236,8 @@ class Conversation:
         self.buffer_bytes = 0
         self.modalities: list[str] = ["audio"]
         self.instructions = ""
+        #: ``audio.input.turn_detection`` as the client set it (``None``: turns are manual).
+        self.turn_detection: dict[str, Any] | None = None
 
 
 def realtime_error(error: ApiError, client_event_id: str | None) -> dict[str, Any]:
@@ -267,7 +273,7 @@ def _session_object(session_id: str, model: str, conv: Conversation) -> dict[str
                 "format": {"type": "audio/pcm", "rate": 24000},
                 "transcription": None,
                 "noise_reduction": None,
-                "turn_detection": None,
+                "turn_detection": conv.turn_detection,
             },
             "output": {
                 "format": {"type": "audio/pcm", "rate": 24000},
@@ -428,6 +434,10 @@ async def serve_realtime(session: Session, model: str, on_turn: Callable[[bytes]
                     conv.modalities = update["output_modalities"]
                 if isinstance(update.get("instructions"), str):
                     conv.instructions = update["instructions"]
+                audio_in = (update.get("audio") or {}).get("input") or {}
+                if "turn_detection" in audio_in:
+                    detection = audio_in["turn_detection"]
+                    conv.turn_detection = detection if isinstance(detection, dict) else None
                 await session.event(
                     ev("session.updated", session=_session_object(session_id, model, conv))
                 )
@@ -457,6 +467,11 @@ async def serve_realtime(session: Session, model: str, on_turn: Callable[[bytes]
                         item_id=new_id("item_"),
                     )
                 )
+                if conv.turn_detection is not None and conv.turn_detection.get(
+                    "create_response", True
+                ):
+                    # Voice activity detection: the end of the speech starts a response.
+                    await realtime_response(session, conv, model, {})
             elif kind == "input_audio_buffer.clear":
                 conv.buffer_bytes = 0
                 await session.event(ev("input_audio_buffer.cleared"))

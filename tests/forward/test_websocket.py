@@ -548,3 +548,23 @@ def test_an_unreachable_upstream_refuses_the_upgrade_with_502():
             connect(url, open_timeout=5)
     assert refused.value.response.status_code == 502
     assert app.forwarder.websockets.open == 0
+
+
+def test_a_response_the_realtime_server_starts_by_itself_is_recorded(gateway):
+    """Voice activity detection: the upstream answers speech without a ``response.create``."""
+    url = f"{gateway.ws_url}/v1/realtime?model=gpt-realtime"
+    with connect(url, additional_headers=_auth()) as ws:
+        assert json.loads(ws.recv(timeout=5))["type"] == "session.created"
+        vad = {"audio": {"input": {"turn_detection": {"type": "server_vad"}}}}
+        ws.send(json.dumps({"type": "session.update", "session": vad}))
+        assert _until(ws, "session.updated")[-1]["type"] == "session.updated"
+        ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": "AAAA" * 75}))
+        ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        done = _until(ws, "response.done")[-1]
+    assert done["type"] == "response.done"
+    (row,) = gateway.rows(1)
+    assert row["outcome"] == "ok"
+    assert row["model"] == "gpt-realtime"
+    assert row["input_tokens"] == 3
+    assert row["output_tokens"] == 25
+    assert row["cost_nanos"] == 3 * 32000 + 5 * 16000 + 20 * 64000
