@@ -235,19 +235,33 @@ class WebSocketRelay:
             if p.strip() and not p.strip().startswith(KEY_PROTOCOL_PREFIXES)
         ]
         limits = self.limits
+        router = self.router
+        breaker = router.breaker
+        cooldowns = None if plan.solo else router.cooldowns
         status, message = 502, "Could not connect to the upstream."
-        for step in plan.steps:
-            target: Target = step.candidate.target  # type: ignore[assignment]
+        for index, step in enumerate(plan.steps):
+            candidate = step.candidate
+            credential = candidate.credential_id
+            model = step.model.base if step.model is not None else ""
+            if index and model and router.available(candidate, model, time.time()) is not None:
+                continue  # cooled down since the plan was made
+            if breaker is not None and not breaker.allow(credential):
+                continue
+            target: Target = candidate.target  # type: ignore[assignment]
             try:
                 url = target.provider.target(target.upstream, ctx, scope.get("query_string", b""))
             except InvalidBody as exc:
+                if breaker is not None:
+                    breaker.release(credential)
                 await send_error(send, 400, str(exc))
                 return None
             headers = request_headers(
                 scope["headers"], target.drop | HANDSHAKE, target.defaults, target.static
             )
             headers.append(("x-request-id", ctx.client_request_id or ctx.request_id))
-            ctx.credential_id = step.candidate.credential_id
+            ctx.credential_id = credential
+            started = time.time()
+            refused = 0
             try:
                 async with asyncio.timeout(limits.connect_timeout):
                     ws = await self._session().ws_connect(
@@ -262,36 +276,57 @@ class WebSocketRelay:
             except TimeoutError:
                 status, message = 504, "The upstream did not accept the WebSocket in time."
                 ctx.upstream_error = "timeout"
-                continue
             except aiohttp.WSServerHandshakeError as exc:
-                # The upstream's refusal: a client error it can fix is passed on; the gateway's
-                # own credential failing, or a server error, is a bad gateway.
-                if exc.status in (400, 404, 429) or (
-                    exc.status >= 400 and exc.status < 500 and exc.status not in (401, 403)
-                ):
-                    status, message = (
-                        exc.status,
-                        f"The upstream refused the WebSocket ({exc.status}).",
-                    )
-                else:
-                    status, message = 502, f"The upstream refused the WebSocket ({exc.status})."
+                refused = exc.status
                 ctx.upstream_error = "refused"
-                continue
+                if 400 <= refused < 500 and refused not in (401, 402, 403, 429):
+                    # The request itself was refused (a bad model, a bad query): no other
+                    # credential would take it either.
+                    if breaker is not None:
+                        breaker.record(credential, True)
+                    await send_error(
+                        send,
+                        refused,
+                        f"The upstream refused the WebSocket ({refused}).",
+                        code="upstream_error",
+                    )
+                    return None
+                # The gateway's own credential refused, rate limited, or a server error.
+                status = 429 if refused == 429 else 502
+                message = f"The upstream refused the WebSocket ({refused})."
             except (aiohttp.ClientError, OSError):
                 ctx.upstream_error = "connect"
-                continue
-            ctx.upstream_error = None
-            answer = getattr(ws, "_response", None)
-            accept_headers: list[tuple[bytes, bytes]] = []
-            if answer is not None:
-                for name, value in answer.raw_headers:
-                    lowered = name.lower()
-                    if lowered not in _ACCEPT_DROP:
-                        accept_headers.append((lowered, value))
-            return ws, ws.protocol, accept_headers
-        logger.warning("websocket %s: no upstream accepted (%s)", ctx.request_id, message)
-        await send_error(send, status, message, code="upstream_error")
-        return None
+            else:
+                if breaker is not None:
+                    breaker.record(credential, True)
+                if cooldowns is not None and model:
+                    await cooldowns.record_success(credential, model)
+                break
+            if breaker is not None:
+                breaker.record(credential, False)
+            if cooldowns is not None and (model or refused in (401, 402, 403)):
+                await cooldowns.record_failure(
+                    credential,
+                    model,
+                    status=refused or None,
+                    kind=None if refused else (ctx.upstream_error or "connect"),
+                    started=started,
+                )
+        else:
+            logger.warning("websocket %s: no upstream accepted (%s)", ctx.request_id, message)
+            await send_error(send, status, message, code="upstream_error")
+            return None
+        ctx.upstream_error = None
+        if plan.session is not None:
+            router.remember(plan.session, ctx.credential_id or "")
+        answer = getattr(ws, "_response", None)
+        accept_headers: list[tuple[bytes, bytes]] = []
+        if answer is not None:
+            for name, value in answer.raw_headers:
+                lowered = name.lower()
+                if lowered not in _ACCEPT_DROP:
+                    accept_headers.append((lowered, value))
+        return ws, ws.protocol, accept_headers
 
     async def _relay(
         self,

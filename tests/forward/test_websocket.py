@@ -568,3 +568,26 @@ def test_a_response_the_realtime_server_starts_by_itself_is_recorded(gateway):
     assert row["input_tokens"] == 3
     assert row["output_tokens"] == 25
     assert row["cost_nanos"] == 3 * 32000 + 5 * 16000 + 20 * 64000
+
+
+def test_an_upstream_refusing_the_upgrade_fails_over_and_cools_down(tmp_path):
+    broken, healthy = FakeProvider(status=503), FakeProvider()
+    ledger = tmp_path / "ledger.sqlite3"
+    pipeline = UsagePipeline(
+        [SQLiteSink(str(ledger))], spill_path=str(tmp_path / "spill"), flush_interval=0.05
+    )
+    with serve(broken) as first, serve(healthy) as second:
+        app = build_stack(
+            upstreams=[
+                Upstream("openai", f"{first.url}/v1", api_key="k1", name="first"),
+                Upstream("openai", f"{second.url}/v1", api_key="k2", name="second"),
+            ],
+            pipeline=pipeline,
+        )
+        with serve(app) as server:
+            url = server.url.replace("http://", "ws://") + "/v1/realtime?model=gpt-realtime"
+            for _ in range(2):
+                with connect(url) as ws:
+                    assert json.loads(ws.recv(timeout=5))["type"] == "session.created"
+    assert len(broken.requests) == 1  # tried once, then cooling down
+    assert [r.method for r in healthy.requests] == ["GET", "GET"]
