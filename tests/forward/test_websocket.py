@@ -23,6 +23,7 @@ from asgi_llmguard import (
     KeyPolicy,
     MemoryBudgetStore,
     RateLimit,
+    Routing,
     SQLiteSink,
     StaticKey,
     StaticKeyStore,
@@ -583,11 +584,12 @@ def test_an_upstream_refusing_the_upgrade_fails_over_and_cools_down(tmp_path):
                 Upstream("openai", f"{second.url}/v1", api_key="k2", name="second"),
             ],
             pipeline=pipeline,
+            routing=Routing(selector="fill-first"),
         )
         with serve(app) as server:
             url = server.url.replace("http://", "ws://") + "/v1/realtime?model=gpt-realtime"
-            for _ in range(2):
+            for _ in range(3):
                 with connect(url) as ws:
                     assert json.loads(ws.recv(timeout=5))["type"] == "session.created"
     assert len(broken.requests) == 1  # tried once, then cooling down
-    assert [r.method for r in healthy.requests] == ["GET", "GET"]
+    assert [r.method for r in healthy.requests] == ["GET", "GET", "GET"]
