@@ -163,18 +163,22 @@ def denial_send(scope: Scope, send: Send) -> Send:
     scope[_DENIAL_KEY] = True
     supported = "websocket.http.response" in scope.get("extensions", {})
 
-    async def deny(message: Message) -> None:
+    async def nothing() -> None:
+        return None
+
+    def deny(message: Message) -> Awaitable[None]:
+        # A plain function: the frames of an accepted session pass through without a coroutine
+        # of their own.
         kind = message["type"]
         if kind == "http.response.start":
             if not supported:
-                await send({"type": "websocket.close", "code": _close_code(message["status"])})
-                return
-            message = {**message, "type": "websocket.http.response.start"}
-        elif kind == "http.response.body":
+                return send({"type": "websocket.close", "code": _close_code(message["status"])})
+            return send({**message, "type": "websocket.http.response.start"})
+        if kind == "http.response.body":
             if not supported:
-                return
-            message = {**message, "type": "websocket.http.response.body"}
-        await send(message)
+                return nothing()
+            return send({**message, "type": "websocket.http.response.body"})
+        return send(message)
 
     return deny
 

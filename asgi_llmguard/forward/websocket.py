@@ -492,13 +492,19 @@ class WebSocketRelay:
 
         realtime = session.kind == "realtime"
         done_hooks = session.done_hooks
+        receive = ws.receive
+        monotonic = time.monotonic
+        TEXT = aiohttp.WSMsgType.TEXT
         while True:
-            msg = await ws.receive()
-            clock[0] = time.monotonic()
+            msg = await receive()
+            clock[0] = monotonic()
             kind = msg.type
-            if kind == aiohttp.WSMsgType.TEXT:
+            if kind is TEXT:
                 text: str = msg.data
-                await _to_client(send, {"type": "websocket.send", "text": text})
+                try:
+                    await send({"type": "websocket.send", "text": text})
+                except OSError:  # the server's ClientDisconnected: the client is gone
+                    raise _Ended(1001, "The client went away.", "client_disconnected") from None
                 if opened or realtime:
                     # OpenAI's events name their type first: look there, and through the whole
                     # frame only when the type is not where it usually is.

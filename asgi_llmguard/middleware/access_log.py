@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -172,8 +173,10 @@ class AccessLogMiddleware:
         ctx: RequestContext = scope.get(SCOPE_KEY) or get_context(scope)
         seen: dict[str, int] = {}
 
-        async def noting(message: Message) -> None:
+        def noting(message: Message) -> Awaitable[None]:
             kind = message["type"]
+            if kind == "websocket.send":
+                return send(message)
             if kind == "websocket.accept":
                 seen["status"] = 101
                 message = {
@@ -188,7 +191,7 @@ class AccessLogMiddleware:
             elif kind == "websocket.close":
                 seen.setdefault("status", 403)
                 seen["close"] = message.get("code", 1000)
-            await send(message)
+            return send(message)
 
         error: str | None = None
         try:
