@@ -118,6 +118,7 @@ class WebSocketSession:
         "end_hooks",
         "kind",
         "model",
+        "tokens",
         "turn_hooks",
         "turns",
     )
@@ -132,6 +133,8 @@ class WebSocketSession:
         self.end_hooks: list[EndHook] = []
         #: Turns started so far (refused ones included).
         self.turns = 0
+        #: LLM tokens the session's responses used, as recorded (for the access log).
+        self.tokens = 0
         #: The close code the session ended with, once it has.
         self.close_code: int | None = None
 

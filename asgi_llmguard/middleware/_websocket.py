@@ -378,6 +378,7 @@ def meter_turns(mw: UsageMiddleware, scope: Scope, send: Send) -> Send:
         final = final or price
         cost = final.cost_nanos(usage, tool_calls) if final is not None else 0
         turn.state["tokens"] = usage.total_tokens
+        session.tokens += usage.total_tokens
         budgets = mw._budgets
         if budgets is not None:
             for reservation in reservations:

@@ -206,6 +206,7 @@ class AccessLogMiddleware:
                 session = scope.get(SESSION_KEY)
                 extra = {
                     "model": session.model if session is not None else None,
+                    "tokens": session.tokens if session is not None else None,
                     "websocket": True,
                     "turns": session.turns if session is not None else 0,
                     "close_code": seen.get("close", session.close_code if session else None),

@@ -328,6 +328,7 @@ def test_the_access_log_has_one_line_per_session_with_its_turns(gateway, caplog)
     assert line["turns"] == 2
     assert line["key_id"] == "ws"
     assert line["close_code"] == 1000
+    assert line["tokens"] == 2 * (4 + 5)
 
 
 @pytest.fixture
@@ -593,3 +594,27 @@ def test_an_upstream_refusing_the_upgrade_fails_over_and_cools_down(tmp_path):
                     assert json.loads(ws.recv(timeout=5))["type"] == "session.created"
     assert len(broken.requests) == 1  # tried once, then cooling down
     assert [r.method for r in healthy.requests] == ["GET", "GET", "GET"]
+
+
+def test_a_session_past_its_maximum_duration_is_closed_with_1001():
+    fake = FakeProvider()
+    with serve(fake) as upstream:
+        app = build_stack(
+            upstreams=[Upstream("openai", f"{upstream.url}/v1", api_key="k")],
+            websockets=WebSocketLimits(max_duration=0.5, idle_timeout=None),
+        )
+        with serve(app) as server:
+            url = server.url.replace("http://", "ws://") + "/v1/responses"
+            started = time.monotonic()
+            with connect(url) as ws:
+                while time.monotonic() - started < 2:  # busy: never idle
+                    try:
+                        ws.send(json.dumps(CREATE))
+                        _until(ws, "response.completed")
+                    except ConnectionClosed as exc:
+                        closed = exc
+                        break
+    assert time.monotonic() - started < 1.5
+    assert closed.rcvd is not None
+    assert closed.rcvd.code == 1001
+    assert "maximum duration" in closed.rcvd.reason
