@@ -41,7 +41,12 @@ from asgi_llmguard.routes import Endpoint, Route, classify
 from asgi_llmguard.stack import Gateway, build_stack
 from asgi_llmguard.stores import budget_store, cooldown_store, rate_limiter, store_from_url
 from asgi_llmguard.tokens import TokenUsage
-from asgi_llmguard.usage.budgets import BudgetStore, MemoryBudgetStore, RedisBudgetStore
+from asgi_llmguard.usage.budgets import (
+    BudgetOptions,
+    BudgetStore,
+    MemoryBudgetStore,
+    RedisBudgetStore,
+)
 from asgi_llmguard.usage.events import UsageEvent
 from asgi_llmguard.usage.pipeline import UsagePipeline
 from asgi_llmguard.usage.pricing import ModelPrice, PriceTable, PriceTier, ServiceTierPrice
@@ -55,6 +60,7 @@ __all__ = [
     "AuthMiddleware",
     "BreakerPolicy",
     "Budget",
+    "BudgetOptions",
     "BudgetStore",
     "CachedKeyStore",
     "CallableSink",

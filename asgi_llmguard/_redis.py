@@ -165,3 +165,27 @@ def is_cluster(client: Any) -> bool:
     except ImportError:  # pragma: no cover - the redis extra
         return False
     return isinstance(client, RedisCluster)
+
+
+async def warm_up(client: Any, *, within: float, where: str) -> None:
+    """Learn a cluster's slot map before the first request needs it (a store's ``start``).
+
+    On a single server there is nothing to learn: connections open on first use. On a cluster
+    the first command would otherwise fetch the slot map within the store's timeout (0.25 s for
+    rate limits), and on a cold start across a network that can be the first request's refusal.
+    A cluster that cannot be reached now is logged, not raised: the store connects on first use
+    and its own failure policy applies then, as it does for any outage.
+    """
+    if not is_cluster(client):
+        return
+    import asyncio
+    import logging
+
+    try:
+        await asyncio.wait_for(client.initialize(), timeout=max(within, 5.0))
+    except Exception as exc:  # any failure: the store works lazily, as before
+        logging.getLogger("asgi_llmguard").warning(
+            "could not reach the Redis Cluster at %s at start (%s); connecting on first use",
+            where,
+            type(exc).__name__,
+        )

@@ -302,7 +302,7 @@ def _share(
     rate = kwargs.get("rate_limit")
     if rate is not None and limiter is not None and config.rate_limit == previous.config.rate_limit:
         kwargs["rate_limit"] = {**rate, "limiter": limiter.limiter}
-        shared.append(limiter)  # its closer closes the limiter: the new stack's does that now
+        shared.append(limiter.limiter)
     return shared, unused
 
 
@@ -314,7 +314,7 @@ def _kept_names(previous: _Built, built: _Built) -> tuple[str, ...]:
     old_budgets = (previous.kwargs.get("usage") or {}).get("budgets")
     if old_budgets is not None and any(p is old_budgets for p in built.shared):
         names.append("budgets")
-    if old.rate_limit is not None and any(p is old.rate_limit for p in built.shared):
+    if old.rate_limit is not None and any(p is old.rate_limit.limiter for p in built.shared):
         names.append("rate_limit")
     return tuple(names)
 

@@ -132,7 +132,8 @@ class Gateway(Resource):
             forwarder,
             self.health,
             keys,
-            self.rate_limit,
+            # The limiter itself, not its layer: a stack built on reload shares it.
+            self.rate_limit.limiter if self.rate_limit is not None else None,
             pipeline,
             budgets,
             self.usage,

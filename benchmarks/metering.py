@@ -79,6 +79,9 @@ class _Engine:
     def connections_in_use(self) -> int:
         return 0
 
+    async def start(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         return None
 

@@ -29,6 +29,7 @@ from asgi_llmguard.forward.router import RetryPolicy, Routing, WarmupPolicy
 from asgi_llmguard.middleware.ratelimit import RateLimitMiddleware
 from asgi_llmguard.middleware.size_limit import SizeLimitMiddleware, SizeLimits
 from asgi_llmguard.ratelimit.config import RateLimitOptions
+from asgi_llmguard.usage.budgets import BudgetOptions
 
 #: Fields of a section that are the file's own business: a switch that leaves the layer out, and
 #: URLs or the environment variables holding them (resolved by the config reader, not the layer).
@@ -38,6 +39,11 @@ FILE_ONLY = {
     "cooldown_store",
     "cooldown_store_env",
     "cooldown_store_max_connections",
+    # [budgets]: where the budget store is (`budget_store` arguments).
+    "store",
+    "prefix",
+    "timeout",
+    "redis_max_connections",
 }
 
 #: Values for fields whose type alone does not say what is valid.
@@ -77,6 +83,7 @@ LAYERS = {
     "rate_limit": Layer(
         RateLimitOptions, ("rate_limit",), lambda kw: kw["rate_limit"], RateLimitMiddleware
     ),
+    "budgets": Layer(BudgetOptions, ("budgets",), lambda kw: kw["usage"]["budget_options"]),
     "size_limit": Layer(
         SizeLimits, ("size_limit",), lambda kw: kw["size_limit"], SizeLimitMiddleware
     ),
@@ -147,7 +154,9 @@ def _fields(layer: Layer) -> list[tuple[str, Any, Any]]:
 
 def _toml(path: tuple[str, ...], section: dict[str, Any]) -> bytes:
     """A config file with ``section`` at ``path`` (and no ledger file from these tests)."""
-    lines = ["[usage]", "enabled = false", f"[{'.'.join(path)}]"]
+    # The budgets section needs the usage layer (without a ledger file); the others do not.
+    usage = "sinks = []" if path == ("budgets",) else "enabled = false"
+    lines = ["[usage]", usage, f"[{'.'.join(path)}]"]
     lines += [
         f"{json.dumps(k)} = {_toml_value(msgspec.to_builtins(v))}" for k, v in section.items()
     ]
@@ -241,19 +250,22 @@ def test_an_unknown_field_is_refused_both_ways(layer: Layer, tmp_path: Path) -> 
         _app_kwargs(layer, {"no_such_setting": 1})
 
 
-#: The usage layer's settings, which the file spreads over three sections under their own names
-#: (``[budgets] on_error`` is ``budget_on_error=``): kwarg -> (section, key, sample in TOML, value).
+#: The usage layer's settings outside ``budget_options`` (the ``budgets`` layer above), which the
+#: file keeps in the sections they belong to: kwarg -> (section, key, sample in TOML, value).
 USAGE = {
     "missing_price": ("pricing", "missing", "{ input = 1.0, output = 2.0 }", None),
-    "budget_on_error": ("budgets", "on_error", '"open"', "open"),
-    "budget_tags": ("budgets", "tags", '{ "team:ml" = { monthly = 5.0 } }', None),
-    "reservation_ttl": ("budgets", "reservation_ttl", "901.5", 901.5),
-    "default_max_output_tokens": ("budgets", "default_max_output_tokens", "4097", 4097),
     "stream_usage": ("usage", "stream_usage", "false", False),
     "aliases": ("routing", "aliases", '{ fast = ["m-1"] }', {"fast": ["m-1"]}),
 }
-#: Keyword arguments of `UsageMiddleware` that are objects, not settings.
-USAGE_OBJECTS = {"app", "pipeline", "prices", "budgets"}
+#: Keyword arguments of `UsageMiddleware` that are objects, not settings, and the shorthands
+#: for fields of ``budget_options``.
+USAGE_OBJECTS = {"app", "pipeline", "prices", "budgets", "budget_options"}
+BUDGET_SHORTHANDS = {
+    "budget_on_error": "on_error",
+    "budget_tags": "tags",
+    "reservation_ttl": "reservation_ttl",
+    "default_max_output_tokens": "default_max_output_tokens",
+}
 
 
 def _usage_kwargs(tmp_path: Path, section: str = "", line: str = "") -> dict[str, Any]:
@@ -278,7 +290,7 @@ def test_every_usage_setting_is_in_the_file_with_the_same_default(tmp_path: Path
     from asgi_llmguard import UsageMiddleware
 
     params = inspect.signature(UsageMiddleware).parameters
-    assert set(params) - USAGE_OBJECTS == set(USAGE)
+    assert set(params) - USAGE_OBJECTS - set(BUDGET_SHORTHANDS) == set(USAGE)
     defaults = _usage_kwargs(tmp_path)
     for kwarg in USAGE:
         # ``None`` and an empty mapping both mean "none" (aliases, tag budgets).
@@ -384,3 +396,27 @@ exclude_paths = ["/internal"]
             return int(cache.cache_info().negative_entries)
 
     assert asyncio.run(misses()) == 2
+
+
+@pytest.mark.parametrize(("shorthand", "field"), list(BUDGET_SHORTHANDS.items()))
+def test_the_usage_layers_budget_shorthands_are_the_fields_of_budget_options(
+    shorthand: str, field: str
+) -> None:
+    from asgi_llmguard import Budget, BudgetOptions, UsageMiddleware
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("not called")
+
+    params = inspect.signature(UsageMiddleware).parameters
+    assert params[shorthand].default is None  # unset: the struct's default applies
+    assert getattr(UsageMiddleware(app).budget_options, field) == getattr(BudgetOptions(), field)
+    samples = {
+        "on_error": "open",
+        "tags": {"team:ml": Budget(monthly=5.0)},
+        "reservation_ttl": 901.5,
+        "default_max_output_tokens": 4097,
+    }
+    built = UsageMiddleware(app, **{shorthand: samples[field]})
+    assert built.budget_options == BudgetOptions(**{field: samples[field]})
+    with pytest.raises(ConfigurationError, match="not both"):
+        UsageMiddleware(app, budget_options=BudgetOptions(), **{shorthand: samples[field]})

@@ -9,6 +9,7 @@ PUBLIC = [
     "AuthMiddleware",
     "BreakerPolicy",
     "Budget",
+    "BudgetOptions",
     "BudgetStore",
     "CachedKeyStore",
     "CallableSink",

@@ -94,6 +94,15 @@ FORBIDDEN = {
     # reload.py is assembly code like stack.py: it rebuilds the stack, so only the CLI uses it.
     "reload": ("asgi_llmguard.cli",),
     "stack": ("asgi_llmguard.reload", "asgi_llmguard.cli"),
+    # The config file's schema is data: it reads no file, variable or URL and builds nothing.
+    "_config_schema": (
+        "asgi_llmguard.config",
+        "asgi_llmguard.stores",
+        "asgi_llmguard._redis",
+        "asgi_llmguard.stack",
+        "asgi_llmguard.reload",
+        "asgi_llmguard.cli",
+    ),
     "policy": ("asgi_llmguard.",),
     "tokens": ("asgi_llmguard.",),
     "routes": ("asgi_llmguard.",),

@@ -293,3 +293,39 @@ def test_an_operator_can_forget_a_keys_buckets_on_the_cluster(cluster_url: str) 
             await limiter.aclose()
 
     asyncio.run(scenario())
+
+
+async def test_stores_learn_the_cluster_layout_when_the_gateway_starts(
+    cluster_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At start every cluster store fetches the slot map, so the first request does not spend
+    its store timeout (0.25 s for rate limits by default) learning it; an unreachable cluster
+    at start is a warning, and the store connects on first use."""
+    budgets = budget_store(cluster_url, prefix=_prefix())
+    cooldowns = cooldown_store(cluster_url, CooldownPolicy(), prefix=_prefix())
+    gateway = build_stack(
+        upstreams=[Upstream("openai", "http://127.0.0.1:9/v1", api_key=UPSTREAM_KEY)],
+        routing=Routing(cooldowns=cooldowns),
+        rate_limit={"storage": cluster_url, "key_prefix": _prefix()},
+        usage={"budgets": budgets},
+    )
+    assert gateway.rate_limit is not None
+    clients = {
+        "rate limits": gateway.rate_limit.limiter._client,  # type: ignore[attr-defined]
+        "budgets": budgets._redis,  # type: ignore[attr-defined]
+        "cooldowns": cooldowns._redis,  # type: ignore[attr-defined]
+    }
+    for client in clients.values():
+        assert not client.nodes_manager.slots_cache  # nothing fetched yet: lazy until start
+    async with gateway:
+        for name, client in clients.items():
+            assert len(client.nodes_manager.slots_cache) == 16384, name
+
+    from tests.redis_servers import free_ports
+
+    (port,) = free_ports(1)
+    dead = budget_store(f"redis+cluster://127.0.0.1:{port}", prefix=_prefix())
+    with caplog.at_level("WARNING", logger="asgi_llmguard"):
+        async with dead:
+            pass
+    assert "could not reach the Redis Cluster" in caplog.text

@@ -11,6 +11,7 @@ import concurrent.futures
 import signal
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -19,8 +20,12 @@ import httpx
 import openai
 import pytest
 
+from asgi_llmguard import Upstream
 from asgi_llmguard.keys import hash_key
-from asgi_llmguard.testing import FakeProvider, serve
+from asgi_llmguard.middleware.metrics import MetricsMiddleware
+from asgi_llmguard.reload import ReloadableGateway
+from asgi_llmguard.testing import FakeProvider, serve, serve_async
+from tests.conftest import require_service
 from tests.test_drain import free_port, gateway_config, gateway_process
 
 ALICE, BOB, CAROL = (f"sk-llmg-reload-{name}-0123456789abcdef" for name in ("a", "b", "c"))
@@ -169,3 +174,45 @@ def test_admin_reload_applies_the_file_and_refuses_a_bad_one(
             assert refused.status_code == 400
             assert "port" in refused.json()["error"]["message"]
             assert _chat(url, CAROL) == 200  # the running config serves on
+
+
+async def test_a_reload_that_fails_to_start_leaves_the_shared_limiter_working(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new stack shares the running stack's rate limiter when ``[rate_limit]`` is unchanged;
+    when the new stack then fails to start, closing what it started must not close that
+    limiter: the running stack keeps counting in Redis, without store errors."""
+    require_service("Redis", "127.0.0.1", 6379)
+    prefix = f"llmguard-test:{uuid.uuid4().hex[:12]}:"
+    config = tmp_path / "llmguard.toml"
+    base = (
+        f"[usage]\nenabled = false\n"
+        f"[rate_limit]\nstorage = 'redis://127.0.0.1:6379/0'\nkey_prefix = '{prefix}'\n"
+        "limits = [{ limit = '3/minute', per = 'global' }]\n"
+    )
+    config.write_text(base)
+    with serve(FakeProvider()) as upstream:
+        upstreams = [Upstream("openai", f"{upstream.url}/v1", api_key="sk-upstream-reload")]
+        gateway = ReloadableGateway(config, upstreams=upstreams)
+        async with (
+            serve_async(gateway, lifespan="on") as server,
+            httpx.AsyncClient(base_url=server.url) as client,
+        ):
+            assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
+
+            async def refuses(self: object) -> None:
+                raise OSError("the metrics refresher cannot start")
+
+            monkeypatch.setattr(MetricsMiddleware, "start", refuses)
+            config.write_text(base + "[metrics]\n")
+            result = await gateway.reload()
+            assert not result.ok
+            assert "failed to start" in (result.error or "")
+
+            statuses = [
+                (await client.post("/v1/chat/completions", json=CHAT)).status_code for _ in range(3)
+            ]
+            assert statuses == [200, 200, 429]
+            limiter = gateway.gateway.rate_limit
+            assert limiter is not None
+            assert limiter.stats.store_errors == 0

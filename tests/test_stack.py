@@ -18,8 +18,8 @@ from asgi_llmguard.forward.app import ForwardingApp
 from asgi_llmguard.middleware.capture import CaptureMiddleware
 from asgi_llmguard.middleware.health import HealthMiddleware
 from asgi_llmguard.middleware.metrics import MetricsMiddleware
-from asgi_llmguard.middleware.ratelimit import RateLimitMiddleware
 from asgi_llmguard.middleware.usage import UsageMiddleware
+from asgi_llmguard.ratelimit.gcra import MemoryGcra
 from asgi_llmguard.reload import ReloadableGateway
 from asgi_llmguard.stack import Gateway
 from asgi_llmguard.testing import FakeProvider, serve, serve_async
@@ -36,7 +36,7 @@ OWNERS = {
     MetricsMiddleware: "metrics",
     ForwardingApp: "forwarder",
     HealthMiddleware: "health",
-    RateLimitMiddleware: "rate_limit",
+    MemoryGcra: "rate_limit",
     UsagePipeline: "pipeline",
     UsageMiddleware: "usage",
     CaptureMiddleware: "capture",

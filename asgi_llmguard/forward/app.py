@@ -201,6 +201,13 @@ class ForwardingApp(Resource):
         cooldowns = self.router.cooldowns
         return len(cooldowns.snapshot()) if cooldowns is not None else 0
 
+    async def start(self) -> None:
+        """Start the upstream pool and the cooldown store (a shared one learns its cluster's
+        layout); idempotent. Connections open on first use."""
+        await self.engine.start()
+        if self.router.cooldowns is not None:
+            await self.router.cooldowns.start()
+
     async def aclose(self) -> None:
         if self.warmer is not None:
             await self.warmer.aclose()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from urllib.parse import urlsplit
 
 from asgi_llmguard.forward.config import PoolLimits, Timeouts
+from asgi_llmguard.lifecycle import Resource
 from asgi_llmguard.types import Headers
 
 if TYPE_CHECKING:
@@ -72,6 +73,9 @@ class Engine(Protocol):
     ) -> UpstreamResponse:
         """Send a request and return once the response headers have arrived."""
         ...
+
+    async def start(self) -> None:
+        """Nothing needs starting ahead of use (the pool opens connections on demand)."""
 
     async def aclose(self) -> None: ...
 
@@ -132,7 +136,7 @@ class _AiohttpResponse:
             resp.close()
 
 
-class AiohttpEngine:
+class AiohttpEngine(Resource):
     """One pooled ``aiohttp.ClientSession``, created lazily inside the running loop."""
 
     # aiohttp adds these when absent; the gateway must send exactly the client's.
@@ -269,7 +273,7 @@ class _HttpxResponse:
         await self._resp.aclose()
 
 
-class HttpxEngine:
+class HttpxEngine(Resource):
     """A caller's ``httpx.AsyncClient``. The gateway sets per-request timeouts, never redirects."""
 
     def __init__(self, client: httpx.AsyncClient, *, timeouts: Timeouts = Timeouts()) -> None:

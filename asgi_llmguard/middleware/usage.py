@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from asgi_llmguard.context import (
     SCOPE_KEY,
@@ -40,7 +40,13 @@ from asgi_llmguard.providers.metering import stream_meter
 from asgi_llmguard.routes import Endpoint
 from asgi_llmguard.tokens import TokenUsage
 from asgi_llmguard.types import ASGIApp, Receive, Scope, Send
-from asgi_llmguard.usage.budgets import BudgetExceeded, BudgetStore, BudgetStoreError, Reservation
+from asgi_llmguard.usage.budgets import (
+    BudgetExceeded,
+    BudgetOptions,
+    BudgetStore,
+    BudgetStoreError,
+    Reservation,
+)
 from asgi_llmguard.usage.estimate import estimate_prompt_tokens, heuristic_prompt_tokens
 from asgi_llmguard.usage.events import Outcome, Reason, UsageEvent, attempt_event
 from asgi_llmguard.usage.pricing import (
@@ -73,15 +79,13 @@ class UsageMiddleware:
       ``None`` keeps nothing (the tokens still reach the rate limits).
     - ``prices``: the `PriceTable` (default: the shipped prices); ``missing_price``:
       ``"reject"`` (400 naming the model) or a `ModelPrice` charged for unpriced models.
-    - ``budgets``: a `BudgetStore` for keys whose policy has a ``budget``;
-      ``budget_on_error``: ``"closed"`` refuses (503) and ``"open"`` admits when the store cannot
-      be reached.
+    - ``budgets``: a `BudgetStore` for keys whose policy has a ``budget``; ``budget_options``:
+      how they are held (`BudgetOptions`: ``on_error``, ``reservation_ttl``,
+      ``default_max_output_tokens``, tag budgets), the same struct as the config file's
+      ``[budgets]``. ``budget_on_error``, ``reservation_ttl``, ``default_max_output_tokens`` and
+      ``budget_tags`` are accepted as shorthands for its fields (not together with it).
     - ``stream_usage``: ask OpenAI-style upstreams for the usage chunk when the client did not,
       and remove it from what the client receives.
-    - ``default_max_output_tokens``: the output assumed for a budget reservation when the
-      request sets no limit.
-    - ``budget_tags``: extra budgets by key metadata, e.g. ``{"team:ml": Budget(monthly=500)}``
-      applies to every key whose metadata has ``team = "ml"``.
     - ``aliases``: the routing's model aliases (public name -> upstream models). A request for an
       alias is reserved at its dearest member's price and charged at the price of the member
       that served it.
@@ -98,29 +102,34 @@ class UsageMiddleware:
         prices: PriceTable | None = None,
         missing_price: MissingPrice = "reject",
         budgets: BudgetStore | None = None,
-        budget_on_error: Literal["open", "closed"] = "closed",
-        budget_tags: Mapping[str, Budget] | None = None,
+        budget_options: BudgetOptions | None = None,
         stream_usage: bool = True,
-        default_max_output_tokens: int = 4096,
-        reservation_ttl: float = 900.0,
         aliases: Mapping[str, Sequence[str]] | None = None,
+        budget_on_error: Literal["open", "closed"] | None = None,
+        budget_tags: Mapping[str, Budget] | None = None,
+        default_max_output_tokens: int | None = None,
+        reservation_ttl: float | None = None,
     ) -> None:
         if missing_price != "reject" and not isinstance(missing_price, ModelPrice):
             raise ConfigurationError("missing_price must be 'reject' or a ModelPrice")
-        if budget_on_error not in ("open", "closed"):
-            raise ConfigurationError("budget_on_error must be 'open' or 'closed'")
-        if default_max_output_tokens <= 0:
-            raise ConfigurationError("default_max_output_tokens must be positive")
+        options = _budget_options(
+            budget_options,
+            on_error=budget_on_error,
+            tags=dict(budget_tags) if budget_tags is not None else None,
+            default_max_output_tokens=default_max_output_tokens,
+            reservation_ttl=reservation_ttl,
+        )
         self.app = app
         self._emit: Callable[[UsageEvent], None] | None = pipeline.emit if pipeline else None
         self._prices = prices if prices is not None else PriceTable.default()
         self._missing = missing_price
         self._budgets = budgets
-        self._budget_open = budget_on_error == "open"
-        self._budget_tags = dict(budget_tags or {})
+        self.budget_options = options
+        self._budget_open = options.on_error == "open"
+        self._budget_tags = dict(options.tags)
         self._stream_usage = stream_usage
-        self._default_max_output = default_max_output_tokens
-        self._ttl = reservation_ttl
+        self._default_max_output = options.default_max_output_tokens
+        self._ttl = options.reservation_ttl
         self._alias_prices = _alias_prices(self._prices, aliases or {})
         # Settlements that had to outlive a cancelled request; kept so they are not collected.
         self._background: set[asyncio.Task[None]] = set()
@@ -480,6 +489,23 @@ class UsageMiddleware:
         """Wait for settlements still running for cancelled requests."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _budget_options(given: BudgetOptions | None, **shorthands: Any) -> BudgetOptions:
+    """``budget_options``, or the struct the shorthand keyword arguments describe."""
+    set_ = {name: value for name, value in shorthands.items() if value is not None}
+    if given is not None and set_:
+        raise ConfigurationError(
+            "pass budget_options or its shorthands (budget_on_error, budget_tags, "
+            "default_max_output_tokens, reservation_ttl), not both"
+        )
+    if given is not None:
+        return given
+    try:
+        return BudgetOptions(**set_)
+    except (TypeError, ValueError) as exc:
+        name = "budget_on_error" if "on_error" in str(exc) else None
+        raise ConfigurationError(str(exc) if name is None else f"{name}: {exc}") from None
 
 
 def fields_stream(ctx: RequestContext) -> bool | None:

@@ -334,6 +334,12 @@ class RedisGcra(Limiter):
 
         return await self._guard(scan_and_delete())
 
+    async def start(self) -> None:
+        """Learn a cluster's slot map ahead of the first check (nothing on one server)."""
+        from asgi_llmguard._redis import warm_up
+
+        await warm_up(self._client, within=self._guard.timeout, where=self.where)
+
     async def aclose(self) -> None:
         await self._batch.aclose()
         await self._client.aclose()

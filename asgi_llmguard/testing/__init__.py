@@ -12,17 +12,28 @@ that calls these APIs::
         client = openai.OpenAI(base_url=f"{upstream.url}/v1", api_key="sk-test")
         ...
     assert fake.requests[0].header("authorization") == "Bearer sk-test"
+
+:class:`FakeVertex` does the same for Vertex AI (Gemini and Claude), with its own OAuth 2.0 token
+endpoint and service account (:class:`ServiceAccountKey`), for ``google-auth``-based clients.
+:class:`FakeBedrock` does the same for Amazon Bedrock Runtime (Converse, InvokeModel and their
+event streams), checking SigV4 signatures or Bedrock API keys.
 """
 
+from asgi_llmguard.testing._bedrock import FakeBedrock
+from asgi_llmguard.testing._google_oauth import ServiceAccountKey
+from asgi_llmguard.testing._vertex import FakeVertex
 from asgi_llmguard.testing._wait import wait_for, wait_until
 from asgi_llmguard.testing.fake import FakeConnectionReset, FakeProvider, ReceivedRequest
 from asgi_llmguard.testing.server import RunningServer, serve, serve_async
 
 __all__ = [
+    "FakeBedrock",
     "FakeConnectionReset",
     "FakeProvider",
+    "FakeVertex",
     "ReceivedRequest",
     "RunningServer",
+    "ServiceAccountKey",
     "serve",
     "serve_async",
     "wait_for",

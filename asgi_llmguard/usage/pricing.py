@@ -23,7 +23,6 @@ import math
 import re
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from decimal import Decimal
 from importlib import resources
 from types import MappingProxyType
 from typing import Annotated, Literal, TypeAlias
@@ -32,6 +31,7 @@ import msgspec
 
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.tokens import TokenUsage
+from asgi_llmguard.usage._money import ExactSum, exact, pow10, round_half_up, scaled
 
 __all__ = [
     "MissingPrice",
@@ -282,8 +282,8 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         )
         unit_price = self.unit_price(unit) if units > 0 else None
         if not tool_calls and not audio and not spoken and unit_price is None:
-            return _round_half_up(numerator, exponent)  # the common case: no running sum
-        total = _Sum()
+            return round_half_up(numerator, exponent)  # the common case: no running sum
+        total = ExactSum()
         total.numerator, total.exponent = numerator, exponent
         for tool, calls in tool_calls.items():
             fee = self.per_call.get(tool)
@@ -297,7 +297,7 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             total.add(spoken_price, spoken * 1000)
         if unit_price is not None:
             # ``units`` as the shortest decimal that reads back as it (minutes may be fractional).
-            count, scale = _exact(units)
+            count, scale = exact(units)
             total.add_scaled(unit_price, count * 1_000_000_000, scale)
         return total.round_half_up()
 
@@ -321,8 +321,8 @@ class UnknownModelPrice(LookupError):
 
 def usd_to_nanos(usd: float) -> int:
     """A dollar amount (as written, e.g. ``0.10``) in whole nano-dollars, rounded down."""
-    numerator, exponent = _exact(usd)
-    return numerator * 1_000_000_000 // _pow10(exponent)
+    numerator, exponent = exact(usd)
+    return numerator * 1_000_000_000 // pow10(exponent)
 
 
 def estimate_nanos(price: ModelPrice, prompt_tokens_estimate: int, max_output_tokens: int) -> int:
@@ -345,7 +345,7 @@ def estimate_nanos(price: ModelPrice, prompt_tokens_estimate: int, max_output_to
             worst = numerator
     # The prices as integers over one power of ten, so the max of the numerators is the
     # numerator of the max: one exact dot product per tier, rounded up.
-    return -(-1000 * worst // _pow10(exponent))
+    return -(-1000 * worst // pow10(exponent))
 
 
 def _tier_index(price: ModelPrice, prompt: int) -> int:
@@ -369,16 +369,16 @@ _MAX_CACHED = 4096
 def _scaled_rates(
     price: ModelPrice, prompt: int, service_tier: str | None
 ) -> tuple[tuple[int, ...], int]:
-    """`_scaled` of ``price.rates(prompt, service_tier)``, computed once per price and tier."""
+    """`scaled` of ``price.rates(prompt, service_tier)``, computed once per price and tier."""
     key = (id(price), _tier_index(price, prompt), service_tier)
     hit = _RATES.get(key)
     if hit is not None and hit[0] is price:
         return hit[1], hit[2]
-    scaled, exponent = _scaled(price.rates(prompt, service_tier))
+    rates, exponent = scaled(price.rates(prompt, service_tier))
     if len(_RATES) >= _MAX_CACHED:
         _RATES.clear()
-    _RATES[key] = (price, scaled, exponent)
-    return scaled, exponent
+    _RATES[key] = (price, rates, exponent)
+    return rates, exponent
 
 
 def _worst_rates(price: ModelPrice, prompt: int) -> tuple[int, tuple[tuple[int, int], ...]]:
@@ -390,85 +390,15 @@ def _worst_rates(price: ModelPrice, prompt: int) -> tuple[int, tuple[tuple[int, 
         return hit[1], hit[2]
     pairs: list[tuple[int, int, int]] = []
     for tier in (None, *price.service_tiers):
-        s, e = _scaled(price.rates(prompt, tier))
+        s, e = scaled(price.rates(prompt, tier))
         dearest = max(s[0], s[1], s[2], s[5] if price.cache_creation_1h is not None else 0)
         pairs.append((dearest, max(s[3], s[4]), e))
     exponent = max(e for _, _, e in pairs)
-    rates = tuple((d * _pow10(exponent - e), o * _pow10(exponent - e)) for d, o, e in pairs)
+    rates = tuple((d * pow10(exponent - e), o * pow10(exponent - e)) for d, o, e in pairs)
     if len(_WORST) >= _MAX_CACHED:
         _WORST.clear()
     _WORST[key] = (price, exponent, rates)
     return exponent, rates
-
-
-@functools.lru_cache(maxsize=4096)
-def _exact(value: float) -> tuple[int, int]:
-    """``value`` as the shortest decimal that reads back as it: ``(n, e)``, value = n / 10**e.
-
-    Prices come from configuration, so the cache stays small; it spares the Decimal parse on
-    the hot path.
-    """
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"not a price: {value!r}")
-    _, digits, exponent = Decimal(repr(value)).as_tuple()
-    assert isinstance(exponent, int)
-    numerator = int("".join(map(str, digits)))
-    if exponent >= 0:
-        return numerator * _pow10(exponent), 0
-    return numerator, -exponent
-
-
-@functools.lru_cache(maxsize=4096)
-def _scaled(rates: tuple[float, ...]) -> tuple[tuple[int, ...], int]:
-    """Prices as integer numerators over one common power of ten: a cost is then one exact
-    integer dot product. Rates come from configuration, so the cache stays small."""
-    exact = [_exact(rate) for rate in rates]
-    exponent = max(e for _, e in exact)
-    return tuple(n * _pow10(exponent - e) for n, e in exact), exponent
-
-
-def _pow10(exponent: int) -> int:
-    return int(10**exponent)
-
-
-class _Sum:
-    """An exact sum of ``price * count`` terms over a power-of-ten denominator."""
-
-    __slots__ = ("exponent", "numerator")
-
-    def __init__(self) -> None:
-        self.numerator = 0
-        self.exponent = 0
-
-    def add(self, price: float, count: int) -> None:
-        if count <= 0 or price == 0:
-            return
-        numerator, exponent = _exact(price)
-        if exponent > self.exponent:
-            self.numerator *= _pow10(exponent - self.exponent)
-            self.exponent = exponent
-        self.numerator += numerator * count * _pow10(self.exponent - exponent)
-
-    def add_scaled(self, price: float, count: int, scale: int) -> None:
-        """Add ``price * count / 10**scale`` exactly."""
-        if count <= 0 or price == 0:
-            return
-        numerator, exponent = _exact(price)
-        exponent += scale
-        if exponent > self.exponent:
-            self.numerator *= _pow10(exponent - self.exponent)
-            self.exponent = exponent
-        self.numerator += numerator * count * _pow10(self.exponent - exponent)
-
-    def round_half_up(self) -> int:
-        return _round_half_up(self.numerator, self.exponent)
-
-
-def _round_half_up(numerator: int, exponent: int) -> int:
-    """``numerator / 10**exponent`` rounded to the nearest integer, halves up."""
-    denominator = _pow10(exponent)
-    quotient, remainder = divmod(numerator, denominator)
-    return quotient + int(2 * remainder >= denominator)
 
 
 # Dated snapshots and moving aliases of one model share its price:

@@ -18,9 +18,10 @@ from asgi_llmguard.forward.cooldowns.base import (
     _forget_at,
     classify_failure,
 )
+from asgi_llmguard.lifecycle import Resource
 
 
-class MemoryCooldowns:
+class MemoryCooldowns(Resource):
     """Cooldowns in this process only. At most ``policy.max_entries`` entries; expired ones are
     pruned as the map is used (every so many failures, when it is full, and by `snapshot`), and
     when it is still full the soonest-expiring are evicted.

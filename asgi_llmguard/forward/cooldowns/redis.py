@@ -410,6 +410,13 @@ class RedisCooldowns(MemoryCooldowns):
             return count
         return max(count, int(cleared))
 
+    async def start(self) -> None:
+        """Learn a cluster's slot map ahead of the first failure to share (nothing on one
+        server)."""
+        from asgi_llmguard._redis import warm_up
+
+        await warm_up(self._redis, within=self._timeout, where=self._where)
+
     async def aclose(self) -> None:
         self._closed = True
         task, self._task = self._task, None

@@ -30,6 +30,7 @@ Backends, one per module: `MemoryBudgetStore` (`.memory`) and `RedisBudgetStore`
 
 from asgi_llmguard.usage.budgets.base import (
     BudgetExceeded,
+    BudgetOptions,
     BudgetStore,
     BudgetStoreError,
     Period,
@@ -41,6 +42,7 @@ from asgi_llmguard.usage.budgets.redis import RedisBudgetStore
 
 __all__ = [
     "BudgetExceeded",
+    "BudgetOptions",
     "BudgetStore",
     "BudgetStoreError",
     "MemoryBudgetStore",

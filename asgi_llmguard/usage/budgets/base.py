@@ -11,6 +11,7 @@ from typing import Literal
 import msgspec
 
 from asgi_llmguard.context import UniqueIds
+from asgi_llmguard.lifecycle import Resource
 from asgi_llmguard.policy import Budget
 from asgi_llmguard.usage.pricing import usd_to_nanos
 
@@ -114,8 +115,39 @@ def _check(amount: int, ttl: float) -> None:
 _new_id = UniqueIds("")
 
 
-class BudgetStore(abc.ABC):
-    """Where budgets are kept. Every method raises `BudgetStoreError` when the store fails."""
+class BudgetOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How the usage layer holds budgets: ``UsageMiddleware(budget_options=...)``, and the
+    ``[budgets]`` section of the config file (which adds where the store is).
+
+    - ``on_error``: ``"closed"`` refuses (503) and ``"open"`` admits when the store cannot be
+      reached.
+    - ``reservation_ttl``: seconds a reservation holds money if it is never settled (a crashed
+      worker); longer than your longest request.
+    - ``default_max_output_tokens``: the output assumed for a reservation when the request sets
+      no limit.
+    - ``tags``: extra budgets by key metadata, e.g. ``{"team:ml": Budget(monthly=500)}``
+      applies to every key whose metadata has ``team = "ml"``.
+    """
+
+    on_error: Literal["open", "closed"] = "closed"
+    reservation_ttl: float = 900.0
+    default_max_output_tokens: int = 4096
+    tags: dict[str, Budget] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("open", "closed"):
+            raise ValueError("on_error must be 'open' or 'closed'")
+        if self.default_max_output_tokens <= 0:
+            raise ValueError("default_max_output_tokens must be positive")
+        if not self.reservation_ttl > 0:
+            raise ValueError("reservation_ttl must be > 0")
+
+
+class BudgetStore(Resource, abc.ABC):
+    """Where budgets are kept. Every method raises `BudgetStoreError` when the store fails.
+
+    A `Resource`: ``start`` (optional: stores connect on first use) and ``aclose``, or
+    ``async with store:``."""
 
     @abc.abstractmethod
     async def reserve(
@@ -138,9 +170,6 @@ class BudgetStore(abc.ABC):
     @abc.abstractmethod
     async def reset(self, subject: str) -> None:
         """Forget everything about ``subject`` (an operator's action)."""
-
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
-        """Release connections the store owns."""
 
 
 def _usage(

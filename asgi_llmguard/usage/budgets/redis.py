@@ -203,6 +203,12 @@ class RedisBudgetStore(BudgetStore):
         client = redis_client(url, timeout=timeout, max_connections=max_connections, **tls)
         return cls(client, owns_client=True, **kwargs)
 
+    async def start(self) -> None:
+        """Learn a cluster's slot map ahead of the first reservation (nothing on one server)."""
+        from asgi_llmguard._redis import warm_up
+
+        await warm_up(self._redis, within=self._timeout, where="the budget store")
+
     async def aclose(self) -> None:
         await self._batch.aclose()
         if self._owns:
