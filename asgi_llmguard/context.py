@@ -191,12 +191,7 @@ class RequestContext:
     )
 
     def __init__(
-        self,
-        method: str,
-        path: str,
-        request_id: str | None = None,
-        anthropic: bool = False,
-        websocket: bool = False,
+        self, method: str, path: str, request_id: str | None = None, anthropic: bool = False
     ) -> None:
         self.method = method
         #: The route path: the ASGI ``path`` with the ``root_path`` of a mount removed.
@@ -233,9 +228,7 @@ class RequestContext:
         #: The request's ``Content-Type``, kept for multipart endpoints only (their boundary).
         self.content_type: bytes | None = None
         try:
-            self.route = (
-                classify_websocket(path) if websocket else classify(method, path, anthropic)
-            )
+            self.route = classify(method, path, anthropic)
         except (RouteNotFound, MethodNotAllowed) as exc:
             self.route_error = exc
 
@@ -247,7 +240,7 @@ class RequestContext:
             path = path[len(root) :] or "/"
         ctx: RequestContext | None = None
         if scope["type"] == "websocket":
-            return cls("GET", path, websocket=True)
+            return cls._websocket(path)
         if path.startswith(SHARED_PREFIXES):
             # Model lists, files and skills exist in both dialects: Anthropic's headers pick
             # Anthropic's (``anthropic-beta`` alone too: curl users of the Files API send it with
@@ -264,6 +257,16 @@ class RequestContext:
                 if name == b"content-type":
                     ctx.content_type = value
                     break
+        return ctx
+
+    @classmethod
+    def _websocket(cls, path: str) -> RequestContext:
+        """The context of a WebSocket upgrade: its route from the WebSocket routes."""
+        ctx = cls("GET", path)  # the HTTP routes' verdict is replaced by the WebSocket routes'
+        try:
+            ctx.route, ctx.route_error = classify_websocket(path), None
+        except RouteNotFound as exc:
+            ctx.route, ctx.route_error = None, exc
         return ctx
 
     def fields(self) -> RequestFields:

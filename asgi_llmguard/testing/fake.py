@@ -93,7 +93,7 @@ from typing import Any
 
 import orjson
 
-from asgi_llmguard.testing import _anthropic, _openai, _uploads, _websocket
+from asgi_llmguard.testing import _anthropic, _openai, _uploads
 from asgi_llmguard.testing._common import (
     ApiError,
     Generation,
@@ -122,6 +122,16 @@ from asgi_llmguard.testing._knobs import (
     validate,
 )
 from asgi_llmguard.testing._wait import wait_for, wait_until
+from asgi_llmguard.testing._websocket import (
+    Session,
+    SocketDropped,
+    check_key,
+    deny,
+    offered_protocols,
+    realtime_model,
+    serve_realtime,
+    serve_responses,
+)
 
 __all__ = ["FakeConnectionReset", "FakeProvider", "ReceivedRequest"]
 
@@ -359,17 +369,17 @@ class FakeProvider:
             if path not in ("/v1/responses", "/v1/realtime", "/openai/realtime"):
                 raise ApiError(404, f"Invalid URL (GET {scope['path']})", code="unknown_url")
             if self.api_key is not None:
-                _websocket.check_key(api, headers, self.api_key)
+                check_key(api, headers, self.api_key)
             if knobs.status is not None and knobs.status >= 400:
                 raise self._injected_error(knobs)
             if path != "/v1/responses":
-                model = _websocket.realtime_model(api, query, "")
+                model = realtime_model(api, query, "")
         except ApiError as error:
-            await _websocket.deny(scope, send, error)
+            await deny(scope, send, error)
             return
         await asyncio.sleep(knobs.latency)
         accept: dict[str, Any] = {"type": "websocket.accept"}
-        if "realtime" in _websocket.offered_protocols(headers):
+        if "realtime" in offered_protocols(headers):
             accept["subprotocol"] = "realtime"
         await send(accept)
 
@@ -379,17 +389,17 @@ class FakeProvider:
                     ReceivedRequest("WEBSOCKET", scope["path"], query, headers, frame)
                 )
 
-        session = _websocket.Session(receive, send, knobs, asyncio.sleep)
+        session = Session(receive, send, knobs, asyncio.sleep)
         with self._lock:
             self._active += 1
         outcome = "disconnects"
         try:
             if path == "/v1/responses":
-                await _websocket.serve_responses(session, on_turn)
+                await serve_responses(session, on_turn)
             else:
-                await _websocket.serve_realtime(session, model, on_turn)
+                await serve_realtime(session, model, on_turn)
             outcome = "completed"
-        except _websocket.SocketDropped as exc:
+        except SocketDropped as exc:
             outcome = "resets"
             raise FakeConnectionReset(str(exc)) from None
         except OSError:
