@@ -58,6 +58,7 @@ class Turn:
         "deltas",
         "event_id",
         "frame",
+        "lane",
         "max_output",
         "model",
         "number",
@@ -86,6 +87,8 @@ class Turn:
         self.frame: str | bytes | None = None
         #: The client's ``event_id`` on the frame (Realtime), to match the upstream's errors.
         self.event_id: str | None = None
+        #: The Responses WebSocket's ``stream_id`` (its multiplexing lane), if the frame named one.
+        self.lane: str | None = None
         #: What the layers keep per turn (a budget reservation, a rate-limit charge).
         self.state: dict[str, Any] = {}
 

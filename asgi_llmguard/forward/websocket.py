@@ -107,6 +107,7 @@ class _Create(msgspec.Struct):
     max_output_tokens: int | str | None = None
     response: _RealtimeParams | None = None
     event_id: str | None = None
+    stream_id: str | None = None
 
 
 class _RealtimeParams(msgspec.Struct):
@@ -123,6 +124,8 @@ class _Terminal(msgspec.Struct):
     #: ``error`` events: the Responses WebSocket's HTTP status, the Realtime client event id.
     status: int | None = None
     error: _ErrorBody | None = None
+    #: The Responses WebSocket's multiplexing lane, echoed on every event of a response.
+    stream_id: str | None = None
 
 
 class _ErrorBody(msgspec.Struct):
@@ -466,6 +469,7 @@ class WebSocketRelay:
             len(text),
         )
         turn.event_id = create.event_id
+        turn.lane = create.stream_id
         turn.frame = text
         try:
             for hook in hooks:
@@ -511,7 +515,9 @@ class WebSocketRelay:
                     head = text[:96]
                     where = head if '"type"' in head else text
                     if opened and '.delta"' in where:
-                        opened[0].deltas += 1
+                        head_turn = _lane_head(opened, text)
+                        if head_turn is not None:
+                            head_turn.deltas += 1
                         continue
                     if opened and '"error"' in where:
                         turn, event = _refused_turn(text, opened, realtime)
@@ -521,7 +527,12 @@ class WebSocketRelay:
                         continue
                     status = _terminal_status(where, text, realtime)
                     if status is not None:
-                        turn = opened.popleft() if opened else self._server_turn(ctx, session)
+                        found = _lane_head(opened, text) if opened else None
+                        if found is not None:
+                            opened.remove(found)
+                            turn = found
+                        else:
+                            turn = self._server_turn(ctx, session)
                         event = ResponseDone(status, text.encode())
                         for hook in done_hooks:
                             await hook(turn, event)
@@ -580,8 +591,40 @@ def _refused_turn(
         else:
             return None, None
     else:
-        turn = opened.popleft()
+        found = _lane_head(opened, text)
+        if found is None:
+            return None, None
+        opened.remove(found)
+        turn = found
     return turn, ResponseDone("error", text.encode(), event.status or 400)
+
+
+def _lane_head(opened: deque[Turn], text: str) -> Turn | None:
+    """The open turn an upstream event belongs to: the oldest open turn, or, when turns are
+    open on several ``stream_id`` lanes at once (multiplexing), the oldest of the event's lane."""
+    first = opened[0]
+    if len(opened) == 1 or all(turn.lane == first.lane for turn in opened):
+        return first
+    lane = _stream_id(text)
+    for turn in opened:
+        if turn.lane == lane:
+            return turn
+    return None
+
+
+def _stream_id(text: str) -> str | None:
+    """The ``stream_id`` an event echoes, read without decoding the event."""
+    at = text.find('"stream_id"')
+    colon = text.find(":", at + 11) if at >= 0 else -1
+    if colon < 0:
+        return None
+    start = colon + 1
+    while start < len(text) and text[start] in " \t\r\n":
+        start += 1
+    if start >= len(text) or text[start] != '"':
+        return None  # null, or not a string
+    end = text.find('"', start + 1)
+    return text[start + 1 : end] if end > 0 else None
 
 
 def _terminal_status(where: str, text: str, realtime: bool) -> str | None:

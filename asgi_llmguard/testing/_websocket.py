@@ -9,7 +9,9 @@ one JSON text frame each, ending with ``response.completed`` (or ``response.inco
 ``usage``. ``"generate": false`` warms the connection up: ``response.created`` then
 ``response.completed`` with no output, the prompt counted as input and no output tokens.
 A refused turn is one ``{"type": "error", "status": <http status>, "error": {...}}`` frame (the
-error object as in HTTP answers); the socket stays open.
+error object as in HTTP answers); the socket stays open. A ``response.create`` with a
+``stream_id`` runs in that lane: lanes run side by side (their events interleave, each echoing
+its ``stream_id``), the turns of one lane in order.
 
 **Realtime API** (``GET /v1/realtime?model=<model>``; Azure: ``/openai/realtime?deployment=...``).
 The server speaks first (``session.created``). Client events handled: ``session.update``
@@ -45,8 +47,10 @@ close frame after that many deltas of a response).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -169,8 +173,12 @@ def responses_error(error: ApiError) -> dict[str, Any]:
 
 
 async def responses_turn(session: Session, event: dict[str, Any]) -> None:
-    """Answer one ``response.create`` frame with the HTTP stream's events."""
-    body = {k: v for k, v in event.items() if k not in ("type", "stream", "generate")}
+    """Answer one ``response.create`` frame with the HTTP stream's events (each echoing the
+    frame's ``stream_id``, if it has one)."""
+    lane = event.get("stream_id")
+    if lane is not None:
+        session = _Lane(session, lane)
+    body = {k: v for k, v in event.items() if k not in ("type", "stream", "generate", "stream_id")}
     body["stream"] = True
     generation = session.generation()
     if event.get("generate") is False:
@@ -198,8 +206,49 @@ async def responses_turn(session: Session, event: dict[str, Any]) -> None:
         await session.event(obj)
 
 
-async def serve_responses(session: Session, on_turn: Callable[[bytes], None]) -> None:
+class _Lane(Session):
+    """The events of one ``stream_id`` lane: each echoes it."""
+
+    def __init__(self, session: Session, lane: Any) -> None:
+        super().__init__(session.receive, session.send, session.knobs, session.pause)
+        self.lane = lane
+
+    async def event(self, obj: dict[str, Any]) -> None:
+        await super().event({**obj, "stream_id": self.lane})
+
+
+async def _run_lane(session: Session, queue: asyncio.Queue[dict[str, Any]]) -> None:
     while True:
+        event = await queue.get()
+        try:
+            await responses_turn(session, event)
+        except ApiError as error:
+            await session.event({**responses_error(error), "stream_id": event.get("stream_id")})
+
+
+async def serve_responses(session: Session, on_turn: Callable[[bytes], None]) -> None:
+    """Turns run in order; turns naming a ``stream_id`` run in order within their lane, lanes
+    side by side (multiplexing), as the Responses WebSocket mode documents."""
+    lanes: dict[Any, tuple[asyncio.Queue[dict[str, Any]], asyncio.Task[None]]] = {}
+    try:
+        await _serve_responses(session, on_turn, lanes)
+    finally:
+        for _, task in lanes.values():
+            task.cancel()
+        for _, task in lanes.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def _serve_responses(
+    session: Session,
+    on_turn: Callable[[bytes], None],
+    lanes: dict[Any, tuple[asyncio.Queue[dict[str, Any]], asyncio.Task[None]]],
+) -> None:
+    while True:
+        for _, task in lanes.values():
+            if task.done() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
         message = await session.receive()
         if message["type"] == "websocket.disconnect":
             return
@@ -217,7 +266,17 @@ async def serve_responses(session: Session, on_turn: Callable[[bytes], None]) ->
                     code="unknown_event",
                 )
             on_turn(data)
-            await responses_turn(session, event)
+            lane = event.get("stream_id")
+            if lane is None:
+                await responses_turn(session, event)
+                continue
+            if not isinstance(lane, str):
+                raise ApiError(400, "stream_id must be a string.", param="stream_id")
+            if lane not in lanes:
+                queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+                task = asyncio.get_running_loop().create_task(_run_lane(session, queue))
+                lanes[lane] = (queue, task)
+            lanes[lane][0].put_nowait(event)
         except orjson.JSONDecodeError:
             await session.event(responses_error(ApiError(400, "Invalid JSON in message.")))
         except ApiError as error:

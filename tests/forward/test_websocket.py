@@ -618,3 +618,28 @@ def test_a_session_past_its_maximum_duration_is_closed_with_1001():
     assert closed.rcvd is not None
     assert closed.rcvd.code == 1001
     assert "maximum duration" in closed.rcvd.reason
+
+
+def test_multiplexed_lanes_are_recorded_against_their_own_turns(gateway):
+    """``stream_id`` lanes run side by side: the second lane's short answer finishes first,
+    and each response is recorded against the turn that asked for it."""
+    headers = {**_auth(), "x-fake-chunk-delay": "0.05"}
+    long = {**CREATE, "stream_id": "a", "input": "one"}
+    short = {**CREATE, "stream_id": "b", "model": "gpt-4o", "input": "two three four five"}
+    short["max_output_tokens"] = 1
+    finished = []
+    with connect(f"{gateway.ws_url}/v1/responses", additional_headers=headers) as ws:
+        ws.send(json.dumps(long))
+        ws.send(json.dumps(short))
+        while len(finished) < 2:
+            event = json.loads(ws.recv(timeout=5))
+            if event["type"] in ("response.completed", "response.incomplete"):
+                finished.append(event["stream_id"])
+    assert finished == ["b", "a"]
+    rows = gateway.rows(2)
+    by_model = {r["model"]: r for r in rows}
+    assert by_model["gpt-4o"]["input_tokens"] == 4
+    assert by_model["gpt-4o"]["output_tokens"] == 1
+    assert by_model["gpt-4.1-mini"]["input_tokens"] == 1
+    assert by_model["gpt-4.1-mini"]["output_tokens"] == 5
+    assert all(r["served_model"] == r["model"] for r in rows)
