@@ -126,3 +126,23 @@ def test_reset_after_chunks_drops_the_socket_mid_response(upstream):
         with pytest.raises(ConnectionClosed):
             _events(ws, "response.completed")
     fake.wait_until(lambda: fake.resets == resets + 1)
+
+
+def test_stream_id_lanes_run_side_by_side_and_echo_their_lane(upstream):
+    _, url = upstream
+    ws_url = url.replace("http://", "ws://") + "/v1/responses"
+    headers = {"Authorization": f"Bearer {KEY}", "x-fake-chunk-delay": "0.02"}
+    with connect(ws_url, additional_headers=headers) as ws:
+        for lane in ("a", "b"):
+            ws.send(
+                json.dumps(
+                    {"type": "response.create", "model": "m", "input": "x", "stream_id": lane}
+                )
+            )
+        events = []
+        while [e["type"] for e in events].count("response.completed") < 2:
+            events.append(json.loads(ws.recv(timeout=5)))
+    lanes = [e["stream_id"] for e in events]
+    assert set(lanes) == {"a", "b"}
+    # interleaved: lane b's first event comes before lane a's last one
+    assert lanes.index("b") < len(lanes) - 1 - lanes[::-1].index("a")
