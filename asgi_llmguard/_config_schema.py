@@ -14,10 +14,9 @@ from typing import Any, Literal
 
 import msgspec
 
-from asgi_llmguard.forward.config import PoolLimits, Timeouts
+from asgi_llmguard.forward.config import PoolLimits, Timeouts, WebSocketLimits
 from asgi_llmguard.forward.cooldowns import CooldownPolicy
 from asgi_llmguard.forward.router import Routing
-from asgi_llmguard.forward.websocket import WebSocketLimits
 from asgi_llmguard.middleware.size_limit import SizeLimits
 from asgi_llmguard.policy import Budget, RateLimit
 from asgi_llmguard.ratelimit.config import RateLimitOptions

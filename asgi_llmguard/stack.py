@@ -28,8 +28,7 @@ from asgi_llmguard.admin.app import AdminApp, AdminMount
 from asgi_llmguard.context import Attempt
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.app import ForwardingApp
-from asgi_llmguard.forward.config import PoolLimits, Timeouts
-from asgi_llmguard.forward.websocket import WebSocketLimits
+from asgi_llmguard.forward.config import PoolLimits, Timeouts, WebSocketLimits
 from asgi_llmguard.keys.base import KeyStore
 from asgi_llmguard.lifecycle import Closable, Resource, close_all, serve_lifespan, start_all
 from asgi_llmguard.middleware.access_log import AccessLogMiddleware

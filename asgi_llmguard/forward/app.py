@@ -33,7 +33,7 @@ from asgi_llmguard.errors import (
     send_route_error,
     worth_waiting,
 )
-from asgi_llmguard.forward.config import PoolLimits, Timeouts
+from asgi_llmguard.forward.config import PoolLimits, Timeouts, WebSocketLimits
 from asgi_llmguard.forward.cooldowns import retry_after_hint
 from asgi_llmguard.forward.engines import (
     AiohttpEngine,
@@ -59,7 +59,7 @@ from asgi_llmguard.forward.router import Cooldowns, Plan, Router, Routing, Step
 from asgi_llmguard.forward.target import Target
 from asgi_llmguard.forward.thinking import apply_thinking
 from asgi_llmguard.forward.warmup import Warmer, warm_request
-from asgi_llmguard.forward.websocket import WebSocketLimits, WebSocketRelay
+from asgi_llmguard.forward.websocket import WebSocketRelay
 from asgi_llmguard.lifecycle import Resource, serve_lifespan
 from asgi_llmguard.providers.base import Upstream, provider_for
 from asgi_llmguard.routes import Api

@@ -29,16 +29,24 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import orjson
 
 from asgi_llmguard.context import SCOPE_KEY, InvalidBody, RequestContext
-from asgi_llmguard.errors import ConfigurationError, send_error, send_route_error
+from asgi_llmguard.errors import send_error, send_route_error
+from asgi_llmguard.forward._frames import (
+    CREATE,
+    CREATE_BYTES,
+    create_decoder,
+    error_event,
+    lane_head,
+    refused_turn,
+    terminal_status,
+)
+from asgi_llmguard.forward.config import WebSocketLimits
 from asgi_llmguard.forward.headers import RESPONSE_DROP, request_headers
 from asgi_llmguard.forward.target import Target
 from asgi_llmguard.wsession import (
     ResponseDone,
     Turn,
-    TurnRefusal,
     WebSocketSession,
     denial_send,
     realtime_model,
@@ -66,74 +74,6 @@ HANDSHAKE = frozenset(
 _ACCEPT_DROP = RESPONSE_DROP | HANDSHAKE | {b"content-length", b"content-type"}
 #: Subprotocols that carry a key (browsers cannot set headers): never sent upstream.
 KEY_PROTOCOL_PREFIXES = ("openai-insecure-api-key.",)
-
-_TERMINAL = ('"response.completed"', '"response.incomplete"', '"response.failed"')
-_REALTIME_DONE = '"response.done"'
-_CREATE = '"response.create"'
-_CREATE_BYTES = _CREATE.encode()
-
-
-class WebSocketLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The WebSocket relay's limits.
-
-    - ``max_message_bytes``: the largest message either side may send (1009 beyond it);
-    - ``idle_timeout``: seconds without a frame either way before the session is closed (1001);
-    - ``max_duration``: seconds a session may last (1001 when over; OpenAI's own limit is 60 min);
-    - ``connect_timeout``: seconds to open the upstream socket (504 when over);
-    - ``heartbeat``: seconds between pings to the upstream, to notice one that vanished.
-    ``None`` turns a timeout off.
-    """
-
-    max_message_bytes: int = 16 * 1024 * 1024
-    idle_timeout: float | None = 600.0
-    max_duration: float | None = 3600.0
-    connect_timeout: float = 10.0
-    heartbeat: float | None = 30.0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.max_message_bytes, bool) or self.max_message_bytes < 1:
-            raise ConfigurationError("WebSocketLimits.max_message_bytes must be >= 1")
-        for name in ("idle_timeout", "max_duration", "connect_timeout", "heartbeat"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ConfigurationError(
-                    f"WebSocketLimits.{name} must be a positive number of seconds or None"
-                )
-
-
-class _Create(msgspec.Struct):
-    type: str = ""
-    model: str | None = None
-    max_output_tokens: int | str | None = None
-    response: _RealtimeParams | None = None
-    event_id: str | None = None
-    stream_id: str | None = None
-
-
-class _RealtimeParams(msgspec.Struct):
-    max_output_tokens: int | str | None = None
-
-
-class _Status(msgspec.Struct):
-    status: str | None = None
-
-
-class _Terminal(msgspec.Struct):
-    type: str = ""
-    response: _Status | None = None
-    #: ``error`` events: the Responses WebSocket's HTTP status, the Realtime client event id.
-    status: int | None = None
-    error: _ErrorBody | None = None
-    #: The Responses WebSocket's multiplexing lane, echoed on every event of a response.
-    stream_id: str | None = None
-
-
-class _ErrorBody(msgspec.Struct):
-    event_id: str | None = None
-
-
-_create = msgspec.json.Decoder(_Create)
-_terminal = msgspec.json.Decoder(_Terminal)
 
 
 def _valid_close(code: int | None) -> int:
@@ -417,7 +357,7 @@ class WebSocketRelay:
                         size = len(text.encode())
                     if size > limit:
                         raise _Ended(1009, "Message too big.", "too_big")
-                    if _CREATE in text:
+                    if CREATE in text:
                         refusal = await self._start_turn(ctx, session, text, opened, hooks)
                         if refusal is not None:
                             await _to_client(send, {"type": "websocket.send", "text": refusal})
@@ -427,7 +367,7 @@ class WebSocketRelay:
                     data = message.get("bytes") or b""
                     if len(data) > limit:
                         raise _Ended(1009, "Message too big.", "too_big")
-                    if _CREATE_BYTES in data:  # a turn sent as a binary frame is still a turn
+                    if CREATE_BYTES in data:  # a turn sent as a binary frame is still a turn
                         refusal = await self._start_turn(ctx, session, data, opened, hooks)
                         if refusal is not None:
                             await _to_client(send, {"type": "websocket.send", "text": refusal})
@@ -452,7 +392,7 @@ class WebSocketRelay:
         """A ``response.create``: a new turn, offered to the layers' hooks. Returns the error
         event to send instead of forwarding the frame when a layer refuses it."""
         try:
-            create = _create.decode(text)
+            create = create_decoder.decode(text)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             return None  # not ours to judge: the upstream answers it
         if create.type != "response.create":
@@ -477,7 +417,7 @@ class WebSocketRelay:
                 if refusal is not None:
                     for end in session.end_hooks:
                         await end([turn], "refused")
-                    return _error_event(session.kind, refusal, create.event_id)
+                    return error_event(session.kind, refusal, create.event_id)
         finally:
             turn.frame = None
         opened.append(turn)
@@ -515,19 +455,19 @@ class WebSocketRelay:
                     head = text[:96]
                     where = head if '"type"' in head else text
                     if opened and '.delta"' in where:
-                        head_turn = _lane_head(opened, text)
+                        head_turn = lane_head(opened, text)
                         if head_turn is not None:
                             head_turn.deltas += 1
                         continue
                     if opened and '"error"' in where:
-                        turn, event = _refused_turn(text, opened, realtime)
+                        turn, event = refused_turn(text, opened, realtime)
                         if turn is not None and event is not None:
                             for hook in done_hooks:
                                 await hook(turn, event)
                         continue
-                    status = _terminal_status(where, text, realtime)
+                    status = terminal_status(where, text, realtime)
                     if status is not None:
-                        found = _lane_head(opened, text) if opened else None
+                        found = lane_head(opened, text) if opened else None
                         if found is not None:
                             opened.remove(found)
                             turn = found
@@ -565,103 +505,6 @@ class WebSocketRelay:
         """A response the upstream started by itself (Realtime voice activity detection)."""
         session.turns += 1
         return Turn(f"{ctx.request_id}.{session.turns}", session.turns, session.model, None, 0)
-
-
-def _refused_turn(
-    text: str, opened: deque[Turn], realtime: bool
-) -> tuple[Turn | None, ResponseDone | None]:
-    """An upstream ``error`` event that refuses a turn: the turn it ends, and how. In the
-    Responses WebSocket mode an error answers the oldest open turn; a Realtime error names the
-    client event it answers (``error.event_id``), and only a ``response.create`` it names is
-    ended (others, such as a bad ``session.update``, leave the turns alone)."""
-    try:
-        event = _terminal.decode(text)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-        return None, None
-    if event.type != "error":
-        return None, None
-    if realtime:
-        wanted = event.error.event_id if event.error is not None else None
-        if wanted is None:
-            return None, None
-        for turn in opened:
-            if turn.event_id == wanted:
-                opened.remove(turn)
-                break
-        else:
-            return None, None
-    else:
-        found = _lane_head(opened, text)
-        if found is None:
-            return None, None
-        opened.remove(found)
-        turn = found
-    return turn, ResponseDone("error", text.encode(), event.status or 400)
-
-
-def _lane_head(opened: deque[Turn], text: str) -> Turn | None:
-    """The open turn an upstream event belongs to: the oldest open turn, or, when turns are
-    open on several ``stream_id`` lanes at once (multiplexing), the oldest of the event's lane."""
-    first = opened[0]
-    if len(opened) == 1 or all(turn.lane == first.lane for turn in opened):
-        return first
-    lane = _stream_id(text)
-    for turn in opened:
-        if turn.lane == lane:
-            return turn
-    return None
-
-
-def _stream_id(text: str) -> str | None:
-    """The ``stream_id`` an event echoes, read without decoding the event."""
-    at = text.find('"stream_id"')
-    colon = text.find(":", at + 11) if at >= 0 else -1
-    if colon < 0:
-        return None
-    start = colon + 1
-    while start < len(text) and text[start] in " \t\r\n":
-        start += 1
-    if start >= len(text) or text[start] != '"':
-        return None  # null, or not a string
-    end = text.find('"', start + 1)
-    return text[start + 1 : end] if end > 0 else None
-
-
-def _terminal_status(where: str, text: str, realtime: bool) -> str | None:
-    """The status of the response a terminal event ends (``None`` for any other frame);
-    ``where`` is the part of the frame ``text`` to look for its type in."""
-    if realtime:
-        if _REALTIME_DONE not in where:
-            return None
-    elif not any(marker in where for marker in _TERMINAL):
-        return None
-    try:
-        event = _terminal.decode(text)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-        return None
-    kind = event.type
-    if realtime:
-        if kind != "response.done":
-            return None
-    elif kind not in ("response.completed", "response.incomplete", "response.failed"):
-        return None
-    status = event.response.status if event.response is not None else None
-    return status or kind.rpartition(".")[2]
-
-
-def _error_event(kind: str, refusal: TurnRefusal, client_event: str | None) -> str:
-    error = {"type": refusal.kind, "code": refusal.code, "message": refusal.message, "param": None}
-    if kind == "realtime":
-        event: dict[str, Any] = {
-            "type": "error",
-            "event_id": f"event_llmguard_{time.time_ns():x}",
-            "error": {**error, "event_id": client_event},
-        }
-    else:
-        event = {"type": "error", "status": refusal.status, "error": error}
-        if refusal.retry_after is not None:
-            event["headers"] = {"retry-after": str(refusal.retry_after)}
-    return orjson.dumps(event).decode()
 
 
 async def _to_client(send: Send, message: dict[str, Any]) -> None:

@@ -29,10 +29,10 @@ from asgi_llmguard import (
     StaticKeyStore,
     Upstream,
     UsagePipeline,
+    WebSocketLimits,
     build_stack,
     hash_key,
 )
-from asgi_llmguard.forward.websocket import WebSocketLimits
 from asgi_llmguard.testing import FakeProvider, RunningServer, serve, serve_async
 from asgi_llmguard.usage.pricing import PriceTable, estimate_nanos
 
