@@ -121,6 +121,7 @@ from asgi_llmguard.testing._knobs import (
     override,
     validate,
 )
+from asgi_llmguard.testing._realtime import realtime_model, serve_realtime
 from asgi_llmguard.testing._wait import wait_for, wait_until
 from asgi_llmguard.testing._websocket import (
     Session,
@@ -128,8 +129,6 @@ from asgi_llmguard.testing._websocket import (
     check_key,
     deny,
     offered_protocols,
-    realtime_model,
-    serve_realtime,
     serve_responses,
 )
 
