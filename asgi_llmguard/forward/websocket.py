@@ -2,9 +2,8 @@
 
 The gateway connects upstream first (aiohttp's client WebSocket, on the forwarder's pooled
 session), with the upstream's credential and without the client's, and only then accepts the
-client's socket, with the subprotocol the upstream chose; an upstream that cannot be reached or
-refuses the handshake refuses the upgrade (502/504, or the upstream's 4xx; a close 1011 where the
-server has no WebSocket denial response). Then frames are relayed both ways, each direction in
+client's socket, with the subprotocol the upstream chose (`connect_upstream`: failover,
+refusals). Then frames are relayed both ways, each direction in
 order, text as text and binary as binary, every send awaited (a slow reader slows its writer
 down instead of filling memory). Close codes and reasons are relayed. Each hop answers its own
 pings (uvicorn towards the client, aiohttp towards the upstream).
@@ -30,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from asgi_llmguard.context import SCOPE_KEY, InvalidBody, RequestContext
-from asgi_llmguard.errors import send_error, send_route_error
+from asgi_llmguard.context import SCOPE_KEY, RequestContext
+from asgi_llmguard.errors import send_route_error
 from asgi_llmguard.forward._frames import (
     CREATE,
     CREATE_BYTES,
@@ -41,9 +40,8 @@ from asgi_llmguard.forward._frames import (
     refused_turn,
     terminal_status,
 )
+from asgi_llmguard.forward._upstream_ws import connect_upstream
 from asgi_llmguard.forward.config import WebSocketLimits
-from asgi_llmguard.forward.headers import RESPONSE_DROP, request_headers
-from asgi_llmguard.forward.target import Target
 from asgi_llmguard.wsession import (
     ResponseDone,
     Turn,
@@ -60,20 +58,6 @@ if TYPE_CHECKING:
     from asgi_llmguard.types import Receive, Scope, Send
 
 logger = logging.getLogger("asgi_llmguard.forward")
-
-#: The handshake's own headers: aiohttp writes the upstream's, uvicorn the client's.
-HANDSHAKE = frozenset(
-    {
-        b"sec-websocket-key",
-        b"sec-websocket-version",
-        b"sec-websocket-extensions",
-        b"sec-websocket-protocol",
-        b"sec-websocket-accept",
-    }
-)
-_ACCEPT_DROP = RESPONSE_DROP | HANDSHAKE | {b"content-length", b"content-type"}
-#: Subprotocols that carry a key (browsers cannot set headers): never sent upstream.
-KEY_PROTOCOL_PREFIXES = ("openai-insecure-api-key.",)
 
 
 def _valid_close(code: int | None) -> int:
@@ -131,7 +115,9 @@ class WebSocketRelay:
         session = session_of(scope, route.endpoint.operation)
         if session.model is None and route.endpoint.operation == "realtime":
             session.model = realtime_model(scope, route.endpoint.api)
-        upstream = await self._connect(ctx, session, scope, send)
+        upstream = await connect_upstream(
+            self.router, self._session(), self.limits, ctx, session, scope, send
+        )
         if upstream is None:
             return
         ws, chosen, headers = upstream
@@ -153,123 +139,6 @@ class WebSocketRelay:
                 await _quietly(ws.close(code=1001, message=b"The client's session ended."))
             for hook in session.end_hooks:
                 await _quietly(hook(list(opened), why))
-
-    async def _connect(
-        self, ctx: RequestContext, session: WebSocketSession, scope: Scope, send: Send
-    ) -> tuple[aiohttp.ClientWebSocketResponse, str | None, list[tuple[bytes, bytes]]] | None:
-        """Open the upstream socket on the first planned credential that accepts it; on failure
-        refuse the client and return ``None``."""
-        import aiohttp
-
-        route = ctx.route
-        assert route is not None
-        api = route.endpoint.api
-        plan = self.router.plan(api, session.model, scope["headers"])
-        if not plan.steps:
-            await send_error(
-                send, plan.status if plan.error else 503, plan.error or "No upstream available."
-            )
-            return None
-        offered = [
-            p.strip()
-            for name, value in scope["headers"]
-            if name == b"sec-websocket-protocol"
-            for p in value.decode("latin-1").split(",")
-            if p.strip() and not p.strip().startswith(KEY_PROTOCOL_PREFIXES)
-        ]
-        limits = self.limits
-        router = self.router
-        breaker = router.breaker
-        cooldowns = None if plan.solo else router.cooldowns
-        status, message = 502, "Could not connect to the upstream."
-        for index, step in enumerate(plan.steps):
-            candidate = step.candidate
-            credential = candidate.credential_id
-            model = step.model.base if step.model is not None else ""
-            if index and model and router.available(candidate, model, time.time()) is not None:
-                continue  # cooled down since the plan was made
-            if breaker is not None and not breaker.allow(credential):
-                continue
-            target: Target = candidate.target  # type: ignore[assignment]
-            try:
-                url = target.provider.target(target.upstream, ctx, scope.get("query_string", b""))
-            except InvalidBody as exc:
-                if breaker is not None:
-                    breaker.release(credential)
-                await send_error(send, 400, str(exc))
-                return None
-            headers = request_headers(
-                scope["headers"], target.drop | HANDSHAKE, target.defaults, target.static
-            )
-            headers.append(("x-request-id", ctx.client_request_id or ctx.request_id))
-            ctx.credential_id = credential
-            started = time.time()
-            refused = 0
-            try:
-                async with asyncio.timeout(limits.connect_timeout):
-                    ws = await self._session().ws_connect(
-                        url,
-                        headers=headers,
-                        protocols=offered,
-                        max_msg_size=limits.max_message_bytes,
-                        autoping=True,
-                        heartbeat=limits.heartbeat,
-                        compress=0,
-                    )
-            except TimeoutError:
-                status, message = 504, "The upstream did not accept the WebSocket in time."
-                ctx.upstream_error = "timeout"
-            except aiohttp.WSServerHandshakeError as exc:
-                refused = exc.status
-                ctx.upstream_error = "refused"
-                if 400 <= refused < 500 and refused not in (401, 402, 403, 429):
-                    # The request itself was refused (a bad model, a bad query): no other
-                    # credential would take it either.
-                    if breaker is not None:
-                        breaker.record(credential, True)
-                    await send_error(
-                        send,
-                        refused,
-                        f"The upstream refused the WebSocket ({refused}).",
-                        code="upstream_error",
-                    )
-                    return None
-                # The gateway's own credential refused, rate limited, or a server error.
-                status = 429 if refused == 429 else 502
-                message = f"The upstream refused the WebSocket ({refused})."
-            except (aiohttp.ClientError, OSError):
-                ctx.upstream_error = "connect"
-            else:
-                if breaker is not None:
-                    breaker.record(credential, True)
-                if cooldowns is not None and model:
-                    await cooldowns.record_success(credential, model)
-                break
-            if breaker is not None:
-                breaker.record(credential, False)
-            if cooldowns is not None and (model or refused in (401, 402, 403)):
-                await cooldowns.record_failure(
-                    credential,
-                    model,
-                    status=refused or None,
-                    kind=None if refused else (ctx.upstream_error or "connect"),
-                    started=started,
-                )
-        else:
-            logger.warning("websocket %s: no upstream accepted (%s)", ctx.request_id, message)
-            await send_error(send, status, message, code="upstream_error")
-            return None
-        ctx.upstream_error = None
-        if plan.session is not None:
-            router.remember(plan.session, ctx.credential_id or "")
-        answer = getattr(ws, "_response", None)
-        accept_headers: list[tuple[bytes, bytes]] = []
-        if answer is not None:
-            for name, value in answer.raw_headers:
-                lowered = name.lower()
-                if lowered not in _ACCEPT_DROP:
-                    accept_headers.append((lowered, value))
-        return ws, ws.protocol, accept_headers
 
     async def _relay(
         self,
