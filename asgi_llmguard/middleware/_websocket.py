@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
@@ -70,7 +70,7 @@ def _session(scope: Scope, ctx: RequestContext) -> WebSocketSession:
 # -- keys -----------------------------------------------------------------------------------------
 
 
-def _key(mw: AuthMiddleware, scope: Scope) -> bytes | bool | None:
+def _key(mw: AuthMiddleware, scope: Scope) -> bytes | Literal[False] | None:
     """The key of an upgrade: from the layer's headers, else from the key subprotocol. ``None``:
     none sent; ``False``: malformed or ambiguous."""
     from asgi_llmguard.middleware.auth import _KEY_CHARS
@@ -114,7 +114,7 @@ async def authorize(mw: AuthMiddleware, scope: Scope, receive: Receive, send: Se
     send = denial_send(scope, send)
     ctx: RequestContext = scope.get(SCOPE_KEY) or get_context(scope)
     key = _key(mw, scope)
-    if key is None or key is False or key is True:
+    if not key:
         await send_body(
             send, 401, mw._missing[False] if key is None else mw._invalid[False], _CHALLENGE
         )
