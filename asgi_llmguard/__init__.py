@@ -6,7 +6,7 @@ from asgi_llmguard.context import RequestContext, RequestFields, get_context, re
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.app import ForwardingApp
 from asgi_llmguard.forward.breaker import BreakerPolicy
-from asgi_llmguard.forward.config import PoolLimits, Timeouts
+from asgi_llmguard.forward.config import PoolLimits, Timeouts, WebSocketLimits
 from asgi_llmguard.forward.cooldowns import CooldownPolicy, MemoryCooldowns, RedisCooldowns
 from asgi_llmguard.forward.router import RetryPolicy, Routing, WarmupPolicy
 from asgi_llmguard.keys import (
@@ -116,6 +116,7 @@ __all__ = [
     "UsageMiddleware",
     "UsagePipeline",
     "WarmupPolicy",
+    "WebSocketLimits",
     "WritableKeyStore",
     "__version__",
     "budget_store",

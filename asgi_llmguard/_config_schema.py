@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from asgi_llmguard.forward.config import PoolLimits, Timeouts
+from asgi_llmguard.forward.config import PoolLimits, Timeouts, WebSocketLimits
 from asgi_llmguard.forward.cooldowns import CooldownPolicy
 from asgi_llmguard.forward.router import Routing
 from asgi_llmguard.middleware.size_limit import SizeLimits
@@ -79,6 +79,7 @@ class ForwardConfig(_Strict):
     passthrough: Api | None = None
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     limits: PoolLimits = msgspec.field(default_factory=PoolLimits)
+    websockets: WebSocketLimits = msgspec.field(default_factory=WebSocketLimits)
 
 
 class UpstreamConfig(_Strict):

@@ -24,6 +24,7 @@ from asgi_llmguard.routes import (
     RouteNotFound,
     classify,
     classify_google,
+    classify_websocket,
 )
 from asgi_llmguard.tokens import TokenUsage
 from asgi_llmguard.types import Message, Receive, Scope
@@ -266,6 +267,8 @@ class RequestContext:
         if root and path.startswith(root):
             path = path[len(root) :] or "/"
         ctx: RequestContext | None = None
+        if scope["type"] == "websocket":
+            return cls._websocket(path)
         if path.startswith(SHARED_PREFIXES):
             # Model lists, files and skills exist in both dialects: Anthropic's headers pick
             # Anthropic's (``anthropic-beta`` alone too: curl users of the Files API send it with
@@ -301,6 +304,16 @@ class RequestContext:
         try:
             ctx.route, ctx.route_error = classify_google(method, path), None
         except (RouteNotFound, MethodNotAllowed) as exc:
+            ctx.route, ctx.route_error = None, exc
+        return ctx
+
+    @classmethod
+    def _websocket(cls, path: str) -> RequestContext:
+        """The context of a WebSocket upgrade: its route from the WebSocket routes."""
+        ctx = cls("GET", path)  # the HTTP routes' verdict is replaced by the WebSocket routes'
+        try:
+            ctx.route, ctx.route_error = classify_websocket(path), None
+        except RouteNotFound as exc:
             ctx.route, ctx.route_error = None, exc
         return ctx
 

@@ -855,6 +855,26 @@ def classify_google(method: str, path: str) -> Route:
     return _gemini(method, path, True) or classify(method, path)
 
 
+#: The WebSocket routes, by path: the Responses API's WebSocket mode (``GET /v1/responses`` with
+#: ``Upgrade: websocket``; each ``response.create`` is a response billed as one of
+#: ``POST /v1/responses``) and the Realtime API (``/v1/realtime?model=...``; Azure OpenAI's
+#: ``/openai/realtime?deployment=...``).
+_WEBSOCKET: dict[str, Route] = {
+    "/v1/responses": Route(Endpoint("openai", "responses", billable=True, streamable=True)),
+    "/v1/realtime": Route(Endpoint("openai", "realtime", billable=True, streamable=True)),
+    # Azure OpenAI's Realtime path (``?api-version=...&deployment=...``), as its SDK connects.
+    "/openai/realtime": Route(Endpoint("azure", "realtime", billable=True, streamable=True)),
+}
+
+
+def classify_websocket(path: str) -> Route:
+    """The route of a WebSocket upgrade to ``path``; raises `RouteNotFound`."""
+    route = _WEBSOCKET.get(path)
+    if route is None:
+        raise RouteNotFound(path)
+    return route
+
+
 def passthrough_route(api: Api) -> Route:
     """The route given to unknown paths when passthrough is configured: forwarded, not billed."""
     return _PASSTHROUGH[api]

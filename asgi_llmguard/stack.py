@@ -28,7 +28,7 @@ from asgi_llmguard.admin.app import AdminApp, AdminMount
 from asgi_llmguard.context import Attempt
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.app import ForwardingApp
-from asgi_llmguard.forward.config import PoolLimits, Timeouts
+from asgi_llmguard.forward.config import PoolLimits, Timeouts, WebSocketLimits
 from asgi_llmguard.keys.base import KeyStore
 from asgi_llmguard.lifecycle import Closable, Resource, close_all, serve_lifespan, start_all
 from asgi_llmguard.middleware.access_log import AccessLogMiddleware
@@ -225,12 +225,14 @@ def build_stack(
     metrics: Mapping[str, Any] | None = None,
     admin: Mapping[str, Any] | None = None,
     drain: Mapping[str, Any] | None = ON,
+    websockets: WebSocketLimits = WebSocketLimits(),
 ) -> Gateway:
     """Assemble the gateway (see the module docstring for the order).
 
     - ``upstreams``, ``client``, ``timeouts``, ``limits``, ``trust_env``, ``routing``: see
       `ForwardingApp` and `Routing`; ``passthrough``: see `ClassifyMiddleware`. Warm-up requests
-      are recorded in the usage ledger as ``warmup``, charged to no key.
+      are recorded in the usage ledger as ``warmup``, charged to no key. ``websockets``: the
+      `WebSocketLimits` of the WebSocket relay.
     - ``keys``: the `KeyStore` of virtual keys. With a store every request needs a valid key
       (`AuthMiddleware`; more of its kwargs in ``auth``); without one the gateway is open.
     - ``size_limit``: `SizeLimitMiddleware` kwargs (default: ``{}``, the 32 MiB limit).
@@ -278,6 +280,7 @@ def build_stack(
         trust_env=trust_env,
         routing=routing,
         on_warmup=on_warmup,
+        websockets=websockets,
     )
 
     # The request's way, outermost first.

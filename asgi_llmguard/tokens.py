@@ -22,6 +22,8 @@ class TokenUsage(msgspec.Struct, omit_defaults=True):
       not say. Prices can differ by tier (OpenAI's Flex and Priority processing).
     - ``audio_input_tokens``: the audio part of the prompt (OpenAI's transcription models:
       ``input_token_details.audio_tokens``); never cached or cache-written.
+    - ``audio_output_tokens``: the audio part of the output (the Realtime API's
+      ``output_token_details.audio_tokens``).
 
     So ``cached_input_tokens + cache_creation_tokens <= input_tokens`` and
     ``reasoning_tokens <= output_tokens``; pricing must not count a part twice.
@@ -38,6 +40,8 @@ class TokenUsage(msgspec.Struct, omit_defaults=True):
     service_tier: str | None = None
     #: The part of ``input_tokens`` that was audio (transcription models bill it apart).
     audio_input_tokens: int = 0
+    #: The part of ``output_tokens`` that was audio (the Realtime API's spoken answers).
+    audio_output_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

@@ -66,6 +66,7 @@ PUBLIC = [
     "UsageMiddleware",
     "UsagePipeline",
     "WarmupPolicy",
+    "WebSocketLimits",
     "WritableKeyStore",
     "__version__",
     "budget_store",

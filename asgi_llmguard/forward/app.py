@@ -33,7 +33,7 @@ from asgi_llmguard.errors import (
     send_route_error,
     worth_waiting,
 )
-from asgi_llmguard.forward.config import PoolLimits, Timeouts
+from asgi_llmguard.forward.config import PoolLimits, Timeouts, WebSocketLimits
 from asgi_llmguard.forward.cooldowns import retry_after_hint
 from asgi_llmguard.forward.engines import (
     AiohttpEngine,
@@ -60,6 +60,7 @@ from asgi_llmguard.forward.router import Cooldowns, Plan, Router, Routing, Step
 from asgi_llmguard.forward.target import Target
 from asgi_llmguard.forward.thinking import apply_thinking
 from asgi_llmguard.forward.warmup import Warmer, warm_request
+from asgi_llmguard.forward.websocket import WebSocketRelay
 from asgi_llmguard.lifecycle import Resource, serve_lifespan
 from asgi_llmguard.providers import provider_for
 from asgi_llmguard.providers.base import Upstream
@@ -124,6 +125,9 @@ class ForwardingApp(Resource):
 
     ``on_warmup``: receives each warm-up attempt, so its cost can be recorded.
 
+    ``websockets``: the `WebSocketLimits` of the WebSocket relay (the Responses API's WebSocket
+    mode, the Realtime API; see `asgi_llmguard.forward.websocket`).
+
     The aiohttp session is opened on the first request and closed by `aclose`: on lifespan
     shutdown when the forwarder is the app served, by the `Gateway` that holds it, or by
     ``async with`` (lifespan does not reach an app mounted inside another).
@@ -139,6 +143,7 @@ class ForwardingApp(Resource):
         trust_env: bool = True,
         routing: Routing | None = None,
         on_warmup: WarmupListener | None = None,
+        websockets: WebSocketLimits = WebSocketLimits(),
     ) -> None:
         if not upstreams:
             raise ConfigurationError("ForwardingApp needs at least one Upstream")
@@ -178,6 +183,12 @@ class ForwardingApp(Resource):
         warmup = self.routing.warmup
         self.warmer = Warmer(warmup) if warmup is not None else None
         self._on_warmup = on_warmup
+        engine = self.engine
+        self.websockets = WebSocketRelay(
+            self.router,
+            engine.session if isinstance(engine, AiohttpEngine) else None,
+            websockets,
+        )
 
     @property
     def cooldowns(self) -> object | None:
@@ -204,6 +215,7 @@ class ForwardingApp(Resource):
             await self.warmer.aclose()
         if self.router.cooldowns is not None:
             await self.router.cooldowns.aclose()
+        await self.websockets.aclose()
         await self.engine.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -212,7 +224,7 @@ class ForwardingApp(Resource):
             if kind == "lifespan":
                 await serve_lifespan(self, receive, send)
             elif kind == "websocket":
-                await send({"type": "websocket.close", "code": 1008})
+                await self.websockets(scope, receive, send)
             return
         ctx: RequestContext | None = scope.get(SCOPE_KEY)
         if ctx is None:  # no classifier in front (`get_context`, inlined)

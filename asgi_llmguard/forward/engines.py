@@ -219,6 +219,10 @@ class AiohttpEngine(Resource):
             raise UpstreamBroken("The upstream closed the connection.", "headers") from None
         return _AiohttpResponse(resp, self._timeouts.idle)
 
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled session (opened on first use), for the WebSocket relay."""
+        return self._session or self._open()
+
     def connections_in_use(self) -> int:
         connector = self._connector
         if connector is None:

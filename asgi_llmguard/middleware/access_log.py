@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +32,7 @@ from asgi_llmguard.context import (
 )
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.types import ASGIApp, Headers, Message, Receive, Scope, Send
+from asgi_llmguard.wsession import SESSION_KEY
 
 # What a caller's id may look like: short, and nothing that could break a log line, a header or a
 # query in the operator's log tooling.
@@ -129,6 +131,9 @@ class AccessLogMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "websocket" and self._logger.isEnabledFor(self._level):
+                await self._session(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         ctx: RequestContext = scope.get(SCOPE_KEY) or get_context(scope)
@@ -162,7 +167,62 @@ class AccessLogMiddleware:
             except Exception:
                 self._logger.exception("could not write the access log line")
 
-    def _log(self, ctx: RequestContext, scope: Scope, timed: _TimedSend, error: str | None) -> None:
+    async def _session(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One line per WebSocket session, written when it ends: its status (101 once accepted,
+        else the refusal's), its close code and how many turns it carried."""
+        ctx: RequestContext = scope.get(SCOPE_KEY) or get_context(scope)
+        seen: dict[str, int] = {}
+
+        def noting(message: Message) -> Awaitable[None]:
+            kind = message["type"]
+            if kind == "websocket.send":
+                return send(message)
+            if kind == "websocket.accept":
+                seen["status"] = 101
+                message = {
+                    **message,
+                    "headers": [
+                        *message.get("headers", ()),
+                        (_GATEWAY_HEADER, ctx.request_id.encode()),
+                    ],
+                }
+            elif kind == "websocket.http.response.start":
+                seen["status"] = message["status"]
+            elif kind == "websocket.close":
+                seen.setdefault("status", 403)
+                seen["close"] = message.get("code", 1000)
+            return send(message)
+
+        error: str | None = None
+        try:
+            await self.app(scope, receive, noting)
+        except Exception as exc:
+            error = type(exc).__name__
+            raise
+        finally:
+            try:
+                timed = _TimedSend(send, [], ctx.start)
+                timed.status = seen.get("status")
+                session = scope.get(SESSION_KEY)
+                extra = {
+                    "model": session.model if session is not None else None,
+                    "tokens": session.tokens if session is not None else None,
+                    "websocket": True,
+                    "turns": session.turns if session is not None else 0,
+                    "close_code": seen.get("close", session.close_code if session else None),
+                }
+                self._log(ctx, scope, timed, error, extra)
+            except Exception:
+                self._logger.exception("could not write the access log line")
+
+    def _log(
+        self,
+        ctx: RequestContext,
+        scope: Scope,
+        timed: _TimedSend,
+        error: str | None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         route = ctx.route
         endpoint = route.endpoint if route is not None else None
         try:
@@ -195,4 +255,6 @@ class AccessLogMiddleware:
             "client_ip": client[0] if client else None,
             "error": error,
         }
+        if extra:
+            line.update(extra)
         self._logger.log(self._level, orjson.dumps(line, option=orjson.OPT_UTC_Z).decode("utf-8"))

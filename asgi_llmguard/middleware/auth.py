@@ -34,6 +34,7 @@ from asgi_llmguard.context import (
 )
 from asgi_llmguard.errors import ConfigurationError, error_body, send_body, send_error
 from asgi_llmguard.keys.base import KeyStore
+from asgi_llmguard.middleware import _websocket
 from asgi_llmguard.policy import KeyPolicy, mcp_server_allowed
 from asgi_llmguard.routes import DIALECTS, GOOGLE, Dialect, Endpoint, dialect_of_path
 from asgi_llmguard.types import ASGIApp, Receive, Scope, Send
@@ -140,6 +141,9 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await _websocket.authorize(self, scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         ctx: RequestContext = scope.get(SCOPE_KEY) or get_context(scope)

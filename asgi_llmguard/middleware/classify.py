@@ -13,6 +13,7 @@ from asgi_llmguard.context import SCOPE_KEY, RequestContext, take_query_key
 from asgi_llmguard.errors import ConfigurationError, send_error, send_route_error
 from asgi_llmguard.routes import APIS, Api, RouteNotFound, dialect_of_path, passthrough_route
 from asgi_llmguard.types import ASGIApp, Receive, Scope, Send
+from asgi_llmguard.wsession import denial_send
 
 # RFC 9112 section 3.2 / RFC 3986 section 3.2.2: Host = uri-host [ ":" port ], where uri-host is
 # an IP-literal in brackets or a reg-name (which also covers IPv4 addresses).
@@ -71,9 +72,12 @@ class ClassifyMiddleware:
         self._passthrough = passthrough_route(passthrough) if passthrough else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+        kind = scope["type"]
+        if kind != "http":
+            if kind != "websocket":
+                await self.app(scope, receive, send)
+                return
+            send = denial_send(scope, send)  # a WebSocket upgrade is refused the same way
         ctx = scope.get(SCOPE_KEY)
         if ctx is None:  # an outer layer (the access log) may have created it already
             ctx = scope[SCOPE_KEY] = RequestContext.from_scope(scope)
@@ -96,6 +100,7 @@ class ClassifyMiddleware:
             passthrough = self._passthrough
             if (
                 passthrough is not None
+                and kind == "http"
                 and isinstance(error, RouteNotFound)
                 and ctx.path.startswith("/v1/")
             ):

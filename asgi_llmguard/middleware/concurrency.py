@@ -22,6 +22,7 @@ from asgi_llmguard.errors import ConfigurationError, error_body, send_body
 from asgi_llmguard.ratelimit.identity import ClientIdentity
 from asgi_llmguard.routes import DIALECTS, OPENAI
 from asgi_llmguard.types import ASGIApp, Receive, Scope, Send
+from asgi_llmguard.wsession import denial_send
 
 _MESSAGE = (
     "Too many concurrent requests for this key: wait for one to finish before starting another."
@@ -80,8 +81,11 @@ class ConcurrencyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            if scope["type"] != "websocket":
+                await self.app(scope, receive, send)
+                return
+            # A WebSocket session holds its slot from the upgrade to the close.
+            send = denial_send(scope, send)
         ctx: RequestContext = scope.get(SCOPE_KEY) or get_context(scope)
         key = ctx.key
         if key is not None:

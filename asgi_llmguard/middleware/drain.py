@@ -9,7 +9,9 @@ error shape), waits up to ``grace`` seconds for the requests in flight, then end
 - a stream that has started gets the terminal SSE error event (OpenAI's ``data: {"error": ...}``,
   Anthropic's ``event: error``) and a proper end of body, so the SDK raises an API error;
 - a request not answered yet gets a ``503`` in its route's shape;
-- a non-stream answer already under way cannot be mended and is cut (the server closes it).
+- a non-stream answer already under way cannot be mended and is cut (the server closes it);
+- a WebSocket session (the Responses API's WebSocket mode, the Realtime API) is closed with code
+  1012 (service restart) and a reason; its unfinished turns are recorded ``cancelled``.
 
 Each is ended by cancelling its task: the layers inside see the cancellation exactly as they see
 a client leaving, so the upstream exchange is closed and the usage layer records the attempt
@@ -30,10 +32,12 @@ from asgi_llmguard.context import get_context, route_path
 from asgi_llmguard.errors import ConfigurationError, error_body, send_body, sse_error_event
 from asgi_llmguard.routes import DIALECTS, OPENAI
 from asgi_llmguard.types import ASGIApp, Message, Receive, Scope, Send
+from asgi_llmguard.wsession import denial_send
 
 logger = logging.getLogger("asgi_llmguard")
 
 _REFUSED = "The gateway is shutting down; please retry."
+_RESTARTING = "The gateway is restarting; reconnect to continue."
 _ENDED = "The gateway is shutting down; the stream was ended before it finished."
 
 
@@ -99,7 +103,13 @@ class DrainMiddleware:
         return len(self._entries)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (self._exempt and route_path(scope) in self._exempt):
+        kind = scope["type"]
+        if kind != "http":
+            if kind != "websocket":
+                await self.app(scope, receive, send)
+                return
+            send = denial_send(scope, send)
+        elif self._exempt and route_path(scope) in self._exempt:
             await self.app(scope, receive, send)
             return
         if self.draining:
@@ -115,9 +125,11 @@ class DrainMiddleware:
             if kind == "http.response.body":
                 if not message.get("more_body", False):
                     entry.complete = True
-            elif kind == "http.response.start":
+            elif kind == "http.response.start" or kind == "websocket.accept":
                 entry.started = True
                 entry.headers = message.get("headers", ())
+            elif kind == "websocket.close":
+                entry.complete = True
             await send(message)
 
         try:
@@ -146,6 +158,9 @@ class DrainMiddleware:
     async def _finish(self, scope: Scope, send: Send, entry: _InFlight) -> None:
         if not entry.started:
             await self._refuse(scope, send)
+        elif scope["type"] == "websocket":
+            if not entry.complete:
+                await send({"type": "websocket.close", "code": 1012, "reason": _RESTARTING})
         elif _is_sse(entry.headers) and not entry.complete:
             route = get_context(scope).route
             dialect = route.endpoint.dialect if route is not None else OPENAI

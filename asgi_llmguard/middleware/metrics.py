@@ -181,6 +181,8 @@ class MetricsMiddleware(Resource):
         if kind != "http":
             if kind == "lifespan":
                 await pass_lifespan(self.app, self, scope, receive, send)
+            elif kind == "websocket":
+                await self._session(scope, receive, send)
             else:
                 await self.app(scope, receive, send)
             return
@@ -222,6 +224,28 @@ class MetricsMiddleware(Resource):
                 # the server will answer with).
                 code = status or (499 if ctx.disconnected else 500)
                 self._record(ctx, code, ttfb, time.perf_counter() - start)
+
+    async def _session(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket session counts as one request when it ends: status 101 once accepted, else
+        its refusal's; its turns' tokens and costs come from their usage events."""
+        start = time.perf_counter()
+        status = 0
+
+        async def noting(message: Message) -> None:
+            nonlocal status
+            kind = message["type"]
+            if kind == "websocket.accept":
+                status = 101
+            elif kind == "websocket.http.response.start":
+                status = message["status"]
+            elif kind == "websocket.close" and not status:
+                status = 403  # refused before accepting, without a denial response
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting)
+        finally:
+            self._record(get_context(scope), status or 500, None, time.perf_counter() - start)
 
     def _record(self, ctx: RequestContext, status: int, ttfb: float | None, elapsed: float) -> None:
         route = ctx.route

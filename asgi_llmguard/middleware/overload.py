@@ -20,6 +20,7 @@ from asgi_llmguard.context import get_context, route_path
 from asgi_llmguard.errors import ConfigurationError, error_body, send_body
 from asgi_llmguard.routes import DIALECTS, OPENAI
 from asgi_llmguard.types import ASGIApp, Receive, Scope, Send
+from asgi_llmguard.wsession import denial_send
 
 _MESSAGE = "The gateway is overloaded; please retry after a short wait."
 
@@ -78,6 +79,12 @@ class OverloadMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (self._exempt and route_path(scope) in self._exempt):
+            if scope["type"] == "websocket" and self.in_flight >= self.max_in_flight:
+                # An upgrade is shed like a request; an open session is not work in flight
+                # (the concurrency caps bound sessions).
+                self.shed += 1
+                await send_body(denial_send(scope, send), 503, self._bodies[OPENAI], self._headers)
+                return
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.max_in_flight:

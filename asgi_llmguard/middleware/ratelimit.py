@@ -34,6 +34,7 @@ from asgi_llmguard.context import (
 )
 from asgi_llmguard.errors import ConfigurationError, send_error
 from asgi_llmguard.lifecycle import Resource, pass_lifespan
+from asgi_llmguard.middleware import _websocket
 from asgi_llmguard.policy import KeyPolicy, RateLimit
 from asgi_llmguard.ratelimit import (
     ClientIdentity,
@@ -157,6 +158,8 @@ class RateLimitMiddleware(Resource):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "websocket":  # counted per turn
+                send = _websocket.limit_turns(self, scope, send)
             await self._not_http(scope, receive, send)
             return
         ctx: RequestContext = scope.get(SCOPE_KEY) or get_context(scope)

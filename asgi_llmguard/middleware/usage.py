@@ -33,6 +33,7 @@ from asgi_llmguard.context import (
     read_body,
 )
 from asgi_llmguard.errors import ConfigurationError, send_error, worth_waiting
+from asgi_llmguard.middleware import _websocket
 from asgi_llmguard.middleware._usage_meter import STRIPPED_OPERATIONS, Meter, with_include_usage
 from asgi_llmguard.policy import Budget
 from asgi_llmguard.providers.metering import stream_meter
@@ -135,6 +136,8 @@ class UsageMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "websocket":  # metered per turn
+                send = _websocket.meter_turns(self, scope, send)
             await self.app(scope, receive, send)
             return
         ctx: RequestContext = scope.get(SCOPE_KEY) or get_context(scope)
@@ -263,6 +266,7 @@ class UsageMiddleware:
         fields: RequestFields,
         price: ModelPrice,
         reservations: list[Reservation],
+        prompt_bytes: int | None = None,
     ) -> BudgetExceeded | Literal[False] | None:
         """Reserve the worst case on every budget that applies. ``None``: admitted; a
         `BudgetExceeded`: refused (429); ``False``: the store could not be reached (503)."""
@@ -282,7 +286,9 @@ class UsageMiddleware:
         endpoint = ctx.route.endpoint if ctx.route is not None else None
         multipart = endpoint is not None and endpoint.multipart
         # An upload's file is not prompt text: its unit price (if any) stands for it below.
-        prompt = 1 if multipart else len(ctx.body or b"") // 4 + 1
+        if prompt_bytes is None:  # a WebSocket turn's prompt is its frame, not the body
+            prompt_bytes = len(ctx.body or b"")
+        prompt = 1 if multipart else prompt_bytes // 4 + 1
         amount = estimate_nanos(price, prompt, fields.max_output or self._default_max_output)
         unit = endpoint.unit if endpoint is not None else None
         unit_price = price.unit_price(unit)

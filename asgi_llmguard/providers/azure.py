@@ -63,6 +63,9 @@ class AzureProvider(StaticCredential):
             path = (
                 f"/openai/deployments/{quote(deployment, safe='')}" + _DEPLOYMENT_OPERATIONS[path]
             )
+        elif path == "/v1/realtime":
+            # The Realtime API over a WebSocket: the model names the deployment.
+            return _realtime(upstream, ctx, query)
         elif path.startswith("/v1/"):
             path = "/openai" + path[3:]
         return join(upstream.base_url, path, _with_version(query, upstream.api_version))
@@ -72,6 +75,19 @@ class AzureProvider(StaticCredential):
 
     def warmup(self, api: Api, model: str, max_tokens: int, prompt: str) -> tuple[str, bytes]:
         return chat_warmup(model, max_tokens, prompt)
+
+
+def _realtime(upstream: Upstream, ctx: RequestContext, query: bytes) -> str:
+    """``/v1/realtime?model=<model>`` as Azure serves it:
+    ``/openai/realtime?deployment=<deployment>&api-version=...``."""
+    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    model = next((v for k, v in pairs if k == "model"), "")
+    if not model:
+        raise InvalidBody("Azure OpenAI needs a 'model' to pick the Realtime deployment")
+    pairs = [(k, v) for k, v in pairs if k not in ("model", "deployment")]
+    pairs.append(("deployment", upstream.deployments.get(model, model)))
+    rest = urlencode(pairs).encode("latin-1")
+    return join(upstream.base_url, "/openai/realtime", _with_version(rest, upstream.api_version))
 
 
 def _with_version(query: bytes, version: str | None) -> bytes:

@@ -33,6 +33,8 @@ class _InputDetails(msgspec.Struct):
 
 class _OutputDetails(msgspec.Struct):
     reasoning_tokens: int | None = None
+    #: The Realtime API: the spoken part of the output.
+    audio_tokens: int | None = None
 
 
 class _Usage(msgspec.Struct):
@@ -44,6 +46,8 @@ class _Usage(msgspec.Struct):
     completion_tokens_details: _OutputDetails | None = None
     input_tokens_details: _InputDetails | None = None
     output_tokens_details: _OutputDetails | None = None
+    #: The Realtime API's names for the details.
+    output_token_details: _OutputDetails | None = None
     #: Transcriptions: ``"tokens"`` (with ``input_token_details``) or ``"duration"``
     #: (``seconds`` of audio: no tokens, the answer is billed by the minute).
     type: str | None = None
@@ -56,7 +60,11 @@ class _Usage(msgspec.Struct):
         details_in = (
             self.prompt_tokens_details or self.input_tokens_details or self.input_token_details
         )
-        details_out = self.completion_tokens_details or self.output_tokens_details
+        details_out = (
+            self.completion_tokens_details
+            or self.output_tokens_details
+            or self.output_token_details
+        )
         return TokenUsage(
             input_tokens=_first(self.prompt_tokens, self.input_tokens),
             output_tokens=_first(self.completion_tokens, self.output_tokens),
@@ -64,6 +72,7 @@ class _Usage(msgspec.Struct):
             reasoning_tokens=(details_out.reasoning_tokens or 0) if details_out else 0,
             service_tier=service_tier,
             audio_input_tokens=(details_in.audio_tokens or 0) if details_in else 0,
+            audio_output_tokens=(details_out.audio_tokens or 0) if details_out else 0,
         )
 
 
@@ -114,6 +123,19 @@ def usage_from_json(body: bytes) -> tuple[TokenUsage | None, str | None, dict[st
         return None, None, {}
     usage = decoded.usage.tokens(_tier(decoded.service_tier)) if decoded.usage else None
     return usage, decoded.model, decoded.tool_calls()
+
+
+def usage_from_event(frame: bytes) -> tuple[TokenUsage | None, str | None, dict[str, int]]:
+    """Usage, served model and server-side tool calls of an event carrying a ``response``: a
+    Responses stream's terminal event, the Realtime API's ``response.done``."""
+    try:
+        decoded = _response_event.decode(frame)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None, None, {}
+    body = decoded.response
+    if body is None or body.usage is None:
+        return None, body.model if body is not None else None, {}
+    return body.usage.tokens(_tier(body.service_tier)), body.model, body.tool_calls()
 
 
 def _tier(value: str | None) -> str | None:

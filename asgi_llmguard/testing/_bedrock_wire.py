@@ -226,9 +226,10 @@ def invoke(
             )
         return result, headers
     counts: dict[str, int] = {}
-    return StreamPlan(
-        *(_chunks(part, counts) for part in (result.head, result.content, result.tail))
+    head, content, tail = (
+        _chunks(part, counts) for part in (result.head, result.content, result.tail)
     )
+    return StreamPlan(head, content, tail)
 
 
 def _sse_json(sse: bytes) -> dict[str, Any]:

@@ -393,12 +393,11 @@ class FakeVertex:
     ) -> None:
         if call.family == "anthropic" and knobs.line_ending != "lf":
             eol = LINE_ENDINGS[knobs.line_ending]
-            plan = StreamPlan(
-                *(
-                    [e.replace(b"\n", eol) for e in part]
-                    for part in (plan.head, plan.content, plan.tail)
-                )
+            head, content, tail = (
+                [e.replace(b"\n", eol) for e in part]
+                for part in (plan.head, plan.content, plan.tail)
             )
+            plan = StreamPlan(head, content, tail, plan.content_type)
         content_type = b"text/event-stream" if sse else b"application/json; charset=UTF-8"
         request_id = (b"x-request-id", new_id("req_vrtx_").encode())
         await exchange.start(200, [(b"content-type", content_type), request_id])

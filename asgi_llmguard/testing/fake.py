@@ -89,6 +89,7 @@ or an unknown ``x-fake-*`` header answers 400.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import http
@@ -128,7 +129,16 @@ from asgi_llmguard.testing._knobs import (
     override,
     validate,
 )
+from asgi_llmguard.testing._realtime import realtime_model, serve_realtime
 from asgi_llmguard.testing._wait import wait_for, wait_until
+from asgi_llmguard.testing._websocket import (
+    Session,
+    SocketDropped,
+    check_key,
+    deny,
+    offered_protocols,
+    serve_responses,
+)
 
 __all__ = ["FakeConnectionReset", "FakeProvider", "ReceivedRequest"]
 
@@ -309,9 +319,10 @@ class FakeProvider:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
-            await receive()
-            await send({"type": "websocket.close", "code": 1000})
             return
         body = await self._read_body(receive)
         if body is None:
@@ -347,6 +358,67 @@ class FakeProvider:
                 elif outcome == "disconnects":
                     self._disconnects += 1
                 elif outcome == "resets":
+                    self._resets += 1
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The Responses API's WebSocket mode and the Realtime API (see ``_websocket``)."""
+        if (await receive())["type"] != "websocket.connect":
+            return
+        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
+        query = scope.get("query_string", b"").decode("latin-1")
+        path = self._api_path(scope["path"], scope.get("root_path", ""))
+        with self._lock:
+            self._requests.append(ReceivedRequest("GET", scope["path"], query, headers, b""))
+        api = "azure" if path == "/openai/realtime" else "openai"
+        model = ""
+        try:
+            knobs = override(self._defaults, headers)
+            if path not in ("/v1/responses", "/v1/realtime", "/openai/realtime"):
+                raise ApiError(404, f"Invalid URL (GET {scope['path']})", code="unknown_url")
+            if self.api_key is not None:
+                check_key(api, headers, self.api_key)
+            if knobs.status is not None and knobs.status >= 400:
+                raise self._injected_error(knobs)
+            if path != "/v1/responses":
+                model = realtime_model(api, query, "")
+        except ApiError as error:
+            await deny(scope, send, error)
+            return
+        await asyncio.sleep(knobs.latency)
+        accept: dict[str, Any] = {"type": "websocket.accept"}
+        if "realtime" in offered_protocols(headers):
+            accept["subprotocol"] = "realtime"
+        await send(accept)
+
+        def on_turn(frame: bytes) -> None:
+            with self._lock:
+                self._requests.append(
+                    ReceivedRequest("WEBSOCKET", scope["path"], query, headers, frame)
+                )
+
+        session = Session(receive, send, knobs, asyncio.sleep)
+        with self._lock:
+            self._active += 1
+        outcome = "disconnects"
+        try:
+            if path == "/v1/responses":
+                await serve_responses(session, on_turn)
+            else:
+                await serve_realtime(session, model, on_turn)
+            outcome = "completed"
+        except SocketDropped as exc:
+            outcome = "resets"
+            raise FakeConnectionReset(str(exc)) from None
+        except OSError:
+            pass  # the client went away while a frame was being sent
+        finally:
+            with self._lock:
+                self._active -= 1
+                if outcome == "completed":
+                    self._completed += 1
+                elif outcome == "disconnects":
+                    self._disconnects += 1
+                else:
                     self._resets += 1
 
     @staticmethod

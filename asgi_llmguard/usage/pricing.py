@@ -131,6 +131,7 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
       standard tier (``default``, ``standard``, ``auto``, or none reported), cost the prices
       above.
     - ``audio_input``: audio prompt tokens (transcription models; default: ``input``).
+    - ``audio_output``: audio output tokens (the Realtime API's speech; default: ``output``).
     - ``per_minute``: USD per minute of audio the provider reports (``whisper-1``), charged
       pro rata to the second.
     - ``per_image``: USD per image the answer carries (``dall-e-2``).
@@ -151,11 +152,12 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     audio_input: _Price | None = None
     per_minute: _Price | None = None
     per_image: _Price | None = None
+    audio_output: _Price | None = None
 
     def __post_init__(self) -> None:
         prices = [self.input, self.cached_input, self.cache_creation, self.output, self.reasoning]
         prices.append(self.cache_creation_1h)
-        prices.extend((self.audio_input, self.per_minute, self.per_image))
+        prices.extend((self.audio_input, self.per_minute, self.per_image, self.audio_output))
         prices.extend(self.per_call.values())
         for tier in self.tiers:
             prices.extend(
@@ -264,17 +266,22 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             audio = audio if audio < uncached else uncached
         else:
             audio = 0
+        spoken = usage.audio_output_tokens
+        if spoken > 0:
+            spoken = spoken if spoken < output - reasoning else output - reasoning
+        else:
+            spoken = 0
         scaled, exponent = _scaled_rates(self, prompt, usage.service_tier)
         numerator = 1000 * (
             scaled[0] * (prompt - cached - creation - audio)
             + scaled[1] * cached
             + scaled[2] * (creation - creation_1h)
             + scaled[5] * creation_1h
-            + scaled[3] * (output - reasoning)
+            + scaled[3] * (output - reasoning - spoken)
             + scaled[4] * reasoning
         )
         unit_price = self.unit_price(unit) if units > 0 else None
-        if not tool_calls and not audio and unit_price is None:
+        if not tool_calls and not audio and not spoken and unit_price is None:
             return round_half_up(numerator, exponent)  # the common case: no running sum
         total = ExactSum()
         total.numerator, total.exponent = numerator, exponent
@@ -285,6 +292,9 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         if audio:
             audio_price = self.input if self.audio_input is None else self.audio_input
             total.add(audio_price, audio * 1000)
+        if spoken:
+            spoken_price = self.output if self.audio_output is None else self.audio_output
+            total.add(spoken_price, spoken * 1000)
         if unit_price is not None:
             # ``units`` as the shortest decimal that reads back as it (minutes may be fractional).
             count, scale = exact(units)

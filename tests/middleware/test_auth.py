@@ -844,9 +844,31 @@ async def test_other_scopes_pass_through_untouched():
     async def ignore(message: Any) -> None:
         return None
 
-    for kind in ("lifespan", "websocket"):
-        await app({"type": kind}, nothing, ignore)
-    assert downstream.other_scopes == ["lifespan", "websocket"]
+    await app({"type": "lifespan"}, nothing, ignore)
+    assert downstream.other_scopes == ["lifespan"]
+
+
+async def test_a_websocket_upgrade_without_a_key_is_refused_before_reaching_the_app():
+    downstream = Downstream()
+    app = AuthMiddleware(downstream, store=static())
+    sent: list[dict[str, Any]] = []
+
+    async def nothing() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def keep(message: Any) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "websocket",
+        "path": "/v1/responses",
+        "headers": [],
+        "extensions": {"websocket.http.response": {}},
+    }
+    await app(scope, nothing, keep)
+    assert downstream.other_scopes == []
+    assert sent[0]["type"] == "websocket.http.response.start"
+    assert sent[0]["status"] == 401
 
 
 async def test_glob_matchers_are_compiled_once_per_allow_list():

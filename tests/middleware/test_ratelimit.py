@@ -316,7 +316,7 @@ async def test_lifespan_and_other_scopes_pass_through_and_shutdown_closes_the_li
         sent.append(message["type"])
 
     await rl({"type": "lifespan"}, receive, send)
-    await rl({"type": "websocket"}, receive, send)
+    await rl({"type": "websocket", "path": "/v1/responses", "headers": []}, receive, send)
     assert events == ["lifespan", "websocket"]
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert limiter.closed
