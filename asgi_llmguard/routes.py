@@ -15,9 +15,9 @@ from typing import Literal
 import orjson
 
 #: The API a route speaks. It decides the error dialect and which upstream may serve it.
-Api = Literal["openai", "azure", "anthropic", "gemini"]
+Api = Literal["openai", "azure", "anthropic", "gemini", "vertex"]
 #: Every API, as the config file and key policies spell them.
-APIS: tuple[Api, ...] = ("openai", "azure", "anthropic", "gemini")
+APIS: tuple[Api, ...] = ("openai", "azure", "anthropic", "gemini", "vertex")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -168,6 +168,7 @@ _DIALECT_OF: dict[str, Dialect] = {
     "azure": OPENAI,
     "anthropic": ANTHROPIC,
     "gemini": GOOGLE,
+    "vertex": GOOGLE,
 }
 
 
@@ -177,6 +178,8 @@ def dialect_of_path(path: str) -> Dialect:
     if path.startswith("/v1/messages"):
         return ANTHROPIC
     if path.startswith("/v1beta/") or (path.startswith("/v1/models/") and ":" in path):
+        return GOOGLE
+    if path.startswith(VERTEX_PREFIXES):
         return GOOGLE
     return OPENAI
 
@@ -795,6 +798,34 @@ def _gemini(method: str, path: str, listing: bool) -> Route | None:
     return Route(endpoint, model=m["model"])
 
 
+# Vertex AI's Gemini models: /{v1,v1beta1}/projects/{p}/locations/{l}/publishers/google/models/
+# {model}:{method}, the same operations as the Gemini API (and so the same meters).
+_VERTEX_METHODS: dict[str, Endpoint] = {
+    "generateContent": _e("vertex", "generateContent", **_BILL),
+    "streamGenerateContent": _e(
+        "vertex", "streamGenerateContent", billable=True, streamable=True, streams=True
+    ),
+    "countTokens": _e("vertex", "countTokens", read_only=True, json_body=True),
+}
+_VERTEX_SEGMENT = r"[A-Za-z0-9_.\-]{1,128}"
+_VERTEX = re.compile(
+    rf"/v1(?:beta1)?/projects/{_VERTEX_SEGMENT}/locations/{_VERTEX_SEGMENT}"
+    rf"/publishers/google/models/(?P<model>{_GEMINI_MODEL}):(?P<method>[A-Za-z]+)"
+)
+#: Path prefixes of Vertex AI.
+VERTEX_PREFIXES = ("/v1/projects/", "/v1beta1/projects/")
+
+
+def _vertex(method: str, path: str) -> Route:
+    m = _VERTEX.fullmatch(path)
+    endpoint = _VERTEX_METHODS.get(m["method"]) if m is not None else None
+    if m is None or endpoint is None:
+        raise RouteNotFound(path)
+    if method != "POST":
+        raise MethodNotAllowed(("POST",))
+    return Route(endpoint, model=m["model"])
+
+
 def classify(method: str, path: str, anthropic: bool = False) -> Route:
     """Map a request to its route.
 
@@ -819,6 +850,8 @@ def classify(method: str, path: str, anthropic: bool = False) -> Route:
         gemini = _gemini(method, path, False)
         if gemini is not None:
             return gemini
+    if path.startswith(VERTEX_PREFIXES):
+        return _vertex(method, path)
     methods: dict[str, Endpoint]
     deployment: str | None = None
     if path.startswith("/openai/deployments/"):
