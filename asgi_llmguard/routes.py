@@ -15,9 +15,9 @@ from typing import Literal
 import orjson
 
 #: The API a route speaks. It decides the error dialect and which upstream may serve it.
-Api = Literal["openai", "azure", "anthropic", "gemini", "vertex"]
+Api = Literal["openai", "azure", "anthropic", "gemini", "vertex", "vertex_anthropic"]
 #: Every API, as the config file and key policies spell them.
-APIS: tuple[Api, ...] = ("openai", "azure", "anthropic", "gemini", "vertex")
+APIS: tuple[Api, ...] = ("openai", "azure", "anthropic", "gemini", "vertex", "vertex_anthropic")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -169,6 +169,7 @@ _DIALECT_OF: dict[str, Dialect] = {
     "anthropic": ANTHROPIC,
     "gemini": GOOGLE,
     "vertex": GOOGLE,
+    "vertex_anthropic": ANTHROPIC,
 }
 
 
@@ -180,7 +181,7 @@ def dialect_of_path(path: str) -> Dialect:
     if path.startswith("/v1beta/") or (path.startswith("/v1/models/") and ":" in path):
         return GOOGLE
     if path.startswith(VERTEX_PREFIXES):
-        return GOOGLE
+        return ANTHROPIC if "/publishers/anthropic/" in path else GOOGLE
     return OPENAI
 
 
@@ -807,10 +808,21 @@ _VERTEX_METHODS: dict[str, Endpoint] = {
     ),
     "countTokens": _e("vertex", "countTokens", read_only=True, json_body=True),
 }
+# Claude on Vertex AI: .../publishers/anthropic/models/{model}:rawPredict|streamRawPredict, the
+# Messages API's body (without ``model``) and answers (Anthropic's meters and error shape).
+_VERTEX_ANTHROPIC_METHODS: dict[str, Endpoint] = {
+    "rawPredict": _e("vertex_anthropic", "rawPredict", **_BILL),
+    "streamRawPredict": _e(
+        "vertex_anthropic", "streamRawPredict", billable=True, streamable=True, streams=True
+    ),
+}
 _VERTEX_SEGMENT = r"[A-Za-z0-9_.\-]{1,128}"
+# Vertex model ids carry their version after an ``@`` (``claude-sonnet-4-5@20250929``).
+_VERTEX_MODEL = r"[A-Za-z0-9_.\-]{1,256}(?:@[A-Za-z0-9_.\-]{1,64})?(?:\([A-Za-z0-9]{1,16}\))?"
 _VERTEX = re.compile(
     rf"/v1(?:beta1)?/projects/{_VERTEX_SEGMENT}/locations/{_VERTEX_SEGMENT}"
-    rf"/publishers/google/models/(?P<model>{_GEMINI_MODEL}):(?P<method>[A-Za-z]+)"
+    rf"/publishers/(?P<publisher>google|anthropic)/models/(?P<model>{_VERTEX_MODEL})"
+    rf":(?P<method>[A-Za-z]+)"
 )
 #: Path prefixes of Vertex AI.
 VERTEX_PREFIXES = ("/v1/projects/", "/v1beta1/projects/")
@@ -818,7 +830,10 @@ VERTEX_PREFIXES = ("/v1/projects/", "/v1beta1/projects/")
 
 def _vertex(method: str, path: str) -> Route:
     m = _VERTEX.fullmatch(path)
-    endpoint = _VERTEX_METHODS.get(m["method"]) if m is not None else None
+    endpoint = None
+    if m is not None:
+        methods = _VERTEX_METHODS if m["publisher"] == "google" else _VERTEX_ANTHROPIC_METHODS
+        endpoint = methods.get(m["method"])
     if m is None or endpoint is None:
         raise RouteNotFound(path)
     if method != "POST":

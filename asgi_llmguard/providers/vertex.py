@@ -20,17 +20,18 @@ from urllib.parse import quote
 import orjson
 
 from asgi_llmguard.context import RequestContext
-from asgi_llmguard.providers import gemini_usage
+from asgi_llmguard.providers import anthropic_usage, gemini_usage
 from asgi_llmguard.providers.base import StreamMeter, StrHeaders, Upstream, join
 from asgi_llmguard.providers.gemini import PROVIDER as GEMINI
 from asgi_llmguard.providers.google_auth import GoogleCredentialsError, GoogleTokenSource
 from asgi_llmguard.routes import Api, Endpoint
+from asgi_llmguard.tokens import TokenUsage
 
 
 class VertexProvider:
     name = "vertex"
-    serves: frozenset[Api] = frozenset({"vertex"})
-    owns: frozenset[Api] = frozenset({"vertex"})
+    serves: frozenset[Api] = frozenset({"vertex", "vertex_anthropic"})
+    owns: frozenset[Api] = frozenset({"vertex", "vertex_anthropic"})
     key_env: tuple[str, ...] = ()
     default_url = "https://aiplatform.googleapis.com"
     signs = True
@@ -87,9 +88,16 @@ class VertexProvider:
     def stream_meter(self, endpoint: Endpoint) -> StreamMeter | None:
         if endpoint.operation == "streamGenerateContent":
             return gemini_usage.GenerateStreamMeter()
+        if endpoint.operation == "streamRawPredict":
+            return anthropic_usage.MessagesStreamMeter()
         return None
 
-    usage_from_json = staticmethod(gemini_usage.usage_from_json)
+    def usage_from_json(self, body: bytes) -> tuple[TokenUsage | None, str | None, dict[str, int]]:
+        """Gemini's ``usageMetadata``, or a Claude message's ``usage`` (the readers are by API
+        and both APIs are Vertex's: the answer's shape tells which it is)."""
+        if b'"usageMetadata"' in body:
+            return gemini_usage.usage_from_json(body)
+        return anthropic_usage.usage_from_json(body)
 
     def warmup(self, api: Api, model: str, max_tokens: int, prompt: str) -> tuple[str, bytes]:
         document = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
+import anthropic
 import pytest
 from google import genai
 from google.genai import errors, types
@@ -31,6 +32,7 @@ CALLER_KEY = "sk-llmg-vertex-caller-0123456789abcdefghijklmnop"
 PROJECT = "fake-project"
 LOCATION = "us-east5"
 MODEL = "gemini-2.5-flash"
+CLAUDE = "claude-sonnet-4-5@20250929"
 REPLY = "Hello from the fake provider."
 WORDS = FakeProvider.count_tokens(REPLY)
 NO_RETRY = types.HttpRetryOptions(attempts=1)
@@ -40,7 +42,7 @@ NO_RETRY = types.HttpRetryOptions(attempts=1)
 def served(tmp_path, request):
     # The lifetime of the tokens the fake issues (``indirect`` parametrisation changes it).
     fake = FakeVertex(project=PROJECT, token_expires_in=getattr(request, "param", 3599))
-    policy = KeyPolicy(key_id="vtx", models=("gemini-2.5-*",))
+    policy = KeyPolicy(key_id="vtx", models=("gemini-2.5-*", "claude-sonnet-4-5*"))
     keys = StaticKeyStore([StaticKey(policy, key_hash=hash_key(CALLER_KEY))])
     ledger = tmp_path / "ledger.sqlite3"
     pipeline = UsagePipeline([SQLiteSink(str(ledger))], spill_path=str(tmp_path / "spill"))
@@ -166,3 +168,75 @@ def test_the_gateways_token_is_refreshed_with_no_failed_request(served):
         time.sleep(0.1)
     assert len(set(tokens)) >= 3, set(tokens)
     assert fake.tokens_issued >= 3
+
+
+def claude(url: str, key: str = CALLER_KEY) -> anthropic.AnthropicVertex:
+    return anthropic.AnthropicVertex(
+        region=LOCATION, project_id=PROJECT, base_url=f"{url}/v1", access_token=key, max_retries=0
+    )
+
+
+def test_claude_messages_are_served_and_priced_as_claude(served):
+    url, fake, ledger = served
+    message = claude(url).messages.create(
+        model=CLAUDE, max_tokens=100, messages=[{"role": "user", "content": "hi there"}]
+    )
+    assert message.content[0].text == REPLY
+    (call,) = fake.calls("anthropic")
+    assert call.path == (
+        f"/v1/projects/{PROJECT}/locations/{LOCATION}/publishers/anthropic/models/"
+        f"{CLAUDE}:rawPredict"
+    )
+    assert call.header("authorization").startswith("Bearer ya29.")
+    sent = call.json()
+    assert sent["anthropic_version"] == "vertex-2023-10-16" or sent["anthropic_version"]
+    assert "model" not in sent
+    (row,) = rows(ledger, 1)
+    # The ledger's provider column is the route's API.
+    assert (row["provider"], row["endpoint"], row["model"]) == (
+        "vertex_anthropic",
+        "rawPredict",
+        CLAUDE,
+    )
+    assert (row["input_tokens"], row["output_tokens"]) == (
+        message.usage.input_tokens,
+        message.usage.output_tokens,
+    )
+    assert (row["input_tokens"], row["output_tokens"]) == (2, WORDS)
+    # claude-sonnet-4-5's list price: $3 in, $15 out per million tokens.
+    assert row["cost_nanos"] == 2 * 3000 + WORDS * 15000
+
+
+def test_claude_streamed_is_metered_from_the_stream(served):
+    url, fake, ledger = served
+    fake.configure(cache_write_5m=3)
+    client = claude(url)
+    with client.messages.stream(
+        model=CLAUDE, max_tokens=3, messages=[{"role": "user", "content": "hi there"}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "Hello from the"
+    assert fake.calls("anthropic")[-1].path.endswith(f"{CLAUDE}:streamRawPredict")
+    (row,) = rows(ledger, 1)
+    assert (row["endpoint"], row["stream"], row["outcome"]) == ("streamRawPredict", 1, "ok")
+    # The ledger's input counts the prompt written to the cache too.
+    usage = final.usage
+    assert (row["input_tokens"], row["output_tokens"], row["cache_creation_tokens"]) == (
+        usage.input_tokens + usage.cache_creation_input_tokens,
+        usage.output_tokens,
+        usage.cache_creation_input_tokens,
+    )
+    assert (row["input_tokens"], row["output_tokens"], row["cache_creation_tokens"]) == (5, 3, 3)
+
+
+def test_claude_with_a_wrong_key_is_refused_in_anthropics_shape(served):
+    url, fake, _ = served
+    client = claude(url, key="sk-llmg-wrong-0123456789abcdefghijklmnopq")
+    with pytest.raises(anthropic.AuthenticationError) as caught:
+        client.messages.create(
+            model=CLAUDE, max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+    assert caught.value.body["type"] == "error"
+    assert caught.value.body["error"]["type"] == "authentication_error"
+    assert fake.calls("anthropic") == []
