@@ -240,3 +240,22 @@ def test_claude_with_a_wrong_key_is_refused_in_anthropics_shape(served):
     assert caught.value.body["type"] == "error"
     assert caught.value.body["error"]["type"] == "authentication_error"
     assert fake.calls("anthropic") == []
+
+
+@pytest.mark.parametrize("served", [2], indirect=True)
+def test_no_valid_upstream_token_is_answered_in_each_callers_dialect(served):
+    url, fake, _ = served
+    fake.configure(token_status=400)  # the token endpoint now refuses the gateway's account
+    time.sleep(2.5)  # the gateway's token has expired and could not be refreshed
+    gemini = client(url)
+    with pytest.raises(errors.APIError) as caught:
+        gemini.models.generate_content(model=MODEL, contents="hi")
+    assert caught.value.code in (502, 503)
+    assert caught.value.status == "UNAVAILABLE"
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        claude(url).messages.create(
+            model=CLAUDE, max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+    assert refused.value.status_code in (502, 503)
+    assert refused.value.body["type"] == "error"
+    assert fake.calls() == []  # nothing was sent without a token
