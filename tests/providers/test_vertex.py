@@ -11,6 +11,7 @@ import sqlite3
 import time
 
 import anthropic
+import httpx
 import pytest
 from google import genai
 from google.genai import errors, types
@@ -259,3 +260,24 @@ def test_no_valid_upstream_token_is_answered_in_each_callers_dialect(served):
     assert refused.value.status_code in (502, 503)
     assert refused.value.body["type"] == "error"
     assert fake.calls() == []  # nothing was sent without a token
+
+
+def test_the_key_in_googles_header_is_taken_and_not_forwarded(served):
+    url, fake, ledger = served
+    path = (
+        f"/v1/projects/{PROJECT}/locations/global/publishers/google/models/{MODEL}:generateContent"
+    )
+    body = {"contents": [{"role": "user", "parts": [{"text": "one two"}]}]}
+    answer = httpx.post(url + path, json=body, headers={"x-goog-api-key": CALLER_KEY})
+    assert answer.status_code == 200, answer.text
+    (call,) = fake.calls("google")
+    assert call.path == path
+    assert call.header("x-goog-api-key") is None
+    assert CALLER_KEY not in repr(call.headers)
+    (row,) = rows(ledger, 1)
+    assert (row["key_id"], row["input_tokens"]) == ("vtx", 2)
+    refused = httpx.post(
+        url + path, json=body, headers={"x-goog-api-key": "sk-llmg-nope-0123456789"}
+    )
+    assert refused.status_code == 401
+    assert refused.json()["error"]["status"] == "UNAUTHENTICATED"
