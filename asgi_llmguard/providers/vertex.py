@@ -38,21 +38,22 @@ class VertexProvider:
     hints_in_body = True
 
     def __init__(self) -> None:
-        #: The token source of each upstream credential, by credential id (one per credential,
-        #: shared by all its requests; replaced when a gateway is built again).
-        self._sources: dict[str, GoogleTokenSource] = {}
+        #: The token source of each configured upstream (the object: a gateway built again, or a
+        #: second gateway in the process, has its own), shared by all its requests.
+        self._sources: dict[int, tuple[Upstream, GoogleTokenSource]] = {}
 
-    def token_source(self, upstream: Upstream) -> GoogleTokenSource:
-        """A new token source for ``upstream``'s credential, the one its requests use from now
-        on (the gateway starts and closes it: see `Target.resource`)."""
+    def token_source(self, upstream: Upstream) -> _OwnedSource:
+        """A new token source for ``upstream``'s credential, used by its requests until it is
+        closed (the forwarder starts and closes it with itself: see `Target.resource`)."""
         if upstream.credentials_file:
             source = GoogleTokenSource.from_service_account_file(
                 upstream.credentials_file, name=upstream.credential_id
             )
         else:
             source = GoogleTokenSource.application_default(name=upstream.credential_id)
-        self._sources[upstream.credential_id] = source
-        return source
+        # The upstream is kept with its source, so its id is not reused while registered.
+        self._sources[id(upstream)] = (upstream, source)
+        return _OwnedSource(self._sources, upstream, source)
 
     def static_headers(self, upstream: Upstream) -> StrHeaders:
         return list(upstream.headers.items())
@@ -75,8 +76,8 @@ class VertexProvider:
     ) -> str:
         """``Authorization: Bearer <token>``; raises `GoogleCredentialsError` when the credential
         has no valid token (the forwarder answers 503 or 502: nothing was sent)."""
-        source = self._sources.get(upstream.credential_id)
-        token = source.token() if source is not None else None
+        entry = self._sources.get(id(upstream))
+        token = entry[1].token() if entry is not None else None
         if token is None:
             raise GoogleCredentialsError(
                 f"Google credential {upstream.credential_id}: no valid access token",
@@ -110,6 +111,34 @@ class VertexProvider:
 
     def retry_hint(self, body: bytes) -> float | None:
         return GEMINI.retry_hint(body)
+
+
+class _OwnedSource:
+    """A registered token source: started with the forwarder, unregistered when closed."""
+
+    __slots__ = ("_registry", "_source", "_upstream")
+
+    def __init__(
+        self,
+        registry: dict[int, tuple[Upstream, GoogleTokenSource]],
+        upstream: Upstream,
+        source: GoogleTokenSource,
+    ) -> None:
+        self._registry = registry
+        self._upstream = upstream
+        self._source = source
+
+    async def start(self) -> None:
+        await self._source.start()
+
+    async def aclose(self) -> None:
+        entry = self._registry.get(id(self._upstream))
+        if entry is not None and entry[1] is self._source:
+            del self._registry[id(self._upstream)]
+        await self._source.aclose()
+
+    def __repr__(self) -> str:
+        return repr(self._source)
 
 
 PROVIDER = VertexProvider()

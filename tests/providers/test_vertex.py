@@ -281,3 +281,15 @@ def test_the_key_in_googles_header_is_taken_and_not_forwarded(served):
     )
     assert refused.status_code == 401
     assert refused.json()["error"]["status"] == "UNAUTHENTICATED"
+
+
+def test_a_second_gateway_with_the_same_credential_leaves_the_first_its_token(served, tmp_path):
+    url, fake, _ = served
+    # Built as a reload builds its new stack, not started yet: the serving one is unaffected.
+    sa = fake.write_service_account_file(tmp_path / "again.json", "http://127.0.0.1:9")
+    build_stack(
+        upstreams=[Upstream("vertex", "http://127.0.0.1:9", name="vx", credentials_file=str(sa))],
+        keys=StaticKeyStore([]),
+    )
+    gemini = client(url)
+    assert gemini.models.generate_content(model=MODEL, contents="one").text == REPLY
