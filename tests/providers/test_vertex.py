@@ -27,6 +27,7 @@ from asgi_llmguard import (
     build_stack,
     hash_key,
 )
+from asgi_llmguard.config import load_config, resolve_upstreams
 from asgi_llmguard.testing import FakeProvider, FakeVertex, serve
 
 CALLER_KEY = "sk-llmg-vertex-caller-0123456789abcdefghijklmnop"
@@ -293,3 +294,19 @@ def test_a_second_gateway_with_the_same_credential_leaves_the_first_its_token(se
     )
     gemini = client(url)
     assert gemini.models.generate_content(model=MODEL, contents="one").text == REPLY
+
+
+def test_the_config_file_names_the_credentials_file(tmp_path):
+    config = tmp_path / "llmguard.toml"
+    config.write_text(
+        "[[upstreams]]\n"
+        'provider = "vertex"\n'
+        'name = "vertex-us"\n'
+        'base_url = "https://us-east5-aiplatform.googleapis.com"\n'
+        'credentials_file = "/etc/llmguard/vertex-sa.json"\n'
+    )
+    (upstream,) = resolve_upstreams(load_config(config), {})
+    assert (upstream.provider, upstream.credentials_file) == (
+        "vertex",
+        "/etc/llmguard/vertex-sa.json",
+    )
