@@ -1,0 +1,165 @@
+"""Amazon Bedrock Runtime through a served gateway: client -> gateway (uvicorn) -> FakeBedrock.
+
+The fake checks every upstream request's SigV4 signature against static test credentials. The
+caller sends its virtual key as ``Authorization: Bearer`` (a Bedrock API key's form). boto3
+refuses a bearer token over plain HTTP, so Converse is driven with httpx and its event stream
+read by botocore's own event-stream parser, and InvokeModel by the anthropic SDK's
+``AnthropicBedrock`` (which sends the bearer over HTTP). Token numbers are the fake's.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import httpx
+import orjson
+import pytest
+from botocore.eventstream import EventStreamBuffer
+
+from asgi_llmguard import (
+    KeyPolicy,
+    SQLiteSink,
+    StaticKey,
+    StaticKeyStore,
+    Upstream,
+    UsagePipeline,
+    build_stack,
+    hash_key,
+)
+from asgi_llmguard.testing import FakeBedrock, serve
+
+CALLER_KEY = "sk-llmg-bedrock-caller-0123456789abcdefghijklmnop"
+AKID, SECRET = "AKIDEXAMPLEWBED0001", "wbed-test-secret-access-key"
+MODEL = "anthropic.claude-sonnet-4-5-20250929-v1:0"
+PROFILE = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+ARN = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/" + PROFILE
+BODY = {"messages": [{"role": "user", "content": [{"text": "one two three"}]}]}
+
+
+@pytest.fixture
+def gateway(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", AKID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    fake = FakeBedrock(access_keys={AKID: SECRET})
+    policy = KeyPolicy(key_id="br", models=("anthropic.*", "us.anthropic.*", "arn:aws:bedrock:*"))
+    keys = StaticKeyStore([StaticKey(policy, key_hash=hash_key(CALLER_KEY))])
+    ledger = tmp_path / "ledger.sqlite3"
+    pipeline = UsagePipeline([SQLiteSink(str(ledger))], spill_path=str(tmp_path / "spill"))
+    with serve(fake) as upstream:
+        app = build_stack(
+            upstreams=[Upstream("bedrock", upstream.url, name="br")],
+            keys=keys,
+            pipeline=pipeline,
+        )
+        with serve(app) as server:
+            yield server, fake, ledger
+
+
+def rows(ledger, count: int) -> list[dict]:
+    deadline = time.monotonic() + 5
+    while True:
+        found: list[dict] = []
+        if ledger.exists():
+            with sqlite3.connect(ledger) as db:
+                db.row_factory = sqlite3.Row
+                if db.execute("SELECT 1 FROM sqlite_master WHERE name='usage_events'").fetchone():
+                    found = [dict(r) for r in db.execute("SELECT * FROM usage_events")]
+        if len(found) >= count or time.monotonic() > deadline:
+            assert len(found) == count, found
+            return found
+        time.sleep(0.05)
+
+
+def post(url: str, path: str, key: str = CALLER_KEY, **headers: str) -> httpx.Response:
+    return httpx.post(
+        url + path,
+        content=orjson.dumps(BODY),
+        headers={"authorization": f"Bearer {key}", "content-type": "application/json", **headers},
+        timeout=10,
+    )
+
+
+def frames(raw: bytes) -> list[tuple[dict, dict]]:
+    """(headers, payload) of each frame, parsed by botocore."""
+    buffer = EventStreamBuffer()
+    buffer.add_data(raw)
+    return [(dict(m.headers), orjson.loads(m.payload) if m.payload else {}) for m in buffer]
+
+
+def test_converse_is_signed_upstream_and_recorded_exactly(gateway):
+    server, fake, ledger = gateway
+    resp = post(server.url, f"/model/{MODEL}/converse")
+    assert resp.status_code == 200, resp.text
+    answer = resp.json()
+    usage = answer["usage"]
+    assert usage["inputTokens"] == 3
+    # The upstream saw a SigV4 signature with the gateway's credentials, never the caller's key.
+    assert list(fake.signers) == [AKID]
+    sent = fake.requests[-1]
+    assert CALLER_KEY not in repr(sent.headers)
+    (row,) = rows(ledger, 1)
+    assert (row["provider"], row["endpoint"], row["model"]) == ("bedrock", "converse", MODEL)
+    assert (row["input_tokens"], row["output_tokens"]) == (3, usage["outputTokens"])
+    assert (row["outcome"], row["status"], row["key_id"]) == ("ok", 200, "br")
+    assert row["cost_nanos"] == round(3 * 3.0 * 1000 + usage["outputTokens"] * 15.0 * 1000)
+
+
+def test_converse_stream_with_an_inference_profile_arn(gateway):
+    server, fake, ledger = gateway
+    encoded = ARN.replace(":", "%3A").replace("/", "%2F")
+    resp = post(server.url, f"/model/{encoded}/converse-stream")
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == "application/vnd.amazon.eventstream"
+    parsed = frames(resp.content)
+    kinds = [h[":event-type"] for h, _ in parsed]
+    assert kinds[0] == "messageStart"
+    assert kinds[-1] == "metadata"
+    usage = parsed[-1][1]["usage"]
+    assert fake.requests[-1].path.endswith("inference-profile%2F" + PROFILE + "/converse-stream")
+    (row,) = rows(ledger, 1)
+    assert (row["endpoint"], row["model"], row["stream"], row["estimated"]) == (
+        "converse-stream",
+        ARN,
+        1,
+        0,
+    )
+    assert (row["input_tokens"], row["output_tokens"]) == (
+        usage["inputTokens"],
+        usage["outputTokens"],
+    )
+
+
+def test_a_stream_the_upstream_breaks_ends_with_an_exception_frame(gateway):
+    server, _, _ledger = gateway
+    resp = post(
+        server.url, f"/model/{MODEL}/converse-stream", **{"x-fake-truncate-after-chunks": "2"}
+    )
+    assert resp.status_code == 200
+    last_headers, last_payload = frames(resp.content)[-1]
+    assert last_headers[":message-type"] == "exception"
+    assert last_headers[":exception-type"] == "internalServerException"
+    assert "before it was complete" in last_payload["message"]
+
+
+def test_a_wrong_key_is_refused_in_bedrocks_shape(gateway):
+    server, fake, _ = gateway
+    resp = post(server.url, f"/model/{MODEL}/converse", key="sk-llmg-wrong")
+    assert resp.status_code == 401
+    body = resp.json()
+    assert set(body) >= {"message"}
+    assert body["__type"] == "AccessDeniedException"
+    assert resp.headers["x-amzn-errortype"] == "AccessDeniedException"
+    assert len(fake.requests) == 0
+
+
+def test_a_model_outside_the_keys_list_is_refused(gateway):
+    server, fake, _ = gateway
+    resp = post(server.url, "/model/meta.llama3-70b-instruct-v1:0/converse")
+    assert resp.status_code == 403, resp.text
+    assert resp.headers["x-amzn-errortype"] == "AccessDeniedException"
+    assert "message" in resp.json()
+    assert len(fake.requests) == 0
