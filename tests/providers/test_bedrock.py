@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
+import anthropic
 import httpx
 import orjson
 import pytest
@@ -27,6 +28,8 @@ from asgi_llmguard import (
     build_stack,
     hash_key,
 )
+from asgi_llmguard.forward.cooldowns import CooldownPolicy
+from asgi_llmguard.forward.router import Routing
 from asgi_llmguard.testing import FakeBedrock, serve
 
 CALLER_KEY = "sk-llmg-bedrock-caller-0123456789abcdefghijklmnop"
@@ -161,5 +164,96 @@ def test_a_model_outside_the_keys_list_is_refused(gateway):
     resp = post(server.url, "/model/meta.llama3-70b-instruct-v1:0/converse")
     assert resp.status_code == 403, resp.text
     assert resp.headers["x-amzn-errortype"] == "AccessDeniedException"
+    assert "message" in resp.json()
+    assert len(fake.requests) == 0
+
+
+def bedrock_sdk(url: str, key: str = CALLER_KEY) -> anthropic.AnthropicBedrock:
+    return anthropic.AnthropicBedrock(
+        api_key=key, aws_region="us-east-1", base_url=url, max_retries=0
+    )
+
+
+def test_invoke_model_with_claude_is_recorded_exactly(gateway):
+    server, fake, ledger = gateway
+    message = bedrock_sdk(server.url).messages.create(
+        model=MODEL, max_tokens=20, messages=[{"role": "user", "content": "one two three four"}]
+    )
+    assert message.content[0].text == "Hello from the fake provider."
+    assert list(fake.signers) == [AKID]
+    assert fake.requests[-1].path.endswith("/invoke")
+    (row,) = rows(ledger, 1)
+    assert (row["endpoint"], row["model"], row["stream"]) == ("invoke", MODEL, 0)
+    assert (row["input_tokens"], row["output_tokens"]) == (
+        message.usage.input_tokens,
+        message.usage.output_tokens,
+    )
+    assert row["input_tokens"] == 4
+    assert row["cost_nanos"] == round(4 * 3.0 * 1000 + row["output_tokens"] * 15.0 * 1000)
+
+
+def test_invoke_model_with_response_stream_is_recorded_exactly(gateway):
+    server, fake, ledger = gateway
+    with bedrock_sdk(server.url).messages.stream(
+        model=PROFILE, max_tokens=20, messages=[{"role": "user", "content": "alpha beta"}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "Hello from the fake provider."
+    assert fake.requests[-1].path.endswith("/invoke-with-response-stream")
+    (row,) = rows(ledger, 1)
+    assert (row["endpoint"], row["model"], row["stream"], row["estimated"]) == (
+        "invoke-with-response-stream",
+        PROFILE,
+        1,
+        0,
+    )
+    assert (row["input_tokens"], row["output_tokens"]) == (2, final.usage.output_tokens)
+    # An inference profile is priced as the model it serves.
+    assert row["cost_nanos"] == round(2 * 3.0 * 1000 + row["output_tokens"] * 15.0 * 1000)
+
+
+def test_a_bedrock_api_key_upstream_is_sent_as_bearer(tmp_path):
+    fake = FakeBedrock(api_key="bedrock-api-key-upstream-secret")
+    policy = KeyPolicy(key_id="br", models=("anthropic.*",))
+    keys = StaticKeyStore([StaticKey(policy, key_hash=hash_key(CALLER_KEY))])
+    with serve(fake) as upstream:
+        upstreams = [Upstream("bedrock", upstream.url, api_key="bedrock-api-key-upstream-secret")]
+        with serve(build_stack(upstreams=upstreams, keys=keys)) as server:
+            resp = post(server.url, f"/model/{MODEL}/converse")
+    assert resp.status_code == 200, resp.text
+    assert list(fake.signers) == ["bearer"]
+    assert CALLER_KEY not in repr(fake.requests[-1].headers)
+
+
+@pytest.mark.parametrize("exception", ["ThrottlingException", "ServiceUnavailableException"])
+def test_throttling_and_unavailability_cool_the_credential_down(monkeypatch, tmp_path, exception):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", AKID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    primary = FakeBedrock(access_keys={AKID: SECRET}, error=exception)
+    spare = FakeBedrock(access_keys={AKID: SECRET})
+    policy = KeyPolicy(key_id="br", models=("anthropic.*",))
+    keys = StaticKeyStore([StaticKey(policy, key_hash=hash_key(CALLER_KEY))])
+    routing = Routing(selector="fill-first", cooldowns=CooldownPolicy(base=30, cap=60))
+    with serve(primary) as a, serve(spare) as b:
+        upstreams = [
+            Upstream("bedrock", a.url, name="a"),
+            Upstream("bedrock", b.url, name="b"),
+        ]
+        with serve(build_stack(upstreams=upstreams, keys=keys, routing=routing)) as server:
+            for _ in range(3):
+                resp = post(server.url, f"/model/{MODEL}/converse")
+                assert resp.status_code == 200, resp.text
+    # The first answer moved the request to the spare; the primary then cooled down.
+    assert (len(primary.requests), len(spare.requests)) == (1, 3)
+
+
+def test_an_unknown_operation_is_refused_in_bedrocks_shape(gateway):
+    server, fake, _ = gateway
+    resp = post(server.url, f"/model/{MODEL}/converse-everything")
+    assert resp.status_code == 404
+    assert resp.headers["x-amzn-errortype"] == "ResourceNotFoundException"
     assert "message" in resp.json()
     assert len(fake.requests) == 0
