@@ -59,6 +59,8 @@ class BedrockProvider:
         self._signers: dict[tuple[str, str | None], tuple[SigV4Signer, Credentials]] = {}
 
     def static_headers(self, upstream: Upstream) -> StrHeaders:
+        if not upstream.api_key:
+            self._signer(upstream)  # find the credentials at start-up: none is a config error
         return list(upstream.headers.items())
 
     def default_headers(self, upstream: Upstream) -> StrHeaders:
