@@ -28,6 +28,7 @@ from asgi_llmguard import (
     build_stack,
     hash_key,
 )
+from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.cooldowns import CooldownPolicy
 from asgi_llmguard.forward.router import Routing
 from asgi_llmguard.testing import FakeBedrock, serve
@@ -257,3 +258,11 @@ def test_an_unknown_operation_is_refused_in_bedrocks_shape(gateway):
     assert resp.headers["x-amzn-errortype"] == "ResourceNotFoundException"
     assert "message" in resp.json()
     assert len(fake.requests) == 0
+
+
+def test_bedrock_cannot_be_the_passthrough_api():
+    with pytest.raises(ConfigurationError, match="passthrough must be"):
+        build_stack(
+            upstreams=[Upstream("bedrock", "http://127.0.0.1:9", api_key="k")],
+            passthrough="bedrock",
+        )
