@@ -2,9 +2,10 @@
 
 The fake checks every upstream request's SigV4 signature against static test credentials. The
 caller sends its virtual key as ``Authorization: Bearer`` (a Bedrock API key's form). boto3
-refuses a bearer token over plain HTTP, so Converse is driven with httpx and its event stream
-read by botocore's own event-stream parser, and InvokeModel by the anthropic SDK's
-``AnthropicBedrock`` (which sends the bearer over HTTP). Token numbers are the fake's.
+sends a bearer token over HTTPS only: its test serves the gateway over TLS with a certificate
+made by ``openssl``. The other tests use plain HTTP: Converse with httpx, its event stream read
+by botocore's own event-stream parser, and InvokeModel with the anthropic SDK's
+``AnthropicBedrock``. Token numbers are the fake's.
 """
 
 from __future__ import annotations
@@ -266,3 +267,62 @@ def test_bedrock_cannot_be_the_passthrough_api():
             upstreams=[Upstream("bedrock", "http://127.0.0.1:9", api_key="k")],
             passthrough="bedrock",
         )
+
+
+def test_boto3_with_a_bearer_token_over_tls(tmp_path, monkeypatch):
+    """The real boto3 ``bedrock-runtime`` client, its key in ``AWS_BEARER_TOKEN_BEDROCK``: it
+    sends a bearer token over HTTPS only, so the gateway is served over TLS here."""
+    import boto3
+    from botocore.config import Config
+
+    from tests.test_redis_tls import make_certs
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", AKID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    certs = make_certs(tmp_path)
+    fake = FakeBedrock(access_keys={AKID: SECRET})
+    policy = KeyPolicy(key_id="br", models=("anthropic.*", "arn:aws:bedrock:*"))
+    keys = StaticKeyStore([StaticKey(policy, key_hash=hash_key(CALLER_KEY))])
+    tls = {"ssl_certfile": str(certs["server_cert"]), "ssl_keyfile": str(certs["server_key"])}
+    with serve(fake) as upstream:
+        app = build_stack(upstreams=[Upstream("bedrock", upstream.url, name="br")], keys=keys)
+        with serve(app, **tls) as server:
+
+            def client(key: str):  # botocore reads the token when the client is made
+                monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", key)
+                return boto3.client(
+                    "bedrock-runtime",
+                    region_name="us-east-1",
+                    endpoint_url=f"https://127.0.0.1:{server.port}",
+                    verify=str(certs["ca_cert"]),
+                    config=Config(retries={"max_attempts": 1}),
+                )
+
+            bedrock = client(CALLER_KEY)
+            out = bedrock.converse(
+                modelId=MODEL, messages=[{"role": "user", "content": [{"text": "one two"}]}]
+            )
+            assert out["usage"]["inputTokens"] == 2
+            stream = bedrock.converse_stream(
+                modelId=ARN, messages=[{"role": "user", "content": [{"text": "one two three"}]}]
+            )["stream"]
+            assert list(stream)[-1]["metadata"]["usage"]["inputTokens"] == 3
+            claude = {
+                "anthropic_version": "bedrock-2023-05-31",
+                "max_tokens": 20,
+                "messages": [{"role": "user", "content": "a b c d"}],
+            }
+            invoked = bedrock.invoke_model(modelId=MODEL, body=orjson.dumps(claude))
+            assert orjson.loads(invoked["body"].read())["usage"]["input_tokens"] == 4
+            streamed = bedrock.invoke_model_with_response_stream(
+                modelId=MODEL, body=orjson.dumps(claude)
+            )["body"]
+            assert sum(1 for _ in streamed) > 2
+            wrong = client("sk-llmg-wrong-key")
+            with pytest.raises(wrong.exceptions.AccessDeniedException):
+                wrong.converse(
+                    modelId=MODEL, messages=[{"role": "user", "content": [{"text": "x"}]}]
+                )
+    assert list(fake.signers) == [AKID] * 4
