@@ -326,3 +326,14 @@ def test_boto3_with_a_bearer_token_over_tls(tmp_path, monkeypatch):
                     modelId=MODEL, messages=[{"role": "user", "content": [{"text": "x"}]}]
                 )
     assert list(fake.signers) == [AKID] * 4
+
+
+def test_a_stream_the_upstream_resets_ends_with_an_exception_frame(gateway):
+    server, _, _ = gateway
+    resp = post(server.url, f"/model/{MODEL}/converse-stream", **{"x-fake-reset-after-chunks": "2"})
+    assert resp.status_code == 200
+    parsed = frames(resp.content)
+    assert parsed[0][0][":event-type"] == "messageStart"
+    last_headers, _ = parsed[-1]
+    assert last_headers[":message-type"] == "exception"
+    assert last_headers[":exception-type"] == "internalServerException"
