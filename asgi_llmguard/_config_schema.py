@@ -99,6 +99,8 @@ class UpstreamConfig(_Strict):
     models: list[str] = msgspec.field(default_factory=list)
     weight: int = 1
     priority: int = 0
+    #: Vertex AI: the service-account key file (unset: application default credentials).
+    credentials_file: str | None = None
 
     def __repr__(self) -> str:  # never show the key
         return f"UpstreamConfig(provider={self.provider!r}, base_url={self.base_url!r})"

@@ -146,6 +146,7 @@ def resolve_upstreams(
                     models=tuple(entry.models),
                     weight=entry.weight,
                     priority=entry.priority,
+                    credentials_file=entry.credentials_file,
                 )
             )
         except ConfigurationError as exc:

@@ -17,9 +17,17 @@ from typing import Literal
 import orjson
 
 #: The API a route speaks. It decides the error dialect and which upstream may serve it.
-Api = Literal["openai", "azure", "anthropic", "gemini", "bedrock"]
+Api = Literal["openai", "azure", "anthropic", "gemini", "vertex", "vertex_anthropic", "bedrock"]
 #: Every API, as the config file and key policies spell them.
-APIS: tuple[Api, ...] = ("openai", "azure", "anthropic", "gemini", "bedrock")
+APIS: tuple[Api, ...] = (
+    "openai",
+    "azure",
+    "anthropic",
+    "gemini",
+    "vertex",
+    "vertex_anthropic",
+    "bedrock",
+)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -226,6 +234,8 @@ _DIALECT_OF: dict[str, Dialect] = {
     "anthropic": ANTHROPIC,
     "gemini": GOOGLE,
     "bedrock": BEDROCK,
+    "vertex": GOOGLE,
+    "vertex_anthropic": ANTHROPIC,
 }
 
 
@@ -238,6 +248,8 @@ def dialect_of_path(path: str) -> Dialect:
         return GOOGLE
     if path.startswith("/model/"):
         return BEDROCK
+    if path.startswith(VERTEX_PREFIXES):
+        return ANTHROPIC if "/publishers/anthropic/" in path else GOOGLE
     return OPENAI
 
 
@@ -884,6 +896,48 @@ def _bedrock(method: str, path: str) -> Route:
     return Route(_BEDROCK_OPERATIONS[m["op"]], model=m["model"])
 
 
+# Vertex AI's Gemini models: /{v1,v1beta1}/projects/{p}/locations/{l}/publishers/google/models/
+# {model}:{method}, the same operations as the Gemini API (and so the same meters).
+_VERTEX_METHODS: dict[str, Endpoint] = {
+    "generateContent": _e("vertex", "generateContent", **_BILL),
+    "streamGenerateContent": _e(
+        "vertex", "streamGenerateContent", billable=True, streamable=True, streams=True
+    ),
+    "countTokens": _e("vertex", "countTokens", read_only=True, json_body=True),
+}
+# Claude on Vertex AI: .../publishers/anthropic/models/{model}:rawPredict|streamRawPredict, the
+# Messages API's body (without ``model``) and answers (Anthropic's meters and error shape).
+_VERTEX_ANTHROPIC_METHODS: dict[str, Endpoint] = {
+    "rawPredict": _e("vertex_anthropic", "rawPredict", **_BILL),
+    "streamRawPredict": _e(
+        "vertex_anthropic", "streamRawPredict", billable=True, streamable=True, streams=True
+    ),
+}
+_VERTEX_SEGMENT = r"[A-Za-z0-9_.\-]{1,128}"
+# Vertex model ids carry their version after an ``@`` (``claude-sonnet-4-5@20250929``).
+_VERTEX_MODEL = r"[A-Za-z0-9_.\-]{1,256}(?:@[A-Za-z0-9_.\-]{1,64})?(?:\([A-Za-z0-9]{1,16}\))?"
+_VERTEX = re.compile(
+    rf"/v1(?:beta1)?/projects/{_VERTEX_SEGMENT}/locations/{_VERTEX_SEGMENT}"
+    rf"/publishers/(?P<publisher>google|anthropic)/models/(?P<model>{_VERTEX_MODEL})"
+    rf":(?P<method>[A-Za-z]+)"
+)
+#: Path prefixes of Vertex AI.
+VERTEX_PREFIXES = ("/v1/projects/", "/v1beta1/projects/")
+
+
+def _vertex(method: str, path: str) -> Route:
+    m = _VERTEX.fullmatch(path)
+    endpoint = None
+    if m is not None:
+        methods = _VERTEX_METHODS if m["publisher"] == "google" else _VERTEX_ANTHROPIC_METHODS
+        endpoint = methods.get(m["method"])
+    if m is None or endpoint is None:
+        raise RouteNotFound(path)
+    if method != "POST":
+        raise MethodNotAllowed(("POST",))
+    return Route(endpoint, model=m["model"])
+
+
 def classify(method: str, path: str, anthropic: bool = False) -> Route:
     """Map a request to its route.
 
@@ -910,6 +964,8 @@ def classify(method: str, path: str, anthropic: bool = False) -> Route:
             return gemini
     if path.startswith(BEDROCK_PREFIX):
         return _bedrock(method, path)
+    if path.startswith(VERTEX_PREFIXES):
+        return _vertex(method, path)
     methods: dict[str, Endpoint]
     deployment: str | None = None
     if path.startswith("/openai/deployments/"):

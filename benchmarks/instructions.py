@@ -14,6 +14,11 @@ excluded. Two processes run at a time (valgrind is single-threaded).
     apt-get install -y valgrind
     .venv/bin/python -m benchmarks.instructions [--requests 1000] [--only full,bare]
 
+``--served-gc`` tunes the collector after the warm-up as ``asgi-llmguard serve`` does by default
+(``[server] gc_threshold = 10000``, ``gc_freeze = true``): what a served gateway runs, and a count
+that does not move when a change only makes the heap at start-up bigger (collections then walk
+fewer objects).
+
 Under valgrind a run is about fifty times slower: the default set takes about six minutes on
 two cores.
 """
@@ -48,6 +53,10 @@ def _child(name: str, requests: int) -> None:
     async def run() -> None:
         app = layers.configurations(False)[name]()
         await layers.drive(app, layers.REQUEST, 200)  # imports, caches, first-call costs
+        if os.environ.get("LLMGUARD_BENCH_SERVED_GC"):
+            from asgi_llmguard.runtime import tune_gc
+
+            tune_gc(threshold=10_000, freeze=True)
         if requests:
             await layers.drive(app, layers.REQUEST, requests)
 
@@ -87,7 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", type=int, default=100, help=argparse.SUPPRESS)
     parser.add_argument("--only", default="", help="substrings of configuration names, a,b")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--served-gc", action="store_true", help="tune the collector as `serve` does"
+    )
     args = parser.parse_args(argv)
+    if args.served_gc:
+        os.environ["LLMGUARD_BENCH_SERVED_GC"] = "1"
     if args.child is not None:
         _child(args.child, args.requests)
         return 0
@@ -101,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(max_workers=2) as pool:
         counts = list(pool.map(lambda n: per_request(n, args.small, args.requests), names))
     base = counts[0]
-    print(f"\nInstructions per JSON request (valgrind callgrind, {args.requests} requests)")
+    gc_note = ", collector tuned as served" if args.served_gc else ""
+    runs = f"{args.requests} requests{gc_note}"
+    print(f"\nInstructions per JSON request (valgrind callgrind, {runs})")
     print("| configuration | instructions/request | over bare forwarder |\n|---|--:|--:|")
     for name, instructions in zip(names, counts, strict=True):
         print(f"| {name} | {instructions:,.0f} | {instructions - base:+,.0f} |")

@@ -39,6 +39,7 @@ from asgi_llmguard.forward.engines import (
     AiohttpEngine,
     Engine,
     HttpxEngine,
+    UpstreamConnectError,
     UpstreamError,
 )
 from asgi_llmguard.forward.headers import request_headers
@@ -61,9 +62,10 @@ from asgi_llmguard.forward.target import Target
 from asgi_llmguard.forward.thinking import apply_thinking
 from asgi_llmguard.forward.warmup import Warmer, warm_request
 from asgi_llmguard.forward.websocket import WebSocketRelay
-from asgi_llmguard.lifecycle import Resource, serve_lifespan
+from asgi_llmguard.lifecycle import Closable, Resource, close_all, serve_lifespan, start_all
 from asgi_llmguard.providers import provider_for
-from asgi_llmguard.providers.base import Upstream
+from asgi_llmguard.providers.base import StrHeaders, Upstream
+from asgi_llmguard.providers.google_auth import GoogleCredentialsError
 from asgi_llmguard.routes import Api, Dialect
 from asgi_llmguard.types import Receive, Scope, Send
 
@@ -148,6 +150,8 @@ class ForwardingApp(Resource):
         if not upstreams:
             raise ConfigurationError("ForwardingApp needs at least one Upstream")
         candidates: dict[Api, list[Candidate]] = {}
+        #: What the credentials need started with the gateway (Google token sources).
+        self.credential_resources: list[Closable] = []
         seen: set[str] = set()
         has_openai = any(getattr(u, "provider", None) == "openai" for u in upstreams)
         for index, upstream in enumerate(upstreams):
@@ -161,6 +165,8 @@ class ForwardingApp(Resource):
             seen.add(upstream.credential_id)
             provider = provider_for(upstream.provider)
             target = Target(upstream, provider)
+            if target.resource is not None:
+                self.credential_resources.append(target.resource)
             for api in sorted(provider.serves):
                 models: Sequence[str] | None = None
                 if upstream.provider == "azure" and api == "openai" and not upstream.models:
@@ -209,6 +215,7 @@ class ForwardingApp(Resource):
         await self.engine.start()
         if self.router.cooldowns is not None:
             await self.router.cooldowns.start()
+        await start_all(self.credential_resources)
 
     async def aclose(self) -> None:
         if self.warmer is not None:
@@ -217,6 +224,7 @@ class ForwardingApp(Resource):
             await self.router.cooldowns.aclose()
         await self.websockets.aclose()
         await self.engine.aclose()
+        await close_all(self.credential_resources)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -402,14 +410,14 @@ class ForwardingApp(Resource):
         headers = request_headers(scope["headers"], target.drop, target.defaults, target.static)
         # The caller's id (else ours) travels upstream so provider-side logs can be matched.
         headers.append(("x-request-id", ctx.client_request_id or ctx.request_id))
-        if target.signs:  # a credential applied per request (a signature), after every header
-            url = target.provider.sign(target.upstream, ctx.method, url, headers, attempt_body)
         ctx.credential_id = credential
         started_at = time.time()
         began = time.perf_counter()
         outcome_recorded = False
         try:
             try:
+                if target.signs:  # a credential applied per request, after every header
+                    url = _signed(target, ctx.method, url, headers, attempt_body)
                 resp = await self.engine.send(ctx.method, url, headers, attempt_body)
             except UpstreamError as exc:
                 outcome_recorded = True
@@ -530,3 +538,12 @@ class ForwardingApp(Resource):
         return await warm_request(
             self.engine, target, candidate.credential_id, api, model, policy, self._on_warmup
         )
+
+
+def _signed(target: Target, method: str, url: str, headers: StrHeaders, body: bytes) -> str:
+    """The provider's `sign`; a credential with nothing to sign with fails the attempt before
+    anything is sent (another credential may serve it)."""
+    try:
+        return target.provider.sign(target.upstream, method, url, headers, body)
+    except GoogleCredentialsError as exc:
+        raise UpstreamConnectError(str(exc), "credential") from None

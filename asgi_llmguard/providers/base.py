@@ -50,6 +50,9 @@ class Upstream:
     weight: int = 1
     #: Group under the ``priority`` selector: lower numbers are used first.
     priority: int = 0
+    #: Vertex AI: the service-account key file of the Google credential; unset: the
+    #: application default credentials.
+    credentials_file: str | None = None
 
     def __post_init__(self) -> None:
         from asgi_llmguard.providers import PROVIDERS  # the registry imports this module
