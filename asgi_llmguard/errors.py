@@ -60,7 +60,7 @@ async def send_error(
         send,
         status,
         dialect.error_body(status, message, type=type, code=code),
-        headers,
+        [*headers, *dialect.error_headers(status)] if dialect.type_header else headers,
         should_retry=should_retry,
     )
 

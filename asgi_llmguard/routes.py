@@ -9,15 +9,25 @@ dict lookup and a path with an id is tried only against its own resource's few p
 from __future__ import annotations
 
 import re
+import struct
+import zlib
 from dataclasses import dataclass, field
 from typing import Literal
 
 import orjson
 
 #: The API a route speaks. It decides the error dialect and which upstream may serve it.
-Api = Literal["openai", "azure", "anthropic", "gemini", "vertex", "vertex_anthropic"]
+Api = Literal["openai", "azure", "anthropic", "gemini", "vertex", "vertex_anthropic", "bedrock"]
 #: Every API, as the config file and key policies spell them.
-APIS: tuple[Api, ...] = ("openai", "azure", "anthropic", "gemini", "vertex", "vertex_anthropic")
+APIS: tuple[Api, ...] = (
+    "openai",
+    "azure",
+    "anthropic",
+    "gemini",
+    "vertex",
+    "vertex_anthropic",
+    "bedrock",
+)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -40,6 +50,14 @@ class Dialect:
     #: OpenAI's shape carries a specific ``type`` beyond its status's default (``lim.kind``,
     #: ``insufficient_quota``); the other dialects keep their status's own type.
     specific_types: bool = False
+    #: The response header that carries the error type (Bedrock's ``x-amzn-errortype``), if any.
+    type_header: bytes | None = None
+
+    def error_headers(self, status: int) -> list[tuple[bytes, bytes]]:
+        """The headers an error response of ``status`` carries in this dialect."""
+        if self.type_header is None:
+            return []
+        return [(self.type_header, self.types.get(status, self.fallback).encode())]
 
     def error_body(
         self,
@@ -55,6 +73,11 @@ class Dialect:
         if name == "anthropic":
             kind = type or self.types.get(status, self.fallback)
             return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
+        if name == "bedrock":
+            # botocore reads the code from ``x-amzn-errortype`` (`send_error` sends it) or,
+            # when a prebuilt refusal has no such header, from ``__type``.
+            kind = self.types.get(status, self.fallback)
+            return orjson.dumps({"message": message, "__type": kind})
         if name == "google":
             status_name = self.types.get(status, self.fallback)
             return orjson.dumps(
@@ -76,6 +99,10 @@ class Dialect:
         if self.name == "anthropic":
             payload = orjson.dumps({"type": "error", "error": {"type": type, "message": message}})
             return b"\n\nevent: error\ndata: " + payload + b"\n\n"
+        if self.name == "bedrock":
+            # An AWS event stream: an exception frame, which botocore raises as EventStreamError.
+            kind = "serviceUnavailableException" if type == "overloaded_error" else None
+            return aws_exception_frame(message, kind or "internalServerException")
         if self.name == "google":
             code = 503 if type == "overloaded_error" else 500
             error = {"code": code, "message": message, "status": self.types[code]}
@@ -92,6 +119,24 @@ class Dialect:
 
     def __repr__(self) -> str:
         return f"<Dialect {self.name}>"
+
+
+def aws_exception_frame(message: str, exception_type: str) -> bytes:
+    """An AWS event-stream exception frame (prelude, CRCs, string headers, JSON payload): the
+    AWS SDKs raise it as ``exception_type`` with ``message``."""
+    headers = b""
+    for name, value in (
+        (":exception-type", exception_type),
+        (":content-type", "application/json"),
+        (":message-type", "exception"),
+    ):
+        raw_name, raw_value = name.encode(), value.encode()
+        headers += bytes((len(raw_name),)) + raw_name + b"\x07"
+        headers += struct.pack(">H", len(raw_value)) + raw_value
+    payload = orjson.dumps({"message": message})
+    prelude = struct.pack(">II", 12 + len(headers) + len(payload) + 4, len(headers))
+    head = prelude + struct.pack(">I", zlib.crc32(prelude)) + headers + payload
+    return head + struct.pack(">I", zlib.crc32(head))
 
 
 #: OpenAI's ``{"error": {"message", "type", "param", "code"}}``: OpenAI, Azure and every
@@ -160,14 +205,35 @@ GOOGLE = Dialect(
     fallback="UNKNOWN",
     server_error="INTERNAL",
 )
+#: Amazon Bedrock Runtime's ``{"message"}`` with the exception name in ``x-amzn-errortype``.
+BEDROCK = Dialect(
+    "bedrock",
+    {
+        400: "ValidationException",
+        401: "AccessDeniedException",
+        403: "AccessDeniedException",
+        404: "ResourceNotFoundException",
+        405: "ValidationException",
+        408: "ModelTimeoutException",
+        413: "ValidationException",
+        424: "ModelErrorException",
+        429: "ThrottlingException",
+        500: "InternalServerException",
+        503: "ServiceUnavailableException",
+    },
+    fallback="InternalServerException",
+    server_error="InternalServerException",
+    type_header=b"x-amzn-errortype",
+)
 #: Every dialect, for layers that prebuild one refusal body per dialect.
-DIALECTS: tuple[Dialect, ...] = (OPENAI, ANTHROPIC, GOOGLE)
+DIALECTS: tuple[Dialect, ...] = (OPENAI, ANTHROPIC, GOOGLE, BEDROCK)
 #: The dialect of each API.
 _DIALECT_OF: dict[str, Dialect] = {
     "openai": OPENAI,
     "azure": OPENAI,
     "anthropic": ANTHROPIC,
     "gemini": GOOGLE,
+    "bedrock": BEDROCK,
     "vertex": GOOGLE,
     "vertex_anthropic": ANTHROPIC,
 }
@@ -180,6 +246,8 @@ def dialect_of_path(path: str) -> Dialect:
         return ANTHROPIC
     if path.startswith("/v1beta/") or (path.startswith("/v1/models/") and ":" in path):
         return GOOGLE
+    if path.startswith("/model/"):
+        return BEDROCK
     if path.startswith(VERTEX_PREFIXES):
         return ANTHROPIC if "/publishers/anthropic/" in path else GOOGLE
     return OPENAI
@@ -799,6 +867,35 @@ def _gemini(method: str, path: str, listing: bool) -> Route | None:
     return Route(endpoint, model=m["model"])
 
 
+# Amazon Bedrock Runtime: /model/{modelId}/{operation}. The model id may be an inference-profile
+# ARN, whose URL-encoded ``/`` the server decoded: the operation is the last segment.
+_BEDROCK_OPERATIONS: dict[str, Endpoint] = {
+    "converse": _e("bedrock", "converse", billable=True),
+    "converse-stream": _e(
+        "bedrock", "converse-stream", billable=True, streamable=True, streams=True
+    ),
+    "invoke": _e("bedrock", "invoke", billable=True),
+    "invoke-with-response-stream": _e(
+        "bedrock", "invoke-with-response-stream", billable=True, streamable=True, streams=True
+    ),
+}
+_BEDROCK = re.compile(
+    r"/model/(?P<model>[^\x00-\x20]{1,2048}?)"
+    r"/(?P<op>converse|converse-stream|invoke|invoke-with-response-stream)"
+)
+#: The path prefix of Amazon Bedrock Runtime's model operations.
+BEDROCK_PREFIX = "/model/"
+
+
+def _bedrock(method: str, path: str) -> Route:
+    m = _BEDROCK.fullmatch(path)
+    if m is None:
+        raise RouteNotFound(path)
+    if method != "POST":
+        raise MethodNotAllowed(("POST",))
+    return Route(_BEDROCK_OPERATIONS[m["op"]], model=m["model"])
+
+
 # Vertex AI's Gemini models: /{v1,v1beta1}/projects/{p}/locations/{l}/publishers/google/models/
 # {model}:{method}, the same operations as the Gemini API (and so the same meters).
 _VERTEX_METHODS: dict[str, Endpoint] = {
@@ -865,6 +962,8 @@ def classify(method: str, path: str, anthropic: bool = False) -> Route:
         gemini = _gemini(method, path, False)
         if gemini is not None:
             return gemini
+    if path.startswith(BEDROCK_PREFIX):
+        return _bedrock(method, path)
     if path.startswith(VERTEX_PREFIXES):
         return _vertex(method, path)
     methods: dict[str, Endpoint]

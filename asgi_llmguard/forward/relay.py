@@ -96,6 +96,10 @@ async def relay(
             length = int(value) if value.isdigit() else -1
         elif name == b"content-type":
             sse = value.startswith(b"text/event-stream")
+            if value.startswith(_EVENTSTREAM):
+                # An AWS event stream (Bedrock): binary frames under CRCs, never rewritten; a
+                # break ends it with the dialect's exception frame, as an SSE stream's event.
+                sse = encoded = True
         elif name == b"content-encoding":
             encoded = True
     # Bodies are relayed as the upstream encoded them; a compressed one is not rewritten.
@@ -169,6 +173,7 @@ async def relay(
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+_EVENTSTREAM = b"application/vnd.amazon.eventstream"
 _SHUTDOWN = "The gateway is shutting down; the answer was interrupted. Retry the request."
 
 

@@ -17,6 +17,8 @@ import orjson
 
 from asgi_llmguard.context import RequestContext
 from asgi_llmguard.errors import sse_error_event
+from asgi_llmguard.providers.eventstream import MIME_TYPE as EVENTSTREAM
+from asgi_llmguard.providers.eventstream import FrameSplitter
 from asgi_llmguard.providers.jsonarray import JsonArraySplitter
 from asgi_llmguard.providers.metering import StreamMeter, units_from_json, usage_from_json
 from asgi_llmguard.providers.sse import EventSplitter
@@ -67,7 +69,7 @@ class Meter:
         self._send = send
         self.meter = meter
         self.strip = strip
-        self._splitter: EventSplitter | JsonArraySplitter | None = None
+        self._splitter: EventSplitter | JsonArraySplitter | FrameSplitter | None = None
         #: The unfinished event held back while stripping.
         self._held = b""
         self._json: list[bytes] | None = None
@@ -94,11 +96,17 @@ class Meter:
                     content_type = value
                     break
             self.sse = content_type.startswith(b"text/event-stream")
-            if self.meter is not None and (self.sse or self._json_array(content_type)):
+            if self.meter is not None and (
+                self.sse or self._json_array(content_type) or content_type.startswith(EVENTSTREAM)
+            ):
                 if self.sse:
                     self._splitter = EventSplitter()
                     if self.strip:
                         message["headers"] = [(k, v) for k, v in headers if k != b"content-length"]
+                elif content_type.startswith(EVENTSTREAM):  # an AWS event stream (Bedrock)
+                    self._splitter = FrameSplitter()
+                    self.strip = False
+                    self.sse = True
                 else:  # a stream written as one JSON array (Gemini without ``alt=sse``)
                     self._splitter = JsonArraySplitter()
                     self.strip = False
@@ -154,7 +162,12 @@ class Meter:
                 elif self._ctx.upstream_error is None and not self._ctx.disconnected:
                     # The upstream ended the stream cleanly but without its end marker: say so.
                     self.truncated = True
-                    if type(splitter) is EventSplitter:  # a JSON array has no event for it
+                    if type(splitter) is FrameSplitter:
+                        note = self._endpoint.dialect.stream_error(
+                            "The upstream ended the stream before it was complete."
+                        )
+                        message = {"type": "http.response.body", "body": body + note}
+                    elif type(splitter) is EventSplitter:  # a JSON array has no event for it
                         note = sse_error_event(
                             "The upstream ended the stream before it was complete.",
                             dialect=self._endpoint.dialect,

@@ -174,11 +174,11 @@ class AuthMiddleware:
             key = scope.get(QUERY_KEY)
             if key is None:
                 logger.debug("%s refused: no API key", ctx.request_id)
-                await self._unauthorized(send, self._missing[dialect])
+                await self._unauthorized(send, self._missing[dialect], dialect)
                 return
         if ambiguous or not 0 < len(key) <= self._max_key_length or key.translate(None, _KEY_CHARS):
             logger.debug("%s refused: malformed or ambiguous API key", ctx.request_id)
-            await self._unauthorized(send, self._invalid[dialect])
+            await self._unauthorized(send, self._invalid[dialect], dialect)
             return
         key_hash = hashlib.sha256(key).hexdigest()
         del key
@@ -207,7 +207,7 @@ class AuthMiddleware:
                 logger.debug("%s refused: unknown key %s", ctx.request_id, key_hash[:12])
             else:
                 logger.info("%s refused: revoked key %s", ctx.request_id, policy.key_id)
-            await self._unauthorized(send, self._invalid[dialect])
+            await self._unauthorized(send, self._invalid[dialect], dialect)
             return
         ctx.key = policy
 
@@ -346,8 +346,9 @@ class AuthMiddleware:
         return ()
 
     @staticmethod
-    async def _unauthorized(send: Send, body: bytes) -> None:
-        await send_body(send, 401, body, [(b"www-authenticate", b"Bearer")])
+    async def _unauthorized(send: Send, body: bytes, dialect: Dialect) -> None:
+        headers = [(b"www-authenticate", b"Bearer"), *dialect.error_headers(401)]
+        await send_body(send, 401, body, headers)
 
     @staticmethod
     async def _forbidden(

@@ -64,9 +64,11 @@ class ClassifyMiddleware:
     """
 
     def __init__(self, app: ASGIApp, *, passthrough: Api | None = None) -> None:
-        if passthrough is not None and passthrough not in APIS:
+        # Bedrock Runtime has no ``/v1/`` paths: its upstream URL is built from the model route.
+        allowed = [api for api in APIS if api != "bedrock"]
+        if passthrough is not None and passthrough not in allowed:
             raise ConfigurationError(
-                f"passthrough must be None or one of {', '.join(APIS)}, not {passthrough!r}"
+                f"passthrough must be None or one of {', '.join(allowed)}, not {passthrough!r}"
             )
         self.app = app
         self._passthrough = passthrough_route(passthrough) if passthrough else None

@@ -6,13 +6,14 @@ The registry: one module per provider (``providers/<name>.py``) exports a `Provi
 environment and the meter of each route API all come from it.
 """
 
-from asgi_llmguard.providers import anthropic, azure, gemini, openai, vertex
+from asgi_llmguard.providers import anthropic, azure, bedrock, gemini, openai, vertex
 from asgi_llmguard.providers.base import Provider, Upstream
 from asgi_llmguard.routes import Api
 
 #: Every provider, by name, in the order default upstreams are taken from the environment.
 PROVIDERS: dict[str, Provider] = {
-    module.PROVIDER.name: module.PROVIDER for module in (openai, azure, anthropic, gemini, vertex)
+    module.PROVIDER.name: module.PROVIDER
+    for module in (openai, azure, anthropic, gemini, vertex, bedrock)
 }
 
 #: The provider that defines each route API's wire (its meters, its warm-up request).

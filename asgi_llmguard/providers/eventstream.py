@@ -24,7 +24,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-import orjson
+from asgi_llmguard.routes import aws_exception_frame
 
 MIME_TYPE = b"application/vnd.amazon.eventstream"
 _PRELUDE = struct.Struct(">III")
@@ -223,16 +223,4 @@ def exception_frame(
     """A terminal exception frame: the AWS SDKs raise it as ``exception_type`` (a member of the
     stream's union: ``internalServerException``, ``serviceUnavailableException``,
     ``modelStreamErrorException``, ``throttlingException``, ...) with ``message``."""
-    headers = b"".join(
-        _string_header(name, value)
-        for name, value in (
-            (":exception-type", exception_type),
-            (":content-type", "application/json"),
-            (":message-type", "exception"),
-        )
-    )
-    payload = orjson.dumps({"message": message})
-    total = 12 + len(headers) + len(payload) + 4
-    prelude = struct.pack(">II", total, len(headers))
-    head = prelude + _CRC.pack(zlib.crc32(prelude)) + headers + payload
-    return head + _CRC.pack(zlib.crc32(head))
+    return aws_exception_frame(message, exception_type)

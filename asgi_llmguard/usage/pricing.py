@@ -404,6 +404,14 @@ def _worst_rates(price: ModelPrice, prompt: int) -> tuple[int, tuple[tuple[int, 
 # Dated snapshots and moving aliases of one model share its price:
 # gpt-4o-2024-08-06, claude-sonnet-4-5-20250929, claude-3-5-haiku-latest, claude-x@20250514.
 _SNAPSHOT = re.compile(r"(?:-\d{4}-\d{2}-\d{2}|-\d{8}|@\d{8}|-latest)$")
+# Amazon Bedrock: an inference profile (``us.anthropic...``, ``global.anthropic...``), or its ARN
+# (``arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic...``), shares the price
+# of the model id it serves (``anthropic.claude-sonnet-4-5-20250929-v1:0``).
+_BEDROCK_PROFILE = re.compile(
+    r"^(?:arn:aws[a-z-]*:bedrock:[a-z0-9-]*:\d*:inference-profile/)?"
+    r"(?:us|eu|apac|jp|au|ca|us-gov|global)\.(?=[a-z0-9-]+\.)"
+    r"|^arn:aws[a-z-]*:bedrock:[a-z0-9-]*:\d*:(?:inference-profile|foundation-model)/"
+)
 _GLOB_CHARS = frozenset("*?[")
 # Model names longer than this are looked up but not cached: the cache's memory stays bounded.
 _CACHEABLE_NAME = 256
@@ -433,6 +441,12 @@ class _Prices:
         price = self.exact.get(model)
         if price is not None:
             return price
+        if "." in model:
+            bare = _BEDROCK_PROFILE.sub("", model, count=1)
+            if bare != model:
+                price = self.exact.get(bare)
+                if price is not None:
+                    return price
         base = _SNAPSHOT.sub("", model)
         if base != model and base:
             price = self.exact.get(base)
