@@ -35,7 +35,7 @@ import logging
 import threading
 import urllib.parse
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -46,14 +46,14 @@ from asgi_llmguard.testing._bedrock_checks import BedrockKnobs, authenticate, ov
 from asgi_llmguard.testing._common import ApiError, Generation, StreamPlan
 from asgi_llmguard.testing._http import ClientGone, Exchange, Receive, ReceivedRequest, Scope, Send
 from asgi_llmguard.testing._knobs import DEFAULT_REPLY, Knobs, count
-from asgi_llmguard.testing._wait import wait_for, wait_until
+from asgi_llmguard.testing._observed import Observed, read_http_request
 from asgi_llmguard.testing.fake import _RESET_FILTER, FakeConnectionReset
 
 _OPERATIONS = ("converse", "converse-stream", "invoke", "invoke-with-response-stream")
 _EVENTSTREAM = b"application/vnd.amazon.eventstream"
 
 
-class FakeBedrock:
+class FakeBedrock(Observed):
     """A fake Bedrock Runtime as an ASGI app; see the module docstring.
 
     Args:
@@ -152,27 +152,6 @@ class FakeBedrock:
 
     # -- observation ------------------------------------------------------------------------------
 
-    @property
-    def requests(self) -> collections.deque[ReceivedRequest]:
-        """The requests received, oldest first, recorded as soon as each body was read."""
-        return self._requests
-
-    @property
-    def active_streams(self) -> int:
-        return self._active
-
-    @property
-    def completed(self) -> int:
-        return self._completed
-
-    @property
-    def disconnects(self) -> int:
-        return self._disconnects
-
-    @property
-    def resets(self) -> int:
-        return self._resets
-
     def reset(self) -> None:
         """Forget the recorded requests and zero the counters (except :attr:`active_streams`)."""
         with self._lock:
@@ -180,39 +159,12 @@ class FakeBedrock:
             self.signers.clear()
             self._completed = self._disconnects = self._resets = 0
 
-    async def wait_for(
-        self,
-        predicate: Callable[[], object],
-        timeout: float = 1.0,  # noqa: ASYNC109 - a polling deadline, not a cancellation scope
-    ) -> None:
-        await wait_for(predicate, timeout)
-
-    def wait_until(self, predicate: Callable[[], object], timeout: float = 1.0) -> None:
-        wait_until(predicate, timeout)
-
     # -- ASGI -------------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
-            await receive()
-            await send({"type": "websocket.close", "code": 1000})
+        body = await read_http_request(scope, receive, send)
+        if body is None:
             return
-        parts: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            parts.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         request = ReceivedRequest(
             method=scope["method"],
@@ -221,7 +173,7 @@ class FakeBedrock:
             headers=[
                 (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]
             ],
-            body=b"".join(parts),
+            body=body,
         )
         with self._lock:
             self._requests.append(request)

@@ -41,7 +41,6 @@ import dataclasses
 import logging
 import threading
 import urllib.parse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +52,8 @@ from asgi_llmguard.testing import _vertex_gemini as gemini
 from asgi_llmguard.testing._common import ApiError, StreamPlan, new_id
 from asgi_llmguard.testing._http import ClientGone, Exchange, Receive, ReceivedRequest, Scope, Send
 from asgi_llmguard.testing._knobs import LINE_ENDINGS, Knobs, count, override, seconds, validate
+from asgi_llmguard.testing._observed import Observed, read_http_request
 from asgi_llmguard.testing._vertex_routes import Call, Family, dispatch, parse
-from asgi_llmguard.testing._wait import wait_for, wait_until
 from asgi_llmguard.testing.fake import _RESET_FILTER, FakeConnectionReset
 
 __all__ = ["FakeVertex"]
@@ -74,7 +73,7 @@ def _family(path: str) -> Family:
         path = path[slash:]
 
 
-class FakeVertex:
+class FakeVertex(Observed):
     """A fake Vertex AI (Gemini and Claude) with its own OAuth 2.0 token endpoint.
 
     Args:
@@ -175,27 +174,6 @@ class FakeVertex:
 
     # -- observation ------------------------------------------------------------------------------
 
-    @property
-    def requests(self) -> collections.deque[ReceivedRequest]:
-        """The requests received, oldest first, token requests included."""
-        return self._requests
-
-    @property
-    def active_streams(self) -> int:
-        return self._active
-
-    @property
-    def completed(self) -> int:
-        return self._completed
-
-    @property
-    def disconnects(self) -> int:
-        return self._disconnects
-
-    @property
-    def resets(self) -> int:
-        return self._resets
-
     def calls(self, family: Family | None = None) -> list[ReceivedRequest]:
         """The model calls received (``google`` or ``anthropic``; both when None), wherever the
         fake is mounted."""
@@ -210,35 +188,12 @@ class FakeVertex:
             self._requests.clear()
             self._completed = self._disconnects = self._resets = 0
 
-    async def wait_for(self, predicate: Callable[[], object], timeout: float = 1.0) -> None:  # noqa: ASYNC109
-        await wait_for(predicate, timeout)
-
-    def wait_until(self, predicate: Callable[[], object], timeout: float = 1.0) -> None:
-        wait_until(predicate, timeout)
-
     # -- ASGI -------------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
-            await receive()
-            await send({"type": "websocket.close", "code": 1000})
+        body = await read_http_request(scope, receive, send)
+        if body is None:
             return
-        parts: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            parts.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
         request = ReceivedRequest(
             method=scope["method"],
             path=scope["path"],
@@ -246,7 +201,7 @@ class FakeVertex:
             headers=[
                 (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]
             ],
-            body=b"".join(parts),
+            body=body,
         )
         with self._lock:
             self._requests.append(request)

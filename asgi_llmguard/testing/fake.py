@@ -96,7 +96,6 @@ import http
 import logging
 import threading
 import urllib.parse
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -129,8 +128,8 @@ from asgi_llmguard.testing._knobs import (
     override,
     validate,
 )
+from asgi_llmguard.testing._observed import Observed
 from asgi_llmguard.testing._realtime import realtime_model, serve_realtime
-from asgi_llmguard.testing._wait import wait_for, wait_until
 from asgi_llmguard.testing._websocket import (
     Session,
     SocketDropped,
@@ -169,7 +168,7 @@ def _format_seconds(value: float) -> str:
     return str(int(value)) if value == int(value) else str(value)
 
 
-class FakeProvider:
+class FakeProvider(Observed):
     """A fake OpenAI / Azure OpenAI / Anthropic API as an ASGI app; see the module docstring.
 
     Args:
@@ -266,52 +265,11 @@ class FakeProvider:
 
     # -- observation ------------------------------------------------------------------------------
 
-    @property
-    def requests(self) -> collections.deque[ReceivedRequest]:
-        """The requests received, oldest first, recorded as soon as each body was read."""
-        return self._requests
-
-    @property
-    def active_streams(self) -> int:
-        """Responses in progress: from the end of the request body to the end of the response."""
-        return self._active
-
-    @property
-    def completed(self) -> int:
-        """Responses sent to their end, whatever their status (truncated streams included)."""
-        return self._completed
-
-    @property
-    def disconnects(self) -> int:
-        """Responses abandoned because the client went away before they were finished."""
-        return self._disconnects
-
-    @property
-    def resets(self) -> int:
-        """Connections dropped on purpose by ``reset_after_chunks``."""
-        return self._resets
-
     def reset(self) -> None:
         """Forget the recorded requests and zero the counters (except :attr:`active_streams`)."""
         with self._lock:
             self._requests.clear()
             self._completed = self._disconnects = self._resets = 0
-
-    async def wait_for(
-        self,
-        predicate: Callable[[], object],
-        timeout: float = 1.0,  # noqa: ASYNC109 - a polling deadline, not a cancellation scope
-    ) -> None:
-        """Wait (async, polling) until ``predicate()`` is true, e.g.
-        ``await fake.wait_for(lambda: fake.disconnects == 1)``; TimeoutError after ``timeout``.
-        """
-        await wait_for(predicate, timeout)
-
-    def wait_until(self, predicate: Callable[[], object], timeout: float = 1.0) -> None:
-        """Block until ``predicate()`` is true (the fake runs in another thread), polling;
-        TimeoutError after ``timeout`` seconds.
-        """
-        wait_until(predicate, timeout)
 
     # -- ASGI -------------------------------------------------------------------------------------
 
