@@ -266,9 +266,11 @@ class RequestContext:
         root: str = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :] or "/"
-        ctx: RequestContext | None = None
-        if scope["type"] == "websocket":
+        try:
+            method: str = scope["method"]
+        except KeyError:  # an HTTP scope always has one; a WebSocket upgrade has none
             return cls._websocket(path)
+        ctx: RequestContext | None = None
         if path.startswith(SHARED_PREFIXES):
             # Model lists, files and skills exist in both dialects: Anthropic's headers pick
             # Anthropic's (``anthropic-beta`` alone too: curl users of the Files API send it with
@@ -276,16 +278,16 @@ class RequestContext:
             # Google's key (header or ``key`` parameter) picks the Gemini API's model list.
             for name, _ in scope["headers"]:
                 if name in _ANTHROPIC_HEADERS:
-                    ctx = cls(scope["method"], path, None, True)
+                    ctx = cls(method, path, None, True)
                     break
                 if name == _GOOGLE_KEY_HEADER:
-                    ctx = cls._google(scope["method"], path)
+                    ctx = cls._google(method, path)
                     break
             else:
                 if b"key=" in scope.get("query_string", b""):
-                    ctx = cls._google(scope["method"], path)
+                    ctx = cls._google(method, path)
         if ctx is None:
-            ctx = cls(scope["method"], path)
+            ctx = cls(method, path)
         route = ctx.route
         if route is not None and route.endpoint.reads_scope:
             if route.endpoint.multipart:

@@ -95,11 +95,12 @@ async def relay(
         if name == b"content-length":
             length = int(value) if value.isdigit() else -1
         elif name == b"content-type":
-            sse = value.startswith(b"text/event-stream")
-            if value.startswith(_EVENTSTREAM):
-                # An AWS event stream (Bedrock): binary frames under CRCs, never rewritten; a
-                # break ends it with the dialect's exception frame, as an SSE stream's event.
-                sse = encoded = True
+            if value.startswith(_STREAMS):  # one test for a JSON answer
+                sse = True
+                if value.startswith(_EVENTSTREAM):
+                    # An AWS event stream (Bedrock): binary frames under CRCs, never rewritten;
+                    # a break ends it with the dialect's exception frame, as an SSE stream's event.
+                    encoded = True
         elif name == b"content-encoding":
             encoded = True
     # Bodies are relayed as the upstream encoded them; a compressed one is not rewritten.
@@ -174,6 +175,7 @@ async def relay(
 
 
 _EVENTSTREAM = b"application/vnd.amazon.eventstream"
+_STREAMS = (b"text/event-stream", _EVENTSTREAM)
 _SHUTDOWN = "The gateway is shutting down; the answer was interrupted. Retry the request."
 
 
