@@ -75,14 +75,17 @@ class VertexProvider:
         self, upstream: Upstream, method: str, url: str, headers: StrHeaders, body: bytes
     ) -> str:
         """``Authorization: Bearer <token>``; raises `GoogleCredentialsError` when the credential
-        has no valid token (the forwarder answers 503 or 502: nothing was sent)."""
+        has no valid token (nothing is sent: the forwarder tries another credential or answers
+        503, with ``Retry-After`` when the failure is temporary)."""
         entry = self._sources.get(id(upstream))
-        token = entry[1].token() if entry is not None else None
-        if token is None:
+        if entry is None:
             raise GoogleCredentialsError(
-                f"Google credential {upstream.credential_id}: no valid access token",
-                retryable=True,
+                f"Google credential {upstream.credential_id}: not started", retryable=True
             )
+        source = entry[1]
+        token = source.token()
+        if token is None:
+            raise source.unavailable()
         headers.append(("authorization", f"Bearer {token}"))
         return url
 
