@@ -210,6 +210,36 @@ def test_claude_messages_are_served_and_priced_as_claude(served):
     assert row["cost_nanos"] == 2 * 3000 + WORDS * 15000
 
 
+def test_claude_token_counting_is_forwarded_and_recorded_free(served):
+    url, fake, ledger = served
+    client = claude(url)
+    counted = client.messages.count_tokens(
+        model=CLAUDE, messages=[{"role": "user", "content": "one two three"}]
+    )
+    assert counted.input_tokens > 0
+    (call,) = fake.calls("anthropic")
+    assert call.path == (
+        f"/v1/projects/{PROJECT}/locations/{LOCATION}/publishers/anthropic/models/"
+        "count-tokens:rawPredict"
+    )
+    assert call.header("authorization").startswith("Bearer ya29.")
+    assert call.json()["model"] == CLAUDE
+    (row,) = rows(ledger, 1)
+    assert (row["provider"], row["endpoint"], row["model"], row["key_id"]) == (
+        "vertex_anthropic",
+        "count-tokens",
+        CLAUDE,
+        "vtx",
+    )
+    assert (row["status"], row["cost_nanos"], row["output_tokens"]) == (200, 0, 0)
+    # The model in the body is the key's to allow.
+    with pytest.raises(anthropic.PermissionDeniedError):
+        client.messages.count_tokens(
+            model="claude-opus-4-1@20250805", messages=[{"role": "user", "content": "x"}]
+        )
+    assert len(fake.calls("anthropic")) == 1
+
+
 def test_claude_streamed_is_metered_from_the_stream(served):
     url, fake, ledger = served
     fake.configure(cache_write_5m=3)
