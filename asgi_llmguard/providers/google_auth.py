@@ -282,14 +282,15 @@ class GoogleTokenSource(Resource):
         with self._lock:
             failure = self._failure
             due = self._next_background
-        if failure is None or self._inflight is not None:
+            refreshing = self._inflight is not None
+        if failure is None:
             return GoogleCredentialsError(
                 f"Google credential {self.name}: no access token yet, a refresh is running",
                 retryable=True,
                 retry_after=1.0,
             )
         error = failure[1]
-        wait = max(due - time.monotonic(), 1.0)
+        wait = 1.0 if refreshing else max(due - time.monotonic(), 1.0)
         return GoogleCredentialsError(str(error), retryable=error.retryable, retry_after=wait)
 
     async def get(self) -> str:
