@@ -156,8 +156,9 @@ async def warm_request(
     if for_upstream is not None:
         built = for_upstream(target.upstream, api, model, policy.max_tokens, policy.prompt)
         if built is None:
-            logger.info("warm-up of %s skipped: its upstream names no project", credential_id)
-            return False
+            # Nothing to send it: counted as warm, so it is not tried on every request.
+            logger.info("warm-up of %s skipped: no project is known for it", credential_id)
+            return True
         path, body = built
     else:
         path, body = OWNERS[api].warmup(api, model, policy.max_tokens, policy.prompt)

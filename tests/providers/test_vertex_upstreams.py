@@ -261,3 +261,31 @@ def test_warm_up_of_a_vertex_secondary_hits_its_project_and_location(
     recorded = [e for e in events if e.outcome == "warmup"]
     assert sorted(e.credential_id or "" for e in recorded) == ["secondary", "third"]
     assert all(e.status == 200 and e.input_tokens == 1 and e.key_id is None for e in recorded)
+
+
+def test_a_secondary_with_no_known_project_is_not_warmed_on_every_request(tmp_path):
+    import json
+
+    fake = FakeVertex()
+    with serve(fake) as upstream:
+        sa = fake.write_service_account_file(tmp_path / "sa.json", upstream.url)
+        info = json.loads(sa.read_text())
+        del info["project_id"]
+        anonymous = tmp_path / "no-project.json"
+        anonymous.write_text(json.dumps(info))
+        app = build_stack(
+            upstreams=[
+                Upstream("vertex", upstream.url, name="primary", credentials_file=str(sa)),
+                Upstream("vertex", upstream.url, name="second", credentials_file=str(anonymous)),
+            ],
+            keys=_keys(),
+            routing=Routing(selector="fill-first", warmup=WarmupPolicy(ttl=60)),
+        )
+        with serve(app) as server:
+            gemini = _gemini(server.url)
+            for _ in range(5):
+                assert gemini.models.generate_content(model=MODEL, contents="hi").text == REPLY
+            warmer = app.forwarder.warmer
+            assert warmer is not None
+            assert warmer.started == 1
+    assert not any((c.header("x-request-id") or "").startswith("warmup_") for c in fake.calls())
