@@ -101,6 +101,9 @@ class UpstreamConfig(_Strict):
     priority: int = 0
     #: Vertex AI: the service-account key file (unset: application default credentials).
     credentials_file: str | None = None
+    #: Vertex AI: the project and location requests are sent to (unset: the caller's path's).
+    project: str | None = None
+    location: str | None = None
 
     def __repr__(self) -> str:  # never show the key
         return f"UpstreamConfig(provider={self.provider!r}, base_url={self.base_url!r})"

@@ -303,6 +303,9 @@ class ForwardingApp(Resource):
                 error = failure.error
                 if error is not None and (final or not sent_nothing(error)):
                     ctx.upstream_error = error.kind
+                    if isinstance(error, _NoCredential):
+                        await _send_no_credential(send, error, dialect)
+                        return
                     await send_error(
                         send,
                         STATUS_FOR[error.kind],
@@ -540,10 +543,46 @@ class ForwardingApp(Resource):
         )
 
 
+class _NoCredential(UpstreamConnectError):
+    """The upstream credential has nothing to sign with (no Google access token): nothing was
+    sent. ``retry_after`` is set when the failure looks temporary."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message, "credential")
+        self.retry_after = retry_after
+
+
 def _signed(target: Target, method: str, url: str, headers: StrHeaders, body: bytes) -> str:
     """The provider's `sign`; a credential with nothing to sign with fails the attempt before
     anything is sent (another credential may serve it)."""
     try:
         return target.provider.sign(target.upstream, method, url, headers, body)
     except GoogleCredentialsError as exc:
-        raise UpstreamConnectError(str(exc), "credential") from None
+        raise _NoCredential(str(exc), exc.retry_after if exc.retryable else None) from None
+
+
+async def _send_no_credential(send: Send, error: _NoCredential, dialect: Dialect) -> None:
+    """503 in the caller's dialect: the gateway cannot authenticate upstream right now. Its
+    message names neither the credential nor the reason (the gateway's log does)."""
+    wait = error.retry_after
+    if wait is None:
+        await send_error(
+            send,
+            503,
+            "The gateway's upstream credential was refused by its provider; the gateway's "
+            "operator must replace it.",
+            dialect=dialect,
+            code="upstream_credential_unavailable",
+            should_retry=False,
+        )
+        return
+    seconds = max(1, math.ceil(wait))
+    await send_error(
+        send,
+        503,
+        f"The gateway has no valid upstream access token yet; retry after {seconds} s.",
+        dialect=dialect,
+        code="upstream_credential_unavailable",
+        headers=[(b"retry-after", str(seconds).encode())],
+        should_retry=worth_waiting(seconds),
+    )

@@ -53,6 +53,12 @@ class Upstream:
     #: Vertex AI: the service-account key file of the Google credential; unset: the
     #: application default credentials.
     credentials_file: str | None = None
+    #: Vertex AI: the Google Cloud project every request is sent to, whatever project the
+    #: caller's path names; unset: the caller's.
+    project: str | None = None
+    #: Vertex AI: the location every request is sent to (``us-east5``, ``global``); unset: the
+    #: one the base URL names when ``project`` is set, else the caller's.
+    location: str | None = None
 
     def __post_init__(self) -> None:
         from asgi_llmguard.providers import PROVIDERS  # the registry imports this module
@@ -77,6 +83,8 @@ class Upstream:
         object.__setattr__(self, "models", tuple(self.models))
         if self.weight < 1:
             raise ConfigurationError("Upstream weight must be a positive integer")
+        if (self.project is not None or self.location is not None) and self.provider != "vertex":
+            raise ConfigurationError("Upstream project and location are Vertex AI options")
 
     @property
     def credential_id(self) -> str:
