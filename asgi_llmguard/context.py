@@ -101,10 +101,12 @@ class RequestFields(msgspec.Struct):
     @property
     def max_output(self) -> int | None:
         """The output-token cap, whichever of the providers' names carries it."""
-        for value in (self.max_completion_tokens, self.max_tokens, self.max_output_tokens):
-            if value is not None:
-                return value
-        return None
+        value = self.max_completion_tokens
+        if value is None:
+            value = self.max_tokens
+            if value is None:
+                value = self.max_output_tokens
+        return value
 
 
 _EMPTY_FIELDS = RequestFields()

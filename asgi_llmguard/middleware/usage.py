@@ -291,7 +291,7 @@ class UsageMiddleware:
         prompt = 1 if multipart else prompt_bytes // 4 + 1
         amount = estimate_nanos(price, prompt, fields.max_output or self._default_max_output)
         unit = endpoint.unit if endpoint is not None else None
-        unit_price = price.unit_price(unit)
+        unit_price = price.unit_price(unit) if unit is not None else None
         if unit_price is not None:
             expected = _expected_units(ctx, fields, unit)
             amount += usd_to_nanos(unit_price) * math.ceil(expected)
