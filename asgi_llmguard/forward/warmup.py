@@ -144,12 +144,13 @@ async def warm_request(
     api: Api,
     model: str,
     policy: WarmupPolicy,
-    listener: Callable[[Attempt, Api], None] | None,
+    listener: Callable[[Attempt, Api, str], None] | None,
 ) -> bool:
     """One tiny request to ``target`` for ``model``; ``True`` when it answered 2xx. The attempt
     goes to ``listener`` (the usage ledger records it as ``warmup``)."""
     provider = target.provider
-    path, body = OWNERS[api].warmup(api, model, policy.max_tokens, policy.prompt)
+    owner = OWNERS[api]
+    path, body = owner.warmup(api, model, policy.max_tokens, policy.prompt)
     ctx = RequestContext("POST", path)
     ctx.request_id = "warmup_" + ctx.request_id.removeprefix("req_")
     ctx.body = body
@@ -191,7 +192,7 @@ async def warm_request(
             )
             attempt_request = ctx.request_id
             try:
-                listener(attempt, api)
+                listener(attempt, api, owner.warmup_operation(api))
             except Exception:
                 logger.exception("warm-up listener failed for %s", attempt_request)
     return 200 <= status < 300
