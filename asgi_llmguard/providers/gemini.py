@@ -130,7 +130,8 @@ def gemini_thinking(body: dict[str, Any], thinking: Thinking, model: str) -> Non
       ``(auto)`` removes it (the model's dynamic default).
 
     A request sets one of ``thinkingBudget`` and ``thinkingLevel`` (both is a 400): the other is
-    removed. Fields spelled in snake case (``generation_config``) keep their spelling.
+    removed. Fields spelled in snake case (``thinking_budget``), as protobuf's JSON form allows,
+    keep that spelling.
     """
     config_key = "generation_config" if "generation_config" in body else "generationConfig"
     config = body.get(config_key)
@@ -138,7 +139,8 @@ def gemini_thinking(body: dict[str, Any], thinking: Thinking, model: str) -> Non
     thinking_key = "thinking_config" if "thinking_config" in config else "thinkingConfig"
     settings = config.get(thinking_key)
     settings = dict(settings) if isinstance(settings, Mapping) else {}
-    snake = thinking_key == "thinking_config"
+    # Spelled as the caller spelled it (google-genai writes the members in snake case).
+    snake = thinking_key == "thinking_config" or any("_" in key for key in settings)
     for key in ("thinkingBudget", "thinking_budget", "thinkingLevel", "thinking_level"):
         settings.pop(key, None)
     generation = _GENERATION.match(model)
