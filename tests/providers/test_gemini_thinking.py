@@ -7,6 +7,9 @@ set from it. And a budget's reservation reads ``generationConfig.maxOutputTokens
 
 from __future__ import annotations
 
+import sqlite3
+import time
+
 import httpx
 import pytest
 from google import genai
@@ -17,12 +20,15 @@ from asgi_llmguard import (
     KeyPolicy,
     MemoryBudgetStore,
     ModelPrice,
+    SQLiteSink,
     StaticKey,
     StaticKeyStore,
     Upstream,
+    UsagePipeline,
     build_stack,
     hash_key,
 )
+from asgi_llmguard.forward.router import Routing, WarmupPolicy
 from asgi_llmguard.testing import FakeProvider, FakeVertex, serve
 
 CALLER_KEY = "sk-llmg-gemini-thinking-0123456789abcdefghijklmn"
@@ -189,3 +195,42 @@ def test_a_suffix_on_vertex_sets_gemini_and_claude_thinking(vertex):
     assert sent.path.endswith("/models/claude-sonnet-4-5@20250929:rawPredict")
     assert sent.json()["thinking"] == {"type": "enabled", "budget_tokens": 24576}
     assert sent.json()["max_tokens"] == 24576 + 100
+
+
+def test_a_gemini_warm_up_is_recorded_as_generate_content(tmp_path):
+    first, second = FakeProvider(api_key=UPSTREAM_KEY), FakeProvider(api_key=UPSTREAM_KEY)
+    policy = KeyPolicy(key_id="gt", models=("gemini-*",))
+    keys = StaticKeyStore([StaticKey(policy, key_hash=hash_key(CALLER_KEY))])
+    ledger = tmp_path / "ledger.sqlite3"
+    pipeline = UsagePipeline([SQLiteSink(str(ledger))], spill_path=str(tmp_path / "spill"))
+    with serve(first) as a, serve(second) as b:
+        app = build_stack(
+            upstreams=[
+                Upstream("gemini", a.url, api_key=UPSTREAM_KEY, name="a"),
+                Upstream("gemini", b.url, api_key=UPSTREAM_KEY, name="b"),
+            ],
+            keys=keys,
+            pipeline=pipeline,
+            routing=Routing(selector="fill-first", warmup=WarmupPolicy(ttl=60)),
+        )
+        with serve(app) as server:
+            client = genai.Client(
+                api_key=CALLER_KEY,
+                http_options=types.HttpOptions(base_url=server.url, retry_options=NO_RETRY),
+            )
+            client.models.generate_content(model="gemini-2.5-flash(low)", contents="one")
+            second.wait_until(lambda: len(second.requests) == 1, timeout=5)
+    warmed = second.requests[0]
+    assert warmed.path == "/v1beta/models/gemini-2.5-flash:generateContent"
+    deadline = time.monotonic() + 5
+    rows: list[tuple[str, str, str]] = []
+    while len(rows) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        if ledger.exists():
+            with sqlite3.connect(ledger) as db:
+                if db.execute("SELECT 1 FROM sqlite_master WHERE name='usage_events'").fetchone():
+                    rows = db.execute(
+                        "SELECT credential_id, outcome, endpoint FROM usage_events"
+                        " ORDER BY credential_id"
+                    ).fetchall()
+    assert rows == [("a", "ok", "generateContent"), ("b", "warmup", "generateContent")]
