@@ -33,6 +33,25 @@ from asgi_llmguard.routes import Api, Endpoint
 _RETRY_DELAY = re.compile(rb'"retryDelay"\s*:\s*"(\d{1,6}(?:\.\d{1,9})?)s"')
 
 
+def google_first_event(content_type: bytes, held: bytes) -> int | None:
+    """`Provider.first_event` of the Gemini API's streams (``alt=sse``; Vertex AI's too): an
+    error sent as the first event stands for its ``error.code`` (429 for
+    ``RESOURCE_EXHAUSTED``, 503 for ``UNAVAILABLE``), so the credential cools down for the right
+    reason; any other answer is 200 (a JSON-array stream is not checked)."""
+    status = sse.first_sse_event(content_type, held)
+    if status is None or status == 200:
+        return status
+    _, data = sse.event_fields(held[: sse.first_event_end(held)])
+    try:
+        error = orjson.loads(data)["error"]
+        code = error["code"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return status
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
+        return code
+    return status
+
+
 class GeminiProvider(StaticCredential):
     name = "gemini"
     serves: frozenset[Api] = frozenset({"gemini"})
@@ -96,7 +115,7 @@ class GeminiProvider(StaticCredential):
     def strip_stream_usage(data: bytes) -> bytes:
         return data
 
-    first_event = staticmethod(sse.first_sse_event)
+    first_event = staticmethod(google_first_event)
 
     def warmup_operation(self, api: Api) -> str:
         return "generateContent"

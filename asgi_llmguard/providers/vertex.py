@@ -22,10 +22,10 @@ from urllib.parse import quote
 import orjson
 
 from asgi_llmguard.context import RequestContext, RequestFields
-from asgi_llmguard.providers import anthropic_usage, gemini_usage, sse
+from asgi_llmguard.providers import anthropic_usage, gemini_usage
 from asgi_llmguard.providers.anthropic import anthropic_thinking
 from asgi_llmguard.providers.base import ResetParser, StreamMeter, StrHeaders, Upstream, join
-from asgi_llmguard.providers.gemini import GENERATE_OPERATIONS, gemini_thinking
+from asgi_llmguard.providers.gemini import GENERATE_OPERATIONS, gemini_thinking, google_first_event
 from asgi_llmguard.providers.gemini import PROVIDER as GEMINI
 from asgi_llmguard.providers.google_auth import GoogleCredentialsError, GoogleTokenSource
 from asgi_llmguard.providers.thinking import Thinking
@@ -138,7 +138,7 @@ class VertexProvider:
     def strip_stream_usage(data: bytes) -> bytes:
         return data
 
-    first_event = staticmethod(sse.first_sse_event)
+    first_event = staticmethod(google_first_event)  # Claude's error events read as Anthropic's
 
     def warmup_operation(self, api: Api) -> str:
         return "generateContent"

@@ -11,6 +11,7 @@ import sqlite3
 import time
 
 import httpx
+import orjson
 import pytest
 from google import genai
 from google.genai import errors, types
@@ -234,3 +235,47 @@ def test_a_gemini_warm_up_is_recorded_as_generate_content(tmp_path):
                         " ORDER BY credential_id"
                     ).fetchall()
     assert rows == [("a", "ok", "generateContent"), ("b", "warmup", "generateContent")]
+
+
+async def _exhausted_in_a_200_stream(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+    """A Gemini upstream that accepts a stream with 200, then sends a quota error first."""
+    if scope["type"] != "http":
+        return
+    message = await receive()  # type: ignore[operator]
+    while message.get("more_body"):
+        message = await receive()  # type: ignore[operator]
+    error = {"error": {"code": 429, "message": "Quota exceeded", "status": "RESOURCE_EXHAUSTED"}}
+    start = {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-type", b"text/event-stream")],
+    }
+    await send(start)  # type: ignore[operator]
+    await send(
+        {"type": "http.response.body", "body": b"data: " + orjson.dumps(error) + b"\r\n\r\n"}
+    )  # type: ignore[operator]
+
+
+def test_a_quota_error_as_the_first_event_cools_the_credential_as_rate_limited():
+    fake = FakeProvider(api_key=UPSTREAM_KEY)
+    policy = KeyPolicy(key_id="gt", models=("gemini-*",))
+    keys = StaticKeyStore([StaticKey(policy, key_hash=hash_key(CALLER_KEY))])
+    with serve(_exhausted_in_a_200_stream) as bad, serve(fake) as good:
+        app = build_stack(
+            upstreams=[
+                Upstream("gemini", bad.url, api_key=UPSTREAM_KEY, name="bad"),
+                Upstream("gemini", good.url, api_key=UPSTREAM_KEY, name="good"),
+            ],
+            keys=keys,
+            routing=Routing(selector="fill-first", hold_first_event=True),
+        )
+        with serve(app) as server:
+            client = genai.Client(
+                api_key=CALLER_KEY,
+                http_options=types.HttpOptions(base_url=server.url, retry_options=NO_RETRY),
+            )
+            stream = client.models.generate_content_stream(model="gemini-2.5-flash", contents="a")
+            assert "".join(piece.text or "" for piece in stream)
+            assert len(fake.requests) == 1
+            cooling = app.forwarder.router.cooldowns.snapshot()
+    assert [(c.credential_id, c.reason) for c in cooling] == [("bad", "rate_limited")]
