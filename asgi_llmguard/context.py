@@ -80,6 +80,12 @@ class McpServer(msgspec.Struct):
     url: str | None = None
 
 
+class GenerationConfig(msgspec.Struct):
+    """Gemini's ``generationConfig`` (AI Studio and Vertex AI)."""
+
+    max_output_tokens: int | None = msgspec.field(default=None, name="maxOutputTokens")
+
+
 class RequestFields(msgspec.Struct):
     """The few request-body fields the gateway acts on; all other fields are skipped unread."""
 
@@ -97,6 +103,10 @@ class RequestFields(msgspec.Struct):
     mcp_servers: list[McpServer] | None = None
     #: How many images (or choices) to make.
     n: int | None = None
+    #: Gemini's output cap is ``generationConfig.maxOutputTokens``.
+    generation_config: GenerationConfig | None = msgspec.field(
+        default=None, name="generationConfig"
+    )
 
     @property
     def max_output(self) -> int | None:
@@ -106,12 +116,30 @@ class RequestFields(msgspec.Struct):
             value = self.max_tokens
             if value is None:
                 value = self.max_output_tokens
+        if value is None:
+            config = self.generation_config  # the Gemini API's cap
+            if config is not None:
+                return config.max_output_tokens
         return value
 
 
 _EMPTY_FIELDS = RequestFields()
 _STREAMING_FIELDS = RequestFields(stream=True)
 _decoder = msgspec.json.Decoder(RequestFields)
+
+
+def _stream_fields(body: bytes | None) -> RequestFields:
+    """The fields of a route that always streams: ``stream``, and the output cap its body may set
+    (Gemini's ``generationConfig.maxOutputTokens``); the body is the upstream's to judge."""
+    if not body or b"maxOutputTokens" not in body:
+        return _STREAMING_FIELDS
+    try:
+        config = _decoder.decode(body).generation_config
+    except (msgspec.DecodeError, RecursionError):
+        return _STREAMING_FIELDS
+    return RequestFields(stream=True, generation_config=config)
+
+
 #: The form fields read from a multipart upload; every other part (the file) is skipped.
 _FORM_FIELDS = ("model", "n", "stream")
 
@@ -339,7 +367,7 @@ class RequestContext:
             elif route is None or not route.endpoint.json_body or not self.body:
                 # A route that always streams (the path says so, not a body field).
                 streams = route is not None and route.endpoint.streams
-                fields = _STREAMING_FIELDS if streams else _EMPTY_FIELDS
+                fields = _stream_fields(self.body) if streams else _EMPTY_FIELDS
             else:
                 body = self.body
                 try:

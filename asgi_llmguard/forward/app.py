@@ -50,7 +50,6 @@ from asgi_llmguard.forward.relay import (
     Watch,
     end_interrupted,
     hold_first_event,
-    is_sse,
     relay,
 )
 from asgi_llmguard.forward.resilience import (
@@ -59,11 +58,10 @@ from asgi_llmguard.forward.resilience import (
 )
 from asgi_llmguard.forward.router import Cooldowns, Plan, Router, Routing, Step
 from asgi_llmguard.forward.target import Target
-from asgi_llmguard.forward.thinking import apply_thinking
 from asgi_llmguard.forward.warmup import Warmer, warm_request
 from asgi_llmguard.forward.websocket import WebSocketRelay
 from asgi_llmguard.lifecycle import Closable, Resource, close_all, serve_lifespan, start_all
-from asgi_llmguard.providers import provider_for
+from asgi_llmguard.providers import OWNERS, provider_for
 from asgi_llmguard.providers.base import StrHeaders, Upstream
 from asgi_llmguard.providers.google_auth import GoogleCredentialsError
 from asgi_llmguard.routes import Api, Dialect
@@ -74,8 +72,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("asgi_llmguard.forward")
 
-#: Called with each warm-up attempt (its usage is recorded as ``warmup``, charged to no key).
-WarmupListener = Callable[[Attempt, Api], None]
+#: Called with each warm-up attempt, its route API and operation (its usage is recorded as
+#: ``warmup``, charged to no key).
+WarmupListener = Callable[[Attempt, Api, str], None]
 
 
 async def _watch_disconnect(receive: Receive, task: asyncio.Task[object], watch: Watch) -> None:
@@ -153,7 +152,13 @@ class ForwardingApp(Resource):
         #: What the credentials need started with the gateway (Google token sources).
         self.credential_resources: list[Closable] = []
         seen: set[str] = set()
-        has_openai = any(getattr(u, "provider", None) == "openai" for u in upstreams)
+        # The route APIs some upstream speaks natively (its provider owns them).
+        native = {
+            api
+            for u in upstreams
+            if isinstance(u, Upstream)
+            for api in provider_for(u.provider).owns
+        }
         for index, upstream in enumerate(upstreams):
             if not isinstance(upstream, Upstream):
                 raise ConfigurationError(f"upstreams must be Upstream objects, got {upstream!r}")
@@ -168,17 +173,13 @@ class ForwardingApp(Resource):
             if target.resource is not None:
                 self.credential_resources.append(target.resource)
             for api in sorted(provider.serves):
-                models: Sequence[str] | None = None
-                if upstream.provider == "azure" and api == "openai" and not upstream.models:
-                    # Azure answers OpenAI-style routes only through its deployments: it joins
-                    # their pools for the models it maps, or for every model when no OpenAI
-                    # upstream is configured.
-                    if upstream.deployments:
-                        models = list(upstream.deployments)
-                    elif has_openai:
-                        continue
+                models = provider.pool_models(upstream, api, api in native)
+                if models is not None and not models:
+                    continue
                 candidates.setdefault(api, []).append(Candidate(upstream, index, target, models))
         self.routing = routing if routing is not None else Routing()
+        #: Each route API's thinking rewrite, by the provider that owns its wire.
+        self._thinking = {api: owner.apply_thinking for api, owner in OWNERS.items()}
         self.router = Router(candidates, self.routing)
         self.upstreams = tuple(upstreams)
         self.engine: Engine = (
@@ -368,13 +369,24 @@ class ForwardingApp(Resource):
             ctx.upstream_model = None
             return body
         ctx.upstream_model = parsed.base
+        thinking = parsed.thinking
         if route.model is not None:
-            return body  # the model is in the path: the provider's `target` sends it there
-        document = orjson.loads(body)
-        rewritten = apply_thinking(
-            route.endpoint.api, document, parsed, operation=route.endpoint.operation
-        )
-        return orjson.dumps(rewritten)
+            # The model is in the path: the provider's `target` sends it there.
+            if thinking is None:
+                return body
+            try:
+                document = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                document = None
+            if not isinstance(document, dict):
+                raise InvalidBody("A thinking suffix needs a JSON object as the request body")
+        else:
+            document = orjson.loads(body)
+            document["model"] = parsed.base
+        if thinking is not None:
+            endpoint = route.endpoint
+            self._thinking[endpoint.api](endpoint.operation, document, thinking, parsed.base)
+        return orjson.dumps(document)
 
     async def _attempt(
         self,
@@ -445,9 +457,8 @@ class ForwardingApp(Resource):
                     and self.routing.hold_first_event
                     and not final
                     and not plan.pinned
-                    and is_sse(resp)
                 ):
-                    held, status = await hold_first_event(resp)
+                    held, status = await hold_first_event(resp, target.first_event)
                 retry_statuses = self.routing.retry.statuses
                 failed = status in retry_statuses or status in (401, 402, 403)
                 if breaker is not None:
@@ -455,7 +466,7 @@ class ForwardingApp(Resource):
                     breaker.record(credential, not failed)
                 if cooldowns is not None and (model or status in (401, 402, 403)):
                     if failed:
-                        hint = retry_after_hint(resp.headers, time.time())
+                        hint = retry_after_hint(resp.headers, time.time(), target.resets)
                         if hint is None and status == 429 and target.provider.hints_in_body:
                             # The wait is in the (small) error body: read it, relay it as read.
                             body_read = await resp.read_all()

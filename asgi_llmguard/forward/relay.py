@@ -15,12 +15,8 @@ from asgi_llmguard.errors import send_error, sse_error_event
 from asgi_llmguard.forward.aliases import AliasTable
 from asgi_llmguard.forward.engines import UpstreamError, UpstreamResponse
 from asgi_llmguard.forward.headers import response_headers
-from asgi_llmguard.forward.resilience import (
-    HOLD_LIMIT,
-    StreamRewriter,
-    error_in_first_event,
-    first_event_end,
-)
+from asgi_llmguard.forward.resilience import HOLD_LIMIT, StreamRewriter
+from asgi_llmguard.providers.base import FirstEvent
 from asgi_llmguard.routes import Dialect
 from asgi_llmguard.types import Send
 
@@ -65,13 +61,6 @@ class Watch:
         #: The response start went out, and whether it was a stream (for a terminal event).
         self.started = False
         self.sse = False
-
-
-def is_sse(resp: UpstreamResponse) -> bool:
-    for name, value in resp.headers:
-        if name == b"content-type":
-            return value.startswith(b"text/event-stream")
-    return False
 
 
 async def relay(
@@ -201,21 +190,26 @@ async def end_interrupted(send: Send, watch: Watch, dialect: Dialect) -> None:
         logger.debug("could not end an interrupted answer", exc_info=True)
 
 
-async def hold_first_event(resp: UpstreamResponse) -> tuple[bytes, int]:
-    """Read until the stream's first complete event. Returns the bytes read and the status the
-    attempt stands for: 200, or the status an error event in it means (see resilience)."""
+async def hold_first_event(resp: UpstreamResponse, first_event: FirstEvent) -> tuple[bytes, int]:
+    """Read until the stream's first complete event, as the upstream's provider tells it
+    (`Provider.first_event`). Returns the bytes read and the status the attempt stands for: 200,
+    or the status an error event in it means. An answer the provider does not check is not
+    read."""
+    content_type = b""
+    for name, value in resp.headers:
+        if name == b"content-type":
+            content_type = value
+            break
     held = b""
+    status = first_event(content_type, held)
     try:
-        while len(held) < HOLD_LIMIT:
+        while status is None and len(held) < HOLD_LIMIT:
             chunk = await resp.read_chunk()
             if not chunk:
                 # The stream ended before a complete event: nothing useful was produced.
                 return held, 502 if not held.strip() else 200
             held += chunk
-            end = first_event_end(held)
-            if end >= 0:
-                status = error_in_first_event(held[:end])
-                return held, status if status is not None else 200
+            status = first_event(content_type, held)
     except UpstreamError:
         return held, 502
-    return held, 200
+    return held, 200 if status is None else status

@@ -145,7 +145,7 @@ async def warm_request(
     api: Api,
     model: str,
     policy: WarmupPolicy,
-    listener: Callable[[Attempt, Api], None] | None,
+    listener: Callable[[Attempt, Api, str], None] | None,
 ) -> bool:
     """One tiny request to ``target`` for ``model``; ``True`` when it answered 2xx. The attempt
     goes to ``listener`` (the usage ledger records it as ``warmup``)."""
@@ -206,7 +206,7 @@ async def warm_request(
             )
             attempt_request = ctx.request_id
             try:
-                listener(attempt, api)
+                listener(attempt, api, OWNERS[api].warmup_operation(api))
             except Exception:
                 logger.exception("warm-up listener failed for %s", attempt_request)
     return 200 <= status < 300

@@ -20,17 +20,22 @@ error shape and its ``RetryInfo`` cooldowns) or, under ``publishers/anthropic``,
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import orjson
 
-from asgi_llmguard.context import RequestContext
+from asgi_llmguard.context import RequestContext, RequestFields
 from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.providers import anthropic_usage, gemini_usage
-from asgi_llmguard.providers.base import StreamMeter, StrHeaders, Upstream, join
+from asgi_llmguard.providers.anthropic import anthropic_thinking
+from asgi_llmguard.providers.base import ResetParser, StreamMeter, StrHeaders, Upstream, join
+from asgi_llmguard.providers.gemini import GENERATE_OPERATIONS, gemini_thinking, google_first_event
 from asgi_llmguard.providers.gemini import PROVIDER as GEMINI
 from asgi_llmguard.providers.google_auth import GoogleCredentialsError, GoogleTokenSource
+from asgi_llmguard.providers.thinking import Thinking
 from asgi_llmguard.routes import Api, Endpoint
 from asgi_llmguard.tokens import TokenUsage
 
@@ -194,6 +199,35 @@ class VertexProvider:
 
     def retry_hint(self, body: bytes) -> float | None:
         return GEMINI.retry_hint(body)
+
+    reset_headers: Mapping[bytes, ResetParser] = {}  # a 429's wait is in its body (`retry_hint`)
+
+    def apply_thinking(
+        self, operation: str, body: dict[str, Any], thinking: Thinking, model: str
+    ) -> None:
+        """Gemini's ``thinkingConfig`` on a Gemini model; Claude's ``thinking`` on a Claude
+        model (``rawPredict``: the Messages API's body)."""
+        if operation in GENERATE_OPERATIONS:
+            gemini_thinking(body, thinking, model)
+        elif operation in ("rawPredict", "streamRawPredict"):
+            anthropic_thinking(body, thinking, counting=False)
+
+    def ask_stream_usage(
+        self, endpoint: Endpoint, fields: RequestFields, body: bytes
+    ) -> bytes | None:
+        return None  # Gemini's chunks and Claude's events carry their usage unasked
+
+    @staticmethod
+    def strip_stream_usage(data: bytes) -> bytes:
+        return data
+
+    first_event = staticmethod(google_first_event)  # Claude's error events read as Anthropic's
+
+    def warmup_operation(self, api: Api) -> str:
+        return "rawPredict" if api == "vertex_anthropic" else "generateContent"
+
+    def pool_models(self, upstream: Upstream, api: Api, native: bool) -> Sequence[str] | None:
+        return None
 
 
 def _warmup(
