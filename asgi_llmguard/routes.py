@@ -104,13 +104,19 @@ class Dialect:
             kind = "serviceUnavailableException" if type == "overloaded_error" else None
             return aws_exception_frame(message, kind or "internalServerException")
         if self.name == "google":
-            code = 503 if type == "overloaded_error" else 500
-            error = {"code": code, "message": message, "status": self.types[code]}
-            return b"\n\ndata: " + orjson.dumps({"error": error}) + b"\n\n"
+            return b"\n\ndata: " + self.error_element(message, type=type) + b"\n\n"
         payload = orjson.dumps(
             {"error": {"message": message, "type": type, "param": None, "code": None}}
         )
         return b"\n\ndata: " + payload + b"\n\n"
+
+    def error_element(self, message: str, *, type: str = "api_error") -> bytes:
+        """Google's ``{"error": {"code", "message", "status"}}`` for a stream that cannot go on:
+        the payload of the terminal SSE event, or the last element of a streamed JSON array
+        (``streamGenerateContent`` without ``alt=sse``), as Google ends a stream it breaks."""
+        code = 503 if type == "overloaded_error" else 500
+        error = {"code": code, "message": message, "status": self.types.get(code, self.fallback)}
+        return orjson.dumps({"error": error})
 
     def specific(self, type: str) -> str | None:
         """``type`` where the dialect carries specific types (OpenAI's), else ``None``: the

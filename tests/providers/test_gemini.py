@@ -288,3 +288,27 @@ def test_a_thinking_suffix_in_the_path_is_removed_upstream(gateway):
     (row,) = rows(ledger, pipeline, 1)
     assert (row["model"], row["input_tokens"]) == (f"{MODEL}(high)", 1)
     assert row["cost_nanos"] == nanos(1, 0, WORDS)
+
+
+def test_a_json_array_stream_the_upstream_breaks_ends_with_googles_error_element(gateway):
+    """Without ``alt=sse`` the answer is one JSON array: a break ends it with a last
+    ``{"error": ...}`` element and ``]``, so any JSON parser reads a whole array and sees why."""
+    server, _, ledger, pipeline, _ = gateway
+    body = {"contents": [{"role": "user", "parts": [{"text": "a b c"}]}]}
+    with httpx.Client() as http:
+        through = http.post(
+            f"{server.url}/v1beta/models/{MODEL}:streamGenerateContent",
+            json=body,
+            headers={"x-goog-api-key": CALLER_KEY, "x-fake-reset-after-chunks": "2"},
+        )
+    assert through.status_code == 200
+    *pieces, last = orjson.loads(through.content)  # a complete array
+    texts = [p["candidates"][0]["content"]["parts"][0]["text"] for p in pieces]
+    assert texts == FakeProvider.reply_chunks(REPLY)[:2]
+    assert last["error"]["code"] == 500
+    assert last["error"]["status"] == "INTERNAL"
+    assert last["error"]["message"]
+    (row,) = rows(ledger, pipeline, 1)
+    assert (row["outcome"], row["stream"]) == ("upstream_error", 1)
+    assert (row["input_tokens"], row["output_tokens"]) == (3, 2)  # the last usageMetadata seen
+    assert row["cost_nanos"] == nanos(3, 0, 2)
