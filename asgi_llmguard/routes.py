@@ -289,16 +289,21 @@ class Endpoint:
     #: The request's context needs more from the scope than the path: an upload's
     #: ``Content-Type``, or a key in a Gemini URL (read on every request: a plain field).
     reads_scope: bool = field(init=False, repr=False, compare=False)
-    #: The unit (``"minute"``, ``"image"``) its answers are billed in, if any (a plain field too).
+    #: The unit (``"minute"``, ``"image"``) its answers are billed in, if any (a plain field too);
+    #: on the Gemini API's ``countTokens`` (never billed), ``"counted_token"``: the tokens counted.
     unit: str | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dialect", _DIALECT_OF[self.api])  # frozen
         object.__setattr__(self, "reads_scope", self.multipart or self.api == "gemini")
         unit = _UNITS.get(self.operation) if self.api != "anthropic" else None
+        if self.api == "gemini" and self.operation == "countTokens":
+            unit = COUNTED_TOKEN
         object.__setattr__(self, "unit", unit)
 
 
+#: The unit of a token-counting answer: the tokens it counted, recorded at no cost.
+COUNTED_TOKEN = "counted_token"  # noqa: S105 (a unit name)
 #: The unit each operation billed by the piece is metered in.
 _UNITS = {
     "audio.transcriptions": "minute",

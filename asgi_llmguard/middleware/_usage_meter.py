@@ -114,7 +114,8 @@ class Meter:
             else:
                 self.strip = False
                 self.meter = None if not self.sse else self.meter
-                if self.status < 300 and self._endpoint.billable:
+                endpoint = self._endpoint
+                if self.status < 300 and (endpoint.billable or endpoint.unit is not None):
                     self._json = []
             await self._send(message)
         else:

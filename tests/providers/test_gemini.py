@@ -157,12 +157,14 @@ def test_count_tokens_and_embeddings(gateway):
     assert len(embedded.embeddings) == 2
     assert embedded.embeddings[0].values[0] == pytest.approx(0.2)
     counting, embedding = rows(ledger, pipeline, 2)
-    # Counting is recorded, never billed.
+    # Counting is recorded, never billed: no tokens consumed, the count as counted_token units.
     assert (counting["endpoint"], counting["model"], counting["cost_nanos"]) == (
         "countTokens",
         MODEL,
         0,
     )
+    assert (counting["input_tokens"], counting["output_tokens"], counting["estimated"]) == (0, 0, 0)
+    assert (counting["units"], counting["unit"]) == (5, "counted_token")
     # The Gemini API reports no tokens for embeddings: the gateway's estimate is billed, and
     # flagged as an estimate.
     assert (embedding["endpoint"], embedding["model"]) == (
