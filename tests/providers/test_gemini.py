@@ -20,6 +20,7 @@ from asgi_llmguard import (
     Budget,
     KeyPolicy,
     MemoryBudgetStore,
+    Routing,
     SQLiteSink,
     StaticKey,
     StaticKeyStore,
@@ -271,9 +272,10 @@ def test_a_stream_the_upstream_breaks_ends_with_an_error_the_sdk_raises(gateway)
 
     with pytest.raises(errors.APIError) as raised:
         read_all()
-    assert raised.value.code == 500
+    assert (raised.value.code, raised.value.status) == (500, "INTERNAL")
     assert received == FakeProvider.reply_chunks(REPLY)[:2]
     (row,) = rows(ledger, pipeline, 1)
+    assert (row["outcome"], row["stream"]) == ("upstream_error", 1)
     assert row["input_tokens"] == 3  # the last usageMetadata that arrived
     assert row["output_tokens"] == 2
 
@@ -314,3 +316,29 @@ def test_a_json_array_stream_the_upstream_breaks_ends_with_googles_error_element
     assert (row["outcome"], row["stream"]) == ("upstream_error", 1)
     assert (row["input_tokens"], row["output_tokens"]) == (3, 2)  # the last usageMetadata seen
     assert row["cost_nanos"] == nanos(3, 0, 2)
+
+
+def test_resource_exhausted_rests_only_that_credential_for_its_retry_delay():
+    """A pool of two: the first answers 429 RESOURCE_EXHAUSTED with ``retryDelay: "7s"``, the
+    second serves the request, and only the first rests, for about 7 seconds."""
+    exhausted = FakeProvider(api_key=UPSTREAM_KEY, status=429, retry_after=7)
+    healthy = FakeProvider(api_key=UPSTREAM_KEY)
+    with serve(exhausted) as first, serve(healthy) as second:
+        app = build_stack(
+            upstreams=[
+                Upstream("gemini", first.url, api_key=UPSTREAM_KEY, name="gm-1"),
+                Upstream("gemini", second.url, api_key=UPSTREAM_KEY, name="gm-2"),
+            ],
+            routing=Routing(selector="fill-first"),
+            usage=None,
+        )
+        with serve(app) as server:
+            gemini = client(server.url)
+            assert gemini.models.generate_content(model=MODEL, contents="x").text == REPLY
+            assert (len(exhausted.requests), len(healthy.requests)) == (1, 1)
+            (cooling,) = app.forwarder.cooldowns.snapshot()
+            assert cooling.credential_id == "gm-1"
+            assert 5 < cooling.until - time.time() <= 7
+            # While it rests, the next request goes straight to the second.
+            assert gemini.models.generate_content(model=MODEL, contents="y").text == REPLY
+            assert (len(exhausted.requests), len(healthy.requests)) == (1, 2)
