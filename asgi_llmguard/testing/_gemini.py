@@ -215,3 +215,15 @@ def model(name: str) -> dict[str, Any]:
 
 def models() -> dict[str, Any]:
     return {"models": [model(name) for name in _MODELS]}
+
+
+def openai_model(name: str) -> dict[str, Any]:
+    """A model of the OpenAI-compatible endpoint's list: OpenAI's shape, Gemini's resource name
+    as its ``id`` (``models/gemini-2.5-flash``)."""
+    name = name if name.startswith("models/") else f"models/{name}"
+    return {"id": name, "object": "model", "owned_by": "google"}
+
+
+def openai_models() -> dict[str, Any]:
+    """``GET /v1beta/openai/models``."""
+    return {"object": "list", "data": [openai_model(name) for name in _MODELS]}
