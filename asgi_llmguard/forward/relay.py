@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 
 from asgi_llmguard.context import RequestContext
-from asgi_llmguard.errors import send_error, sse_error_event
+from asgi_llmguard.errors import TERMINAL, send_error, sse_error_event
 from asgi_llmguard.forward.aliases import AliasTable
 from asgi_llmguard.forward.engines import UpstreamError, UpstreamResponse
 from asgi_llmguard.forward.headers import response_headers
@@ -231,7 +231,8 @@ async def end_interrupted(send: Send, watch: Watch, dialect: Dialect) -> None:
         elif watch.array is not None:
             end = watch.array.terminal(dialect.error_element(_SHUTDOWN, type="overloaded_error"))
             if end is not None:
-                await send({"type": "http.response.body", "body": end, "more_body": False})
+                message = {"type": "http.response.body", "body": end, "more_body": False}
+                await send({**message, TERMINAL: True})
     except Exception:  # the connection may be gone already
         logger.debug("could not end an interrupted answer", exc_info=True)
 

@@ -6,6 +6,7 @@ SQLite. Token numbers come from the fake's rule (a token is a word), not from th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -29,7 +30,7 @@ from asgi_llmguard import (
     build_stack,
     hash_key,
 )
-from asgi_llmguard.testing import FakeProvider, serve
+from asgi_llmguard.testing import FakeProvider, serve, serve_async
 
 CALLER_KEY = "sk-llmg-gemini-caller-0123456789abcdefghijklmnop"
 UPSTREAM_KEY = "AIza-upstream-gemini-secret-key"
@@ -342,3 +343,47 @@ def test_resource_exhausted_rests_only_that_credential_for_its_retry_delay():
             # While it rests, the next request goes straight to the second.
             assert gemini.models.generate_content(model=MODEL, contents="y").text == REPLY
             assert (len(exhausted.requests), len(healthy.requests)) == (1, 2)
+
+
+async def test_a_json_array_stream_past_the_shutdown_grace_ends_with_an_error_element(tmp_path):
+    ledger = tmp_path / "ledger.sqlite3"
+    pipeline = UsagePipeline([SQLiteSink(str(ledger))], spill_path=str(tmp_path / "spill"))
+    fake = FakeProvider(api_key=UPSTREAM_KEY)
+    body = {"contents": [{"role": "user", "parts": [{"text": "a long story"}]}]}
+    with serve(fake) as upstream:
+        gateway = build_stack(
+            upstreams=[Upstream("gemini", upstream.url, api_key=UPSTREAM_KEY)], pipeline=pipeline
+        )
+        async with (
+            serve_async(gateway) as server,
+            httpx.AsyncClient(base_url=server.url, timeout=30) as http,
+        ):
+            chunks: list[bytes] = []
+
+            async def read() -> None:
+                async with http.stream(
+                    "POST",
+                    f"/v1beta/models/{MODEL}:streamGenerateContent",
+                    json=body,
+                    headers={
+                        "x-goog-api-key": UPSTREAM_KEY,  # no key store: any key passes
+                        "x-fake-chunk-delay": "0.05",
+                        "x-fake-chunks": "400",
+                    },
+                ) as resp:
+                    async for chunk in resp.aiter_bytes():
+                        chunks.append(chunk)
+
+            reader = asyncio.create_task(read())
+            while len(chunks) < 3:
+                await asyncio.sleep(0.01)
+            assert await gateway.drain(0.2) == 1
+            await reader
+        fake.wait_until(lambda: fake.active_streams == 0, 5.0)
+    *pieces, last = orjson.loads(b"".join(chunks))  # still one well-formed array
+    assert len(pieces) >= 3
+    assert (last["error"]["code"], last["error"]["status"]) == (503, "UNAVAILABLE")
+    assert "shutting down" in last["error"]["message"]
+    (row,) = rows(ledger, pipeline, 1)
+    assert (row["outcome"], row["reason"]) == ("cancelled", "shutdown")
+    assert (row["input_tokens"], row["output_tokens"]) == (3, len(pieces))
