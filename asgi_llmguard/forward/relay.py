@@ -171,7 +171,12 @@ async def relay(
             chunk = await resp.read_chunk()
         rest = rewriter.flush() if rewriter is not None else b""
         if array is not None:
-            rest = array.feed(rest) + array.flush()
+            rest = array.feed(rest)
+            # An array the upstream ended without its "]" stops at its last whole element
+            # (what is held after it is dropped): the usage layer adds the error element.
+            held = array.flush()
+            if array.ended:
+                rest += held
         if rest:
             await send({"type": "http.response.body", "body": rest, "more_body": True})
     except UpstreamError as exc:

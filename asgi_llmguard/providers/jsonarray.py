@@ -170,6 +170,11 @@ class HeldArray:
         held, self._held = self._held, b""
         return held
 
+    @property
+    def ended(self) -> bool:
+        """The array's closing bracket went by."""
+        return self._splitter.ended
+
     def terminal(self, element: bytes) -> bytes | None:
         """The bytes that end the array with ``element`` last, in place of the held unfinished
         rest; ``None`` when the array cannot be ended well (it already ended, or part of an

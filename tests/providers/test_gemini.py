@@ -387,3 +387,26 @@ async def test_a_json_array_stream_past_the_shutdown_grace_ends_with_an_error_el
     (row,) = rows(ledger, pipeline, 1)
     assert (row["outcome"], row["reason"]) == ("cancelled", "shutdown")
     assert (row["input_tokens"], row["output_tokens"]) == (3, len(pieces))
+
+
+def test_a_json_array_stream_the_upstream_ends_early_ends_with_an_error_element(gateway):
+    """The upstream closes the body cleanly but before the array's ``]``: the client still gets
+    a whole array, its last element saying why, and the record is ``upstream_truncated``."""
+    server, _, ledger, pipeline, _ = gateway
+    body = {"contents": [{"role": "user", "parts": [{"text": "a b c"}]}]}
+    answer = httpx.post(
+        f"{server.url}/v1beta/models/{MODEL}:streamGenerateContent",
+        json=body,
+        headers={"x-goog-api-key": CALLER_KEY, "x-fake-truncate-after-chunks": "2"},
+    )
+    assert answer.status_code == 200
+    *pieces, last = orjson.loads(answer.content)
+    assert len(pieces) == 2
+    assert (last["error"]["code"], last["error"]["status"]) == (500, "INTERNAL")
+    assert "before it was complete" in last["error"]["message"]
+    (row,) = rows(ledger, pipeline, 1)
+    assert (row["outcome"], row["input_tokens"], row["output_tokens"]) == (
+        "upstream_truncated",
+        3,
+        2,
+    )
