@@ -11,6 +11,7 @@ import itertools
 import os
 import time
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import msgspec
@@ -103,11 +104,6 @@ class RequestFields(msgspec.Struct):
     mcp_servers: list[McpServer] | None = None
     #: How many images (or choices) to make.
     n: int | None = None
-    #: Gemini's output cap is ``generationConfig.maxOutputTokens``.
-    generation_config: GenerationConfig | None = msgspec.field(
-        default=None, name="generationConfig"
-    )
-
     @property
     def max_output(self) -> int | None:
         """The output-token cap, whichever of the providers' names carries it."""
@@ -116,16 +112,32 @@ class RequestFields(msgspec.Struct):
             value = self.max_tokens
             if value is None:
                 value = self.max_output_tokens
-        if value is None:
-            config = self.generation_config  # the Gemini API's cap
-            if config is not None:
-                return config.max_output_tokens
         return value
+
+
+class GoogleFields(RequestFields):
+    """The fields of a Gemini request (AI Studio and Vertex AI): the output cap is
+    ``generationConfig.maxOutputTokens``. Decoded only on those routes, so no other request pays
+    for the extra field."""
+
+    generation_config: GenerationConfig | None = msgspec.field(
+        default=None, name="generationConfig"
+    )
+
+    @property
+    def max_output(self) -> int | None:
+        config = self.generation_config
+        if config is not None and config.max_output_tokens is not None:
+            return config.max_output_tokens
+        return super().max_output
 
 
 _EMPTY_FIELDS = RequestFields()
 _STREAMING_FIELDS = RequestFields(stream=True)
 _decoder = msgspec.json.Decoder(RequestFields)
+_google_decoder = msgspec.json.Decoder(GoogleFields)
+#: The decoder of each `Endpoint.fields_format`.
+_DECODERS: tuple[msgspec.json.Decoder[Any], ...] = (_decoder, _google_decoder)
 
 
 def _stream_fields(body: bytes | None) -> RequestFields:
@@ -134,10 +146,10 @@ def _stream_fields(body: bytes | None) -> RequestFields:
     if not body or b"maxOutputTokens" not in body:
         return _STREAMING_FIELDS
     try:
-        config = _decoder.decode(body).generation_config
+        config = _google_decoder.decode(body).generation_config
     except (msgspec.DecodeError, RecursionError):
         return _STREAMING_FIELDS
-    return RequestFields(stream=True, generation_config=config)
+    return GoogleFields(stream=True, generation_config=config)
 
 
 #: The form fields read from a multipart upload; every other part (the file) is skipped.
@@ -375,7 +387,7 @@ class RequestContext:
                     # get a body that is not UTF-8 anywhere (isascii is a fast pre-check).
                     if not body.isascii():
                         body.decode("utf-8")
-                    fields = _decoder.decode(body)
+                    fields = _DECODERS[route.endpoint.fields_format].decode(body)
                 except msgspec.ValidationError as exc:
                     raise InvalidBody(f"Invalid request body: {exc}") from None
                 except RecursionError:

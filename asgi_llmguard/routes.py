@@ -292,9 +292,13 @@ class Endpoint:
     #: The unit (``"minute"``, ``"image"``) its answers are billed in, if any (a plain field too);
     #: on the Gemini API's ``countTokens`` (never billed), ``"counted_token"``: the tokens counted.
     unit: str | None = field(init=False, repr=False, compare=False)
+    #: Which decoder reads its JSON body's fields: 0 the common one, 1 Gemini's (its output cap
+    #: is in ``generationConfig``); see `asgi_llmguard.context.RequestFields`.
+    fields_format: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dialect", _DIALECT_OF[self.api])  # frozen
+        object.__setattr__(self, "fields_format", 1 if self.api in ("gemini", "vertex") else 0)
         object.__setattr__(self, "reads_scope", self.multipart or self.api == "gemini")
         unit = _UNITS.get(self.operation) if self.api != "anthropic" else None
         if self.api == "gemini" and self.operation == "countTokens":
