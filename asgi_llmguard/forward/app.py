@@ -50,8 +50,8 @@ from asgi_llmguard.forward.relay import (
     Watch,
     end_interrupted,
     hold_first_event,
-    is_sse,
     relay,
+    stream_kind,
 )
 from asgi_llmguard.forward.resilience import (
     backoff_delay,
@@ -442,9 +442,9 @@ class ForwardingApp(Resource):
                     and self.routing.hold_first_event
                     and not final
                     and not plan.pinned
-                    and is_sse(resp)
+                    and (kind := stream_kind(resp)) is not None
                 ):
-                    held, status = await hold_first_event(resp)
+                    held, status = await hold_first_event(resp, frames=kind == "frames")
                 retry_statuses = self.routing.retry.statuses
                 failed = status in retry_statuses or status in (401, 402, 403)
                 if breaker is not None:

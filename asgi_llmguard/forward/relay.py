@@ -13,7 +13,7 @@ import logging
 from asgi_llmguard.context import RequestContext
 from asgi_llmguard.errors import send_error, sse_error_event
 from asgi_llmguard.forward.aliases import AliasTable
-from asgi_llmguard.forward.engines import UpstreamError, UpstreamResponse
+from asgi_llmguard.forward.engines import UpstreamBroken, UpstreamError, UpstreamResponse
 from asgi_llmguard.forward.headers import response_headers
 from asgi_llmguard.forward.resilience import (
     HOLD_LIMIT,
@@ -21,6 +21,7 @@ from asgi_llmguard.forward.resilience import (
     error_in_first_event,
     first_event_end,
 )
+from asgi_llmguard.providers.eventstream import WholeFrames, error_in_first_frame, first_frame_end
 from asgi_llmguard.routes import Dialect
 from asgi_llmguard.types import Send
 
@@ -67,11 +68,17 @@ class Watch:
         self.sse = False
 
 
-def is_sse(resp: UpstreamResponse) -> bool:
+def stream_kind(resp: UpstreamResponse) -> str | None:
+    """``"sse"`` for server-sent events, ``"frames"`` for an AWS event stream (Bedrock), else
+    ``None``: the streams whose first event can be held."""
     for name, value in resp.headers:
         if name == b"content-type":
-            return value.startswith(b"text/event-stream")
-    return False
+            if value.startswith(b"text/event-stream"):
+                return "sse"
+            if value.startswith(_EVENTSTREAM):
+                return "frames"
+            return None
+    return None
 
 
 async def relay(
@@ -91,15 +98,18 @@ async def relay(
     length = -1
     sse = False
     encoded = False
+    whole: WholeFrames | None = None
     for name, value in headers:
         if name == b"content-length":
             length = int(value) if value.isdigit() else -1
         elif name == b"content-type":
             sse = value.startswith(b"text/event-stream")
             if value.startswith(_EVENTSTREAM):
-                # An AWS event stream (Bedrock): binary frames under CRCs, never rewritten; a
-                # break ends it with the dialect's exception frame, as an SSE stream's event.
+                # An AWS event stream (Bedrock): binary frames under CRCs, never rewritten,
+                # relayed a whole frame at a time; a break ends it with the dialect's exception
+                # frame after the last whole frame, as an SSE stream's event.
                 sse = encoded = True
+                whole = WholeFrames()
         elif name == b"content-encoding":
             encoded = True
     # Bodies are relayed as the upstream encoded them; a compressed one is not rewritten.
@@ -145,11 +155,17 @@ async def relay(
         while chunk:
             if rewriter is not None:
                 chunk = rewriter.feed(chunk)
+            elif whole is not None:
+                chunk = whole.feed(chunk)
             if chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             chunk = await resp.read_chunk()
         if rewriter is not None and (rest := rewriter.flush()):
             await send({"type": "http.response.body", "body": rest, "more_body": True})
+        if whole is not None and whole.pending:
+            # The upstream ended the stream inside a frame: its start is dropped, and the
+            # stream ends as a broken one does.
+            raise UpstreamBroken("The upstream ended the stream inside a frame.")
     except UpstreamError as exc:
         ctx.upstream_error = exc.kind
         logger.warning(
@@ -157,10 +173,11 @@ async def relay(
         )
         if rewriter is not None and (rest := rewriter.flush()):
             await send({"type": "http.response.body", "body": rest, "more_body": True})
-        if not sse:
+        if not sse or (whole is not None and not whole.aligned):
             # The status is already out; the only honest signal left is to close the
             # connection without ending the body, which the ASGI server does when the app
-            # returns an unfinished response.
+            # returns an unfinished response. (So too for an event stream broken inside a
+            # frame too long to hold: its start has been relayed.)
             return
         await send(
             {
@@ -199,9 +216,12 @@ async def end_interrupted(send: Send, watch: Watch, dialect: Dialect) -> None:
         logger.debug("could not end an interrupted answer", exc_info=True)
 
 
-async def hold_first_event(resp: UpstreamResponse) -> tuple[bytes, int]:
-    """Read until the stream's first complete event. Returns the bytes read and the status the
-    attempt stands for: 200, or the status an error event in it means (see resilience)."""
+async def hold_first_event(resp: UpstreamResponse, frames: bool = False) -> tuple[bytes, int]:
+    """Read until the stream's first complete event (with ``frames``, the first frame of an AWS
+    event stream). Returns the bytes read and the status the attempt stands for: 200, or the
+    status an error event in it means (see resilience; for a frame, `error_in_first_frame`)."""
+    if frames:
+        return await _hold_first_frame(resp)
     held = b""
     try:
         while len(held) < HOLD_LIMIT:
@@ -213,6 +233,23 @@ async def hold_first_event(resp: UpstreamResponse) -> tuple[bytes, int]:
             end = first_event_end(held)
             if end >= 0:
                 status = error_in_first_event(held[:end])
+                return held, status if status is not None else 200
+    except UpstreamError:
+        return held, 502
+    return held, 200
+
+
+async def _hold_first_frame(resp: UpstreamResponse) -> tuple[bytes, int]:
+    held = b""
+    try:
+        while len(held) < HOLD_LIMIT:
+            chunk = await resp.read_chunk()
+            if not chunk:
+                return held, 502 if not held else 200
+            held += chunk
+            end = first_frame_end(held)
+            if end >= 0:
+                status = error_in_first_frame(held[:end])
                 return held, status if status is not None else 200
     except UpstreamError:
         return held, 502
