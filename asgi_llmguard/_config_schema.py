@@ -101,6 +101,10 @@ class UpstreamConfig(_Strict):
     priority: int = 0
     #: Vertex AI: the service-account key file (unset: application default credentials).
     credentials_file: str | None = None
+    #: Amazon Bedrock: the AWS region to sign for (unset: the base URL's, else the environment's).
+    region: str | None = None
+    #: Amazon Bedrock: the named profile of the shared AWS config files whose credentials sign.
+    profile: str | None = None
 
     def __repr__(self) -> str:  # never show the key
         return f"UpstreamConfig(provider={self.provider!r}, base_url={self.base_url!r})"

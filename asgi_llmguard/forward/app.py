@@ -64,6 +64,7 @@ from asgi_llmguard.forward.warmup import Warmer, warm_request
 from asgi_llmguard.forward.websocket import WebSocketRelay
 from asgi_llmguard.lifecycle import Closable, Resource, close_all, serve_lifespan, start_all
 from asgi_llmguard.providers import provider_for
+from asgi_llmguard.providers.aws_auth import AwsCredentialsError
 from asgi_llmguard.providers.base import StrHeaders, Upstream
 from asgi_llmguard.providers.google_auth import GoogleCredentialsError
 from asgi_llmguard.routes import Api, Dialect
@@ -303,6 +304,18 @@ class ForwardingApp(Resource):
                 error = failure.error
                 if error is not None and (final or not sent_nothing(error)):
                     ctx.upstream_error = error.kind
+                    if error.phase == "credential":
+                        # The gateway's own upstream credential is not ready (being renewed):
+                        # nothing was sent, and a retry shortly may well succeed.
+                        await send_error(
+                            send,
+                            503,
+                            str(error),
+                            dialect=dialect,
+                            code="upstream_credentials_unavailable",
+                            headers=[(b"retry-after", _CREDENTIAL_RETRY_AFTER)],
+                        )
+                        return
                     await send_error(
                         send,
                         STATUS_FOR[error.kind],
@@ -540,10 +553,14 @@ class ForwardingApp(Resource):
         )
 
 
+#: Seconds a request refused for an upstream credential being renewed is told to wait.
+_CREDENTIAL_RETRY_AFTER = b"5"
+
+
 def _signed(target: Target, method: str, url: str, headers: StrHeaders, body: bytes) -> str:
     """The provider's `sign`; a credential with nothing to sign with fails the attempt before
     anything is sent (another credential may serve it)."""
     try:
         return target.provider.sign(target.upstream, method, url, headers, body)
-    except GoogleCredentialsError as exc:
+    except (GoogleCredentialsError, AwsCredentialsError) as exc:
         raise UpstreamConnectError(str(exc), "credential") from None

@@ -53,6 +53,14 @@ class Upstream:
     #: Vertex AI: the service-account key file of the Google credential; unset: the
     #: application default credentials.
     credentials_file: str | None = None
+    #: Amazon Bedrock: the AWS region requests are signed for; unset: the region in the base URL
+    #: (``bedrock-runtime.{region}.amazonaws.com``), else ``AWS_REGION`` / ``AWS_DEFAULT_REGION``,
+    #: else ``us-east-1``.
+    region: str | None = None
+    #: Amazon Bedrock: a named profile of the shared AWS config files (``~/.aws/config``) whose
+    #: credentials sign the requests; unset: botocore's default chain (which honours
+    #: ``AWS_PROFILE``).
+    profile: str | None = None
 
     def __post_init__(self) -> None:
         from asgi_llmguard.providers import PROVIDERS  # the registry imports this module
@@ -77,6 +85,9 @@ class Upstream:
         object.__setattr__(self, "models", tuple(self.models))
         if self.weight < 1:
             raise ConfigurationError("Upstream weight must be a positive integer")
+        for label, value in (("region", self.region), ("profile", self.profile)):
+            if value is not None and (not value.strip() or not value.isprintable()):
+                raise ConfigurationError(f"Upstream {label} must be a non-empty name")
 
     @property
     def credential_id(self) -> str:
