@@ -101,6 +101,9 @@ class UpstreamConfig(_Strict):
     priority: int = 0
     #: Vertex AI: the service-account key file (unset: application default credentials).
     credentials_file: str | None = None
+    #: Vertex AI: the project and location requests are sent to (unset: the caller's path's).
+    project: str | None = None
+    location: str | None = None
     #: Amazon Bedrock: the AWS region to sign for (unset: the base URL's, else the environment's).
     region: str | None = None
     #: Amazon Bedrock: the named profile of the shared AWS config files whose credentials sign.

@@ -147,6 +147,8 @@ def resolve_upstreams(
                     weight=entry.weight,
                     priority=entry.priority,
                     credentials_file=entry.credentials_file,
+                    project=entry.project,
+                    location=entry.location,
                     region=entry.region,
                     profile=entry.profile,
                 )

@@ -80,6 +80,12 @@ class McpServer(msgspec.Struct):
     url: str | None = None
 
 
+class GenerationConfig(msgspec.Struct):
+    """Gemini's ``generationConfig`` (AI Studio and Vertex AI)."""
+
+    max_output_tokens: int | None = msgspec.field(default=None, name="maxOutputTokens")
+
+
 class RequestFields(msgspec.Struct):
     """The few request-body fields the gateway acts on; all other fields are skipped unread."""
 
@@ -97,19 +103,43 @@ class RequestFields(msgspec.Struct):
     mcp_servers: list[McpServer] | None = None
     #: How many images (or choices) to make.
     n: int | None = None
+    #: Gemini's output cap is ``generationConfig.maxOutputTokens``.
+    generation_config: GenerationConfig | None = msgspec.field(
+        default=None, name="generationConfig"
+    )
 
     @property
     def max_output(self) -> int | None:
         """The output-token cap, whichever of the providers' names carries it."""
-        for value in (self.max_completion_tokens, self.max_tokens, self.max_output_tokens):
-            if value is not None:
-                return value
-        return None
+        value = self.max_completion_tokens
+        if value is None:
+            value = self.max_tokens
+            if value is None:
+                value = self.max_output_tokens
+        if value is None:
+            config = self.generation_config  # the Gemini API's cap
+            if config is not None:
+                return config.max_output_tokens
+        return value
 
 
 _EMPTY_FIELDS = RequestFields()
 _STREAMING_FIELDS = RequestFields(stream=True)
 _decoder = msgspec.json.Decoder(RequestFields)
+
+
+def _stream_fields(body: bytes | None) -> RequestFields:
+    """The fields of a route that always streams: ``stream``, and the output cap its body may set
+    (Gemini's ``generationConfig.maxOutputTokens``); the body is the upstream's to judge."""
+    if not body or b"maxOutputTokens" not in body:
+        return _STREAMING_FIELDS
+    try:
+        config = _decoder.decode(body).generation_config
+    except (msgspec.DecodeError, RecursionError):
+        return _STREAMING_FIELDS
+    return RequestFields(stream=True, generation_config=config)
+
+
 #: The form fields read from a multipart upload; every other part (the file) is skipped.
 _FORM_FIELDS = ("model", "n", "stream")
 
@@ -294,9 +324,11 @@ class RequestContext:
         root: str = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :] or "/"
-        ctx: RequestContext | None = None
-        if scope["type"] == "websocket":
+        try:
+            method: str = scope["method"]
+        except KeyError:  # an HTTP scope always has one; a WebSocket upgrade has none
             return cls._websocket(path)
+        ctx: RequestContext | None = None
         if path.startswith(SHARED_PREFIXES):
             # Model lists, files and skills exist in both dialects: Anthropic's headers pick
             # Anthropic's (``anthropic-beta`` alone too: curl users of the Files API send it with
@@ -304,16 +336,16 @@ class RequestContext:
             # Google's key (header or ``key`` parameter) picks the Gemini API's model list.
             for name, _ in scope["headers"]:
                 if name in _ANTHROPIC_HEADERS:
-                    ctx = cls(scope["method"], path, None, True)
+                    ctx = cls(method, path, None, True)
                     break
                 if name == _GOOGLE_KEY_HEADER:
-                    ctx = cls._google(scope["method"], path)
+                    ctx = cls._google(method, path)
                     break
             else:
                 if b"key=" in scope.get("query_string", b""):
-                    ctx = cls._google(scope["method"], path)
+                    ctx = cls._google(method, path)
         if ctx is None:
-            ctx = cls(scope["method"], path)
+            ctx = cls(method, path)
         route = ctx.route
         if route is not None and route.endpoint.reads_scope:
             if route.endpoint.multipart:
@@ -363,7 +395,7 @@ class RequestContext:
             elif route is None or not route.endpoint.json_body or not self.body:
                 # A route that always streams (the path says so, not a body field).
                 streams = route is not None and route.endpoint.streams
-                fields = _STREAMING_FIELDS if streams else _EMPTY_FIELDS
+                fields = _stream_fields(self.body) if streams else _EMPTY_FIELDS
                 if route is not None and route.endpoint.api == "bedrock" and self.body:
                     fields = _bedrock_fields(self.body, fields)
             else:

@@ -913,6 +913,9 @@ _VERTEX_ANTHROPIC_METHODS: dict[str, Endpoint] = {
         "vertex_anthropic", "streamRawPredict", billable=True, streamable=True, streams=True
     ),
 }
+# Claude's token counting on Vertex AI: .../publishers/anthropic/models/count-tokens:rawPredict,
+# the model in the body (as the Messages API's count_tokens has it): recorded, never billed.
+_VERTEX_COUNT_TOKENS = Route(_e("vertex_anthropic", "count-tokens", read_only=True, json_body=True))
 _VERTEX_SEGMENT = r"[A-Za-z0-9_.\-]{1,128}"
 # Vertex model ids carry their version after an ``@`` (``claude-sonnet-4-5@20250929``).
 _VERTEX_MODEL = r"[A-Za-z0-9_.\-]{1,256}(?:@[A-Za-z0-9_.\-]{1,64})?(?:\([A-Za-z0-9]{1,16}\))?"
@@ -935,6 +938,10 @@ def _vertex(method: str, path: str) -> Route:
         raise RouteNotFound(path)
     if method != "POST":
         raise MethodNotAllowed(("POST",))
+    if m["model"] == "count-tokens" and m["publisher"] == "anthropic":
+        if m["method"] != "rawPredict":
+            raise RouteNotFound(path)
+        return _VERTEX_COUNT_TOKENS
     return Route(endpoint, model=m["model"])
 
 

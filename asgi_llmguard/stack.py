@@ -422,17 +422,19 @@ def _overload_options(
     return options
 
 
-def _warmup_recorder(pipeline: UsagePipeline, prices: PriceTable) -> Callable[[Attempt, Api], None]:
+def _warmup_recorder(
+    pipeline: UsagePipeline, prices: PriceTable
+) -> Callable[[Attempt, Api, str], None]:
     """Record each warm-up in the ledger as ``warmup``: its cost is visible, charged to no key."""
 
-    def record(attempt: Attempt, api: Api) -> None:
+    def record(attempt: Attempt, api: Api, operation: str) -> None:
         usage = attempt.usage
         price = prices.resolve(attempt.model, attempt.credential_id) if attempt.model else None
         pipeline.emit(
             attempt_event(
                 None,
                 api,
-                "messages" if api == "anthropic" else "chat.completions",
+                operation,
                 attempt.model,
                 0,
                 attempt.started_at,

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import orjson
 
 from asgi_llmguard.errors import ConfigurationError
-from asgi_llmguard.forward.thinking import ParsedModel, parse_model
+from asgi_llmguard.providers.thinking import ParsedModel, parse_model
 
 # A JSON string (escapes included) or a bracket: enough structure to find keys and depths
 # without decoding the document. The alternatives are disjoint, so matching is linear.

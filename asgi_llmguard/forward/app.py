@@ -51,7 +51,6 @@ from asgi_llmguard.forward.relay import (
     end_interrupted,
     hold_first_event,
     relay,
-    stream_kind,
 )
 from asgi_llmguard.forward.resilience import (
     backoff_delay,
@@ -59,11 +58,10 @@ from asgi_llmguard.forward.resilience import (
 )
 from asgi_llmguard.forward.router import Cooldowns, Plan, Router, Routing, Step
 from asgi_llmguard.forward.target import Target
-from asgi_llmguard.forward.thinking import apply_thinking
 from asgi_llmguard.forward.warmup import Warmer, warm_request
 from asgi_llmguard.forward.websocket import WebSocketRelay
 from asgi_llmguard.lifecycle import Closable, Resource, close_all, serve_lifespan, start_all
-from asgi_llmguard.providers import provider_for
+from asgi_llmguard.providers import OWNERS, provider_for
 from asgi_llmguard.providers.aws_auth import AwsCredentialsError
 from asgi_llmguard.providers.base import StrHeaders, Upstream
 from asgi_llmguard.providers.google_auth import GoogleCredentialsError
@@ -75,8 +73,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("asgi_llmguard.forward")
 
-#: Called with each warm-up attempt (its usage is recorded as ``warmup``, charged to no key).
-WarmupListener = Callable[[Attempt, Api], None]
+#: Called with each warm-up attempt, its route API and operation (its usage is recorded as
+#: ``warmup``, charged to no key).
+WarmupListener = Callable[[Attempt, Api, str], None]
 
 
 async def _watch_disconnect(receive: Receive, task: asyncio.Task[object], watch: Watch) -> None:
@@ -154,7 +153,13 @@ class ForwardingApp(Resource):
         #: What the credentials need started with the gateway (Google token sources).
         self.credential_resources: list[Closable] = []
         seen: set[str] = set()
-        has_openai = any(getattr(u, "provider", None) == "openai" for u in upstreams)
+        # The route APIs some upstream speaks natively (its provider owns them).
+        native = {
+            api
+            for u in upstreams
+            if isinstance(u, Upstream)
+            for api in provider_for(u.provider).owns
+        }
         for index, upstream in enumerate(upstreams):
             if not isinstance(upstream, Upstream):
                 raise ConfigurationError(f"upstreams must be Upstream objects, got {upstream!r}")
@@ -169,17 +174,13 @@ class ForwardingApp(Resource):
             if target.resource is not None:
                 self.credential_resources.append(target.resource)
             for api in sorted(provider.serves):
-                models: Sequence[str] | None = None
-                if upstream.provider == "azure" and api == "openai" and not upstream.models:
-                    # Azure answers OpenAI-style routes only through its deployments: it joins
-                    # their pools for the models it maps, or for every model when no OpenAI
-                    # upstream is configured.
-                    if upstream.deployments:
-                        models = list(upstream.deployments)
-                    elif has_openai:
-                        continue
+                models = provider.pool_models(upstream, api, api in native)
+                if models is not None and not models:
+                    continue
                 candidates.setdefault(api, []).append(Candidate(upstream, index, target, models))
         self.routing = routing if routing is not None else Routing()
+        #: Each route API's thinking rewrite, by the provider that owns its wire.
+        self._thinking = {api: owner.apply_thinking for api, owner in OWNERS.items()}
         self.router = Router(candidates, self.routing)
         self.upstreams = tuple(upstreams)
         self.engine: Engine = (
@@ -304,17 +305,8 @@ class ForwardingApp(Resource):
                 error = failure.error
                 if error is not None and (final or not sent_nothing(error)):
                     ctx.upstream_error = error.kind
-                    if error.phase == "credential":
-                        # The gateway's own upstream credential is not ready (being renewed):
-                        # nothing was sent, and a retry shortly may well succeed.
-                        await send_error(
-                            send,
-                            503,
-                            str(error),
-                            dialect=dialect,
-                            code="upstream_credentials_unavailable",
-                            headers=[(b"retry-after", _CREDENTIAL_RETRY_AFTER)],
-                        )
+                    if isinstance(error, _NoCredential):
+                        await _send_no_credential(send, error, dialect)
                         return
                     await send_error(
                         send,
@@ -378,13 +370,24 @@ class ForwardingApp(Resource):
             ctx.upstream_model = None
             return body
         ctx.upstream_model = parsed.base
+        thinking = parsed.thinking
         if route.model is not None:
-            return body  # the model is in the path: the provider's `target` sends it there
-        document = orjson.loads(body)
-        rewritten = apply_thinking(
-            route.endpoint.api, document, parsed, operation=route.endpoint.operation
-        )
-        return orjson.dumps(rewritten)
+            # The model is in the path: the provider's `target` sends it there.
+            if thinking is None:
+                return body
+            try:
+                document = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                document = None
+            if not isinstance(document, dict):
+                raise InvalidBody("A thinking suffix needs a JSON object as the request body")
+        else:
+            document = orjson.loads(body)
+            document["model"] = parsed.base
+        if thinking is not None:
+            endpoint = route.endpoint
+            self._thinking[endpoint.api](endpoint.operation, document, thinking, parsed.base)
+        return orjson.dumps(document)
 
     async def _attempt(
         self,
@@ -455,9 +458,8 @@ class ForwardingApp(Resource):
                     and self.routing.hold_first_event
                     and not final
                     and not plan.pinned
-                    and (kind := stream_kind(resp)) is not None
                 ):
-                    held, status = await hold_first_event(resp, frames=kind == "frames")
+                    held, status = await hold_first_event(resp, target.first_event)
                 retry_statuses = self.routing.retry.statuses
                 failed = status in retry_statuses or status in (401, 402, 403)
                 if breaker is not None:
@@ -465,7 +467,7 @@ class ForwardingApp(Resource):
                     breaker.record(credential, not failed)
                 if cooldowns is not None and (model or status in (401, 402, 403)):
                     if failed:
-                        hint = retry_after_hint(resp.headers, time.time())
+                        hint = retry_after_hint(resp.headers, time.time(), target.resets)
                         if hint is None and status == 429 and target.provider.hints_in_body:
                             # The wait is in the (small) error body: read it, relay it as read.
                             body_read = await resp.read_all()
@@ -553,8 +555,13 @@ class ForwardingApp(Resource):
         )
 
 
-#: Seconds a request refused for an upstream credential being renewed is told to wait.
-_CREDENTIAL_RETRY_AFTER = b"5"
+class _NoCredential(UpstreamConnectError):
+    """The upstream credential has nothing to sign with (no Google access token, no valid AWS
+    credentials): nothing was sent. ``retry_after`` is set when the failure looks temporary."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message, "credential")
+        self.retry_after = retry_after
 
 
 def _signed(target: Target, method: str, url: str, headers: StrHeaders, body: bytes) -> str:
@@ -562,5 +569,34 @@ def _signed(target: Target, method: str, url: str, headers: StrHeaders, body: by
     anything is sent (another credential may serve it)."""
     try:
         return target.provider.sign(target.upstream, method, url, headers, body)
-    except (GoogleCredentialsError, AwsCredentialsError) as exc:
-        raise UpstreamConnectError(str(exc), "credential") from None
+    except GoogleCredentialsError as exc:
+        raise _NoCredential(str(exc), exc.retry_after if exc.retryable else None) from None
+    except AwsCredentialsError as exc:
+        raise _NoCredential(str(exc), exc.retry_after) from None
+
+
+async def _send_no_credential(send: Send, error: _NoCredential, dialect: Dialect) -> None:
+    """503 in the caller's dialect: the gateway cannot authenticate upstream right now. Its
+    message names neither the credential nor the reason (the gateway's log does)."""
+    wait = error.retry_after
+    if wait is None:
+        await send_error(
+            send,
+            503,
+            "The gateway's upstream credential was refused by its provider; the gateway's "
+            "operator must replace it.",
+            dialect=dialect,
+            code="upstream_credential_unavailable",
+            should_retry=False,
+        )
+        return
+    seconds = max(1, math.ceil(wait))
+    await send_error(
+        send,
+        503,
+        f"The gateway has no valid upstream credential yet; retry after {seconds} s.",
+        dialect=dialect,
+        code="upstream_credential_unavailable",
+        headers=[(b"retry-after", str(seconds).encode())],
+        should_retry=worth_waiting(seconds),
+    )

@@ -15,13 +15,9 @@ from asgi_llmguard.errors import send_error, sse_error_event
 from asgi_llmguard.forward.aliases import AliasTable
 from asgi_llmguard.forward.engines import UpstreamBroken, UpstreamError, UpstreamResponse
 from asgi_llmguard.forward.headers import response_headers
-from asgi_llmguard.forward.resilience import (
-    HOLD_LIMIT,
-    StreamRewriter,
-    error_in_first_event,
-    first_event_end,
-)
-from asgi_llmguard.providers.eventstream import WholeFrames, error_in_first_frame, first_frame_end
+from asgi_llmguard.forward.resilience import HOLD_LIMIT, StreamRewriter
+from asgi_llmguard.providers.base import FirstEvent
+from asgi_llmguard.providers.eventstream import WholeFrames
 from asgi_llmguard.routes import Dialect
 from asgi_llmguard.types import Send
 
@@ -68,19 +64,6 @@ class Watch:
         self.sse = False
 
 
-def stream_kind(resp: UpstreamResponse) -> str | None:
-    """``"sse"`` for server-sent events, ``"frames"`` for an AWS event stream (Bedrock), else
-    ``None``: the streams whose first event can be held."""
-    for name, value in resp.headers:
-        if name == b"content-type":
-            if value.startswith(b"text/event-stream"):
-                return "sse"
-            if value.startswith(_EVENTSTREAM):
-                return "frames"
-            return None
-    return None
-
-
 async def relay(
     ctx: RequestContext,
     resp: UpstreamResponse,
@@ -103,13 +86,14 @@ async def relay(
         if name == b"content-length":
             length = int(value) if value.isdigit() else -1
         elif name == b"content-type":
-            sse = value.startswith(b"text/event-stream")
-            if value.startswith(_EVENTSTREAM):
-                # An AWS event stream (Bedrock): binary frames under CRCs, never rewritten,
-                # relayed a whole frame at a time; a break ends it with the dialect's exception
-                # frame after the last whole frame, as an SSE stream's event.
-                sse = encoded = True
-                whole = WholeFrames()
+            if value.startswith(_STREAMS):  # one test for a JSON answer
+                sse = True
+                if value.startswith(_EVENTSTREAM):
+                    # An AWS event stream (Bedrock): binary frames under CRCs, never rewritten;
+                    # relayed a whole frame at a time; a break ends it with the dialect's
+                    # exception frame after the last whole frame, as an SSE stream's event.
+                    encoded = True
+                    whole = WholeFrames()
         elif name == b"content-encoding":
             encoded = True
     # Bodies are relayed as the upstream encoded them; a compressed one is not rewritten.
@@ -191,6 +175,7 @@ async def relay(
 
 
 _EVENTSTREAM = b"application/vnd.amazon.eventstream"
+_STREAMS = (b"text/event-stream", _EVENTSTREAM)
 _SHUTDOWN = "The gateway is shutting down; the answer was interrupted. Retry the request."
 
 
@@ -216,41 +201,26 @@ async def end_interrupted(send: Send, watch: Watch, dialect: Dialect) -> None:
         logger.debug("could not end an interrupted answer", exc_info=True)
 
 
-async def hold_first_event(resp: UpstreamResponse, frames: bool = False) -> tuple[bytes, int]:
-    """Read until the stream's first complete event (with ``frames``, the first frame of an AWS
-    event stream). Returns the bytes read and the status the attempt stands for: 200, or the
-    status an error event in it means (see resilience; for a frame, `error_in_first_frame`)."""
-    if frames:
-        return await _hold_first_frame(resp)
+async def hold_first_event(resp: UpstreamResponse, first_event: FirstEvent) -> tuple[bytes, int]:
+    """Read until the stream's first complete event, as the upstream's provider tells it
+    (`Provider.first_event`). Returns the bytes read and the status the attempt stands for: 200,
+    or the status an error event in it means. An answer the provider does not check is not
+    read."""
+    content_type = b""
+    for name, value in resp.headers:
+        if name == b"content-type":
+            content_type = value
+            break
     held = b""
+    status = first_event(content_type, held)
     try:
-        while len(held) < HOLD_LIMIT:
+        while status is None and len(held) < HOLD_LIMIT:
             chunk = await resp.read_chunk()
             if not chunk:
                 # The stream ended before a complete event: nothing useful was produced.
                 return held, 502 if not held.strip() else 200
             held += chunk
-            end = first_event_end(held)
-            if end >= 0:
-                status = error_in_first_event(held[:end])
-                return held, status if status is not None else 200
+            status = first_event(content_type, held)
     except UpstreamError:
         return held, 502
-    return held, 200
-
-
-async def _hold_first_frame(resp: UpstreamResponse) -> tuple[bytes, int]:
-    held = b""
-    try:
-        while len(held) < HOLD_LIMIT:
-            chunk = await resp.read_chunk()
-            if not chunk:
-                return held, 502 if not held else 200
-            held += chunk
-            end = first_frame_end(held)
-            if end >= 0:
-                status = error_in_first_frame(held[:end])
-                return held, status if status is not None else 200
-    except UpstreamError:
-        return held, 502
-    return held, 200
+    return held, 200 if status is None else status

@@ -1,4 +1,4 @@
-"""Retry decisions, backoff, the held first SSE event, and rewriting answers back to an alias.
+"""Retry decisions, backoff, the bound on a held first event, answers rewritten back to an alias.
 
 What may be retried is narrow on purpose (RELIABILITY R9): a request is sent again only when the
 first attempt provably did not start a generation -- the connection could not be opened, or the
@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import random
 
-import orjson
-
 from asgi_llmguard.forward.aliases import AliasTable
 from asgi_llmguard.forward.engines import UpstreamError
 from asgi_llmguard.forward.router import RetryPolicy
 
-#: Bytes held at most while waiting for the first SSE event; past this the stream is relayed.
+#: Bytes held at most while waiting for a stream's first event; past this the stream is relayed.
 HOLD_LIMIT = 64 * 1024
 
 
@@ -33,46 +31,6 @@ def backoff_delay(policy: RetryPolicy, retry: int) -> float:
         return 0.0
     ceiling = min(policy.backoff_cap, policy.backoff * 2.0 ** (retry - 1))
     return ceiling * (0.5 + random.random() / 2)  # jitter, not security
-
-
-def first_event_end(buffer: bytes) -> int:
-    """The end offset of the first complete SSE event in ``buffer``, or -1."""
-    ends = [i for i in (buffer.find(b"\n\n"), buffer.find(b"\r\n\r\n")) if i >= 0]
-    if not ends:
-        return -1
-    end = min(ends)
-    return end + (4 if buffer.startswith(b"\r\n\r\n", end) else 2)
-
-
-def error_in_first_event(event: bytes) -> int | None:
-    """The status an error sent as a stream's first event stands for, or ``None`` when the event
-    is not an error: Anthropic ``event: error`` with ``overloaded_error`` (529),
-    ``rate_limit_error`` (429) or another type (500); OpenAI-style ``data: {"error": ...}``
-    (429 for rate limits and quota, else 500)."""
-    name = b""
-    data = b""
-    for line in event.splitlines():
-        if line.startswith(b"event:"):
-            name = line[6:].strip()
-        elif line.startswith(b"data:"):
-            data += line[5:].strip()
-    if name != b"error" and b'"error"' not in data:
-        return None
-    try:
-        doc = orjson.loads(data) if data else {}
-    except orjson.JSONDecodeError:
-        return 500 if name == b"error" else None
-    if not isinstance(doc, dict) or "error" not in doc:
-        return 500 if name == b"error" else None
-    error = doc["error"]
-    kind = ""
-    if isinstance(error, dict):
-        kind = str(error.get("type") or "") + " " + str(error.get("code") or "")
-    if "overloaded" in kind:
-        return 529
-    if "rate_limit" in kind or "insufficient_quota" in kind:
-        return 429
-    return 500
 
 
 class StreamRewriter:

@@ -32,7 +32,7 @@ from asgi_llmguard.forward.aliases import AliasTable
 from asgi_llmguard.forward.breaker import BreakerPolicy, CircuitBreaker
 from asgi_llmguard.forward.cooldowns import CooldownPolicy, MemoryCooldowns, RedisCooldowns
 from asgi_llmguard.forward.pools import Candidate, Pool, order
-from asgi_llmguard.forward.thinking import ParsedModel, parse_model
+from asgi_llmguard.providers.thinking import ParsedModel, parse_model
 from asgi_llmguard.routes import Api
 
 Selector = Literal["round-robin", "weighted", "fill-first", "priority"]

@@ -14,7 +14,9 @@ class Target:
         "credential_id",
         "defaults",
         "drop",
+        "first_event",
         "provider",
+        "resets",
         "resource",
         "signs",
         "static",
@@ -34,3 +36,7 @@ class Target:
         #: token source), if anything: the provider's ``token_source(upstream)``.
         make = getattr(provider, "token_source", None)
         self.resource: Closable | None = make(upstream) if make is not None else None
+        #: How its streamed answers' first event is read (`Provider.first_event`).
+        self.first_event = provider.first_event
+        #: Its rate-limit reset headers and their parsers (`Provider.reset_headers`).
+        self.resets = provider.reset_headers

@@ -30,11 +30,12 @@ import time
 from collections.abc import Awaitable, Callable
 
 from asgi_llmguard.context import Attempt, RequestContext
-from asgi_llmguard.forward.engines import Engine, UpstreamError
+from asgi_llmguard.forward.engines import Engine, UpstreamConnectError, UpstreamError
 from asgi_llmguard.forward.headers import request_headers
 from asgi_llmguard.forward.router import WarmupPolicy
 from asgi_llmguard.forward.target import Target
 from asgi_llmguard.providers import OWNERS
+from asgi_llmguard.providers.google_auth import GoogleCredentialsError
 from asgi_llmguard.providers.metering import usage_from_json
 from asgi_llmguard.routes import Api, classify
 
@@ -144,12 +145,23 @@ async def warm_request(
     api: Api,
     model: str,
     policy: WarmupPolicy,
-    listener: Callable[[Attempt, Api], None] | None,
+    listener: Callable[[Attempt, Api, str], None] | None,
 ) -> bool:
     """One tiny request to ``target`` for ``model``; ``True`` when it answered 2xx. The attempt
     goes to ``listener`` (the usage ledger records it as ``warmup``)."""
     provider = target.provider
-    path, body = OWNERS[api].warmup(api, model, policy.max_tokens, policy.prompt)
+    # A provider whose paths name where the upstream serves (Vertex AI's project and location)
+    # builds the request for the upstream; the others' requests are the same for every one.
+    for_upstream = getattr(provider, "warmup_for", None)
+    if for_upstream is not None:
+        built = for_upstream(target.upstream, api, model, policy.max_tokens, policy.prompt)
+        if built is None:
+            # Nothing to send it: counted as warm, so it is not tried on every request.
+            logger.info("warm-up of %s skipped: no project is known for it", credential_id)
+            return True
+        path, body = built
+    else:
+        path, body = OWNERS[api].warmup(api, model, policy.max_tokens, policy.prompt)
     ctx = RequestContext("POST", path)
     ctx.request_id = "warmup_" + ctx.request_id.removeprefix("req_")
     ctx.body = body
@@ -158,14 +170,17 @@ async def warm_request(
         [(b"content-type", b"application/json")], target.drop, target.defaults, target.static
     )
     headers.append(("x-request-id", ctx.request_id))
-    if target.signs:
-        url = provider.sign(target.upstream, "POST", url, headers, body)
     started_at = time.time()
     began = time.perf_counter()
     status = 0
     error: str | None = None
     usage = None
     try:
+        if target.signs:
+            try:
+                url = provider.sign(target.upstream, "POST", url, headers, body)
+            except GoogleCredentialsError as exc:
+                raise UpstreamConnectError(str(exc), "credential") from None
         resp = await engine.send("POST", url, headers, ctx.body)
         try:
             status = resp.status
@@ -191,7 +206,7 @@ async def warm_request(
             )
             attempt_request = ctx.request_id
             try:
-                listener(attempt, api)
+                listener(attempt, api, OWNERS[api].warmup_operation(api))
             except Exception:
                 logger.exception("warm-up listener failed for %s", attempt_request)
     return 200 <= status < 300

@@ -1,24 +1,24 @@
-"""Metering an answer as it streams past, and the stream-usage request rewrite.
+"""Metering an answer as it streams past.
 
 `Meter` wraps the usage layer's ``send``: it scans the answer with `EventSplitter` and the
 provider's meter, keeping only the usage and the last unfinished event, so the first byte is not
-delayed and memory per stream stays bounded. When the client did not ask for the usage chunk of
-an OpenAI-style stream, the usage layer asks the upstream for it (`with_include_usage`) and the
-meter removes it again (`strip_usage`), with the ``"usage": null`` it adds to every chunk, so the
-client sees what it would have seen without the gateway.
+delayed and memory per stream stays bounded. When the provider's wire reports a stream's usage
+only when asked and the client did not ask, the usage layer asks the upstream for it
+(`Provider.ask_stream_usage`) and the meter removes it again (`Provider.strip_stream_usage`), so
+the client sees what it would have seen without the gateway.
 """
 
 from __future__ import annotations
 
 import re
 import time
-
-import orjson
+from collections.abc import Callable
 
 from asgi_llmguard.context import RequestContext
 from asgi_llmguard.errors import sse_error_event
 from asgi_llmguard.providers.eventstream import MIME_TYPE as EVENTSTREAM
 from asgi_llmguard.providers.eventstream import FrameSplitter
+from asgi_llmguard.providers.include_usage import object_end
 from asgi_llmguard.providers.jsonarray import JsonArraySplitter
 from asgi_llmguard.providers.metering import StreamMeter, units_from_json, usage_from_json
 from asgi_llmguard.providers.sse import EventSplitter
@@ -30,9 +30,6 @@ from asgi_llmguard.types import Message, Send
 # usage object is looked for there (providers put it last).
 _JSON_WHOLE = 4 << 20
 _JSON_TAIL = 64 << 10
-_INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
-#: The operations whose streams carry a usage chunk only when asked (OpenAI-style).
-STRIPPED_OPERATIONS = frozenset({"chat.completions", "completions"})
 
 
 class Meter:
@@ -62,12 +59,13 @@ class Meter:
         endpoint: Endpoint,
         send: Send,
         meter: StreamMeter | None,
-        strip: bool,
+        strip: Callable[[bytes], bytes] | None,
     ) -> None:
         self._ctx = ctx
         self._endpoint = endpoint
         self._send = send
         self.meter = meter
+        #: Takes out of whole events what asking for the usage added (`strip_stream_usage`).
         self.strip = strip
         self._splitter: EventSplitter | JsonArraySplitter | FrameSplitter | None = None
         #: The unfinished event held back while stripping.
@@ -105,14 +103,14 @@ class Meter:
                         message["headers"] = [(k, v) for k, v in headers if k != b"content-length"]
                 elif content_type.startswith(EVENTSTREAM):  # an AWS event stream (Bedrock)
                     self._splitter = FrameSplitter()
-                    self.strip = False
+                    self.strip = None
                     self.sse = True
                 else:  # a stream written as one JSON array (Gemini without ``alt=sse``)
                     self._splitter = JsonArraySplitter()
-                    self.strip = False
+                    self.strip = None
                     self.sse = True
             else:
-                self.strip = False
+                self.strip = None
                 self.meter = None if not self.sse else self.meter
                 if self.status < 300 and self._endpoint.billable:
                     self._json = []
@@ -150,7 +148,7 @@ class Meter:
                         self._held = b""
                 else:
                     self._held = b""
-                body = strip_usage(held)
+                body = self.strip(held)
                 message = {"type": "http.response.body", "body": body, "more_body": more}
             if not more:
                 events += splitter.close()
@@ -227,106 +225,6 @@ class Meter:
         return None, None, {}
 
 
-def with_include_usage(body: bytes) -> bytes | None:
-    """The body with ``stream_options.include_usage`` set, or ``None`` if it is not an object."""
-    if b'"stream_options"' not in body:
-        start = body.find(b"{")
-        if start < 0:
-            return None
-        rest = body[start + 1 :].lstrip()
-        sep = b"" if rest.startswith(b"}") else b","
-        return body[: start + 1] + _INCLUDE_USAGE + sep + body[start + 1 :]
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    options = obj.get("stream_options")
-    obj["stream_options"] = {
-        **(options if isinstance(options, dict) else {}),
-        "include_usage": True,
-    }
-    return orjson.dumps(obj)
-
-
-_NULL_USAGE = (b',"usage":null', b', "usage": null', b'"usage":null,', b'"usage": null, ')
-_USAGE_OBJECTS = (b'"usage":{', b'"usage": {')
-_NO_CHOICES = (b'"choices":[]', b'"choices": []')
-
-
-def strip_usage(data: bytes) -> bytes:
-    """Whole events as the upstream framed them, without what asking for usage added: the
-    ``"usage": null`` member of every chunk, the usage-only chunk (``choices: []``), and the
-    ``usage`` member of a chunk that also carries choices. Everything else is left as it is."""
-    data = data.replace(_NULL_USAGE[0], b"")  # the common case: OpenAI's own spelling
-    if b'"usage"' not in data:
-        return data
-    for null in _NULL_USAGE[1:]:
-        if null in data:
-            data = data.replace(null, b"")
-    for mark in _USAGE_OBJECTS:
-        at = data.find(mark)
-        while at >= 0:
-            # The event's line: OpenAI-style chunks are one ``data:`` line each.
-            start = max(data.rfind(b"\n", 0, at), data.rfind(b"\r", 0, at)) + 1
-            end = at
-            while end < len(data) and data[end] not in b"\r\n":
-                end += 1
-            line = data[start:end]
-            if _NO_CHOICES[0] in line or _NO_CHOICES[1] in line:
-                # The usage-only chunk: drop it and the blank line that ends it.
-                stop = end
-                while stop < len(data) and data[stop] in b"\r\n":
-                    stop += 1
-                data = data[:start] + data[stop:]
-                at = data.find(mark, start)
-            else:
-                stripped = _without_member(line, at - start)
-                data = data[:start] + stripped + data[end:]
-                at = data.find(mark, start + len(stripped))
-    return data
-
-
-def _object_end(data: bytes, start: int) -> int:
-    """The index just past the JSON object that opens at ``data[start]``, or -1 if it is cut."""
-    depth = 0
-    in_string = escaped = False
-    for i in range(start, len(data)):
-        c = data[i]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif c == 0x5C:  # backslash
-                escaped = True
-            elif c == 0x22:  # quote
-                in_string = False
-        elif c == 0x22:
-            in_string = True
-        elif c == 0x7B:
-            depth += 1
-        elif c == 0x7D:
-            depth -= 1
-            if depth == 0:
-                return i + 1
-    return -1
-
-
-def _without_member(line: bytes, key: int) -> bytes:
-    """``line`` without the JSON member whose key starts at ``key`` (and its comma)."""
-    i = line.find(b"{", key)
-    if i < 0:
-        return line
-    end = _object_end(line, i)
-    if end < 0:
-        return line
-    before = line[:key].rstrip()
-    if before.endswith(b","):
-        return before[:-1] + line[end:]
-    after = line[end:].lstrip()
-    if after.startswith(b","):
-        return before + after[1:].lstrip()
-    return line
-
-
 def usage_slice(tail: bytes) -> bytes:
     """``{"usage": {...}}`` cut from the tail of a large JSON answer (usage comes last), with
     the answer's ``service_tier`` when the tail has it (OpenAI puts it after the usage)."""
@@ -336,7 +234,7 @@ def usage_slice(tail: bytes) -> bytes:
     start = tail.find(b"{", at)
     if start < 0:
         return b""
-    end = _object_end(tail, start)
+    end = object_end(tail, start)
     if end < 0:
         return b""
     tier = _SERVICE_TIER.search(tail, end)

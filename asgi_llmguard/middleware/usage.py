@@ -34,8 +34,9 @@ from asgi_llmguard.context import (
 )
 from asgi_llmguard.errors import ConfigurationError, send_error, worth_waiting
 from asgi_llmguard.middleware import _websocket
-from asgi_llmguard.middleware._usage_meter import STRIPPED_OPERATIONS, Meter, with_include_usage
+from asgi_llmguard.middleware._usage_meter import Meter
 from asgi_llmguard.policy import Budget
+from asgi_llmguard.providers import OWNERS
 from asgi_llmguard.providers.metering import stream_meter
 from asgi_llmguard.routes import Endpoint
 from asgi_llmguard.tokens import TokenUsage
@@ -207,18 +208,13 @@ class UsageMiddleware:
                 return
 
         streamed = bool(fields.stream) and endpoint.streamable
-        strip = False
-        if (
-            streamed
-            and self._stream_usage
-            and endpoint.api != "anthropic"
-            and endpoint.operation in STRIPPED_OPERATIONS
-            and not (fields.stream_options and fields.stream_options.include_usage)
-        ):
-            body = with_include_usage(ctx.body or b"")
+        strip = None
+        if streamed and self._stream_usage:
+            provider = OWNERS[endpoint.api]
+            body = provider.ask_stream_usage(endpoint, fields, ctx.body or b"")
             if body is not None:
                 ctx.body = body
-                strip = True
+                strip = provider.strip_stream_usage
 
         meter = Meter(ctx, endpoint, send, stream_meter(endpoint) if streamed else None, strip)
         failed = True
@@ -291,7 +287,7 @@ class UsageMiddleware:
         prompt = 1 if multipart else prompt_bytes // 4 + 1
         amount = estimate_nanos(price, prompt, fields.max_output or self._default_max_output)
         unit = endpoint.unit if endpoint is not None else None
-        unit_price = price.unit_price(unit)
+        unit_price = price.unit_price(unit) if unit is not None else None
         if unit_price is not None:
             expected = _expected_units(ctx, fields, unit)
             amount += usd_to_nanos(unit_price) * math.ceil(expected)

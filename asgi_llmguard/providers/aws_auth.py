@@ -63,7 +63,12 @@ def _botocore() -> Any:
 
 class AwsCredentialsError(Exception):
     """The signer has no valid credentials to sign with (none yet, or expired and not renewed).
-    The message names the signer, never a secret."""
+    The message names the signer, never a secret; ``retry_after``: seconds until the next
+    renewal attempt."""
+
+    def __init__(self, message: str, retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class SigV4Signer(Resource):
@@ -250,7 +255,8 @@ class SigV4Signer(Resource):
         raise AwsCredentialsError(
             f"AWS credentials ({self._name}) have expired and could not be renewed yet"
             if frozen is not None
-            else f"AWS credentials ({self._name}) are not available yet"
+            else f"AWS credentials ({self._name}) are not available yet",
+            self.retry_interval,
         )
 
     async def credentials(self) -> ReadOnlyCredentials:

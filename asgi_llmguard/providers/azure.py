@@ -12,12 +12,16 @@ When the upstream has an ``api_version`` it replaces the client's; otherwise the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 from asgi_llmguard.context import InvalidBody, RequestContext
-from asgi_llmguard.providers import openai_usage
+from asgi_llmguard.providers import include_usage, openai_usage, sse
 from asgi_llmguard.providers.base import StaticCredential, StrHeaders, Upstream, join
-from asgi_llmguard.providers.openai import chat_warmup, openai_stream_meter
+from asgi_llmguard.providers.openai import PROVIDER as OPENAI
+from asgi_llmguard.providers.openai import chat_warmup, openai_stream_meter, openai_thinking
+from asgi_llmguard.providers.thinking import Thinking
 from asgi_llmguard.routes import Api
 
 DEFAULT_API_VERSION = "2024-10-21"
@@ -75,6 +79,30 @@ class AzureProvider(StaticCredential):
 
     def warmup(self, api: Api, model: str, max_tokens: int, prompt: str) -> tuple[str, bytes]:
         return chat_warmup(model, max_tokens, prompt)
+
+    reset_headers = OPENAI.reset_headers
+
+    def apply_thinking(
+        self, operation: str, body: dict[str, Any], thinking: Thinking, model: str
+    ) -> None:
+        openai_thinking(operation, body, thinking)
+
+    ask_stream_usage = staticmethod(include_usage.ask_stream_usage)
+    strip_stream_usage = staticmethod(include_usage.strip_usage)
+    first_event = staticmethod(sse.first_sse_event)
+
+    def warmup_operation(self, api: Api) -> str:
+        return "chat.completions"
+
+    def pool_models(self, upstream: Upstream, api: Api, native: bool) -> Sequence[str] | None:
+        """Azure answers OpenAI-style routes only through its deployments: it joins their pools
+        for the models it maps, or for every model when no OpenAI upstream is configured."""
+        if api == "openai" and not upstream.models:
+            if upstream.deployments:
+                return list(upstream.deployments)
+            if native:
+                return []
+        return None
 
 
 def _realtime(upstream: Upstream, ctx: RequestContext, query: bytes) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from asgi_llmguard.context import RequestContext
+from asgi_llmguard.context import RequestContext, RequestFields
 from asgi_llmguard.errors import ConfigurationError
+from asgi_llmguard.providers.thinking import Thinking
 from asgi_llmguard.redact import fingerprint
 from asgi_llmguard.routes import Api, Endpoint
 from asgi_llmguard.tokens import TokenUsage
@@ -16,6 +17,12 @@ from asgi_llmguard.tokens import TokenUsage
 #: A provider's name in the registry (``asgi_llmguard.providers.PROVIDERS``).
 ProviderName = str
 StrHeaders = list[tuple[str, str]]
+#: A rate-limit reset header's parser: its value (and the time now, epoch seconds) -> the seconds
+#: to wait, ``None`` when it says nothing; may raise ``ValueError`` on garbage (ignored).
+ResetParser = Callable[[str, float], float | None]
+#: `Provider.first_event`: (the answer's content type, the bytes read so far) -> its status, or
+#: ``None`` while the first event is incomplete.
+FirstEvent = Callable[[bytes, bytes], int | None]
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -53,6 +60,12 @@ class Upstream:
     #: Vertex AI: the service-account key file of the Google credential; unset: the
     #: application default credentials.
     credentials_file: str | None = None
+    #: Vertex AI: the Google Cloud project every request is sent to, whatever project the
+    #: caller's path names; unset: the caller's.
+    project: str | None = None
+    #: Vertex AI: the location every request is sent to (``us-east5``, ``global``); unset: the
+    #: one the base URL names when ``project`` is set, else the caller's.
+    location: str | None = None
     #: Amazon Bedrock: the AWS region requests are signed for; unset: the region in the base URL
     #: (``bedrock-runtime.{region}.amazonaws.com``), else ``AWS_REGION`` / ``AWS_DEFAULT_REGION``,
     #: else ``us-east-1``.
@@ -85,9 +98,13 @@ class Upstream:
         object.__setattr__(self, "models", tuple(self.models))
         if self.weight < 1:
             raise ConfigurationError("Upstream weight must be a positive integer")
+        if (self.project is not None or self.location is not None) and self.provider != "vertex":
+            raise ConfigurationError("Upstream project and location are Vertex AI options")
         for label, value in (("region", self.region), ("profile", self.profile)):
             if value is not None and (not value.strip() or not value.isprintable()):
                 raise ConfigurationError(f"Upstream {label} must be a non-empty name")
+        if (self.region is not None or self.profile is not None) and self.provider != "bedrock":
+            raise ConfigurationError("Upstream region and profile are Amazon Bedrock options")
 
     @property
     def credential_id(self) -> str:
@@ -160,6 +177,50 @@ class Provider(Protocol):
         """Seconds a rate-limited answer's body asks to wait (only when `hints_in_body`)."""
         ...
 
+    # Asked once per route API (`OWNERS`) or per upstream (`Target`) at start-up, never looked
+    # up per request.
+
+    #: The rate-limit headers whose value says when the limit resets (beyond ``retry-after`` and
+    #: ``retry-after-ms``), each with its parser: the cooldown after a 429 lasts until then.
+    reset_headers: Mapping[bytes, ResetParser]
+
+    def apply_thinking(
+        self, operation: str, body: dict[str, Any], thinking: Thinking, model: str
+    ) -> None:
+        """Set the reasoning parameters of a request of ``operation`` (an API in `owns`) in its
+        decoded JSON ``body``, in place, from a model name's thinking suffix; ``model`` is the
+        name without it. An operation without such parameters leaves the body as it is."""
+        ...
+
+    def ask_stream_usage(
+        self, endpoint: Endpoint, fields: RequestFields, body: bytes
+    ) -> bytes | None:
+        """For a streamed request of ``endpoint`` (an API in `owns`) whose wire reports usage
+        only when asked: the body asking for it (the answer then goes through
+        `strip_stream_usage`). ``None``: the body stays as it is."""
+        ...
+
+    def strip_stream_usage(self, data: bytes) -> bytes:
+        """Whole stream events without what `ask_stream_usage` made the upstream add."""
+        ...
+
+    def first_event(self, content_type: bytes, held: bytes) -> int | None:
+        """The status a streamed answer's first event stands for (200: not an error; 429, 529,
+        500: an error sent as the first event, worth another credential), from the bytes read so
+        far; ``None`` while the first event is incomplete. An answer this provider does not
+        check (not a stream, an unknown content type) is 200 at once, with nothing read."""
+        ...
+
+    def warmup_operation(self, api: Api) -> str:
+        """The operation of the `warmup` request of ``api`` (its ledger row's ``endpoint``)."""
+        ...
+
+    def pool_models(self, upstream: Upstream, api: Api, native: bool) -> Sequence[str] | None:
+        """The models whose pools ``upstream`` joins for route API ``api`` (one of `serves`):
+        ``None``: its own (`Upstream.models`, else every model); empty: none. ``native``: some
+        configured upstream's provider owns ``api``."""
+        ...
+
 
 class StreamMeter(Protocol):
     """Reads a response stream one whole event at a time (see `EventSplitter`)."""
@@ -203,6 +264,9 @@ class StaticCredential:
         return url
 
     def retry_hint(self, body: bytes) -> float | None:
+        return None
+
+    def pool_models(self, upstream: Upstream, api: Api, native: bool) -> Sequence[str] | None:
         return None
 
 

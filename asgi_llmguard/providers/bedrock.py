@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import os
 import re
-from typing import cast
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
 import orjson
 
-from asgi_llmguard.context import RequestContext
-from asgi_llmguard.providers import anthropic_usage, bedrock_usage
+from asgi_llmguard.context import RequestContext, RequestFields
+from asgi_llmguard.providers import anthropic_usage, bedrock_usage, eventstream
 from asgi_llmguard.providers.aws_auth import AwsCredentialsError, SigV4Signer
-from asgi_llmguard.providers.base import StreamMeter, StrHeaders, Upstream
+from asgi_llmguard.providers.base import ResetParser, StreamMeter, StrHeaders, Upstream
+from asgi_llmguard.providers.thinking import Thinking
 from asgi_llmguard.routes import Api, Endpoint
 from asgi_llmguard.tokens import TokenUsage
 
@@ -124,6 +126,30 @@ class BedrockProvider:
         return f"/model/{quote(model, safe=':')}/converse", orjson.dumps(document)
 
     def retry_hint(self, body: bytes) -> float | None:
+        return None
+
+    reset_headers: Mapping[bytes, ResetParser] = {}
+
+    def apply_thinking(
+        self, operation: str, body: dict[str, Any], thinking: Thinking, model: str
+    ) -> None:
+        return None  # not mapped yet: the suffix is only taken off the model id
+
+    def ask_stream_usage(
+        self, endpoint: Endpoint, fields: RequestFields, body: bytes
+    ) -> bytes | None:
+        return None  # a stream's ``metadata`` event carries its usage unasked
+
+    @staticmethod
+    def strip_stream_usage(data: bytes) -> bytes:
+        return data
+
+    first_event = staticmethod(eventstream.first_event)
+
+    def warmup_operation(self, api: Api) -> str:
+        return "converse"
+
+    def pool_models(self, upstream: Upstream, api: Api, native: bool) -> Sequence[str] | None:
         return None
 
 

@@ -274,6 +274,19 @@ def first_frame_end(buffer: bytes) -> int:
     return int(total)
 
 
+def first_event(content_type: bytes, held: bytes) -> int | None:
+    """`Provider.first_event` of an AWS event stream: the status its first frame stands for
+    (200, or `error_in_first_frame`'s), ``None`` while that frame is incomplete; any other answer
+    is 200 at once."""
+    if not content_type.startswith(MIME_TYPE):
+        return 200
+    end = first_frame_end(held)
+    if end < 0:
+        return None
+    status = error_in_first_frame(held[:end])
+    return 200 if status is None else status
+
+
 def error_in_first_frame(frame: bytes) -> int | None:
     """The status an exception sent as a stream's first frame stands for (`EXCEPTION_STATUS`:
     429 for throttling, 503 unavailable, 500 for others), or ``None`` when the frame is not an

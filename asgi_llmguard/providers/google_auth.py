@@ -5,9 +5,13 @@ content, or the application default credentials) and the access token it last ob
 read the token with :meth:`~GoogleTokenSource.token` (a clock read and a comparison while it is
 fresh) or ``await`` :meth:`~GoogleTokenSource.get`. The token is refreshed ahead of its expiry, in a
 worker thread (``google-auth`` blocks on its HTTP call), while requests go on using the current
-one; concurrent needs for a refresh share one. A failed background refresh is logged and retried
-a little later while the current token stays valid; a request that finds no valid token waits on
-one refresh, and its failure raises :class:`GoogleCredentialsError`.
+one; concurrent needs for a refresh share one. Once started, the source also refreshes on a
+timer, so a token is ready whether or not requests come; a failed refresh is retried in the
+background (after ``retry_interval``, doubling up to ``max_retry_interval``) until a token is had
+again; a failure is logged once (again only when it changes), never with a token or a key. A
+request that finds no valid token either waits on one refresh (:meth:`~GoogleTokenSource.get`)
+or is told at once why there is none and when the next attempt is due
+(:meth:`~GoogleTokenSource.unavailable`).
 
 ``google-auth`` is the ``vertex`` extra (``pip install 'asgi-llmguard[vertex]'``). A service
 account's token endpoint is its key file's ``token_uri`` (Google's own by default; a test points
@@ -47,12 +51,14 @@ class GoogleCredentialsError(Exception):
     The message is the gateway's and names the credential and the kind of failure, never a token,
     a key or the token endpoint's answer. ``retryable`` is True when the failure looked
     temporary (a network error, a 5xx from the token endpoint), False when the credential itself
-    was refused (a revoked or malformed key).
+    was refused (a revoked or malformed key). ``retry_after`` is the seconds until the source's
+    next refresh attempt, when one is scheduled.
     """
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +134,9 @@ class GoogleTokenSource(Resource):
         expiry_skew: Seconds before expiry from which the token is no longer used at all (at
             most a tenth of its lifetime), so a request does not leave with a token that
             expires on the way.
-        retry_interval: Seconds between background refresh attempts after a failure, while the
-            current token stays valid.
+        retry_interval: Seconds before the first background refresh attempt after a failure;
+            the wait doubles after each further failure, up to ``max_retry_interval``.
+        max_retry_interval: The longest wait between background refresh attempts.
         failure_hold: Seconds during which a request that finds no valid token gets the last
             refresh failure again, instead of starting another refresh.
         name: How logs and ``repr`` name the credential; default: the service account's email,
@@ -147,6 +154,7 @@ class GoogleTokenSource(Resource):
         refresh_margin: float = 300.0,
         expiry_skew: float = 10.0,
         retry_interval: float = 10.0,
+        max_retry_interval: float = 300.0,
         failure_hold: float = 1.0,
         name: str | None = None,
     ) -> None:
@@ -155,6 +163,7 @@ class GoogleTokenSource(Resource):
             ("refresh_margin", refresh_margin),
             ("expiry_skew", expiry_skew),
             ("retry_interval", retry_interval),
+            ("max_retry_interval", max_retry_interval),
             ("failure_hold", failure_hold),
         ):
             if not isinstance(value, int | float) or value < 0:
@@ -167,6 +176,7 @@ class GoogleTokenSource(Resource):
         self._margin = float(refresh_margin)
         self._skew = float(expiry_skew)
         self._retry_interval = float(retry_interval)
+        self._max_retry_interval = max(float(max_retry_interval), self._retry_interval)
         self._failure_hold = float(failure_hold)
         self._token: _Token | None = None
         self._lock = threading.Lock()
@@ -174,6 +184,12 @@ class GoogleTokenSource(Resource):
         self._next_background = 0.0
         self._failure: tuple[float, GoogleCredentialsError] | None = None
         self._session: Any = None
+        #: Started and not closed: failed refreshes are retried by a timer.
+        self._running = False
+        self._timer: threading.Timer | None = None
+        #: Failures in a row, and the last one logged (each distinct failure is logged once).
+        self._consecutive = 0
+        self._logged: str | None = None
         #: Refreshes attempted and failed so far (for tests and metrics).
         self.refreshes = 0
         self.failures = 0
@@ -244,17 +260,38 @@ class GoogleTokenSource(Resource):
         """The current access token, or None when there is no valid one.
 
         While the token is fresh this is a clock read and one comparison. Within the refresh
-        margin it still returns the token and starts one background refresh.
+        margin it still returns the token and starts one background refresh; without a valid
+        token it starts one too, unless a failed one is waiting for its retry (see
+        :meth:`unavailable` for why there is no token).
         """
         state = self._token
+        now = time.monotonic()
         if state is not None:
-            now = time.monotonic()
             if now < state.refresh_at:
                 return state.value
             if now < state.usable_until:
                 self._refresh_in_background(now)
                 return state.value
+        self._refresh_in_background(now)
         return None
+
+    def unavailable(self) -> GoogleCredentialsError:
+        """Why :meth:`token` has no token: the last refresh failure, with the seconds until the
+        next attempt as ``retry_after``; while the first refresh is still running, a
+        retryable error with ``retry_after`` 1."""
+        with self._lock:
+            failure = self._failure
+            due = self._next_background
+            refreshing = self._inflight is not None
+        if failure is None:
+            return GoogleCredentialsError(
+                f"Google credential {self.name}: no access token yet, a refresh is running",
+                retryable=True,
+                retry_after=1.0,
+            )
+        error = failure[1]
+        wait = 1.0 if refreshing else max(due - time.monotonic(), 1.0)
+        return GoogleCredentialsError(str(error), retryable=error.retryable, retry_after=wait)
 
     async def get(self) -> str:
         """The current access token; when there is none, wait for one refresh.
@@ -313,35 +350,93 @@ class GoogleTokenSource(Resource):
         try:
             state = self._fetch()
         except BaseException as exc:
-            self.failures += 1
-            message, retryable = _describe(exc)
-            error = GoogleCredentialsError(
-                f"Google credential {self.name}: {message}", retryable=retryable
-            )
-            current = self._token
-            still_valid = current is not None and time.monotonic() < current.usable_until
-            logger.warning(
-                "google_token_refresh_failed credential=%s reason=%r %s",
-                self.name,
-                message,
-                "keeping the current token" if still_valid else "no valid token",
-            )
-            with self._lock:
-                self._failure = (time.monotonic() + self._failure_hold, error)
-                self._inflight = None
-            future.set_exception(error)
+            self._failed(future, exc)
             return
         with self._lock:
             self._token = state
             self._failure = None
             self._next_background = 0.0
             self._inflight = None
-        logger.info(
-            "google_token_refreshed credential=%s expires_in=%.0f",
-            self.name,
-            state.expires - time.time(),
-        )
+            recovered = self._consecutive > 0
+            self._consecutive = 0
+            self._logged = None
+            if self._running:  # the next refresh is due then, requests or not
+                self._schedule_locked(state.refresh_at - time.monotonic() + 0.01)
+        if recovered:
+            logger.warning(
+                "google_token_refreshed credential=%s after failures expires_in=%.0f",
+                self.name,
+                state.expires - time.time(),
+            )
+        else:
+            logger.info(
+                "google_token_refreshed credential=%s expires_in=%.0f",
+                self.name,
+                state.expires - time.time(),
+            )
         future.set_result(state)
+
+    def _failed(self, future: concurrent.futures.Future[_Token], exc: BaseException) -> None:
+        """A refresh failed: publish the error, log it if it is new, schedule the retry."""
+        self.failures += 1
+        message, retryable = _describe(exc)
+        error = GoogleCredentialsError(
+            f"Google credential {self.name}: {message}", retryable=retryable
+        )
+        current = self._token
+        still_valid = current is not None and time.monotonic() < current.usable_until
+        with self._lock:
+            self._consecutive += 1
+            delay = min(
+                self._retry_interval * 2.0 ** (self._consecutive - 1), self._max_retry_interval
+            )
+            now = time.monotonic()
+            self._failure = (now + self._failure_hold, error)
+            self._next_background = now + delay
+            self._inflight = None
+            first = self._logged != message
+            self._logged = message
+            if self._running:
+                self._schedule_locked(delay)
+        if first:
+            logger.log(
+                logging.WARNING if retryable or still_valid else logging.ERROR,
+                "google_token_refresh_failed credential=%s reason=%r %s; %s",
+                self.name,
+                message,
+                "keeping the current token" if still_valid else "no valid token",
+                "retrying in the background"
+                if retryable
+                else "the credential was refused: check the service-account key",
+            )
+        else:
+            logger.debug(
+                "google_token_refresh_failed again credential=%s failures=%d",
+                self.name,
+                self._consecutive,
+            )
+        future.set_exception(error)
+
+    def _schedule_locked(self, delay: float) -> None:
+        """Refresh in ``delay`` seconds, requests or not (caller holds the lock)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        timer = threading.Timer(max(delay, 0.0), self._retry)
+        timer.daemon = True
+        timer.name = "llmguard-google-auth-retry"
+        self._timer = timer
+        timer.start()
+
+    def _retry(self) -> None:
+        with self._lock:
+            self._timer = None
+            if not self._running or self._inflight is not None:
+                return
+            state = self._token
+            if state is not None and time.monotonic() < state.refresh_at:
+                return  # a request-driven refresh got a fresh token meanwhile
+            self._next_background = time.monotonic() + self._retry_interval
+            self._start_refresh_locked()
 
     def _fetch(self) -> _Token:
         if self._session is None:
@@ -371,12 +466,41 @@ class GoogleTokenSource(Resource):
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Fetch the first token now (idempotent)."""
-        if self.token() is None:
+        """Fetch the first token now (idempotent), and from now on retry failed refreshes in
+        the background until :meth:`aclose`.
+
+        Raises:
+            GoogleCredentialsError: the credential was refused (a bad or revoked key). A
+                temporary failure (the token endpoint unreachable) is logged and retried in the
+                background instead: requests are answered "unavailable" until a token is had.
+        """
+        with self._lock:
+            self._running = True
+        if self.token() is not None:
+            return
+        try:
             await self._wait_for_refresh()
+        except GoogleCredentialsError as exc:
+            if not exc.retryable:
+                with self._lock:
+                    self._running = False
+                    timer, self._timer = self._timer, None
+                if timer is not None:
+                    timer.cancel()
+                raise
+            with self._lock:
+                if self._timer is None and self._inflight is None:
+                    # failed within failure_hold of an earlier attempt: nothing scheduled yet
+                    self._schedule_locked(max(self._next_background - time.monotonic(), 0.0))
 
     async def aclose(self) -> None:
-        """Close the HTTP session used for refreshes (idempotent; a later use opens another)."""
+        """Stop the background retries and close the HTTP session used for refreshes
+        (idempotent; a later use opens another)."""
+        with self._lock:
+            self._running = False
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
         session, self._session = self._session, None
         if session is not None:
             session.close()

@@ -66,18 +66,21 @@ class _Usage(msgspec.Struct):
             or self.output_token_details
         )
         return TokenUsage(
-            input_tokens=_first(self.prompt_tokens, self.input_tokens),
-            output_tokens=_first(self.completion_tokens, self.output_tokens),
+            # Chat's names, else the Responses API's (inline: this runs for every answer).
+            input_tokens=(
+                self.prompt_tokens if self.prompt_tokens is not None else (self.input_tokens or 0)
+            ),
+            output_tokens=(
+                self.completion_tokens
+                if self.completion_tokens is not None
+                else (self.output_tokens or 0)
+            ),
             cached_input_tokens=(details_in.cached_tokens or 0) if details_in else 0,
             reasoning_tokens=(details_out.reasoning_tokens or 0) if details_out else 0,
             service_tier=service_tier,
             audio_input_tokens=(details_in.audio_tokens or 0) if details_in else 0,
             audio_output_tokens=(details_out.audio_tokens or 0) if details_out else 0,
         )
-
-
-def _first(a: int | None, b: int | None) -> int:
-    return a if a is not None else (b or 0)
 
 
 class _OutputItem(msgspec.Struct):

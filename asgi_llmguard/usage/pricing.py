@@ -261,16 +261,12 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         if output < reasoning:
             output = reasoning
         audio = usage.audio_input_tokens
-        if audio > 0:
-            uncached = prompt - cached - creation
-            audio = audio if audio < uncached else uncached
-        else:
-            audio = 0
         spoken = usage.audio_output_tokens
-        if spoken > 0:
-            spoken = spoken if spoken < output - reasoning else output - reasoning
-        else:
-            spoken = 0
+        if audio or spoken:  # audio parts, priced apart (rare: one test when there are none)
+            uncached = prompt - cached - creation
+            audio = 0 if audio <= 0 else audio if audio < uncached else uncached
+            text = output - reasoning
+            spoken = 0 if spoken <= 0 else spoken if spoken < text else text
         scaled, exponent = _scaled_rates(self, prompt, usage.service_tier)
         numerator = 1000 * (
             scaled[0] * (prompt - cached - creation - audio)

@@ -26,6 +26,7 @@ from asgi_llmguard.forward.cooldowns import (
     retry_after_hint,
 )
 from asgi_llmguard.forward.shared_cooldowns import RedisCooldowns
+from asgi_llmguard.providers import provider_for
 from tests.conftest import require_service
 
 
@@ -38,6 +39,8 @@ class Clock:
 
 
 NOW = 1_000_000.0
+# The reset headers of OpenAI's and Anthropic's wires, as their adapters declare them.
+RESETS = {**provider_for("openai").reset_headers, **provider_for("anthropic").reset_headers}
 
 
 @pytest.mark.parametrize(
@@ -68,7 +71,7 @@ NOW = 1_000_000.0
     ],
 )
 def test_provider_hints_are_read(headers: list[tuple[bytes, bytes]], expected: float) -> None:
-    assert retry_after_hint(headers, NOW) == pytest.approx(expected)
+    assert retry_after_hint(headers, NOW, RESETS) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(
@@ -89,7 +92,7 @@ def test_provider_hints_are_read(headers: list[tuple[bytes, bytes]], expected: f
 def test_garbage_hints_are_ignored(value: bytes) -> None:
     names = (b"retry-after", b"retry-after-ms", b"x-ratelimit-reset-tokens")
     for name in (*names, b"anthropic-ratelimit-requests-reset"):
-        hint = retry_after_hint([(name, value)], NOW)
+        hint = retry_after_hint([(name, value)], NOW, RESETS)
         assert hint is None or (value == b"9" * 400 and hint == 86_400.0)
     # A garbage header next to a good one does not hide it.
     assert retry_after_hint([(b"retry-after", value), (b"retry-after-ms", b"1500")], NOW) in (
@@ -474,3 +477,13 @@ async def test_redis_outage_falls_back_to_local_state(caplog: pytest.LogCaptureF
         await client.aclose()
         proc.kill()
         proc.wait()
+
+
+def test_a_provider_reads_only_its_own_reset_headers() -> None:
+    anthropic_reset = [(b"anthropic-ratelimit-tokens-reset", b"1970-01-12T13:47:00Z")]
+    openai_reset = [(b"x-ratelimit-reset-requests", b"6m0s")]
+    anthropic = provider_for("anthropic").reset_headers
+    assert retry_after_hint(anthropic_reset, NOW, anthropic) == pytest.approx(20.0)
+    assert retry_after_hint(openai_reset, NOW, anthropic) is None
+    assert retry_after_hint(openai_reset, NOW, provider_for("azure").reset_headers) == 360.0
+    assert retry_after_hint(anthropic_reset + openai_reset, NOW, {}) is None

@@ -232,3 +232,82 @@ def test_a_bad_key_file_is_a_configuration_error(tmp_path):
         GoogleTokenSource.from_service_account_file(bad)
     with pytest.raises(ConfigurationError, match="service-account key file"):
         GoogleTokenSource.from_service_account_file(tmp_path / "missing.json")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_an_unreachable_endpoint_at_start_is_retried_in_the_background(
+    fake, tmp_path, caplog
+):
+    caplog.set_level(logging.DEBUG, logger="asgi_llmguard.google_auth")
+    port = _free_port()
+    path = fake.write_service_account_file(tmp_path / "sa.json", f"http://127.0.0.1:{port}")
+    source = GoogleTokenSource.from_service_account_file(path, retry_interval=0.2)
+    await source.start()  # a temporary failure does not fail the start
+    assert source.token() is None
+    why = source.unavailable()
+    assert why.retryable is True
+    assert why.retry_after is not None
+    assert 0 < why.retry_after <= 1
+    await fake.wait_for(lambda: source.failures >= 3, timeout=5)
+    # the same failure again and again is logged once
+    logged = [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and "google_token_refresh_failed" in r.getMessage()
+    ]
+    assert len(logged) == 1, [r.getMessage() for r in logged]
+    assert "retrying in the background" in logged[0].getMessage()
+    # the endpoint comes up: the next background attempt gets a token, no caller asked for it
+    with serve(fake, port=port):
+        await fake.wait_for(lambda: source._token is not None, timeout=5)
+    assert source.token() is not None
+    assert fake.tokens_issued == 1
+    await source.aclose()
+
+
+async def test_a_refused_key_fails_the_start_and_is_logged_once_as_an_error(fake, key_file, caplog):
+    caplog.set_level(logging.DEBUG, logger="asgi_llmguard.google_auth")
+    fake.configure(token_status=400)
+    source = GoogleTokenSource.from_service_account_file(key_file, retry_interval=0.1)
+    with pytest.raises(GoogleCredentialsError) as caught:
+        await source.start()
+    assert caught.value.retryable is False
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert "check the service-account key" in errors[0].getMessage()
+    private_key = fake.account.info("x")["private_key"].splitlines()[1]
+    assert all(private_key not in r.getMessage() for r in caplog.records)
+    # a source whose start failed schedules nothing
+    asked = _token_requests(fake)
+    await asyncio.sleep(0.4)
+    assert _token_requests(fake) == asked
+    await source.aclose()
+
+
+async def test_an_expired_token_is_refreshed_in_the_background_with_no_request(fake, tmp_path):
+    fake.configure(token_expires_in=2)
+    port = _free_port()
+    path = fake.write_service_account_file(tmp_path / "sa.json", f"http://127.0.0.1:{port}")
+    source = GoogleTokenSource.from_service_account_file(
+        path, refresh_margin=1, expiry_skew=0.1, retry_interval=0.2, max_retry_interval=0.4
+    )
+    with serve(fake, port=port):
+        await source.start()
+    first = source.token()
+    assert first is not None
+    # the token endpoint is gone; the token expires; the refreshes in the margin fail
+    await asyncio.sleep(2.1)
+    assert source.token() is None
+    assert source.unavailable().retryable is True
+    failures = source.failures
+    assert failures >= 1
+    with serve(fake, port=port):
+        # nobody calls token(): the background retries find the endpoint back
+        await fake.wait_for(lambda: source._token is not None and source._token.value != first, 3)
+    assert source.token() not in (first, None)
+    await source.aclose()

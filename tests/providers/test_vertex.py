@@ -7,6 +7,7 @@ from the fake's rule (a token is a word), not from the gateway.
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import time
 
@@ -209,6 +210,36 @@ def test_claude_messages_are_served_and_priced_as_claude(served):
     assert row["cost_nanos"] == 2 * 3000 + WORDS * 15000
 
 
+def test_claude_token_counting_is_forwarded_and_recorded_free(served):
+    url, fake, ledger = served
+    client = claude(url)
+    counted = client.messages.count_tokens(
+        model=CLAUDE, messages=[{"role": "user", "content": "one two three"}]
+    )
+    assert counted.input_tokens > 0
+    (call,) = fake.calls("anthropic")
+    assert call.path == (
+        f"/v1/projects/{PROJECT}/locations/{LOCATION}/publishers/anthropic/models/"
+        "count-tokens:rawPredict"
+    )
+    assert call.header("authorization").startswith("Bearer ya29.")
+    assert call.json()["model"] == CLAUDE
+    (row,) = rows(ledger, 1)
+    assert (row["provider"], row["endpoint"], row["model"], row["key_id"]) == (
+        "vertex_anthropic",
+        "count-tokens",
+        CLAUDE,
+        "vtx",
+    )
+    assert (row["status"], row["cost_nanos"], row["output_tokens"]) == (200, 0, 0)
+    # The model in the body is the key's to allow.
+    with pytest.raises(anthropic.PermissionDeniedError):
+        client.messages.count_tokens(
+            model="claude-opus-4-1@20250805", messages=[{"role": "user", "content": "x"}]
+        )
+    assert len(fake.calls("anthropic")) == 1
+
+
 def test_claude_streamed_is_metered_from_the_stream(served):
     url, fake, ledger = served
     fake.configure(cache_write_5m=3)
@@ -252,15 +283,70 @@ def test_no_valid_upstream_token_is_answered_in_each_callers_dialect(served):
     gemini = client(url)
     with pytest.raises(errors.APIError) as caught:
         gemini.models.generate_content(model=MODEL, contents="hi")
-    assert caught.value.code in (502, 503)
+    assert caught.value.code == 503
     assert caught.value.status == "UNAVAILABLE"
     with pytest.raises(anthropic.APIStatusError) as refused:
         claude(url).messages.create(
             model=CLAUDE, max_tokens=5, messages=[{"role": "user", "content": "x"}]
         )
-    assert refused.value.status_code in (502, 503)
+    assert refused.value.status_code == 503
     assert refused.value.body["type"] == "error"
+    assert refused.value.body["error"]["type"] == "overloaded_error"
+    # a refused key is not worth a retry: no Retry-After, and the SDKs are told to stop
+    assert refused.value.response.headers.get("retry-after") is None
+    assert refused.value.response.headers["x-should-retry"] == "false"
     assert fake.calls() == []  # nothing was sent without a token
+
+
+def test_an_unreachable_token_endpoint_is_answered_503_with_retry_after_until_it_is_back(
+    tmp_path, monkeypatch
+):
+    # Quick background retries (the default waits 10 s, then longer).
+    from asgi_llmguard.providers.google_auth import GoogleTokenSource
+
+    original = GoogleTokenSource.from_service_account_file
+    monkeypatch.setattr(
+        GoogleTokenSource,
+        "from_service_account_file",
+        lambda path, **kw: original(path, retry_interval=0.3, max_retry_interval=0.3, **kw),
+    )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        token_port = sock.getsockname()[1]
+    fake = FakeVertex(project=PROJECT)
+    keys = StaticKeyStore([StaticKey(KeyPolicy(key_id="vtx"), key_hash=hash_key(CALLER_KEY))])
+    sa = fake.write_service_account_file(tmp_path / "sa.json", f"http://127.0.0.1:{token_port}")
+    with serve(fake) as upstream:
+        app = build_stack(
+            upstreams=[Upstream("vertex", upstream.url, name="vx", credentials_file=str(sa))],
+            keys=keys,
+        )
+        # Google's token endpoint is down when the gateway starts: it starts anyway.
+        with serve(app) as server:
+            gemini, claude_client = client(server.url), claude(server.url)
+            with pytest.raises(errors.APIError) as caught:
+                gemini.models.generate_content(model=MODEL, contents="hi")
+            assert (caught.value.code, caught.value.status) == (503, "UNAVAILABLE")
+            wait = int(caught.value.response.headers["retry-after"])
+            assert 1 <= wait <= 60
+            with pytest.raises(anthropic.APIStatusError) as refused:
+                claude_client.messages.create(
+                    model=CLAUDE, max_tokens=5, messages=[{"role": "user", "content": "x"}]
+                )
+            assert refused.value.status_code == 503
+            assert refused.value.body["error"]["type"] == "overloaded_error"
+            assert int(refused.value.response.headers["retry-after"]) >= 1
+            assert refused.value.response.headers["x-should-retry"] == "true"
+            assert fake.calls() == []
+            issued = fake.tokens_issued
+            # The endpoint is back: the gateway's own retries get a token, no request needed.
+            with serve(fake, port=token_port):
+                deadline = time.monotonic() + 5
+                while fake.tokens_issued == issued and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert fake.tokens_issued == issued + 1
+            out = gemini.models.generate_content(model=MODEL, contents="one two")
+            assert out.text == REPLY
 
 
 def test_the_key_in_googles_header_is_taken_and_not_forwarded(served):

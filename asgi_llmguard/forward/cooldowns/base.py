@@ -5,25 +5,16 @@ from __future__ import annotations
 
 import email.utils
 import math
-import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 
 import msgspec
 
 from asgi_llmguard.errors import ConfigurationError
+from asgi_llmguard.providers.base import ResetParser
 
 _DAY = 86_400.0
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_RESET_HEADERS = (b"x-ratelimit-reset-requests", b"x-ratelimit-reset-tokens")
-_ANTHROPIC_RESETS = (
-    b"anthropic-ratelimit-requests-reset",
-    b"anthropic-ratelimit-tokens-reset",
-    b"anthropic-ratelimit-input-tokens-reset",
-    b"anthropic-ratelimit-output-tokens-reset",
-)
+_NO_RESETS: Mapping[bytes, ResetParser] = {}
 # Full prunes run at least this often (in recorded failures), so memory of old failures fades
 # even while the map is far below its bound.
 _PRUNE_EVERY = 1024
@@ -73,19 +64,7 @@ class Cooldown:
 # ------------------------------------------------------------------------ the provider's hints
 
 
-def _go_duration(text: str) -> float | None:
-    """OpenAI's reset durations (Go's ``time.Duration`` format): ``1s``, ``6m0s``, ``20ms``."""
-    total = 0.0
-    position = 0
-    for match in _DURATION.finditer(text):
-        if match.start() != position:
-            return None
-        total += float(match.group(1)) * _UNITS[match.group(2)]
-        position = match.end()
-    return total if position and position == len(text) else None
-
-
-def _hint(name: bytes, value: str, now: float) -> float | None:
+def _hint(name: bytes, value: str, now: float, resets: Mapping[bytes, ResetParser]) -> float | None:
     if name == b"retry-after":
         try:
             return float(value)
@@ -93,27 +72,24 @@ def _hint(name: bytes, value: str, now: float) -> float | None:
             return email.utils.parsedate_to_datetime(value).timestamp() - now
     if name == b"retry-after-ms":
         return float(value) / 1000
-    if name in _RESET_HEADERS:
-        try:
-            return float(value)
-        except ValueError:
-            return _go_duration(value)
-    if name in _ANTHROPIC_RESETS:
-        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        if stamp.tzinfo is None:
-            return None  # RFC 3339 requires an offset; a naive time would be read as local
-        return stamp.timestamp() - now
-    return None
+    parse = resets.get(name)
+    return parse(value, now) if parse is not None else None
 
 
-def retry_after_hint(headers: Iterable[tuple[bytes, bytes]], now: float) -> float | None:
+def retry_after_hint(
+    headers: Iterable[tuple[bytes, bytes]],
+    now: float,
+    resets: Mapping[bytes, ResetParser] = _NO_RESETS,
+) -> float | None:
     """Seconds to wait as the provider says: the largest of its hints, within [0, 24 h]; ``None``
-    when it gave none that parses. ``now`` is epoch seconds (for dates). Never raises on garbage:
-    a provider's malformed header must not fail the request that carried it."""
+    when it gave none that parses. ``now`` is epoch seconds (for dates). ``resets``: the
+    provider's own reset headers (`Provider.reset_headers`), beyond ``retry-after`` and
+    ``retry-after-ms``. Never raises on garbage: a provider's malformed header must not fail the
+    request that carried it."""
     best: float | None = None
     for name, raw in headers:
         try:
-            seconds = _hint(name, raw.decode("latin-1").strip(), now)
+            seconds = _hint(name, raw.decode("latin-1").strip(), now, resets)
         except (ValueError, TypeError, OverflowError, IndexError, AttributeError):
             continue
         if seconds is None or seconds != seconds:  # NaN
