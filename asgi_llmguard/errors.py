@@ -102,6 +102,12 @@ async def send_body(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+#: A key marking the body message with which the forwarder ends a stream it was told to stop
+#: (the gateway shutting down): the drain layer, which otherwise sends nothing more once it has
+#: ended a request, lets that one through.
+TERMINAL = "llmguard.terminal"
+
+
 def sse_error_event(message: str, *, dialect: Dialect, type: str = "api_error") -> bytes:
     """The terminal event sent when a stream cannot go on (see `Dialect.stream_error`)."""
     return dialect.stream_error(message, type=type)

@@ -104,13 +104,19 @@ class Dialect:
             kind = "serviceUnavailableException" if type == "overloaded_error" else None
             return aws_exception_frame(message, kind or "internalServerException")
         if self.name == "google":
-            code = 503 if type == "overloaded_error" else 500
-            error = {"code": code, "message": message, "status": self.types[code]}
-            return b"\n\ndata: " + orjson.dumps({"error": error}) + b"\n\n"
+            return b"\n\ndata: " + self.error_element(message, type=type) + b"\n\n"
         payload = orjson.dumps(
             {"error": {"message": message, "type": type, "param": None, "code": None}}
         )
         return b"\n\ndata: " + payload + b"\n\n"
+
+    def error_element(self, message: str, *, type: str = "api_error") -> bytes:
+        """Google's ``{"error": {"code", "message", "status"}}`` for a stream that cannot go on:
+        the payload of the terminal SSE event, or the last element of a streamed JSON array
+        (``streamGenerateContent`` without ``alt=sse``), as Google ends a stream it breaks."""
+        code = 503 if type == "overloaded_error" else 500
+        error = {"code": code, "message": message, "status": self.types.get(code, self.fallback)}
+        return orjson.dumps({"error": error})
 
     def specific(self, type: str) -> str | None:
         """``type`` where the dialect carries specific types (OpenAI's), else ``None``: the
@@ -283,16 +289,21 @@ class Endpoint:
     #: The request's context needs more from the scope than the path: an upload's
     #: ``Content-Type``, or a key in a Gemini URL (read on every request: a plain field).
     reads_scope: bool = field(init=False, repr=False, compare=False)
-    #: The unit (``"minute"``, ``"image"``) its answers are billed in, if any (a plain field too).
+    #: The unit (``"minute"``, ``"image"``) its answers are billed in, if any (a plain field too);
+    #: on the Gemini API's ``countTokens`` (never billed), ``"counted_token"``: the tokens counted.
     unit: str | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dialect", _DIALECT_OF[self.api])  # frozen
         object.__setattr__(self, "reads_scope", self.multipart or self.api == "gemini")
         unit = _UNITS.get(self.operation) if self.api != "anthropic" else None
+        if self.api == "gemini" and self.operation == "countTokens":
+            unit = COUNTED_TOKEN
         object.__setattr__(self, "unit", unit)
 
 
+#: The unit of a token-counting answer: the tokens it counted, recorded at no cost.
+COUNTED_TOKEN = "counted_token"  # noqa: S105 (a unit name)
 #: The unit each operation billed by the piece is metered in.
 _UNITS = {
     "audio.transcriptions": "minute",

@@ -2,8 +2,10 @@
 
 An SSE event goes out as soon as it arrives, bytes unchanged, ``Content-Encoding`` preserved. An
 upstream that breaks gets the client a clear error: 502/504 before the response started, a
-terminal SSE event after; a non-SSE body cut mid-way closes the connection unfinished (never a
-silently short body).
+terminal SSE event after. A Gemini stream written as one JSON array (``streamGenerateContent``
+without ``alt=sse``) is relayed whole elements at a time and ended, when the upstream breaks it,
+with a last ``{"error": ...}`` element and ``]``, as Google ends one. Any other non-SSE body cut
+mid-way closes the connection unfinished (never a silently short body).
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import logging
 
 from asgi_llmguard.context import RequestContext
-from asgi_llmguard.errors import send_error, sse_error_event
+from asgi_llmguard.errors import TERMINAL, send_error, sse_error_event
 from asgi_llmguard.forward.aliases import AliasTable
 from asgi_llmguard.forward.engines import UpstreamBroken, UpstreamError, UpstreamResponse
 from asgi_llmguard.forward.headers import response_headers
 from asgi_llmguard.forward.resilience import HOLD_LIMIT, StreamRewriter
 from asgi_llmguard.providers.base import FirstEvent
 from asgi_llmguard.providers.eventstream import WholeFrames
+from asgi_llmguard.providers.jsonarray import HeldArray
 from asgi_llmguard.routes import Dialect
 from asgi_llmguard.types import Send
 
@@ -54,7 +57,7 @@ class ReadBody:
 class Watch:
     """Per-exchange flags shared with the disconnect watcher (never stored on the app)."""
 
-    __slots__ = ("disconnected", "finished", "sse", "started")
+    __slots__ = ("array", "disconnected", "finished", "sse", "started")
 
     def __init__(self) -> None:
         self.finished = False
@@ -62,6 +65,8 @@ class Watch:
         #: The response start went out, and whether it was a stream (for a terminal event).
         self.started = False
         self.sse = False
+        #: A streamed JSON array being relayed (ended with an error element if interrupted).
+        self.array: HeldArray | None = None
 
 
 async def relay(
@@ -81,19 +86,21 @@ async def relay(
     length = -1
     sse = False
     encoded = False
-    whole: WholeFrames | None = None
+    content_type = b""
+    frames: WholeFrames | None = None
     for name, value in headers:
         if name == b"content-length":
             length = int(value) if value.isdigit() else -1
         elif name == b"content-type":
+            content_type = value
             if value.startswith(_STREAMS):  # one test for a JSON answer
                 sse = True
                 if value.startswith(_EVENTSTREAM):
-                    # An AWS event stream (Bedrock): binary frames under CRCs, never rewritten;
+                    # An AWS event stream (Bedrock): binary frames under CRCs, never rewritten,
                     # relayed a whole frame at a time; a break ends it with the dialect's
                     # exception frame after the last whole frame, as an SSE stream's event.
                     encoded = True
-                    whole = WholeFrames()
+                    frames = WholeFrames()
         elif name == b"content-encoding":
             encoded = True
     # Bodies are relayed as the upstream encoded them; a compressed one is not rewritten.
@@ -131,6 +138,18 @@ async def relay(
         assert alias is not None
         rewriter = StreamRewriter(aliases, alias)
         headers = [(n, v) for n, v in headers if n != b"content-length"]
+    array: HeldArray | None = None
+    route = ctx.route
+    if (
+        length < 0
+        and not encoded
+        and dialect.name == "google"
+        and resp.status < 300
+        and route is not None
+        and route.endpoint.streams
+        and content_type.startswith(b"application/json")
+    ):
+        array = watch.array = HeldArray()
     watch.started = True
     watch.sse = sse
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
@@ -139,14 +158,24 @@ async def relay(
         while chunk:
             if rewriter is not None:
                 chunk = rewriter.feed(chunk)
-            elif whole is not None:
-                chunk = whole.feed(chunk)
+            if array is not None:
+                chunk = array.feed(chunk)
+            elif frames is not None:
+                chunk = frames.feed(chunk)
             if chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             chunk = await resp.read_chunk()
-        if rewriter is not None and (rest := rewriter.flush()):
+        rest = rewriter.flush() if rewriter is not None else b""
+        if array is not None:
+            rest = array.feed(rest)
+            # An array the upstream ended without its "]" stops at its last whole element
+            # (what is held after it is dropped): the usage layer adds the error element.
+            held = array.flush()
+            if array.ended:
+                rest += held
+        if rest:
             await send({"type": "http.response.body", "body": rest, "more_body": True})
-        if whole is not None and whole.pending:
+        if frames is not None and frames.pending:
             # The upstream ended the stream inside a frame: its start is dropped, and the
             # stream ends as a broken one does.
             raise UpstreamBroken("The upstream ended the stream inside a frame.")
@@ -155,9 +184,18 @@ async def relay(
         logger.warning(
             "upstream %s broke mid-response to %s: %s", ctx.credential_id, ctx.request_id, exc
         )
-        if rewriter is not None and (rest := rewriter.flush()):
+        rest = rewriter.flush() if rewriter is not None else b""
+        if array is not None:
+            whole = array.feed(rest)
+            end = array.terminal(dialect.error_element(str(exc)))
+            if end is None:
+                return  # inside an element too large to hold: close unfinished
+            watch.finished = True
+            await send({"type": "http.response.body", "body": whole + end, "more_body": False})
+            return
+        if rest:
             await send({"type": "http.response.body", "body": rest, "more_body": True})
-        if not sse or (whole is not None and not whole.aligned):
+        if not sse or (frames is not None and not frames.aligned):
             # The status is already out; the only honest signal left is to close the
             # connection without ending the body, which the ASGI server does when the app
             # returns an unfinished response. (So too for an event stream broken inside a
@@ -197,6 +235,11 @@ async def end_interrupted(send: Send, watch: Watch, dialect: Dialect) -> None:
             event = sse_error_event(_SHUTDOWN, dialect=dialect)
             await send({"type": "http.response.body", "body": event, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+        elif watch.array is not None:
+            end = watch.array.terminal(dialect.error_element(_SHUTDOWN, type="overloaded_error"))
+            if end is not None:
+                message = {"type": "http.response.body", "body": end, "more_body": False}
+                await send({**message, TERMINAL: True})
     except Exception:  # the connection may be gone already
         logger.debug("could not end an interrupted answer", exc_info=True)
 

@@ -112,7 +112,8 @@ class Meter:
             else:
                 self.strip = None
                 self.meter = None if not self.sse else self.meter
-                if self.status < 300 and self._endpoint.billable:
+                endpoint = self._endpoint
+                if self.status < 300 and (endpoint.billable or endpoint.unit is not None):
                     self._json = []
             await self._send(message)
         else:
@@ -165,11 +166,27 @@ class Meter:
                             "The upstream ended the stream before it was complete."
                         )
                         message = {"type": "http.response.body", "body": body + note}
-                    elif type(splitter) is EventSplitter:  # a JSON array has no event for it
+                    elif type(splitter) is EventSplitter:
                         note = sse_error_event(
                             "The upstream ended the stream before it was complete.",
                             dialect=self._endpoint.dialect,
                         )
+                        message = {"type": "http.response.body", "body": body + note}
+                    elif (
+                        type(splitter) is JsonArraySplitter
+                        and splitter.after_last == 0
+                        and not splitter.ended
+                        and self._endpoint.dialect.name == "google"
+                    ):
+                        # Relayed whole elements at a time, the array stops after its last
+                        # one: end it with Google's error element.
+                        element = self._endpoint.dialect.error_element(
+                            "The upstream ended the stream before it was complete."
+                        )
+                        if splitter.elements:
+                            note = b"\n,\r\n" + element + b"\n]"
+                        else:
+                            note = b"[" + element + b"]"
                         message = {"type": "http.response.body", "body": body + note}
         elif self._json is not None and body:
             self._collect(body)

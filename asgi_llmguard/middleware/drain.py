@@ -7,7 +7,9 @@ network error and callers retry blindly. This layer gives the gateway its own, s
 error shape), waits up to ``grace`` seconds for the requests in flight, then ends each one left:
 
 - a stream that has started gets the terminal SSE error event (OpenAI's ``data: {"error": ...}``,
-  Anthropic's ``event: error``) and a proper end of body, so the SDK raises an API error;
+  Anthropic's ``event: error``) and a proper end of body, so the SDK raises an API error; a
+  Gemini stream written as one JSON array is ended by the forwarder, which alone knows where its
+  elements end: its last body message, marked ``"llmguard.terminal"``, is let through;
 - a request not answered yet gets a ``503`` in its route's shape;
 - a non-stream answer already under way cannot be mended and is cut (the server closes it);
 - a WebSocket session (the Responses API's WebSocket mode, the Realtime API) is closed with code
@@ -29,7 +31,13 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from asgi_llmguard.context import get_context, route_path
-from asgi_llmguard.errors import ConfigurationError, error_body, send_body, sse_error_event
+from asgi_llmguard.errors import (
+    TERMINAL,
+    ConfigurationError,
+    error_body,
+    send_body,
+    sse_error_event,
+)
 from asgi_llmguard.routes import DIALECTS, OPENAI
 from asgi_llmguard.types import ASGIApp, Message, Receive, Scope, Send
 from asgi_llmguard.wsession import denial_send
@@ -120,7 +128,12 @@ class DrainMiddleware:
 
         async def tracked(message: Message) -> None:
             if entry.ended:
-                return  # the request was ended by the drain: nothing more goes out
+                # The request was ended by the drain: nothing more goes out but the inner
+                # layers' own end of a stream only they can end well (a JSON array's).
+                if message.get(TERMINAL) and not entry.complete:
+                    entry.complete = True
+                    await send(message)
+                return
             kind = message["type"]
             if kind == "http.response.body":
                 if not message.get("more_body", False):

@@ -353,7 +353,7 @@ class UsageMiddleware:
         usage, served, tool_calls = meter.result()
         stream_meter = meter.meter  # `Meter.estimated`, inlined
         estimated = stream_meter is not None and stream_meter.estimated
-        unit = endpoint.unit if endpoint.billable else None
+        unit = endpoint.unit  # a read-only one's (tokens counted) is recorded, never priced
         outcome: Outcome
         reason: Reason | None = None
         if ctx.disconnected:
@@ -378,7 +378,7 @@ class UsageMiddleware:
             reported = meter.units(unit)
             if reported is not None:
                 units = reported
-            elif usage is None:
+            elif usage is None and endpoint.billable:
                 # Nothing usable in the answer (a plain-text transcript, an answer too large to
                 # count): the units asked for or uploaded, flagged as an estimate.
                 units = _expected_units(ctx, None, unit)

@@ -61,6 +61,22 @@ def usage_from_json(body: bytes) -> tuple[TokenUsage | None, str | None, dict[st
     return (usage.tokens() if usage is not None else None), decoded.modelVersion, {}
 
 
+class _Counted(msgspec.Struct):
+    totalTokens: int | None = None
+
+
+_counted = msgspec.json.Decoder(_Counted)
+
+
+def counted_tokens(body: bytes) -> float | None:
+    """``countTokens``'s ``totalTokens``: what the prompt would count, not tokens consumed."""
+    try:
+        total = _counted.decode(body).totalTokens
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    return float(total) if total is not None and 0 <= total < 1 << 53 else None
+
+
 def _payload(event: bytes) -> bytes:
     """The JSON of one piece: an SSE event's ``data:`` lines, or a JSON array's element."""
     if not event.startswith(b"data:"):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from asgi_llmguard.providers import OWNERS, openai_usage
+from asgi_llmguard.providers import OWNERS, gemini_usage, openai_usage
 from asgi_llmguard.providers.base import StreamMeter
-from asgi_llmguard.routes import Endpoint
+from asgi_llmguard.routes import COUNTED_TOKEN, Endpoint
 from asgi_llmguard.tokens import TokenUsage
 
 __all__ = ["StreamMeter", "stream_meter", "units_from_json", "usage_from_json"]
@@ -29,4 +29,6 @@ def usage_from_json(
 
 def units_from_json(unit: str, body: bytes) -> float | None:
     """How many ``unit``s a non-streamed answer reports, or ``None`` if it says nothing."""
+    if unit == COUNTED_TOKEN:
+        return gemini_usage.counted_tokens(body)
     return openai_usage.units_from_json(unit, body)

@@ -34,13 +34,16 @@ from asgi_llmguard.testing._common import (
     new_id,
 )
 
-#: HTTP status -> the canonical status name Google puts in ``error.status``.
+#: HTTP status -> the canonical status name (``google.rpc.Code``) Google puts in ``error.status``
+#: (the Gemini API and Vertex AI alike).
 STATUS_NAMES = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
     403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
+    405: "INVALID_ARGUMENT",
     409: "ABORTED",
+    413: "INVALID_ARGUMENT",
     429: "RESOURCE_EXHAUSTED",
     499: "CANCELLED",
     500: "INTERNAL",
@@ -48,59 +51,98 @@ STATUS_NAMES = {
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
+RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 _MODELS = ("gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.0-flash")
 _EMBEDDING_SIZE = 8
 
 
 def error_body(status: int, message: str, *, retry_delay: float | None = None) -> dict[str, Any]:
+    """``{"error": {"code", "message", "status"}}``; a 429 with ``retry_delay`` carries a
+    ``RetryInfo`` detail."""
+    fallback = "FAILED_PRECONDITION" if status < 500 else "UNKNOWN"
     error: dict[str, Any] = {
         "code": status,
         "message": message,
-        "status": STATUS_NAMES.get(status, "UNKNOWN"),
+        "status": STATUS_NAMES.get(status, fallback),
     }
     if status == 429 and retry_delay is not None:
         delay = str(int(retry_delay)) if retry_delay == int(retry_delay) else str(retry_delay)
-        error["details"] = [
-            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{delay}s"}
-        ]
+        error["details"] = [{"@type": RETRY_INFO, "retryDelay": f"{delay}s"}]
     return {"error": error}
 
 
-def _words_in_parts(content: Any) -> int:
-    total = 0
-    if isinstance(content, dict):
-        for part in content.get("parts") or ():
-            if isinstance(part, dict) and isinstance(part.get("text"), str):
-                total += count_tokens(part["text"])
-    return total
+def field(body: dict[str, Any], camel: str, snake: str) -> Any:
+    """A request field by its JSON name or its proto name (Google's APIs accept both)."""
+    return body.get(camel, body.get(snake))
 
 
-def _contents(body: dict[str, Any]) -> list[Any]:
+def words_in_parts(content: Any) -> int:
+    """The words of every ``text`` part of one ``Content``."""
+    if not isinstance(content, dict):
+        return 0
+    parts = content.get("parts")
+    if not isinstance(parts, list):
+        return 0
+    return sum(
+        count_tokens(part["text"])
+        for part in parts
+        if isinstance(part, dict) and isinstance(part.get("text"), str)
+    )
+
+
+_NO_CONTENTS = "* GenerateContentRequest.contents: contents is not specified"
+
+
+def prompt_words(body: dict[str, Any], *, empty: str = _NO_CONTENTS) -> int:
+    """Words in every ``contents[].parts[].text`` and in ``systemInstruction``; a request
+    without ``contents`` is refused with ``empty``."""
     contents = body.get("contents")
     if isinstance(contents, dict):
         contents = [contents]
     if not isinstance(contents, list) or not contents:
-        raise ApiError(400, "* GenerateContentRequest.contents: contents is not specified")
-    return contents
+        raise ApiError(400, empty)
+    words = sum(words_in_parts(content) for content in contents)
+    return words + words_in_parts(field(body, "systemInstruction", "system_instruction"))
 
 
-def prompt_words(body: dict[str, Any]) -> int:
-    words = sum(_words_in_parts(c) for c in _contents(body))
-    return words + _words_in_parts(body.get("systemInstruction"))
-
-
-def _max_output(body: dict[str, Any]) -> int | None:
-    config = body.get("generationConfig")
+def max_output_tokens(body: dict[str, Any]) -> int | None:
+    """``generationConfig.maxOutputTokens``, or ``None``; a bad one is a 400."""
+    config = field(body, "generationConfig", "generation_config")
     if config is None:
         return None
     if not isinstance(config, dict):
-        raise ApiError(400, "Invalid value at 'generation_config'")
-    value = config.get("maxOutputTokens")
-    if value is None:
+        raise ApiError(400, "Invalid value at 'generation_config': expected an object")
+    limit = field(config, "maxOutputTokens", "max_output_tokens")
+    if limit is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ApiError(400, "generationConfig.maxOutputTokens must be a positive integer")
-    return value
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ApiError(400, "Invalid value at 'generation_config.max_output_tokens'")
+    return limit
+
+
+def response(
+    model: str,
+    text: str,
+    *,
+    finish: str | None,
+    usage: dict[str, Any] | None,
+    response_id: str,
+    created: str | None = None,
+) -> dict[str, Any]:
+    """A ``GenerateContentResponse`` with one candidate saying ``text``; ``created``: Vertex
+    AI's ``createTime``."""
+    candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}}
+    if finish is not None:
+        candidate["finishReason"] = finish
+    candidate["index"] = 0
+    answer: dict[str, Any] = {"candidates": [candidate]}
+    if usage is not None:
+        answer["usageMetadata"] = usage
+    answer["modelVersion"] = model
+    if created is not None:
+        answer["createTime"] = created
+    answer["responseId"] = response_id
+    return answer
 
 
 def _plan(model: str, body: dict[str, Any], generation: Generation) -> Completion:
@@ -108,7 +150,7 @@ def _plan(model: str, body: dict[str, Any], generation: Generation) -> Completio
         model,
         generation.reply,
         chunks=generation.chunks,
-        max_tokens=_max_output(body),
+        max_tokens=max_output_tokens(body),
         prompt_words=prompt_words(body),
     )
 
@@ -132,16 +174,8 @@ def _usage(c: Completion, generation: Generation, candidates: int) -> dict[str, 
 def _piece(
     c: Completion, generation: Generation, text: str, candidates: int, finish: str | None
 ) -> dict[str, Any]:
-    candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}}
-    if finish is not None:
-        candidate["finishReason"] = finish
-    candidate["index"] = 0
-    return {
-        "candidates": [candidate],
-        "usageMetadata": _usage(c, generation, candidates),
-        "modelVersion": c.model,
-        "responseId": _RESPONSE_ID,
-    }
+    usage = _usage(c, generation, candidates)
+    return response(c.model, text, finish=finish, usage=usage, response_id=_RESPONSE_ID)
 
 
 _RESPONSE_ID = "fake-response"
@@ -184,7 +218,7 @@ def count(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _embedding(content: Any) -> dict[str, Any]:
-    words = _words_in_parts(content)
+    words = words_in_parts(content)
     return {"values": [round((words + i) / 10, 3) for i in range(_EMBEDDING_SIZE)]}
 
 
@@ -215,3 +249,15 @@ def model(name: str) -> dict[str, Any]:
 
 def models() -> dict[str, Any]:
     return {"models": [model(name) for name in _MODELS]}
+
+
+def openai_model(name: str) -> dict[str, Any]:
+    """A model of the OpenAI-compatible endpoint's list: OpenAI's shape, Gemini's resource name
+    as its ``id`` (``models/gemini-2.5-flash``)."""
+    name = name if name.startswith("models/") else f"models/{name}"
+    return {"id": name, "object": "model", "owned_by": "google"}
+
+
+def openai_models() -> dict[str, Any]:
+    """``GET /v1beta/openai/models``."""
+    return {"object": "list", "data": [openai_model(name) for name in _MODELS]}

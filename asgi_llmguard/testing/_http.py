@@ -66,6 +66,10 @@ _AZURE_ENDPOINTS = {
 _AZURE_PREFIX = "/openai/deployments/"
 
 
+#: Gemini's OpenAI-compatible endpoint: OpenAI's wire (``Authorization: Bearer``) under this
+#: prefix, Gemini's model ids.
+GEMINI_OPENAI_PREFIX = "/v1beta/openai/"
+_GEMINI_OPENAI_ENDPOINTS = {"chat/completions": "chat", "embeddings": "embeddings"}
 _GEMINI_PREFIXES = ("/v1beta/models", "/v1/models")
 _GEMINI_METHODS = frozenset(
     {"generateContent", "streamGenerateContent", "countTokens", "embedContent"}
@@ -94,6 +98,15 @@ def _gemini_route(request: ReceivedRequest, path: str) -> Route | None:
 
 def route_of(request: ReceivedRequest, path: str) -> Route:
     """The endpoint ``path`` (the request's path without any mount prefix) names."""
+    if path.startswith(GEMINI_OPENAI_PREFIX):
+        rest = path[len(GEMINI_OPENAI_PREFIX) :]
+        if rest in _GEMINI_OPENAI_ENDPOINTS:
+            return Route("openai", _GEMINI_OPENAI_ENDPOINTS[rest])
+        if rest == "models":
+            return Route("openai", "gemini.models", ("GET",))
+        if rest.startswith("models/") and len(rest) > 7:
+            return Route("openai", "gemini.model", ("GET",), rest[7:])
+        return Route("openai", None)
     if path.startswith(_GEMINI_PREFIXES):
         gemini = _gemini_route(request, path)
         if gemini is not None:

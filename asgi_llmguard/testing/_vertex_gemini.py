@@ -2,11 +2,16 @@
 countTokens and Google's error shape, as documented for ``projects.locations.publishers.models``.
 
 A ``GenerateContentResponse`` is ``{"candidates": [{"content": {"role": "model", "parts":
-[{"text"}]}, "finishReason"}], "usageMetadata", "modelVersion", "createTime", "responseId"}``.
+[{"text"}]}, "finishReason", "index"}], "usageMetadata", "modelVersion", "createTime",
+"responseId"}``.
 ``usageMetadata`` holds ``promptTokenCount``, ``candidatesTokenCount`` and ``totalTokenCount``,
 plus ``cachedContentTokenCount`` (part of the prompt), ``thoughtsTokenCount`` and
 ``toolUsePromptTokenCount`` when not zero (proto3 JSON leaves zeros out); the total adds the
 thoughts and tool-use prompt tokens to the prompt and candidates.
+
+The request reading, the error shape and the response itself are the Gemini API's (`_gemini`);
+what is Vertex's own is here: its usage counts, ``createTime``, the stream's pieces and
+``countTokens``'s billable characters.
 """
 
 from __future__ import annotations
@@ -17,46 +22,9 @@ from typing import Any
 
 import orjson
 
-from asgi_llmguard.testing._common import (
-    ApiError,
-    Completion,
-    StreamPlan,
-    complete,
-    count_tokens,
-    new_id,
-)
-
-# google.rpc.Code names by HTTP status, as Google's JSON errors carry them.
-STATUS_NAMES = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    405: "INVALID_ARGUMENT",
-    409: "ABORTED",
-    413: "INVALID_ARGUMENT",
-    429: "RESOURCE_EXHAUSTED",
-    499: "CANCELLED",
-    500: "INTERNAL",
-    501: "NOT_IMPLEMENTED",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
-RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
-
-
-def error_body(status: int, message: str, *, retry_delay: float | None = None) -> dict[str, Any]:
-    """``{"error": {"code", "message", "status"}}``; with ``retry_delay``, a RetryInfo detail."""
-    fallback = "FAILED_PRECONDITION" if status < 500 else "UNKNOWN"
-    error: dict[str, Any] = {
-        "code": status,
-        "message": message,
-        "status": STATUS_NAMES.get(status, fallback),
-    }
-    if retry_delay is not None:
-        delay = f"{int(retry_delay)}s" if retry_delay == int(retry_delay) else f"{retry_delay}s"
-        error["details"] = [{"@type": RETRY_INFO, "retryDelay": delay}]
-    return {"error": error}
+from asgi_llmguard.testing import _gemini
+from asgi_llmguard.testing._common import Completion, StreamPlan, complete, new_id
+from asgi_llmguard.testing._gemini import error_body as error_body
 
 
 @dataclass(frozen=True)
@@ -68,44 +36,12 @@ class Usage:
     tool_use_prompt: int = 0
 
 
-def _field(body: dict[str, Any], camel: str, snake: str) -> Any:
-    return body.get(camel, body.get(snake))
-
-
-def _words_in_parts(content: Any) -> int:
-    if not isinstance(content, dict):
-        return 0
-    parts = content.get("parts")
-    if not isinstance(parts, list):
-        return 0
-    return sum(
-        count_tokens(part["text"])
-        for part in parts
-        if isinstance(part, dict) and isinstance(part.get("text"), str)
-    )
+_NO_CONTENTS = "Unable to submit request because it has an empty contents field."
 
 
 def prompt_words(body: dict[str, Any]) -> int:
     """Words in every ``contents[].parts[].text`` and in ``systemInstruction``."""
-    contents = body.get("contents")
-    if not isinstance(contents, list) or not contents:
-        raise ApiError(400, "Unable to submit request because it has an empty contents field.")
-    words = sum(_words_in_parts(content) for content in contents)
-    return words + _words_in_parts(_field(body, "systemInstruction", "system_instruction"))
-
-
-def _max_output_tokens(body: dict[str, Any]) -> int | None:
-    config = _field(body, "generationConfig", "generation_config")
-    if config is None:
-        return None
-    if not isinstance(config, dict):
-        raise ApiError(400, "Invalid value at 'generation_config': expected an object")
-    limit = _field(config, "maxOutputTokens", "max_output_tokens")
-    if limit is None:
-        return None
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ApiError(400, "Invalid value at 'generation_config.max_output_tokens'")
-    return limit
+    return _gemini.prompt_words(body, empty=_NO_CONTENTS)
 
 
 def usage_metadata(c: Completion, usage: Usage) -> dict[str, Any]:
@@ -130,27 +66,6 @@ def usage_metadata(c: Completion, usage: Usage) -> dict[str, Any]:
     return meta
 
 
-def _response(
-    c: Completion,
-    text: str,
-    *,
-    finish: str | None,
-    usage: dict[str, Any] | None,
-    response_id: str,
-    created: str,
-) -> dict[str, Any]:
-    candidate: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": text}]}}
-    if finish is not None:
-        candidate["finishReason"] = finish
-    answer: dict[str, Any] = {"candidates": [candidate]}
-    if usage is not None:
-        answer["usageMetadata"] = usage
-    answer["modelVersion"] = c.model
-    answer["createTime"] = created
-    answer["responseId"] = response_id
-    return answer
-
-
 def generate(
     model: str,
     body: dict[str, Any],
@@ -172,7 +87,7 @@ def generate(
         model,
         reply,
         chunks=chunks,
-        max_tokens=_max_output_tokens(body),
+        max_tokens=_gemini.max_output_tokens(body),
         prompt_words=prompt_words(body),
     )
     finish = "MAX_TOKENS" if c.capped else "STOP"
@@ -190,8 +105,8 @@ def generate(
                 "totalTokenCount": c.prompt_tokens + sent,
                 "trafficType": "ON_DEMAND",
             }
-        return _response(
-            c,
+        return _gemini.response(
+            c.model,
             text,
             finish=finish if sent is None else None,
             usage=usage,
@@ -232,7 +147,7 @@ def count(body: dict[str, Any]) -> dict[str, Any]:
         len(part["text"].replace(" ", ""))
         for content in [
             *(body.get("contents") or []),
-            _field(body, "systemInstruction", "system_instruction"),
+            _gemini.field(body, "systemInstruction", "system_instruction"),
         ]
         if isinstance(content, dict) and isinstance(content.get("parts"), list)
         for part in content["parts"]

@@ -36,6 +36,11 @@ at ``<url>`` and an Azure OpenAI SDK at ``azure_endpoint=<url>``):
                                                              ``:batchEmbedContents``; ``GET
                                                              /v1beta/models[/{model}]``; rules in
                                                              ``_gemini``
+``POST /v1beta/openai/chat/completions``, ``.../embeddings``  Gemini's OpenAI-compatible endpoint:
+                                                             OpenAI's wire and ``Authorization:
+                                                             Bearer``; ``GET /v1beta/openai/
+                                                             models[/{id}]`` lists Gemini's
+                                                             models (``models/gemini-2.5-flash``)
 ==========================================================  =====================================
 
 The ``model`` of every answer is the request's ``model`` (for Azure: the deployment name). Errors
@@ -533,6 +538,10 @@ class FakeProvider(Observed):
             return _uploads.images(form.fields, upload, uploaded, needs_image=True)
         if route.api == "gemini" and route.endpoint in ("models", "model"):
             return _gemini.models() if route.endpoint == "models" else _gemini.model(route.arg)
+        if route.endpoint == "gemini.models":
+            return _gemini.openai_models()
+        if route.endpoint == "gemini.model":
+            return _gemini.openai_model(route.arg)
         if route.endpoint == "models":
             return _anthropic.models() if route.api == "anthropic" else _openai.models()
         if route.endpoint == "batch":

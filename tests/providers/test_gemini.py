@@ -6,6 +6,7 @@ SQLite. Token numbers come from the fake's rule (a token is a word), not from th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -20,6 +21,7 @@ from asgi_llmguard import (
     Budget,
     KeyPolicy,
     MemoryBudgetStore,
+    Routing,
     SQLiteSink,
     StaticKey,
     StaticKeyStore,
@@ -28,7 +30,7 @@ from asgi_llmguard import (
     build_stack,
     hash_key,
 )
-from asgi_llmguard.testing import FakeProvider, serve
+from asgi_llmguard.testing import FakeProvider, serve, serve_async
 
 CALLER_KEY = "sk-llmg-gemini-caller-0123456789abcdefghijklmnop"
 UPSTREAM_KEY = "AIza-upstream-gemini-secret-key"
@@ -157,12 +159,14 @@ def test_count_tokens_and_embeddings(gateway):
     assert len(embedded.embeddings) == 2
     assert embedded.embeddings[0].values[0] == pytest.approx(0.2)
     counting, embedding = rows(ledger, pipeline, 2)
-    # Counting is recorded, never billed.
+    # Counting is recorded, never billed: no tokens consumed, the count as counted_token units.
     assert (counting["endpoint"], counting["model"], counting["cost_nanos"]) == (
         "countTokens",
         MODEL,
         0,
     )
+    assert (counting["input_tokens"], counting["output_tokens"], counting["estimated"]) == (0, 0, 0)
+    assert (counting["units"], counting["unit"]) == (5, "counted_token")
     # The Gemini API reports no tokens for embeddings: the gateway's estimate is billed, and
     # flagged as an estimate.
     assert (embedding["endpoint"], embedding["model"]) == (
@@ -269,9 +273,10 @@ def test_a_stream_the_upstream_breaks_ends_with_an_error_the_sdk_raises(gateway)
 
     with pytest.raises(errors.APIError) as raised:
         read_all()
-    assert raised.value.code == 500
+    assert (raised.value.code, raised.value.status) == (500, "INTERNAL")
     assert received == FakeProvider.reply_chunks(REPLY)[:2]
     (row,) = rows(ledger, pipeline, 1)
+    assert (row["outcome"], row["stream"]) == ("upstream_error", 1)
     assert row["input_tokens"] == 3  # the last usageMetadata that arrived
     assert row["output_tokens"] == 2
 
@@ -288,3 +293,120 @@ def test_a_thinking_suffix_in_the_path_is_removed_upstream(gateway):
     (row,) = rows(ledger, pipeline, 1)
     assert (row["model"], row["input_tokens"]) == (f"{MODEL}(high)", 1)
     assert row["cost_nanos"] == nanos(1, 0, WORDS)
+
+
+def test_a_json_array_stream_the_upstream_breaks_ends_with_googles_error_element(gateway):
+    """Without ``alt=sse`` the answer is one JSON array: a break ends it with a last
+    ``{"error": ...}`` element and ``]``, so any JSON parser reads a whole array and sees why."""
+    server, _, ledger, pipeline, _ = gateway
+    body = {"contents": [{"role": "user", "parts": [{"text": "a b c"}]}]}
+    with httpx.Client() as http:
+        through = http.post(
+            f"{server.url}/v1beta/models/{MODEL}:streamGenerateContent",
+            json=body,
+            headers={"x-goog-api-key": CALLER_KEY, "x-fake-reset-after-chunks": "2"},
+        )
+    assert through.status_code == 200
+    *pieces, last = orjson.loads(through.content)  # a complete array
+    texts = [p["candidates"][0]["content"]["parts"][0]["text"] for p in pieces]
+    assert texts == FakeProvider.reply_chunks(REPLY)[:2]
+    assert last["error"]["code"] == 500
+    assert last["error"]["status"] == "INTERNAL"
+    assert last["error"]["message"]
+    (row,) = rows(ledger, pipeline, 1)
+    assert (row["outcome"], row["stream"]) == ("upstream_error", 1)
+    assert (row["input_tokens"], row["output_tokens"]) == (3, 2)  # the last usageMetadata seen
+    assert row["cost_nanos"] == nanos(3, 0, 2)
+
+
+def test_resource_exhausted_rests_only_that_credential_for_its_retry_delay():
+    """A pool of two: the first answers 429 RESOURCE_EXHAUSTED with ``retryDelay: "7s"``, the
+    second serves the request, and only the first rests, for about 7 seconds."""
+    exhausted = FakeProvider(api_key=UPSTREAM_KEY, status=429, retry_after=7)
+    healthy = FakeProvider(api_key=UPSTREAM_KEY)
+    with serve(exhausted) as first, serve(healthy) as second:
+        app = build_stack(
+            upstreams=[
+                Upstream("gemini", first.url, api_key=UPSTREAM_KEY, name="gm-1"),
+                Upstream("gemini", second.url, api_key=UPSTREAM_KEY, name="gm-2"),
+            ],
+            routing=Routing(selector="fill-first"),
+            usage=None,
+        )
+        with serve(app) as server:
+            gemini = client(server.url)
+            assert gemini.models.generate_content(model=MODEL, contents="x").text == REPLY
+            assert (len(exhausted.requests), len(healthy.requests)) == (1, 1)
+            (cooling,) = app.forwarder.cooldowns.snapshot()
+            assert cooling.credential_id == "gm-1"
+            assert 5 < cooling.until - time.time() <= 7
+            # While it rests, the next request goes straight to the second.
+            assert gemini.models.generate_content(model=MODEL, contents="y").text == REPLY
+            assert (len(exhausted.requests), len(healthy.requests)) == (1, 2)
+
+
+async def test_a_json_array_stream_past_the_shutdown_grace_ends_with_an_error_element(tmp_path):
+    ledger = tmp_path / "ledger.sqlite3"
+    pipeline = UsagePipeline([SQLiteSink(str(ledger))], spill_path=str(tmp_path / "spill"))
+    fake = FakeProvider(api_key=UPSTREAM_KEY)
+    body = {"contents": [{"role": "user", "parts": [{"text": "a long story"}]}]}
+    with serve(fake) as upstream:
+        gateway = build_stack(
+            upstreams=[Upstream("gemini", upstream.url, api_key=UPSTREAM_KEY)], pipeline=pipeline
+        )
+        async with (
+            serve_async(gateway) as server,
+            httpx.AsyncClient(base_url=server.url, timeout=30) as http,
+        ):
+            chunks: list[bytes] = []
+
+            async def read() -> None:
+                async with http.stream(
+                    "POST",
+                    f"/v1beta/models/{MODEL}:streamGenerateContent",
+                    json=body,
+                    headers={
+                        "x-goog-api-key": UPSTREAM_KEY,  # no key store: any key passes
+                        "x-fake-chunk-delay": "0.05",
+                        "x-fake-chunks": "400",
+                    },
+                ) as resp:
+                    async for chunk in resp.aiter_bytes():
+                        chunks.append(chunk)
+
+            reader = asyncio.create_task(read())
+            while len(chunks) < 3:
+                await asyncio.sleep(0.01)
+            assert await gateway.drain(0.2) == 1
+            await reader
+        fake.wait_until(lambda: fake.active_streams == 0, 5.0)
+    *pieces, last = orjson.loads(b"".join(chunks))  # still one well-formed array
+    assert len(pieces) >= 3
+    assert (last["error"]["code"], last["error"]["status"]) == (503, "UNAVAILABLE")
+    assert "shutting down" in last["error"]["message"]
+    (row,) = rows(ledger, pipeline, 1)
+    assert (row["outcome"], row["reason"]) == ("cancelled", "shutdown")
+    assert (row["input_tokens"], row["output_tokens"]) == (3, len(pieces))
+
+
+def test_a_json_array_stream_the_upstream_ends_early_ends_with_an_error_element(gateway):
+    """The upstream closes the body cleanly but before the array's ``]``: the client still gets
+    a whole array, its last element saying why, and the record is ``upstream_truncated``."""
+    server, _, ledger, pipeline, _ = gateway
+    body = {"contents": [{"role": "user", "parts": [{"text": "a b c"}]}]}
+    answer = httpx.post(
+        f"{server.url}/v1beta/models/{MODEL}:streamGenerateContent",
+        json=body,
+        headers={"x-goog-api-key": CALLER_KEY, "x-fake-truncate-after-chunks": "2"},
+    )
+    assert answer.status_code == 200
+    *pieces, last = orjson.loads(answer.content)
+    assert len(pieces) == 2
+    assert (last["error"]["code"], last["error"]["status"]) == (500, "INTERNAL")
+    assert "before it was complete" in last["error"]["message"]
+    (row,) = rows(ledger, pipeline, 1)
+    assert (row["outcome"], row["input_tokens"], row["output_tokens"]) == (
+        "upstream_truncated",
+        3,
+        2,
+    )

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from asgi_llmguard.context import RequestContext
 from asgi_llmguard.middleware._usage_meter import Meter
 from asgi_llmguard.providers.gemini_usage import GenerateStreamMeter, usage_from_json
-from asgi_llmguard.providers.jsonarray import JsonArraySplitter
+from asgi_llmguard.providers.jsonarray import HeldArray, JsonArraySplitter
 from asgi_llmguard.routes import classify, classify_google
 from asgi_llmguard.tokens import TokenUsage
 
@@ -135,6 +135,49 @@ def test_the_splitter_hands_out_each_element_whole(texts, cuts):
     assert [orjson.loads(e) for e in elements] == pieces
     assert splitter.ended
     assert splitter.pending == 0
+
+
+_ERROR = b'{"error":{"code":500,"message":"broken","status":"INTERNAL"}}'
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    texts=st.lists(_TEXT, min_size=1, max_size=5),
+    cuts=st.lists(st.integers(min_value=0, max_value=3000), max_size=10),
+    stop=st.integers(min_value=0, max_value=3000),
+)
+def test_an_array_broken_anywhere_is_ended_with_a_last_error_element(texts, cuts, stop):
+    """Relayed whole elements at a time, a stream cut at any byte still ends as a well-formed
+    array: the elements that arrived whole, then the error."""
+    pieces = answer(texts)
+    data = as_json_array(pieces)
+    stop %= len(data)  # the upstream breaks before the closing bracket
+    bounds = [0, *sorted({c % (stop + 1) for c in cuts}), stop]
+    held = HeldArray()
+    relayed = b""
+    for start, end in itertools.pairwise(bounds):
+        relayed += held.feed(data[start:end])
+    assert data.startswith(relayed)
+    end = held.terminal(_ERROR)
+    assert end is not None
+    *whole, last = orjson.loads(relayed + end)
+    assert whole == pieces[: len(whole)]
+    assert len(whole) == len(JsonArraySplitter().feed(data[:stop]))
+    assert last == orjson.loads(_ERROR)
+    assert held.terminal(_ERROR) is None  # ended once
+
+
+def test_a_whole_array_is_relayed_unchanged_and_an_oversized_element_is_not_held():
+    pieces = answer(["one", "two"])
+    data = as_json_array(pieces)
+    held = HeldArray()
+    relayed = b"".join(held.feed(data[i : i + 7]) for i in range(0, len(data), 7))
+    assert relayed + held.flush() == data
+    assert held.terminal(_ERROR) is None  # the array ended: nothing to add
+    small = HeldArray(limit=16)
+    sent = small.feed(data[:40])
+    assert sent == data[:40]  # past the limit, bytes pass as they come
+    assert small.terminal(_ERROR) is None  # half an element went out: no well-formed end
 
 
 def test_memory_is_bounded_by_the_largest_element():
