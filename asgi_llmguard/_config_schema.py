@@ -104,6 +104,10 @@ class UpstreamConfig(_Strict):
     #: Vertex AI: the project and location requests are sent to (unset: the caller's path's).
     project: str | None = None
     location: str | None = None
+    #: Amazon Bedrock: the AWS region to sign for (unset: the base URL's, else the environment's).
+    region: str | None = None
+    #: Amazon Bedrock: the named profile of the shared AWS config files whose credentials sign.
+    profile: str | None = None
 
     def __repr__(self) -> str:  # never show the key
         return f"UpstreamConfig(provider={self.provider!r}, base_url={self.base_url!r})"

@@ -149,6 +149,8 @@ def resolve_upstreams(
                     credentials_file=entry.credentials_file,
                     project=entry.project,
                     location=entry.location,
+                    region=entry.region,
+                    profile=entry.profile,
                 )
             )
         except ConfigurationError as exc:

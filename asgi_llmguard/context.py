@@ -156,6 +156,34 @@ def _stream_fields(body: bytes | None) -> RequestFields:
 _FORM_FIELDS = ("model", "n", "stream")
 
 
+class _BedrockInference(msgspec.Struct):
+    maxTokens: int | None = None
+
+
+class _BedrockCaps(msgspec.Struct):
+    """Bedrock's output caps: Converse's ``inferenceConfig.maxTokens``, InvokeModel's (Claude's
+    body) ``max_tokens``."""
+
+    inferenceConfig: _BedrockInference | None = None
+    max_tokens: int | None = None
+
+
+_bedrock_decoder = msgspec.json.Decoder(_BedrockCaps)
+
+
+def _bedrock_fields(body: bytes, fields: RequestFields) -> RequestFields:
+    """``fields`` with a Bedrock body's output cap (a body that does not decode is the
+    upstream's to refuse: ``fields`` as they are)."""
+    try:
+        caps = _bedrock_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return fields
+    config = caps.inferenceConfig
+    cap = config.maxTokens if config is not None else None
+    cap = caps.max_tokens if cap is None else cap
+    return fields if cap is None else msgspec.structs.replace(fields, max_tokens=cap)
+
+
 class InvalidBody(Exception):
     """The request body is not the JSON object the endpoint takes. The message is safe to show."""
 
@@ -380,6 +408,8 @@ class RequestContext:
                 # A route that always streams (the path says so, not a body field).
                 streams = route is not None and route.endpoint.streams
                 fields = _stream_fields(self.body) if streams else _EMPTY_FIELDS
+                if route is not None and route.endpoint.api == "bedrock" and self.body:
+                    fields = _bedrock_fields(self.body, fields)
             else:
                 body = self.body
                 try:

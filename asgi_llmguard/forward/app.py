@@ -62,6 +62,7 @@ from asgi_llmguard.forward.warmup import Warmer, warm_request
 from asgi_llmguard.forward.websocket import WebSocketRelay
 from asgi_llmguard.lifecycle import Closable, Resource, close_all, serve_lifespan, start_all
 from asgi_llmguard.providers import OWNERS, provider_for
+from asgi_llmguard.providers.aws_auth import AwsCredentialsError
 from asgi_llmguard.providers.base import StrHeaders, Upstream
 from asgi_llmguard.providers.google_auth import GoogleCredentialsError
 from asgi_llmguard.routes import Api, Dialect
@@ -555,8 +556,8 @@ class ForwardingApp(Resource):
 
 
 class _NoCredential(UpstreamConnectError):
-    """The upstream credential has nothing to sign with (no Google access token): nothing was
-    sent. ``retry_after`` is set when the failure looks temporary."""
+    """The upstream credential has nothing to sign with (no Google access token, no valid AWS
+    credentials): nothing was sent. ``retry_after`` is set when the failure looks temporary."""
 
     def __init__(self, message: str, retry_after: float | None) -> None:
         super().__init__(message, "credential")
@@ -570,6 +571,8 @@ def _signed(target: Target, method: str, url: str, headers: StrHeaders, body: by
         return target.provider.sign(target.upstream, method, url, headers, body)
     except GoogleCredentialsError as exc:
         raise _NoCredential(str(exc), exc.retry_after if exc.retryable else None) from None
+    except AwsCredentialsError as exc:
+        raise _NoCredential(str(exc), exc.retry_after) from None
 
 
 async def _send_no_credential(send: Send, error: _NoCredential, dialect: Dialect) -> None:
@@ -591,7 +594,7 @@ async def _send_no_credential(send: Send, error: _NoCredential, dialect: Dialect
     await send_error(
         send,
         503,
-        f"The gateway has no valid upstream access token yet; retry after {seconds} s.",
+        f"The gateway has no valid upstream credential yet; retry after {seconds} s.",
         dialect=dialect,
         code="upstream_credential_unavailable",
         headers=[(b"retry-after", str(seconds).encode())],

@@ -15,10 +15,11 @@ import logging
 from asgi_llmguard.context import RequestContext
 from asgi_llmguard.errors import TERMINAL, send_error, sse_error_event
 from asgi_llmguard.forward.aliases import AliasTable
-from asgi_llmguard.forward.engines import UpstreamError, UpstreamResponse
+from asgi_llmguard.forward.engines import UpstreamBroken, UpstreamError, UpstreamResponse
 from asgi_llmguard.forward.headers import response_headers
 from asgi_llmguard.forward.resilience import HOLD_LIMIT, StreamRewriter
 from asgi_llmguard.providers.base import FirstEvent
+from asgi_llmguard.providers.eventstream import WholeFrames
 from asgi_llmguard.providers.jsonarray import HeldArray
 from asgi_llmguard.routes import Dialect
 from asgi_llmguard.types import Send
@@ -86,6 +87,7 @@ async def relay(
     sse = False
     encoded = False
     content_type = b""
+    frames: WholeFrames | None = None
     for name, value in headers:
         if name == b"content-length":
             length = int(value) if value.isdigit() else -1
@@ -94,9 +96,11 @@ async def relay(
             if value.startswith(_STREAMS):  # one test for a JSON answer
                 sse = True
                 if value.startswith(_EVENTSTREAM):
-                    # An AWS event stream (Bedrock): binary frames under CRCs, never rewritten;
-                    # a break ends it with the dialect's exception frame, as an SSE stream's event.
+                    # An AWS event stream (Bedrock): binary frames under CRCs, never rewritten,
+                    # relayed a whole frame at a time; a break ends it with the dialect's
+                    # exception frame after the last whole frame, as an SSE stream's event.
                     encoded = True
+                    frames = WholeFrames()
         elif name == b"content-encoding":
             encoded = True
     # Bodies are relayed as the upstream encoded them; a compressed one is not rewritten.
@@ -156,6 +160,8 @@ async def relay(
                 chunk = rewriter.feed(chunk)
             if array is not None:
                 chunk = array.feed(chunk)
+            elif frames is not None:
+                chunk = frames.feed(chunk)
             if chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             chunk = await resp.read_chunk()
@@ -169,6 +175,10 @@ async def relay(
                 rest += held
         if rest:
             await send({"type": "http.response.body", "body": rest, "more_body": True})
+        if frames is not None and frames.pending:
+            # The upstream ended the stream inside a frame: its start is dropped, and the
+            # stream ends as a broken one does.
+            raise UpstreamBroken("The upstream ended the stream inside a frame.")
     except UpstreamError as exc:
         ctx.upstream_error = exc.kind
         logger.warning(
@@ -185,10 +195,11 @@ async def relay(
             return
         if rest:
             await send({"type": "http.response.body", "body": rest, "more_body": True})
-        if not sse:
+        if not sse or (frames is not None and not frames.aligned):
             # The status is already out; the only honest signal left is to close the
             # connection without ending the body, which the ASGI server does when the app
-            # returns an unfinished response.
+            # returns an unfinished response. (So too for an event stream broken inside a
+            # frame too long to hold: its start has been relayed.)
             return
         await send(
             {

@@ -35,6 +35,7 @@ from asgi_llmguard.forward.headers import request_headers
 from asgi_llmguard.forward.router import WarmupPolicy
 from asgi_llmguard.forward.target import Target
 from asgi_llmguard.providers import OWNERS
+from asgi_llmguard.providers.aws_auth import AwsCredentialsError
 from asgi_llmguard.providers.google_auth import GoogleCredentialsError
 from asgi_llmguard.providers.metering import usage_from_json
 from asgi_llmguard.routes import Api, classify
@@ -179,7 +180,7 @@ async def warm_request(
         if target.signs:
             try:
                 url = provider.sign(target.upstream, "POST", url, headers, body)
-            except GoogleCredentialsError as exc:
+            except (GoogleCredentialsError, AwsCredentialsError) as exc:
                 raise UpstreamConnectError(str(exc), "credential") from None
         resp = await engine.send("POST", url, headers, ctx.body)
         try:

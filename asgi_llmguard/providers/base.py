@@ -66,6 +66,14 @@ class Upstream:
     #: Vertex AI: the location every request is sent to (``us-east5``, ``global``); unset: the
     #: one the base URL names when ``project`` is set, else the caller's.
     location: str | None = None
+    #: Amazon Bedrock: the AWS region requests are signed for; unset: the region in the base URL
+    #: (``bedrock-runtime.{region}.amazonaws.com``), else ``AWS_REGION`` / ``AWS_DEFAULT_REGION``,
+    #: else ``us-east-1``.
+    region: str | None = None
+    #: Amazon Bedrock: a named profile of the shared AWS config files (``~/.aws/config``) whose
+    #: credentials sign the requests; unset: botocore's default chain (which honours
+    #: ``AWS_PROFILE``).
+    profile: str | None = None
 
     def __post_init__(self) -> None:
         from asgi_llmguard.providers import PROVIDERS  # the registry imports this module
@@ -92,6 +100,11 @@ class Upstream:
             raise ConfigurationError("Upstream weight must be a positive integer")
         if (self.project is not None or self.location is not None) and self.provider != "vertex":
             raise ConfigurationError("Upstream project and location are Vertex AI options")
+        for label, value in (("region", self.region), ("profile", self.profile)):
+            if value is not None and (not value.strip() or not value.isprintable()):
+                raise ConfigurationError(f"Upstream {label} must be a non-empty name")
+        if (self.region is not None or self.profile is not None) and self.provider != "bedrock":
+            raise ConfigurationError("Upstream region and profile are Amazon Bedrock options")
 
     @property
     def credential_id(self) -> str:

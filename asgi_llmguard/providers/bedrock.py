@@ -8,9 +8,10 @@ the path sent is the path signed).
 
 The upstream credential is applied per request (`sign`): with ``api_key``, a Bedrock API key sent
 as ``Authorization: Bearer``; without, a SigV4 signature with the credentials of botocore's chain
-(environment, shared files and profiles, container and instance metadata). The region is the
-one in the base URL (``bedrock-runtime.{region}.amazonaws.com``), else ``AWS_REGION`` /
-``AWS_DEFAULT_REGION``, else ``us-east-1``.
+(environment, shared files and profiles, container and instance metadata), or of the upstream's
+``profile``, renewed in the background ahead of their expiry (`SigV4Signer`). The region is the
+upstream's ``region``, else the one in the base URL (``bedrock-runtime.{region}.amazonaws.com``),
+else ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, else ``us-east-1``.
 """
 
 from __future__ import annotations
@@ -18,21 +19,18 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
 import orjson
 
 from asgi_llmguard.context import RequestContext, RequestFields
-from asgi_llmguard.providers import anthropic_usage, bedrock_usage, sse
-from asgi_llmguard.providers.aws_auth import SigV4Signer
+from asgi_llmguard.providers import anthropic_usage, bedrock_usage, eventstream
+from asgi_llmguard.providers.aws_auth import AwsCredentialsError, SigV4Signer
 from asgi_llmguard.providers.base import ResetParser, StreamMeter, StrHeaders, Upstream
 from asgi_llmguard.providers.thinking import Thinking
 from asgi_llmguard.routes import Api, Endpoint
 from asgi_llmguard.tokens import TokenUsage
-
-if TYPE_CHECKING:
-    from botocore.credentials import Credentials  # type: ignore[import-untyped]
 
 _REGION = re.compile(r"bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com")
 #: The request headers a signature covers; every other header is sent unsigned.
@@ -57,12 +55,24 @@ class BedrockProvider:
     hints_in_body = False
 
     def __init__(self) -> None:
-        # One signer per upstream (by base URL and name): resolved once, shared by every request.
-        self._signers: dict[tuple[str, str | None], tuple[SigV4Signer, Credentials]] = {}
+        #: The signer of each configured SigV4 upstream (by the object: a gateway built again, or
+        #: a second gateway in the process, has its own), shared by all its requests.
+        self._signers: dict[int, tuple[Upstream, SigV4Signer]] = {}
+
+    def token_source(self, upstream: Upstream) -> _OwnedSigner | None:
+        """The signer of a SigV4 upstream (``None`` for an API key), its credential chain
+        resolved now so that none found is a configuration error; the forwarder starts it (the
+        background renewal of temporary credentials) and closes it with itself."""
+        if upstream.api_key:
+            return None
+        signer = SigV4Signer(
+            region=upstream.region or region_of(upstream.base_url), profile=upstream.profile
+        )
+        signer.resolve()  # the chain, once (environment, files, IMDS): at start-up
+        self._signers[id(upstream)] = (upstream, signer)
+        return _OwnedSigner(self._signers, upstream, signer)
 
     def static_headers(self, upstream: Upstream) -> StrHeaders:
-        if not upstream.api_key:
-            self._signer(upstream)  # find the credentials at start-up: none is a config error
         return list(upstream.headers.items())
 
     def default_headers(self, upstream: Upstream) -> StrHeaders:
@@ -75,24 +85,20 @@ class BedrockProvider:
         url = f"{upstream.base_url.rstrip('/')}/model/{quote(model, safe=':')}/{operation}"
         return url + "?" + query.decode("latin-1") if query else url
 
-    def _signer(self, upstream: Upstream) -> tuple[SigV4Signer, Credentials]:
-        key = (upstream.base_url, upstream.name)
-        found = self._signers.get(key)
-        if found is None:
-            signer = SigV4Signer(region=region_of(upstream.base_url))
-            found = (signer, signer._resolve())  # the chain, once (environment, files, IMDS)
-            self._signers[key] = found
-        return found
-
     def sign(
         self, upstream: Upstream, method: str, url: str, headers: StrHeaders, body: bytes
     ) -> str:
+        """A Bedrock API key as ``Authorization: Bearer``, else a SigV4 signature with the
+        signer's cached credentials; raises `AwsCredentialsError` when it has none valid (the
+        forwarder answers 503 with ``Retry-After``: nothing was sent)."""
         if upstream.api_key:
             headers.append(("authorization", f"Bearer {upstream.api_key}"))
             return url
-        signer, credentials = self._signer(upstream)
+        entry = self._signers.get(id(upstream))
+        if entry is None:
+            raise AwsCredentialsError(f"AWS credentials of {upstream.credential_id}: no signer")
         signed = [(k, v) for k, v in headers if k.lower() in _SIGNED]
-        headers.extend(signer.sign(method, url, signed, body, credentials.get_frozen_credentials()))
+        headers.extend(entry[1].sign(method, url, signed, body))
         return url
 
     def stream_meter(self, endpoint: Endpoint) -> StreamMeter | None:
@@ -138,7 +144,7 @@ class BedrockProvider:
     def strip_stream_usage(data: bytes) -> bytes:
         return data
 
-    first_event = staticmethod(sse.no_first_event_check)
+    first_event = staticmethod(eventstream.first_event)
 
     def warmup_operation(self, api: Api) -> str:
         return "converse"
@@ -148,3 +154,31 @@ class BedrockProvider:
 
 
 PROVIDER = BedrockProvider()
+
+
+class _OwnedSigner:
+    """A registered signer: started with the forwarder, unregistered when closed."""
+
+    __slots__ = ("_registry", "_signer", "_upstream")
+
+    def __init__(
+        self,
+        registry: dict[int, tuple[Upstream, SigV4Signer]],
+        upstream: Upstream,
+        signer: SigV4Signer,
+    ) -> None:
+        self._registry = registry
+        self._upstream = upstream
+        self._signer = signer
+
+    async def start(self) -> None:
+        await self._signer.start()
+
+    async def aclose(self) -> None:
+        entry = self._registry.get(id(self._upstream))
+        if entry is not None and entry[1] is self._signer:
+            del self._registry[id(self._upstream)]
+        await self._signer.aclose()
+
+    def __repr__(self) -> str:
+        return f"<signer of {self._upstream.credential_id}: {self._signer!r}>"

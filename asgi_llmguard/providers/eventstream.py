@@ -14,6 +14,7 @@ CRC fails means the stream can no longer be framed, and the splitter stops (``br
 
 The meters that read these frames are in `bedrock_usage`. `first_frame_end` and
 `error_in_first_frame` hold a stream's first frame to see if it is an error sent with HTTP 200;
+`WholeFrames` lets a relay pass on whole frames only;
 `exception_frame` builds the terminal frame that ends a stream the upstream broke, which the AWS
 SDKs raise as the modeled exception it names.
 """
@@ -37,15 +38,21 @@ MAX_FRAME = 24 << 20
 # (6, 7: byte array and string, 2-byte length), timestamp, uuid.
 _FIXED = {0: 0, 1: 0, 2: 1, 3: 2, 4: 4, 5: 8, 8: 8, 9: 16}
 
-#: The HTTP status each exception a Bedrock stream may end with stands for.
+#: The HTTP status an exception sent as a Bedrock stream's first frame stands for, as the retry
+#: policy sees it: nothing was generated yet, so a model that failed (``modelStreamError``,
+#: 424 on its own) or timed out is an upstream error another attempt may not meet.
 EXCEPTION_STATUS = {
     "throttlingException": 429,
+    "modelNotReadyException": 429,
     "serviceUnavailableException": 503,
     "internalServerException": 500,
-    "modelStreamErrorException": 424,
-    "modelTimeoutException": 408,
+    "modelStreamErrorException": 500,
+    "modelTimeoutException": 504,
     "validationException": 400,
 }
+#: Bytes of one unfinished frame a relay holds back at most (a longer frame is relayed as it
+#: comes; Bedrock's frames are a few hundred bytes).
+HOLD_FRAME = 1 << 20
 
 
 class FrameSplitter:
@@ -118,6 +125,66 @@ class FrameSplitter:
         self._buffer.clear()
         self._skip = 0
         return []
+
+
+class WholeFrames:
+    """Cuts a relayed event stream at frame ends, so a stream that breaks leaves the client with
+    whole frames only (then a terminal exception frame can follow).
+
+    ``feed`` returns the bytes up to the end of the last whole frame and holds the start of an
+    unfinished one (at most ``limit`` bytes: a longer frame is passed on as it comes, and then
+    ``aligned`` is false until its end). Only the length prefixes are read; the CRCs are the
+    client's to check. Bytes that cannot be a frame (a length under 16) end the cutting: the
+    rest is passed on as it is.
+    """
+
+    __slots__ = ("_held", "_left", "_off", "limit")
+
+    def __init__(self, limit: int = HOLD_FRAME) -> None:
+        self._held = b""
+        #: Bytes of an oversized frame still to pass on before the next frame starts.
+        self._left = 0
+        self._off = False
+        self.limit = limit
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._off:
+            return chunk
+        start = 0
+        if self._left:
+            if len(chunk) <= self._left:
+                self._left -= len(chunk)
+                return chunk
+            start, self._left = self._left, 0
+        data = self._held + chunk if self._held else chunk
+        pos = start
+        end = len(data)
+        while end - pos >= 4:
+            total = int.from_bytes(data[pos : pos + 4], "big")
+            if total < _MIN_FRAME:
+                self._off = True
+                self._held = b""
+                return data
+            if end - pos >= total:
+                pos += total
+            elif total > self.limit:
+                self._left = total - (end - pos)
+                self._held = b""
+                return data
+            else:
+                break
+        self._held = data[pos:]
+        return data if pos == end else data[:pos]
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an unfinished frame held back (or still due, for an oversized one)."""
+        return len(self._held) or self._left
+
+    @property
+    def aligned(self) -> bool:
+        """What was passed on ends at a frame's end (a frame may follow it)."""
+        return not self._left and not self._off
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,9 +274,23 @@ def first_frame_end(buffer: bytes) -> int:
     return int(total)
 
 
+def first_event(content_type: bytes, held: bytes) -> int | None:
+    """`Provider.first_event` of an AWS event stream: the status its first frame stands for
+    (200, or `error_in_first_frame`'s), ``None`` while that frame is incomplete; any other answer
+    is 200 at once."""
+    if not content_type.startswith(MIME_TYPE):
+        return 200
+    end = first_frame_end(held)
+    if end < 0:
+        return None
+    status = error_in_first_frame(held[:end])
+    return 200 if status is None else status
+
+
 def error_in_first_frame(frame: bytes) -> int | None:
-    """The status an exception sent as a stream's first frame stands for (429 for throttling,
-    503 unavailable, 500 for others), or ``None`` when the frame is not an error."""
+    """The status an exception sent as a stream's first frame stands for (`EXCEPTION_STATUS`:
+    429 for throttling, 503 unavailable, 500 for others), or ``None`` when the frame is not an
+    error."""
     decoded = decode_frame(frame)
     if decoded is None or not decoded.is_error:
         return None

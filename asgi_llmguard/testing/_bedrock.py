@@ -23,8 +23,11 @@ reported as ``cacheReadInputTokens`` and ``cache_write_5m + cache_write_1h`` as
 ``cacheWriteInputTokens``), plus ``error`` (an exception name such as ``"ThrottlingException"``:
 answer it, with its status, instead of the answer) and ``exception_after_chunks`` (end a stream
 with an exception frame, ``error``'s or ``modelStreamErrorException``, after this many content
-chunks). Per request: the same ``x-fake-*`` headers, and ``x-fake-error`` /
-``x-fake-exception-after-chunks``.
+chunks), ``exception_first`` (a stream's first frame is the exception, ``error``'s or
+``throttlingException``, before any event) and ``cut_mid_frame_after_chunks`` (after this many
+content chunks, send half of the next frame and reset the connection). Per request: the same
+``x-fake-*`` headers, and ``x-fake-error`` / ``x-fake-exception-after-chunks`` /
+``x-fake-exception-first`` / ``x-fake-cut-mid-frame-after-chunks``.
 """
 
 from __future__ import annotations
@@ -95,6 +98,8 @@ class FakeBedrock(Observed):
         cache_write_1h: int = 0,
         error: str | None = None,
         exception_after_chunks: int | None = None,
+        exception_first: bool = False,
+        cut_mid_frame_after_chunks: int | None = None,
         max_requests_kept: int = 1000,
     ) -> None:
         self.access_keys = dict(access_keys) if access_keys is not None else None
@@ -118,6 +123,8 @@ class FakeBedrock(Observed):
                 ),
                 error=error,
                 exception_after_chunks=exception_after_chunks,
+                exception_first=exception_first,
+                cut_mid_frame_after_chunks=cut_mid_frame_after_chunks,
             )
         )
         self._requests: collections.deque[ReceivedRequest] = collections.deque(
@@ -202,7 +209,9 @@ class FakeBedrock(Observed):
             self._authenticate(request, scope)
             knobs = override(knobs, request.headers)
             await exchange.pause(knobs.common.latency)
-            in_stream = knobs.exception_after_chunks is not None and operation.endswith("stream")
+            in_stream = (
+                knobs.exception_after_chunks is not None or knobs.exception_first
+            ) and operation.endswith("stream")
             retry = knobs.common.retry_after
             headers = [] if retry is None else [(b"retry-after", f"{retry:g}".encode())]
             if knobs.error is not None and not in_stream:
@@ -327,6 +336,11 @@ class FakeBedrock(Observed):
                 _request_id(),
             ],
         )
+        if knobs.exception_first:
+            name = wire.stream_exception_name(knobs.error or "ThrottlingException")
+            frame = _eventstream.exception(name, f"Fake Bedrock: stream ended by {name}")
+            await exchange.body(frame, more=False)
+            return
         if plan.head:
             await exchange.body(b"".join(plan.head))
         common = knobs.common
@@ -334,6 +348,11 @@ class FakeBedrock(Observed):
             if sent:
                 await exchange.pause(common.chunk_delay)
                 await exchange.body(plan.content[sent - 1])
+            if knobs.cut_mid_frame_after_chunks == sent:
+                following = [*plan.content[sent:], *plan.tail]
+                if following:
+                    await exchange.body(following[0][: max(1, len(following[0]) // 2)])
+                raise FakeConnectionReset(f"fake Bedrock cut a frame after {sent} chunks")
             if common.reset_after_chunks == sent:
                 raise FakeConnectionReset(f"fake Bedrock reset the connection after {sent} chunks")
             if common.truncate_after_chunks == sent:

@@ -1,6 +1,7 @@
 """What the fake Bedrock checks before answering: the caller's credentials (a SigV4 signature or a
-Bedrock API key), and the knobs (:class:`FakeProvider`'s, plus ``error`` and
-``exception_after_chunks``, with their ``x-fake-*`` headers)."""
+Bedrock API key), and the knobs (:class:`FakeProvider`'s, plus ``error``,
+``exception_after_chunks``, ``exception_first`` and ``cut_mid_frame_after_chunks``, with their
+``x-fake-*`` headers)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ class BedrockKnobs:
     common: Knobs
     error: str | None = None
     exception_after_chunks: int | None = None
+    #: A stream's very first frame is the exception (``error``'s, or ``throttlingException``),
+    #: before any event.
+    exception_first: bool = False
+    #: After this many content chunks, send half of the next frame and reset the connection.
+    cut_mid_frame_after_chunks: int | None = None
 
 
 def validated(knobs: BedrockKnobs) -> BedrockKnobs:
@@ -32,10 +38,19 @@ def validated(knobs: BedrockKnobs) -> BedrockKnobs:
         raise ValueError(f"error must be one of {', '.join(sorted(wire.ERRORS))}")
     if knobs.exception_after_chunks is not None:
         count("exception_after_chunks", knobs.exception_after_chunks)
+    if knobs.cut_mid_frame_after_chunks is not None:
+        count("cut_mid_frame_after_chunks", knobs.cut_mid_frame_after_chunks)
+    if not isinstance(knobs.exception_first, bool):
+        raise ValueError("exception_first must be true or false")
     return knobs
 
 
-_OWN_HEADERS = {"x-fake-error": "error", "x-fake-exception-after-chunks": "exception_after_chunks"}
+_OWN_HEADERS = {
+    "x-fake-error": "error",
+    "x-fake-exception-after-chunks": "exception_after_chunks",
+    "x-fake-exception-first": "exception_first",
+    "x-fake-cut-mid-frame-after-chunks": "cut_mid_frame_after_chunks",
+}
 
 
 def override(knobs: BedrockKnobs, headers: list[tuple[str, str]]) -> BedrockKnobs:
@@ -50,6 +65,8 @@ def override(knobs: BedrockKnobs, headers: list[tuple[str, str]]) -> BedrockKnob
             changes[field] = None
         elif field == "error":
             changes[field] = value
+        elif field == "exception_first":
+            changes[field] = value.lower() in ("1", "true", "yes")
         else:
             try:
                 changes[field] = int(value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -218,3 +219,65 @@ async def test_a_bedrock_api_key_is_a_bearer_token(
         BedrockApiKey("")
     with pytest.raises(ConfigurationError):
         SigV4Signer(region="")
+
+
+async def test_the_background_renewal_runs_ahead_of_expiry_and_sign_never_waits(
+    upstream: RunningServer, fake: FakeBedrock
+) -> None:
+    """Credentials due in 0.3 s (botocore's advisory window opens 15 minutes before expiry):
+    the signer renews them in a thread while `sign` keeps signing with the cached ones, and the
+    event loop keeps running; `aclose` stops the renewal."""
+    loop_thread = threading.get_ident()
+    calls: list[int] = []
+    renewing = threading.Event()
+
+    def renew() -> dict[str, str | None]:
+        calls.append(threading.get_ident())
+        renewing.set()
+        time.sleep(0.5)  # a slow STS
+        expiry = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+        return {
+            "access_key": "AKIDRENEWED",
+            "secret_key": "renewed-secret",
+            "token": None,
+            "expiry_time": expiry.isoformat(),
+        }
+
+    due = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=15, seconds=0.3)
+    credentials = RefreshableCredentials.create_from_metadata(
+        {
+            "access_key": "AKIDSTATIC",
+            "secret_key": "static-secret",
+            "token": None,
+            "expiry_time": due.isoformat(),
+        },
+        refresh_using=renew,
+        method="test",
+    )
+    signer = SigV4Signer(region="eu-west-3", credentials=credentials)
+    url = upstream.url + PATH
+    async with signer:
+        assert calls == []
+        signed_during: list[dict[str, str]] = []
+        lags: list[float] = []
+        deadline = time.monotonic() + 5
+        while not renewing.is_set():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        while len(calls) == 1 and signer.current().access_key == "AKIDSTATIC":
+            began = time.perf_counter()
+            signed_during.append(dict(signer.sign("POST", url, JSON, BODY)))
+            await asyncio.sleep(0.01)
+            lags.append(time.perf_counter() - began)
+            assert time.monotonic() < deadline
+        assert len(signed_during) > 10  # signed all along the 0.5 s renewal
+        assert max(lags) < 0.1, max(lags)
+        assert calls[0] != loop_thread
+        assert all("AKIDSTATIC" in h["authorization"] for h in signed_during)
+        response = await _post(url, JSON + signer.sign("POST", url, JSON, BODY))
+        assert response.status_code == 200
+        assert fake.signers[-1] == "AKIDRENEWED"
+        task = signer._task
+        assert task is not None
+    assert task.done()
+    assert len(calls) == 1

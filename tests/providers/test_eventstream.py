@@ -30,6 +30,7 @@ from asgi_llmguard.providers.bedrock_usage import (
 )
 from asgi_llmguard.providers.eventstream import (
     FrameSplitter,
+    WholeFrames,
     decode_frame,
     error_in_first_frame,
     exception_frame,
@@ -367,3 +368,21 @@ def test_json_answers() -> None:
     usage, model, _ = anthropic_usage(_streams()["invoke-json"])
     assert usage == CLAUDE_USAGE
     assert model == "anthropic.claude-3-5-haiku-20241022-v1:0"
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_whole_frames_cuts_any_split_at_frame_ends(data: st.DataObject) -> None:
+    raw = _streams()["invoke"]
+    ends = set(itertools.accumulate(len(f) for f in _frames(raw)))
+    cuts = data.draw(_cuts("invoke"))
+    limit = data.draw(st.sampled_from([1 << 20, 64]))  # 64: the longer frames pass as they come
+    whole = WholeFrames(limit)
+    out = b""
+    for start, end in itertools.pairwise([0, *sorted(cuts), len(raw)]):
+        out += whole.feed(raw[start:end])
+        if whole.aligned:
+            assert len(out) in ends | {0}
+            assert len(out) + whole.pending == end
+    assert out == raw
+    assert whole.pending == 0
