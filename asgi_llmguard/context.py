@@ -104,6 +104,7 @@ class RequestFields(msgspec.Struct):
     mcp_servers: list[McpServer] | None = None
     #: How many images (or choices) to make.
     n: int | None = None
+
     @property
     def max_output(self) -> int | None:
         """The output-token cap, whichever of the providers' names carries it."""
