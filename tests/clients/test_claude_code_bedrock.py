@@ -5,11 +5,8 @@ through the gateway, which signs upstream with SigV4."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -26,6 +23,7 @@ from asgi_llmguard import (
 )
 from asgi_llmguard.testing import FakeBedrock, serve
 from tests.clients.conftest import NODE_DIR, require_node_package
+from tests.ledger import ledger_rows as _rows
 
 CLAUDE = NODE_DIR / "node_modules" / ".bin" / "claude"
 ACCESS_KEY, SECRET = "AKIDCLAUDECODE", "claude-code-bedrock-secret"
@@ -170,22 +168,3 @@ def test_claude_code_in_bedrock_mode_through_the_gateway(
     assert row["input_tokens"] == usage["input_tokens"] + cached + written
     assert row["output_tokens"] == usage["output_tokens"]
     assert not row["estimated"]
-
-
-def _rows(ledger: Path, count: int) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 5
-    found: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        if ledger.exists():
-            with sqlite3.connect(ledger) as db:
-                db.row_factory = sqlite3.Row
-                if db.execute("SELECT 1 FROM sqlite_master WHERE name='usage_events'").fetchone():
-                    found = [
-                        dict(r)
-                        for r in db.execute("SELECT * FROM usage_events ORDER BY started_at")
-                    ]
-        if len(found) >= count:
-            break
-        time.sleep(0.05)
-    assert len(found) == count, found
-    return found

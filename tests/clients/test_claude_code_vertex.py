@@ -13,9 +13,7 @@ endpoint) and sends every request to its own project and location, whatever Clau
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from asgi_llmguard import (
 )
 from asgi_llmguard.testing import FakeProvider, FakeVertex, serve
 from tests.clients.conftest import NODE_DIR, require_node_package
+from tests.ledger import ledger_rows as _rows
 
 CLAUDE = NODE_DIR / "node_modules" / ".bin" / "claude"
 CALLER_KEY = "sk-llmg-claude-code-vertex-0123456789abcdefghijklmn"
@@ -40,24 +39,6 @@ MODEL = "claude-sonnet-4-5@20250929"
 REPLY = "Hello from the fake provider."
 GATEWAY_PROJECT, GATEWAY_LOCATION = "gateway-project", "us-east5"
 CALLER_PROJECT, CALLER_REGION = "callers-own-project", "europe-west1"
-
-
-def _rows(ledger: Path, count: int) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 5
-    found: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        if ledger.exists():
-            with sqlite3.connect(ledger) as db:
-                db.row_factory = sqlite3.Row
-                if db.execute("SELECT 1 FROM sqlite_master WHERE name='usage_events'").fetchone():
-                    found = [
-                        dict(r)
-                        for r in db.execute("SELECT * FROM usage_events ORDER BY started_at")
-                    ]
-        if len(found) >= count:
-            break
-        time.sleep(0.05)
-    return found
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,6 @@ by botocore's own event-stream parser, and InvokeModel with the anthropic SDK's
 
 from __future__ import annotations
 
-import sqlite3
-import time
-
 import anthropic
 import httpx
 import orjson
@@ -33,6 +30,7 @@ from asgi_llmguard.errors import ConfigurationError
 from asgi_llmguard.forward.cooldowns import CooldownPolicy
 from asgi_llmguard.forward.router import Routing
 from asgi_llmguard.testing import FakeBedrock, serve
+from tests.ledger import ledger_rows as rows
 
 CALLER_KEY = "sk-llmg-bedrock-caller-0123456789abcdefghijklmnop"
 AKID, SECRET = "AKIDEXAMPLEWBED0001", "wbed-test-secret-access-key"
@@ -62,21 +60,6 @@ def gateway(tmp_path, monkeypatch):
         )
         with serve(app) as server:
             yield server, fake, ledger
-
-
-def rows(ledger, count: int) -> list[dict]:
-    deadline = time.monotonic() + 5
-    while True:
-        found: list[dict] = []
-        if ledger.exists():
-            with sqlite3.connect(ledger) as db:
-                db.row_factory = sqlite3.Row
-                if db.execute("SELECT 1 FROM sqlite_master WHERE name='usage_events'").fetchone():
-                    found = [dict(r) for r in db.execute("SELECT * FROM usage_events")]
-        if len(found) >= count or time.monotonic() > deadline:
-            assert len(found) == count, found
-            return found
-        time.sleep(0.05)
 
 
 def post(url: str, path: str, key: str = CALLER_KEY, **headers: str) -> httpx.Response:

@@ -4,8 +4,6 @@ a frame (the client still gets whole frames, then the terminal exception)."""
 
 from __future__ import annotations
 
-import sqlite3
-import time
 from typing import Any
 
 import boto3
@@ -31,6 +29,7 @@ from asgi_llmguard import (
 from asgi_llmguard.forward.cooldowns import CooldownPolicy
 from asgi_llmguard.forward.router import Routing
 from asgi_llmguard.testing import FakeBedrock, serve
+from tests.ledger import ledger_rows as rows
 
 CALLER_KEY = "sk-llmg-bedrock-caller-0123456789abcdefghijklmnop"
 AKID, SECRET = "AKIDEXAMPLEBEDGW0001", "bed-gateway-test-secret-access-key"
@@ -154,21 +153,6 @@ def test_without_another_credential_the_first_frame_exception_reaches_the_sdk(aw
     assert resp.status_code == 200
     ((headers, _),) = frames(resp.content)
     assert headers[":exception-type"] == "throttlingException"
-
-
-def rows(ledger, count: int) -> list[dict]:
-    deadline = time.monotonic() + 5
-    while True:
-        found: list[dict] = []
-        if ledger.exists():
-            with sqlite3.connect(ledger) as db:
-                db.row_factory = sqlite3.Row
-                if db.execute("SELECT 1 FROM sqlite_master WHERE name='usage_events'").fetchone():
-                    found = [dict(r) for r in db.execute("SELECT * FROM usage_events")]
-        if len(found) >= count or time.monotonic() > deadline:
-            assert len(found) == count, found
-            return found
-        time.sleep(0.05)
 
 
 # -- a stream cut in the middle of a frame --------------------------------------------------------

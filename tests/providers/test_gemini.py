@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 
 import httpx
@@ -31,6 +30,7 @@ from asgi_llmguard import (
     hash_key,
 )
 from asgi_llmguard.testing import FakeProvider, serve, serve_async
+from tests.ledger import ledger_rows
 
 CALLER_KEY = "sk-llmg-gemini-caller-0123456789abcdefghijklmnop"
 UPSTREAM_KEY = "AIza-upstream-gemini-secret-key"
@@ -74,21 +74,7 @@ def client(url: str, key: str = CALLER_KEY, **headers: str) -> genai.Client:
 
 
 def rows(ledger, pipeline, count: int) -> list[dict]:
-    deadline = time.monotonic() + 5
-    while True:
-        found: list[dict] = []
-        if ledger.exists():
-            with sqlite3.connect(ledger) as db:
-                db.row_factory = sqlite3.Row
-                if db.execute("SELECT 1 FROM sqlite_master WHERE name='usage_events'").fetchone():
-                    found = [
-                        dict(r)
-                        for r in db.execute("SELECT * FROM usage_events ORDER BY started_at")
-                    ]
-        if len(found) >= count or time.monotonic() > deadline:
-            assert len(found) == count, found
-            return found
-        time.sleep(0.05)
+    return ledger_rows(ledger, count)
 
 
 def test_generate_content_is_served_and_recorded_exactly(gateway):

@@ -6,9 +6,6 @@ Token numbers come from the fake's rule (a token is a word), not from the gatewa
 
 from __future__ import annotations
 
-import sqlite3
-import time
-
 import openai
 import pytest
 
@@ -23,6 +20,7 @@ from asgi_llmguard import (
     hash_key,
 )
 from asgi_llmguard.testing import FakeProvider, serve
+from tests.ledger import ledger_rows as rows
 
 CALLER_KEY = "sk-llmg-gemini-openai-0123456789abcdefghijklmnop"
 UPSTREAM_KEY = "AIza-upstream-gemini-openai-secret"
@@ -52,24 +50,6 @@ def gateway(tmp_path):
         )
         with serve(app) as server:
             yield openai.OpenAI(api_key=CALLER_KEY, base_url=f"{server.url}/v1"), fake, ledger
-
-
-def rows(ledger, count: int) -> list[dict]:
-    deadline = time.monotonic() + 5
-    while True:
-        found: list[dict] = []
-        if ledger.exists():
-            with sqlite3.connect(ledger) as db:
-                db.row_factory = sqlite3.Row
-                if db.execute("SELECT 1 FROM sqlite_master WHERE name='usage_events'").fetchone():
-                    found = [
-                        dict(r)
-                        for r in db.execute("SELECT * FROM usage_events ORDER BY started_at")
-                    ]
-        if len(found) >= count or time.monotonic() > deadline:
-            assert len(found) == count, found
-            return found
-        time.sleep(0.05)
 
 
 def test_chat_completion_plain_and_streamed_with_usage(gateway):

@@ -8,7 +8,6 @@ from the fake's rule (a token is a word), not from the gateway.
 from __future__ import annotations
 
 import socket
-import sqlite3
 import time
 
 import anthropic
@@ -30,6 +29,7 @@ from asgi_llmguard import (
 )
 from asgi_llmguard.config import load_config, resolve_upstreams
 from asgi_llmguard.testing import FakeProvider, FakeVertex, serve
+from tests.ledger import ledger_rows as rows
 
 CALLER_KEY = "sk-llmg-vertex-caller-0123456789abcdefghijklmnop"
 PROJECT = "fake-project"
@@ -70,24 +70,6 @@ def client(url: str, key: str = CALLER_KEY) -> genai.Client:
         credentials=Credentials(token=key),
         http_options=types.HttpOptions(base_url=url, retry_options=NO_RETRY),
     )
-
-
-def rows(ledger, count: int) -> list[dict]:
-    deadline = time.monotonic() + 5
-    while True:
-        found: list[dict] = []
-        if ledger.exists():
-            with sqlite3.connect(ledger) as db:
-                db.row_factory = sqlite3.Row
-                if db.execute("SELECT 1 FROM sqlite_master WHERE name='usage_events'").fetchone():
-                    found = [
-                        dict(r)
-                        for r in db.execute("SELECT * FROM usage_events ORDER BY started_at")
-                    ]
-        if len(found) >= count or time.monotonic() > deadline:
-            assert len(found) == count, found
-            return found
-        time.sleep(0.05)
 
 
 def test_generate_content_is_served_with_the_gateways_token_and_recorded(served):
