@@ -13,15 +13,11 @@ When the upstream has an ``api_version`` it replaces the client's; otherwise the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 from asgi_llmguard.context import InvalidBody, RequestContext
-from asgi_llmguard.providers import include_usage, openai_usage, sse
-from asgi_llmguard.providers.base import StaticCredential, StrHeaders, Upstream, join
-from asgi_llmguard.providers.openai import PROVIDER as OPENAI
-from asgi_llmguard.providers.openai import chat_warmup, openai_stream_meter, openai_thinking
-from asgi_llmguard.providers.thinking import Thinking
+from asgi_llmguard.providers.base import StrHeaders, Upstream, join
+from asgi_llmguard.providers.openai import OpenAIProvider
 from asgi_llmguard.routes import Api
 
 DEFAULT_API_VERSION = "2024-10-21"
@@ -38,19 +34,21 @@ _DEPLOYMENT_OPERATIONS = {
 }
 
 
-class AzureProvider(StaticCredential):
+class AzureProvider(OpenAIProvider):
+    """OpenAI's wire (meters, thinking, stream usage, first events, reset headers, warm-up) on
+    Azure's paths, header and ``api-version``."""
+
     name = "azure"
     serves: frozenset[Api] = frozenset({"azure", "openai"})
     owns: frozenset[Api] = frozenset({"azure"})
+    key_env: tuple[str, ...] = ()
+    default_url = ""
 
     def static_headers(self, upstream: Upstream) -> StrHeaders:
         headers = list(upstream.headers.items())
         if upstream.api_key:
             headers.append(("api-key", upstream.api_key))
         return headers
-
-    def default_headers(self, upstream: Upstream) -> StrHeaders:
-        return []
 
     def target(self, upstream: Upstream, ctx: RequestContext, query: bytes) -> str:
         route = ctx.route
@@ -73,26 +71,6 @@ class AzureProvider(StaticCredential):
         elif path.startswith("/v1/"):
             path = "/openai" + path[3:]
         return join(upstream.base_url, path, _with_version(query, upstream.api_version))
-
-    stream_meter = staticmethod(openai_stream_meter)
-    usage_from_json = staticmethod(openai_usage.usage_from_json)
-
-    def warmup(self, api: Api, model: str, max_tokens: int, prompt: str) -> tuple[str, bytes]:
-        return chat_warmup(model, max_tokens, prompt)
-
-    reset_headers = OPENAI.reset_headers
-
-    def apply_thinking(
-        self, operation: str, body: dict[str, Any], thinking: Thinking, model: str
-    ) -> None:
-        openai_thinking(operation, body, thinking)
-
-    ask_stream_usage = staticmethod(include_usage.ask_stream_usage)
-    strip_stream_usage = staticmethod(include_usage.strip_usage)
-    first_event = staticmethod(sse.first_sse_event)
-
-    def warmup_operation(self, api: Api) -> str:
-        return "chat.completions"
 
     def pool_models(self, upstream: Upstream, api: Api, native: bool) -> Sequence[str] | None:
         """Azure answers OpenAI-style routes only through its deployments: it joins their pools

@@ -52,7 +52,7 @@ class OpenAIProvider(StaticCredential):
     name = "openai"
     serves: frozenset[Api] = frozenset({"openai"})
     owns: frozenset[Api] = frozenset({"openai"})
-    key_env = ("OPENAI_API_KEY",)
+    key_env: tuple[str, ...] = ("OPENAI_API_KEY",)
     default_url = "https://api.openai.com/v1"
 
     def static_headers(self, upstream: Upstream) -> StrHeaders:
