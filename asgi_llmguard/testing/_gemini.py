@@ -33,6 +33,14 @@ from asgi_llmguard.testing._common import (
     count_tokens,
     new_id,
 )
+from asgi_llmguard.testing._tools import (
+    Script,
+    ToolCall,
+    plan_calls,
+    quote_results,
+    result_text,
+    structured_reply,
+)
 
 #: HTTP status -> the canonical status name (``google.rpc.Code``) Google puts in ``error.status``
 #: (the Gemini API and Vertex AI alike).
@@ -145,14 +153,119 @@ def response(
     return answer
 
 
-def _plan(model: str, body: dict[str, Any], generation: Generation) -> Completion:
-    return complete(
+def _plan(
+    model: str, body: dict[str, Any], generation: Generation
+) -> tuple[Completion, list[ToolCall]]:
+    calls, reply = _script(body, generation)
+    c = complete(
         model,
-        generation.reply,
+        reply,
         chunks=generation.chunks,
         max_tokens=max_output_tokens(body),
         prompt_words=prompt_words(body),
     )
+    if calls:
+        pieces = tuple(piece for call in calls for piece in call.pieces)
+        c = Completion(c.model, pieces, False, c.prompt_tokens)
+    return c, calls
+
+
+def _parts(content: Any, kind: str) -> list[dict[str, Any]]:
+    parts = content.get("parts") if isinstance(content, dict) else None
+    if not isinstance(parts, list):
+        return []
+    snake = "function_call" if kind == "functionCall" else "function_response"
+    found = [p.get(kind, p.get(snake)) for p in parts if isinstance(p, dict)]
+    return [f for f in found if isinstance(f, dict)]
+
+
+def _check_function_turns(contents: list[Any]) -> None:
+    """Gemini's 400s: a function response turn right after a function call turn, with as many
+    response parts as there were calls."""
+    for i, content in enumerate(contents):
+        responses = _parts(content, "functionResponse")
+        calls = _parts(contents[i - 1], "functionCall") if i else []
+        if responses and not calls:
+            raise ApiError(
+                400,
+                "Please ensure that function response turn comes immediately after a function "
+                "call turn.",
+            )
+        if calls and len(responses) != len(calls):
+            raise ApiError(
+                400,
+                "Please ensure that the number of function response parts is equal to the "
+                "number of function call parts of the function call turn.",
+            )
+
+
+def _response_text(response: Any) -> str:
+    """A ``functionResponse.response`` as text: its only string value, else its JSON."""
+    if isinstance(response, dict) and len(response) == 1:
+        (value,) = response.values()
+        if isinstance(value, str):
+            return value
+    return result_text(response)
+
+
+def _script(body: dict[str, Any], generation: Generation) -> tuple[list[ToolCall], str]:
+    contents = body.get("contents")
+    contents = [contents] if isinstance(contents, dict) else contents
+    contents = contents if isinstance(contents, list) and contents else [{}]
+    _check_function_turns(contents)
+    script = generation.script
+    structured = _structured(body, script)
+    responses = _parts(contents[-1], "functionResponse")
+    if responses:
+        quoted = quote_results([_response_text(r.get("response")) for r in responses])
+        return [], structured or (quoted if script.tool_call is not None else generation.reply)
+    offered: list[tuple[str, Any]] = []
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else []:
+        declarations = field(tool, "functionDeclarations", "function_declarations")
+        for declaration in declarations if isinstance(declarations, list) else []:
+            if isinstance(declaration, dict) and isinstance(declaration.get("name"), str):
+                schema = declaration.get("parameters") or field(
+                    declaration, "parametersJsonSchema", "parameters_json_schema"
+                )
+                offered.append((declaration["name"], schema or {}))
+    config = field(body, "toolConfig", "tool_config")
+    calling = (
+        field(config, "functionCallingConfig", "function_calling_config")
+        if isinstance(config, dict)
+        else None
+    )
+    mode = calling.get("mode") if isinstance(calling, dict) else None
+    allowed = (
+        field(calling, "allowedFunctionNames", "allowed_function_names")
+        if isinstance(calling, dict)
+        else None
+    )
+    forced = allowed[0] if mode == "ANY" and isinstance(allowed, list) and allowed else None
+    turn = sum(1 for c in contents if isinstance(c, dict) and c.get("role") == "model")
+    if mode != "NONE":
+        calls = plan_calls(script, offered, turn=turn, forced=forced)
+        if calls:
+            return calls, ""
+    return [], structured or generation.reply
+
+
+def _structured(body: dict[str, Any], script: Script) -> str | None:
+    """With ``structured_output``: JSON for ``generationConfig.responseSchema`` (or
+    ``responseJsonSchema``)."""
+    config = field(body, "generationConfig", "generation_config")
+    if not script.structured_output or not isinstance(config, dict):
+        return None
+    schema = field(config, "responseSchema", "response_schema")
+    if schema is None:
+        schema = field(config, "responseJsonSchema", "response_json_schema")
+    return structured_reply(schema) if isinstance(schema, dict) else None
+
+
+def _with_calls(answer: dict[str, Any], calls: list[ToolCall]) -> dict[str, Any]:
+    parts = [{"functionCall": {"name": call.name, "args": call.arguments}} for call in calls]
+    answer["candidates"][0]["content"]["parts"] = parts
+    return answer
 
 
 def _usage(c: Completion, generation: Generation, candidates: int) -> dict[str, Any]:
@@ -182,22 +295,32 @@ _RESPONSE_ID = "fake-response"
 
 
 def generate(model: str, body: dict[str, Any], generation: Generation) -> dict[str, Any]:
-    c = _plan(model, body, generation)
+    c, calls = _plan(model, body, generation)
     finish = "MAX_TOKENS" if c.capped else "STOP"
     answer = _piece(c, generation, c.text, c.completion_tokens, finish)
     answer["responseId"] = new_id("")
-    return answer
+    return _with_calls(answer, calls) if calls else answer
 
 
 def stream(model: str, body: dict[str, Any], generation: Generation, sse: bool) -> StreamPlan:
-    """One piece per reply chunk; the last carries the finish reason and the final usage."""
-    c = _plan(model, body, generation)
+    """One piece per reply chunk; the last carries the finish reason and the final usage.
+    Function calls come whole, one piece per call (Gemini does not split their ``args``)."""
+    c, calls = _plan(model, body, generation)
     finish = "MAX_TOKENS" if c.capped else "STOP"
-    pieces = list(c.pieces) or [""]
-    objects = [
-        _piece(c, generation, text, i, finish if i == len(pieces) else None)
-        for i, text in enumerate(pieces, start=1)
-    ]
+    if calls:
+        so_far = 0
+        objects = []
+        for call in calls:
+            so_far += len(call.pieces)
+            last = call.index == len(calls) - 1
+            piece = _piece(c, generation, "", so_far, finish if last else None)
+            objects.append(_with_calls(piece, [call]))
+    else:
+        pieces = list(c.pieces) or [""]
+        objects = [
+            _piece(c, generation, text, i, finish if i == len(pieces) else None)
+            for i, text in enumerate(pieces, start=1)
+        ]
     if sse:
         events = [b"data: " + orjson.dumps(o) + b"\r\n\r\n" for o in objects]
         return StreamPlan([], events[:-1], events[-1:])
