@@ -43,6 +43,7 @@ TIME_SCHEMA: dict[str, Any] = {
     "required": ["zone"],
 }
 TIME_ARGS = {"zone": "zone"}
+CALLS: list[tuple[str, dict[str, Any]]] = [("get_weather", WEATHER_ARGS), ("get_time", TIME_ARGS)]
 
 
 def pieces(arguments: dict[str, Any]) -> int:
@@ -145,7 +146,8 @@ def test_chat_tool_loop(oai: openai.OpenAI, fake: FakeProvider, streamed: bool) 
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls"
     (call,) = choice.message.tool_calls
-    assert call.type == "function" and call.function.name == "get_weather"
+    assert call.type == "function"
+    assert call.function.name == "get_weather"
     assert json.loads(call.function.arguments) == WEATHER_ARGS
     assert call.id.startswith("call_")
     assert first.usage.completion_tokens == pieces(WEATHER_ARGS)
@@ -253,7 +255,7 @@ def test_responses_tool_loop(oai: openai.OpenAI, streamed: bool, parallel: bool)
     ask = [{"role": "user", "content": "weather in Paris?"}]
     first = _responses_turn(oai, ask, streamed, PARALLEL if parallel else AUTO)
     calls = [item for item in first.output if item.type == "function_call"]
-    expected = [("get_weather", WEATHER_ARGS), ("get_time", TIME_ARGS)][: 2 if parallel else 1]
+    expected = CALLS[: 2 if parallel else 1]
     assert [(c.name, json.loads(c.arguments)) for c in calls] == expected
     assert all(c.call_id.startswith("call_") and c.status == "completed" for c in calls)
     assert first.usage.output_tokens == sum(pieces(args) for _, args in expected)
@@ -271,7 +273,7 @@ def test_responses_refuses_an_output_without_its_call(oai: openai.OpenAI) -> Non
         {"role": "user", "content": "hi"},
         {"type": "function_call_output", "call_id": "call_missing", "output": "x"},
     ]
-    with pytest.raises(openai.BadRequestError, match="No tool call found .* call_missing"):
+    with pytest.raises(openai.BadRequestError, match=r"No tool call found .* call_missing"):
         _responses_turn(oai, items, False, AUTO)
     dangling = [
         {"role": "user", "content": "hi"},
@@ -317,7 +319,7 @@ def test_anthropic_tool_loop(
 ) -> None:
     first = _claude_turn(claude, CLAUDE_ASK, streamed, PARALLEL if parallel else AUTO)
     assert first.stop_reason == "tool_use"
-    expected = [("get_weather", WEATHER_ARGS), ("get_time", TIME_ARGS)][: 2 if parallel else 1]
+    expected = CALLS[: 2 if parallel else 1]
     assert [(b.type, b.name, b.input) for b in first.content] == [
         ("tool_use", name, args) for name, args in expected
     ]
@@ -406,7 +408,7 @@ def test_gemini_tool_loop(gemini: genai.Client, streamed: bool, parallel: bool) 
     ask = [types.Content(role="user", parts=[types.Part(text="weather in Paris?")])]
     first = _gemini_turn(gemini, ask, streamed, PARALLEL if parallel else AUTO)
     calls = first.function_calls or []
-    expected = [("get_weather", WEATHER_ARGS), ("get_time", TIME_ARGS)][: 2 if parallel else 1]
+    expected = CALLS[: 2 if parallel else 1]
     assert [(c.name, c.args) for c in calls] == expected
     assert first.usage_metadata is not None
     assert first.usage_metadata.candidates_token_count == sum(pieces(a) for _, a in expected)
