@@ -86,7 +86,9 @@ chunk with choices instead of a usage-only chunk), ``x-fake-cache-write-5m`` /
 the answer reports as having served it, whatever the request asked for: OpenAI's top-level
 ``service_tier`` on chat completions and Responses, in the JSON answer, on every chat chunk and on
 the ``response`` object of every Responses event; Anthropic's ``usage.service_tier`` in the
-message and in ``message_start``; by default ``default`` and ``standard``). The value ``none``
+message and in ``message_start``; by default ``default`` and ``standard``), and the tool-loop
+knobs ``x-fake-tool-call``, ``x-fake-tool-arguments``, ``x-fake-parallel-tool-calls`` and
+``x-fake-structured-output`` (the script is in ``_tools``). The value ``none``
 clears an optional knob and ``x-fake-status: 200`` turns a default error status off. A bad value
 or an unknown ``x-fake-*`` header answers 400.
 ``chunk_delay``, ``reset_after_chunks`` and ``truncate_after_chunks`` only affect streams.
