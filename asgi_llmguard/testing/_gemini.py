@@ -20,6 +20,8 @@ reasoning knobs give ``cachedContentTokenCount`` (part of the prompt) and
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from typing import Any
 
 import orjson
@@ -156,7 +158,7 @@ def response(
 def _plan(
     model: str, body: dict[str, Any], generation: Generation
 ) -> tuple[Completion, list[ToolCall]]:
-    calls, reply = _script(body, generation)
+    calls, reply = _script(model, body, generation)
     c = complete(
         model,
         reply,
@@ -208,11 +210,51 @@ def _response_text(response: Any) -> str:
     return result_text(response)
 
 
-def _script(body: dict[str, Any], generation: Generation) -> tuple[list[ToolCall], str]:
+def signs_calls(model: str) -> bool:
+    """Gemini 3 models sign their function calls and require the signatures back."""
+    return model.removeprefix("models/").startswith("gemini-3")
+
+
+def _signature(key: str) -> str:
+    return base64.b64encode(hashlib.sha256(f"signature:{key}".encode()).digest()).decode()
+
+
+def _check_signatures(contents: list[Any]) -> None:
+    """Gemini 3: in the current turn (since the last user text), the first function call of
+    every model step must carry the ``thoughtSignature`` it was answered with."""
+    start = 0
+    for i, content in enumerate(contents):
+        if not isinstance(content, dict) or content.get("role", "user") != "user":
+            continue
+        parts = content.get("parts")
+        if isinstance(parts, list) and any(isinstance(p, dict) and "text" in p for p in parts):
+            start = i
+    for i in range(start, len(contents)):
+        parts = contents[i].get("parts") if isinstance(contents[i], dict) else None
+        calls = [
+            p
+            for p in (parts if isinstance(parts, list) else [])
+            if isinstance(p, dict) and isinstance(field(p, "functionCall", "function_call"), dict)
+        ]
+        if calls and not field(calls[0], "thoughtSignature", "thought_signature"):
+            name = field(calls[0], "functionCall", "function_call").get("name")
+            raise ApiError(
+                400,
+                "Function call is missing a thought_signature in functionCall parts. This is "
+                "required for tools to work correctly, and missing thought_signature may lead "
+                f"to degraded model performance. Additional data, function call `default_api:"
+                f"{name}` , position {i + 1}. Please refer to "
+                "https://ai.google.dev/gemini-api/docs/thought-signatures for more details.",
+            )
+
+
+def _script(model: str, body: dict[str, Any], generation: Generation) -> tuple[list[ToolCall], str]:
     contents = body.get("contents")
     contents = [contents] if isinstance(contents, dict) else contents
     contents = contents if isinstance(contents, list) and contents else [{}]
     _check_function_turns(contents)
+    if signs_calls(model):
+        _check_signatures(contents)
     script = generation.script
     structured = _structured(body, script)
     responses = _parts(contents[-1], "functionResponse")
@@ -263,7 +305,13 @@ def _structured(body: dict[str, Any], script: Script) -> str | None:
 
 
 def _with_calls(answer: dict[str, Any], calls: list[ToolCall]) -> dict[str, Any]:
-    parts = [{"functionCall": {"name": call.name, "args": call.arguments}} for call in calls]
+    """The answer's parts become ``calls``; a Gemini 3 model signs the turn's first call."""
+    parts: list[dict[str, Any]] = []
+    for call in calls:
+        part: dict[str, Any] = {"functionCall": {"name": call.name, "args": call.arguments}}
+        if call.index == 0 and signs_calls(answer["modelVersion"]):
+            part["thoughtSignature"] = _signature(call.key)
+        parts.append(part)
     answer["candidates"][0]["content"]["parts"] = parts
     return answer
 

@@ -380,7 +380,11 @@ GEMINI_TOOLS = [
 
 
 def _gemini_turn(
-    client: genai.Client, contents: Any, streamed: bool, headers: dict[str, str]
+    client: genai.Client,
+    contents: Any,
+    streamed: bool,
+    headers: dict[str, str],
+    model: str = "gemini-2.5-flash",
 ) -> types.GenerateContentResponse:
     config = types.GenerateContentConfig(
         tools=GEMINI_TOOLS,  # type: ignore[arg-type]
@@ -388,13 +392,9 @@ def _gemini_turn(
         http_options=types.HttpOptions(headers=headers),
     )
     if not streamed:
-        return client.models.generate_content(
-            model="gemini-2.5-flash", contents=contents, config=config
-        )
+        return client.models.generate_content(model=model, contents=contents, config=config)
     chunks = list(
-        client.models.generate_content_stream(
-            model="gemini-2.5-flash", contents=contents, config=config
-        )
+        client.models.generate_content_stream(model=model, contents=contents, config=config)
     )
     parts = [p for c in chunks for p in (c.candidates[0].content.parts or [])]  # type: ignore[index,union-attr]
     last = chunks[-1]
@@ -426,6 +426,37 @@ def test_gemini_tool_loop(gemini: genai.Client, streamed: bool, parallel: bool) 
     second = _gemini_turn(gemini, history, streamed, AUTO)
     quoted = " | ".join(f"g{n}" for n in range(len(expected)))
     assert second.text == f"Tool result: {quoted}"
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["plain", "stream"])
+def test_gemini_3_signs_its_calls_and_wants_the_signature_back(
+    gemini: genai.Client, streamed: bool
+) -> None:
+    model = "gemini-3-flash-preview"
+    ask = [types.Content(role="user", parts=[types.Part(text="weather?")])]
+    first = _gemini_turn(gemini, ask, streamed, PARALLEL, model)
+    parts = first.candidates[0].content.parts  # type: ignore[index,union-attr]
+    assert parts is not None
+    assert [bool(p.thought_signature) for p in parts] == [True, False]  # the first call only
+
+    def history(model_turn: types.Content) -> list[types.Content]:
+        answers = [
+            types.Part.from_function_response(name=p.function_call.name or "", response={"r": "x"})  # type: ignore[union-attr]
+            for p in parts
+        ]
+        return [*ask, model_turn, types.Content(role="user", parts=answers)]
+
+    replayed = _gemini_turn(gemini, history(first.candidates[0].content), streamed, AUTO, model)  # type: ignore[index,arg-type]
+    assert replayed.text == "Tool result: x | x"
+    stripped = types.Content(
+        role="model", parts=[types.Part(function_call=p.function_call) for p in parts]
+    )
+    with pytest.raises(genai_errors.ClientError) as refused:
+        _gemini_turn(gemini, history(stripped), streamed, AUTO, model)
+    assert refused.value.code == 400
+    assert "missing a thought_signature" in str(refused.value)
+    # Gemini 2.5 neither signs nor asks.
+    assert _gemini_turn(gemini, history(stripped), streamed, AUTO).text == "Tool result: x | x"
 
 
 def test_gemini_refuses_a_response_turn_without_its_calls(gemini: genai.Client) -> None:
