@@ -226,7 +226,8 @@ def _script(body: dict[str, Any], gen: Generation) -> tuple[list[ToolCall], str]
     forced = choice.get("name") if isinstance(choice, dict) and kind == "tool" else None
     turn = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
     if kind != "none":
-        calls = plan_calls(script, offered, turn=turn, forced=forced)
+        parallel = not (isinstance(choice, dict) and choice.get("disable_parallel_tool_use"))
+        calls = plan_calls(script, offered, turn=turn, forced=forced, parallel=parallel)
         if calls:
             return calls, ""
     return [], _structured(body, script) or gen.reply

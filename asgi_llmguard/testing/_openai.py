@@ -271,7 +271,8 @@ def _chat_script(
         forced = choice["function"].get("name")
     turn = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
     if choice != "none":
-        calls = plan_calls(script, offered, turn=turn, forced=forced)
+        parallel = body.get("parallel_tool_calls") is not False
+        calls = plan_calls(script, offered, turn=turn, forced=forced, parallel=parallel)
         if calls:
             return calls, ""
     return [], _structured(body, script) or gen.reply
@@ -618,7 +619,8 @@ def _responses_script(body: dict[str, Any], gen: Generation) -> tuple[list[ToolC
     forced = choice.get("name") if isinstance(choice, dict) else None
     turn = len(calls) + sum(1 for i in items if i.get("role") == "assistant")
     if choice != "none":
-        planned = plan_calls(script, offered, turn=turn, forced=forced)
+        parallel = body.get("parallel_tool_calls") is not False
+        planned = plan_calls(script, offered, turn=turn, forced=forced, parallel=parallel)
         if planned:
             return planned, ""
     return [], _structured(body, script) or gen.reply

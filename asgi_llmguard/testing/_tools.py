@@ -70,14 +70,18 @@ def plan_calls(
     *,
     turn: int,
     forced: str | None = None,
+    parallel: bool = True,
 ) -> list[ToolCall]:
     """The calls to make for ``offered`` ``(name, JSON schema)`` tools; ``[]``: answer text.
 
     ``forced`` is the request's own choice of one tool (``tool_choice``), which wins over an
-    ``auto`` knob; the caller has already checked the request allows tool calls at all.
+    ``auto`` knob; ``parallel`` false (the request turned parallel calls off) keeps one call.
+    The caller has already checked the request allows tool calls at all.
     """
     if script.tool_call is None or not offered:
         return []
+    if not parallel:
+        script = Script(script.tool_call, script.tool_arguments, False, script.structured_output)
     schemas = dict(offered)
     wanted = forced if script.tool_call == "auto" and forced else script.tool_call
     if wanted == "auto":

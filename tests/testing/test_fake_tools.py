@@ -200,6 +200,36 @@ def test_chat_named_tool_twice_with_given_arguments(oai: openai.OpenAI) -> None:
     assert calls[0].id != calls[1].id
 
 
+def test_a_request_that_turns_parallel_calls_off_gets_one_call(
+    oai: openai.OpenAI, claude: anthropic.Anthropic
+) -> None:
+    chat = oai.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=ASK,
+        tools=CHAT_TOOLS,
+        parallel_tool_calls=False,
+        extra_headers=PARALLEL,
+    )
+    assert len(chat.choices[0].message.tool_calls or []) == 1
+    responses = oai.responses.create(
+        model="gpt-4o-mini",
+        input="weather?",
+        tools=RESPONSES_TOOLS,
+        parallel_tool_calls=False,
+        extra_headers=PARALLEL,
+    )
+    assert len(responses.output) == 1
+    message = claude.messages.create(
+        model="claude-haiku-4-5",
+        max_tokens=100,
+        messages=CLAUDE_ASK,
+        tools=CLAUDE_TOOLS,
+        tool_choice={"type": "auto", "disable_parallel_tool_use": True},
+        extra_headers=PARALLEL,
+    )
+    assert [b.type for b in message.content] == ["tool_use"]
+
+
 def test_chat_without_the_knob_or_with_tool_choice_none_answers_text(oai: openai.OpenAI) -> None:
     plain = _chat_turn(oai, ASK, False, {})
     assert plain.choices[0].message.content == "Hello from the fake provider."
