@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from asgi_llmguard.testing._tools import Script
+
 _WORD = re.compile(r"\s*\S+")
 
 
@@ -205,6 +207,8 @@ class Generation:
     """Prompt tokens reported written to Anthropic's 5-minute and 1-hour caches."""
     service_tier: str | None = None
     """The tier reported as having served the answer (``None``: the standard tier)."""
+    script: Script = field(default_factory=Script)
+    """The tool-call and structured-output knobs (``_tools``)."""
 
 
 def wants_stream(body: dict[str, Any]) -> bool:

@@ -20,6 +20,8 @@ reasoning knobs give ``cachedContentTokenCount`` (part of the prompt) and
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from typing import Any
 
 import orjson
@@ -32,6 +34,14 @@ from asgi_llmguard.testing._common import (
     complete,
     count_tokens,
     new_id,
+)
+from asgi_llmguard.testing._tools import (
+    Script,
+    ToolCall,
+    plan_calls,
+    quote_results,
+    result_text,
+    structured_reply,
 )
 
 #: HTTP status -> the canonical status name (``google.rpc.Code``) Google puts in ``error.status``
@@ -145,14 +155,165 @@ def response(
     return answer
 
 
-def _plan(model: str, body: dict[str, Any], generation: Generation) -> Completion:
-    return complete(
+def _plan(
+    model: str, body: dict[str, Any], generation: Generation
+) -> tuple[Completion, list[ToolCall]]:
+    calls, reply = _script(model, body, generation)
+    c = complete(
         model,
-        generation.reply,
+        reply,
         chunks=generation.chunks,
         max_tokens=max_output_tokens(body),
         prompt_words=prompt_words(body),
     )
+    if calls:
+        pieces = tuple(piece for call in calls for piece in call.pieces)
+        c = Completion(c.model, pieces, False, c.prompt_tokens)
+    return c, calls
+
+
+def _parts(content: Any, kind: str) -> list[dict[str, Any]]:
+    parts = content.get("parts") if isinstance(content, dict) else None
+    if not isinstance(parts, list):
+        return []
+    snake = "function_call" if kind == "functionCall" else "function_response"
+    found = [p.get(kind, p.get(snake)) for p in parts if isinstance(p, dict)]
+    return [f for f in found if isinstance(f, dict)]
+
+
+def _check_function_turns(contents: list[Any]) -> None:
+    """Gemini's 400s: a function response turn right after a function call turn, with as many
+    response parts as there were calls."""
+    for i, content in enumerate(contents):
+        responses = _parts(content, "functionResponse")
+        calls = _parts(contents[i - 1], "functionCall") if i else []
+        if responses and not calls:
+            raise ApiError(
+                400,
+                "Please ensure that function response turn comes immediately after a function "
+                "call turn.",
+            )
+        if calls and len(responses) != len(calls):
+            raise ApiError(
+                400,
+                "Please ensure that the number of function response parts is equal to the "
+                "number of function call parts of the function call turn.",
+            )
+
+
+def _response_text(response: Any) -> str:
+    """A ``functionResponse.response`` as text: its only string value, else its JSON."""
+    if isinstance(response, dict) and len(response) == 1:
+        (value,) = response.values()
+        if isinstance(value, str):
+            return value
+    return result_text(response)
+
+
+def signs_calls(model: str) -> bool:
+    """Gemini 3 models sign their function calls and require the signatures back."""
+    return model.removeprefix("models/").startswith("gemini-3")
+
+
+def _signature(key: str) -> str:
+    return base64.b64encode(hashlib.sha256(f"signature:{key}".encode()).digest()).decode()
+
+
+def _check_signatures(contents: list[Any]) -> None:
+    """Gemini 3: in the current turn (since the last user text), the first function call of
+    every model step must carry the ``thoughtSignature`` it was answered with."""
+    start = 0
+    for i, content in enumerate(contents):
+        if not isinstance(content, dict) or content.get("role", "user") != "user":
+            continue
+        parts = content.get("parts")
+        if isinstance(parts, list) and any(isinstance(p, dict) and "text" in p for p in parts):
+            start = i
+    for i in range(start, len(contents)):
+        parts = contents[i].get("parts") if isinstance(contents[i], dict) else None
+        calls = [
+            p
+            for p in (parts if isinstance(parts, list) else [])
+            if isinstance(p, dict) and isinstance(field(p, "functionCall", "function_call"), dict)
+        ]
+        if calls and not field(calls[0], "thoughtSignature", "thought_signature"):
+            name = field(calls[0], "functionCall", "function_call").get("name")
+            raise ApiError(
+                400,
+                "Function call is missing a thought_signature in functionCall parts. This is "
+                "required for tools to work correctly, and missing thought_signature may lead "
+                f"to degraded model performance. Additional data, function call `default_api:"
+                f"{name}` , position {i + 1}. Please refer to "
+                "https://ai.google.dev/gemini-api/docs/thought-signatures for more details.",
+            )
+
+
+def _script(model: str, body: dict[str, Any], generation: Generation) -> tuple[list[ToolCall], str]:
+    contents = body.get("contents")
+    contents = [contents] if isinstance(contents, dict) else contents
+    contents = contents if isinstance(contents, list) and contents else [{}]
+    _check_function_turns(contents)
+    if signs_calls(model):
+        _check_signatures(contents)
+    script = generation.script
+    structured = _structured(body, script)
+    responses = _parts(contents[-1], "functionResponse")
+    if responses:
+        quoted = quote_results([_response_text(r.get("response")) for r in responses])
+        return [], structured or (quoted if script.tool_call is not None else generation.reply)
+    offered: list[tuple[str, Any]] = []
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else []:
+        declarations = field(tool, "functionDeclarations", "function_declarations")
+        for declaration in declarations if isinstance(declarations, list) else []:
+            if isinstance(declaration, dict) and isinstance(declaration.get("name"), str):
+                schema = declaration.get("parameters") or field(
+                    declaration, "parametersJsonSchema", "parameters_json_schema"
+                )
+                offered.append((declaration["name"], schema or {}))
+    config = field(body, "toolConfig", "tool_config")
+    calling = (
+        field(config, "functionCallingConfig", "function_calling_config")
+        if isinstance(config, dict)
+        else None
+    )
+    mode = calling.get("mode") if isinstance(calling, dict) else None
+    allowed = (
+        field(calling, "allowedFunctionNames", "allowed_function_names")
+        if isinstance(calling, dict)
+        else None
+    )
+    forced = allowed[0] if mode == "ANY" and isinstance(allowed, list) and allowed else None
+    turn = sum(1 for c in contents if isinstance(c, dict) and c.get("role") == "model")
+    if mode != "NONE":
+        calls = plan_calls(script, offered, turn=turn, forced=forced)
+        if calls:
+            return calls, ""
+    return [], structured or generation.reply
+
+
+def _structured(body: dict[str, Any], script: Script) -> str | None:
+    """With ``structured_output``: JSON for ``generationConfig.responseSchema`` (or
+    ``responseJsonSchema``)."""
+    config = field(body, "generationConfig", "generation_config")
+    if not script.structured_output or not isinstance(config, dict):
+        return None
+    schema = field(config, "responseSchema", "response_schema")
+    if schema is None:
+        schema = field(config, "responseJsonSchema", "response_json_schema")
+    return structured_reply(schema) if isinstance(schema, dict) else None
+
+
+def _with_calls(answer: dict[str, Any], calls: list[ToolCall]) -> dict[str, Any]:
+    """The answer's parts become ``calls``; a Gemini 3 model signs the turn's first call."""
+    parts: list[dict[str, Any]] = []
+    for call in calls:
+        part: dict[str, Any] = {"functionCall": {"name": call.name, "args": call.arguments}}
+        if call.index == 0 and signs_calls(answer["modelVersion"]):
+            part["thoughtSignature"] = _signature(call.key)
+        parts.append(part)
+    answer["candidates"][0]["content"]["parts"] = parts
+    return answer
 
 
 def _usage(c: Completion, generation: Generation, candidates: int) -> dict[str, Any]:
@@ -182,22 +343,32 @@ _RESPONSE_ID = "fake-response"
 
 
 def generate(model: str, body: dict[str, Any], generation: Generation) -> dict[str, Any]:
-    c = _plan(model, body, generation)
+    c, calls = _plan(model, body, generation)
     finish = "MAX_TOKENS" if c.capped else "STOP"
     answer = _piece(c, generation, c.text, c.completion_tokens, finish)
     answer["responseId"] = new_id("")
-    return answer
+    return _with_calls(answer, calls) if calls else answer
 
 
 def stream(model: str, body: dict[str, Any], generation: Generation, sse: bool) -> StreamPlan:
-    """One piece per reply chunk; the last carries the finish reason and the final usage."""
-    c = _plan(model, body, generation)
+    """One piece per reply chunk; the last carries the finish reason and the final usage.
+    Function calls come whole, one piece per call (Gemini does not split their ``args``)."""
+    c, calls = _plan(model, body, generation)
     finish = "MAX_TOKENS" if c.capped else "STOP"
-    pieces = list(c.pieces) or [""]
-    objects = [
-        _piece(c, generation, text, i, finish if i == len(pieces) else None)
-        for i, text in enumerate(pieces, start=1)
-    ]
+    if calls:
+        so_far = 0
+        objects = []
+        for call in calls:
+            so_far += len(call.pieces)
+            last = call.index == len(calls) - 1
+            piece = _piece(c, generation, "", so_far, finish if last else None)
+            objects.append(_with_calls(piece, [call]))
+    else:
+        pieces = list(c.pieces) or [""]
+        objects = [
+            _piece(c, generation, text, i, finish if i == len(pieces) else None)
+            for i, text in enumerate(pieces, start=1)
+        ]
     if sse:
         events = [b"data: " + orjson.dumps(o) + b"\r\n\r\n" for o in objects]
         return StreamPlan([], events[:-1], events[-1:])

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from asgi_llmguard.testing._common import ApiError
+from asgi_llmguard.testing._tools import check_arguments
 
 DEFAULT_REPLY = "Hello from the fake provider."
 
@@ -33,6 +34,14 @@ class Knobs:
     cache_write_1h: int = 0
     #: The service tier the answers report; ``None``: the standard tier's name.
     service_tier: str | None = None
+    #: Tool calls: ``None`` (never), ``auto`` (the first offered tool) or a tool's name.
+    tool_call: str | None = None
+    #: The calls' arguments, a JSON object; ``None``: built from the tool's schema.
+    tool_arguments: str | None = None
+    #: Two tool calls in one turn.
+    parallel_tool_calls: bool = False
+    #: Answer the request's response schema with JSON built from it.
+    structured_output: bool = False
 
 
 def seconds(name: str, value: object) -> float:
@@ -87,6 +96,17 @@ def validate(knobs: Knobs) -> Knobs:
         not isinstance(tier, str) or not tier or not tier.isascii() or not tier.isprintable()
     ):
         raise ValueError("service_tier must be a non-empty ASCII string")
+    if knobs.tool_call is not None and (
+        not isinstance(knobs.tool_call, str) or not knobs.tool_call
+    ):
+        raise ValueError("tool_call must be 'auto' or a tool name")
+    if knobs.tool_arguments is not None:
+        if not isinstance(knobs.tool_arguments, str):
+            raise ValueError("tool_arguments must be a JSON object")
+        check_arguments(knobs.tool_arguments)
+    for name in ("parallel_tool_calls", "structured_output"):
+        if not isinstance(getattr(knobs, name), bool):
+            raise ValueError(f"{name} must be a boolean")
     return knobs
 
 
@@ -107,6 +127,13 @@ HEADER_KNOBS: dict[str, tuple[str, Callable[[str], object]]] = {
     "x-fake-cache-write-5m": ("cache_write_5m", int),
     "x-fake-cache-write-1h": ("cache_write_1h", int),
     "x-fake-service-tier": ("service_tier", str),
+    "x-fake-tool-call": ("tool_call", str),
+    "x-fake-tool-arguments": (
+        "tool_arguments",
+        lambda text: text.encode("latin-1").decode("utf-8"),
+    ),
+    "x-fake-parallel-tool-calls": ("parallel_tool_calls", lambda text: text.lower() == "true"),
+    "x-fake-structured-output": ("structured_output", lambda text: text.lower() == "true"),
 }
 LINE_ENDINGS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
 OPTIONAL_KNOBS = {
@@ -116,6 +143,8 @@ OPTIONAL_KNOBS = {
     "truncate_after_chunks",
     "chunks",
     "service_tier",
+    "tool_call",
+    "tool_arguments",
 }
 
 

@@ -8,6 +8,7 @@ import base64
 import hashlib
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 from asgi_llmguard.testing._common import (
@@ -25,6 +26,14 @@ from asgi_llmguard.testing._common import (
     wants_stream,
     words_in_content,
     words_in_messages,
+)
+from asgi_llmguard.testing._tools import (
+    Script,
+    ToolCall,
+    plan_calls,
+    quote_results,
+    result_text,
+    structured_reply,
 )
 
 MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1-mini", "text-embedding-3-small")
@@ -109,14 +118,48 @@ def chat(body: dict[str, Any], gen: Generation) -> dict[str, Any] | StreamPlan:
         raise ApiError(400, "messages must be a non-empty array", param="messages")
     limit = optional_limit(body, "max_tokens", "max_completion_tokens")
     stream = wants_stream(body)
+    calls, reply = _chat_script(body, messages, gen)
     c = complete(
         model,
-        gen.reply,
+        reply,
         chunks=gen.chunks,
         max_tokens=limit,
         prompt_words=words_in_messages(messages),
     )
+    if calls:
+        c = Completion(c.model, _all_pieces(calls), False, c.prompt_tokens)
     ident, created = new_id("chatcmpl-"), int(time.time())
+    if calls and not stream:
+        return {
+            "id": ident,
+            "object": "chat.completion",
+            "created": created,
+            "model": c.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": None,
+                        "refusal": None,
+                        "annotations": [],
+                        "tool_calls": [
+                            {
+                                "id": f"call_{call.key}",
+                                "type": "function",
+                                "function": {"name": call.name, "arguments": call.arguments_json},
+                            }
+                            for call in calls
+                        ],
+                    },
+                    "logprobs": None,
+                    "finish_reason": "tool_calls",
+                }
+            ],
+            "usage": _chat_usage(c, gen),
+            "service_tier": gen.service_tier or "default",
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
     if not stream:
         return {
             "id": ident,
@@ -160,18 +203,146 @@ def chat(body: dict[str, Any], gen: Generation) -> dict[str, Any] | StreamPlan:
     def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
         return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
 
+    finish = "tool_calls" if calls else _finish(c)
     if include_usage and gen.usage_in_last_chunk:
-        tail = [chunk(choice({}, _finish(c)), _chat_usage(c, gen))]
+        tail = [chunk(choice({}, finish), _chat_usage(c, gen))]
     else:
-        tail = [chunk(choice({}, _finish(c)))]
+        tail = [chunk(choice({}, finish))]
         if include_usage:
             tail.append(chunk([], _chat_usage(c, gen)))
     tail.append(DONE)
+    if calls:
+        # Each call opens with its id and name (arguments ""), then its arguments in pieces.
+        content: list[bytes] = []
+        for call in calls:
+            opening = {
+                "index": call.index,
+                "id": f"call_{call.key}",
+                "type": "function",
+                "function": {"name": call.name, "arguments": ""},
+            }
+            for n, piece in enumerate(call.pieces):
+                delta = {"tool_calls": [{"index": call.index, "function": {"arguments": piece}}]}
+                event = chunk(choice(delta))
+                content.append(
+                    chunk(choice({"tool_calls": [opening]})) + event if n == 0 else event
+                )
+        return StreamPlan(
+            head=[chunk(choice({"role": "assistant", "content": None, "refusal": None}))],
+            content=content,
+            tail=tail,
+        )
     return StreamPlan(
         head=[chunk(choice({"role": "assistant", "content": "", "refusal": None}))],
         content=[chunk(choice({"content": piece})) for piece in c.pieces],
         tail=tail,
     )
+
+
+def _all_pieces(calls: list[ToolCall]) -> tuple[str, ...]:
+    return tuple(piece for call in calls for piece in call.pieces)
+
+
+def _chat_script(
+    body: dict[str, Any], messages: list[Any], gen: Generation
+) -> tuple[list[ToolCall], str]:
+    """Check the conversation's tool calls and results as OpenAI does, then pick the turn: tool
+    calls, a quote of the tool results, a structured answer or the reply."""
+    _check_chat_tool_messages(messages)
+    script = gen.script
+    last = messages[-1] if isinstance(messages[-1], dict) else {}
+    if last.get("role") == "tool":
+        results: list[str] = []
+        for message in reversed(messages):
+            if not isinstance(message, dict) or message.get("role") != "tool":
+                break
+            results.insert(0, result_text(message.get("content")))
+        reply = quote_results(results) if script.tool_call is not None else gen.reply
+        return [], _structured(body, script) or reply
+    offered: list[tuple[str, Any]] = []
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else []:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            offered.append((function["name"], function.get("parameters") or {}))
+    choice = body.get("tool_choice")
+    forced = None
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        forced = choice["function"].get("name")
+    turn = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
+    if choice != "none":
+        parallel = body.get("parallel_tool_calls") is not False
+        calls = plan_calls(script, offered, turn=turn, forced=forced, parallel=parallel)
+        if calls:
+            return calls, ""
+    return [], _structured(body, script) or gen.reply
+
+
+def _structured(body: dict[str, Any], script: Script) -> str | None:
+    """With ``structured_output``: the JSON answer to ``response_format`` (chat) or
+    ``text.format`` (Responses) of type ``json_schema``."""
+    if not script.structured_output:
+        return None
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and isinstance(fmt.get("json_schema"), dict):
+        schema = fmt["json_schema"].get("schema")
+    else:
+        text = body.get("text")
+        fmt = text.get("format") if isinstance(text, dict) else None
+        schema = fmt.get("schema") if isinstance(fmt, dict) else None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        return None
+    return structured_reply(schema)
+
+
+def _check_chat_tool_messages(messages: list[Any]) -> None:
+    """OpenAI's 400s: a ``tool`` message must answer a call of the assistant message before the
+    run of ``tool`` messages, and every call must be answered before the next other message."""
+    pending: list[str] = []
+    called: set[str] = set()
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            continue
+        role = message.get("role")
+        if role == "tool":
+            ident = message.get("tool_call_id")
+            if not called:
+                raise ApiError(
+                    400,
+                    "Invalid parameter: messages with role 'tool' must be a response to a "
+                    "preceeding message with 'tool_calls'.",
+                    param=f"messages.[{i}].role",
+                )
+            if ident not in called:
+                raise ApiError(
+                    400,
+                    f"Invalid parameter: 'tool_call_id' of '{ident}' not found in 'tool_calls' "
+                    "of previous message.",
+                    param=f"messages.[{i}].tool_call_id",
+                )
+            if ident in pending:
+                pending.remove(ident)
+            continue
+        if pending:
+            raise ApiError(
+                400,
+                "An assistant message with 'tool_calls' must be followed by tool messages "
+                "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+                f"response messages: {', '.join(pending)}",
+                param=f"messages.[{i}].role",
+            )
+        calls = message.get("tool_calls") if role == "assistant" else None
+        ids = [c.get("id") for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
+        pending = [str(ident) for ident in ids]
+        called = set(pending)
+    if pending:
+        raise ApiError(
+            400,
+            "An assistant message with 'tool_calls' must be followed by tool messages responding "
+            f"to each 'tool_call_id'. The following tool_call_ids did not have response "
+            f"messages: {', '.join(pending)}",
+            param=f"messages.[{len(messages)}].role",
+        )
 
 
 # -- legacy completions ---------------------------------------------------------------------------
@@ -258,7 +429,10 @@ def responses(body: dict[str, Any], gen: Generation) -> dict[str, Any] | StreamP
     words = _input_words(body.get("input")) + count_tokens(instructions or "")
     limit = optional_limit(body, "max_output_tokens")
     stream = wants_stream(body)
-    c = complete(model, gen.reply, chunks=gen.chunks, max_tokens=limit, prompt_words=words)
+    calls, reply = _responses_script(body, gen)
+    c = complete(model, reply, chunks=gen.chunks, max_tokens=limit, prompt_words=words)
+    if calls:
+        c = Completion(c.model, _all_pieces(calls), False, c.prompt_tokens)
     resp_id, item_id, created = new_id("resp_"), new_id("msg_"), int(time.time())
     final_status = "incomplete" if c.capped else "completed"
     metadata = body.get("metadata")
@@ -319,11 +493,6 @@ def responses(body: dict[str, Any], gen: Generation) -> dict[str, Any] | StreamP
             "content": content,
         }
 
-    final_item = message(final_status, [part(c.text)])
-    final = response(final_status, [final_item], done=True)
-    if not stream:
-        return final
-
     sequence = 0
 
     def event(kind: str, **fields: Any) -> bytes:
@@ -331,6 +500,13 @@ def responses(body: dict[str, Any], gen: Generation) -> dict[str, Any] | StreamP
         data = {"type": kind, "sequence_number": sequence, **fields}
         sequence += 1
         return sse_event(kind, data)
+
+    if calls:
+        return _function_calls(calls, response, event, stream)
+    final_item = message(final_status, [part(c.text)])
+    final = response(final_status, [final_item], done=True)
+    if not stream:
+        return final
 
     where = {"item_id": item_id, "output_index": 0, "content_index": 0}
     head = [
@@ -349,6 +525,105 @@ def responses(body: dict[str, Any], gen: Generation) -> dict[str, Any] | StreamP
         event(f"response.{final_status}", response=final),
     ]
     return StreamPlan(head=head, content=content, tail=tail)
+
+
+def _function_calls(
+    calls: list[ToolCall],
+    response: Callable[[str, list[dict[str, Any]], bool], dict[str, Any]],
+    event: Callable[..., bytes],
+    stream: bool,
+) -> dict[str, Any] | StreamPlan:
+    """A Responses turn of ``function_call`` output items; streamed, each item is added, its
+    arguments sent as ``response.function_call_arguments.delta`` pieces, then done."""
+
+    def item(call: ToolCall, status: str, arguments: str) -> dict[str, Any]:
+        return {
+            "id": f"fc_{call.key}",
+            "type": "function_call",
+            "status": status,
+            "arguments": arguments,
+            "call_id": f"call_{call.key}",
+            "name": call.name,
+        }
+
+    done = [item(call, "completed", call.arguments_json) for call in calls]
+    final = response("completed", done, True)
+    if not stream:
+        return final
+    head = [
+        event("response.created", response=response("in_progress", [], False)),
+        event("response.in_progress", response=response("in_progress", [], False)),
+    ]
+    content: list[bytes] = []
+    tail: list[bytes] = []
+    for call in calls:
+        where = {"item_id": f"fc_{call.key}", "output_index": call.index}
+        closing = [
+            event(
+                "response.function_call_arguments.done",
+                **where,
+                name=call.name,
+                arguments=call.arguments_json,
+            ),
+            event("response.output_item.done", output_index=call.index, item=done[call.index]),
+        ]
+        opening = event(
+            "response.output_item.added",
+            output_index=call.index,
+            item=item(call, "in_progress", ""),
+        )
+        for n, piece in enumerate(call.pieces):
+            delta = event("response.function_call_arguments.delta", **where, delta=piece)
+            content.append(opening + delta if n == 0 else delta)
+        if call.index < len(calls) - 1:
+            content[-1] += b"".join(closing)
+        else:
+            tail = closing
+    tail.append(event("response.completed", response=final))
+    return StreamPlan(head=head, content=content, tail=tail)
+
+
+def _responses_script(body: dict[str, Any], gen: Generation) -> tuple[list[ToolCall], str]:
+    """Check the input's function calls and outputs as OpenAI does, then pick the turn."""
+    items = body.get("input")
+    items = [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+    calls = [i.get("call_id") for i in items if i.get("type") == "function_call"]
+    outputs = [i.get("call_id") for i in items if i.get("type") == "function_call_output"]
+    if body.get("previous_response_id") is None:
+        for ident in outputs:
+            if ident not in calls:
+                raise ApiError(
+                    400,
+                    f"No tool call found for function call output with call_id {ident}.",
+                    param="input",
+                )
+    for ident in calls:
+        if ident not in outputs:
+            raise ApiError(400, f"No tool output found for function call {ident}.", param="input")
+    script = gen.script
+    if items and items[-1].get("type") == "function_call_output":
+        results: list[str] = []
+        for entry in reversed(items):
+            if entry.get("type") != "function_call_output":
+                break
+            results.insert(0, result_text(entry.get("output")))
+        reply = quote_results(results) if script.tool_call is not None else gen.reply
+        return [], _structured(body, script) or reply
+    tools = body.get("tools")
+    offered = [
+        (tool["name"], tool.get("parameters") or {})
+        for tool in (tools if isinstance(tools, list) else [])
+        if isinstance(tool, dict) and tool.get("type") == "function" and "name" in tool
+    ]
+    choice = body.get("tool_choice")
+    forced = choice.get("name") if isinstance(choice, dict) else None
+    turn = len(calls) + sum(1 for i in items if i.get("role") == "assistant")
+    if choice != "none":
+        parallel = body.get("parallel_tool_calls") is not False
+        planned = plan_calls(script, offered, turn=turn, forced=forced, parallel=parallel)
+        if planned:
+            return planned, ""
+    return [], _structured(body, script) or gen.reply
 
 
 # -- embeddings -----------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from asgi_llmguard.testing._common import (
     Generation,
 )
 from asgi_llmguard.testing._knobs import Knobs
+from asgi_llmguard.testing._tools import Script
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -121,6 +122,9 @@ class Session:
             cached_tokens=k.cached_tokens,
             reasoning_tokens=k.reasoning_tokens,
             service_tier=k.service_tier,
+            script=Script(
+                k.tool_call, k.tool_arguments, k.parallel_tool_calls, k.structured_output
+            ),
         )
 
 

@@ -86,7 +86,9 @@ chunk with choices instead of a usage-only chunk), ``x-fake-cache-write-5m`` /
 the answer reports as having served it, whatever the request asked for: OpenAI's top-level
 ``service_tier`` on chat completions and Responses, in the JSON answer, on every chat chunk and on
 the ``response`` object of every Responses event; Anthropic's ``usage.service_tier`` in the
-message and in ``message_start``; by default ``default`` and ``standard``). The value ``none``
+message and in ``message_start``; by default ``default`` and ``standard``), and the tool-loop
+knobs ``x-fake-tool-call``, ``x-fake-tool-arguments``, ``x-fake-parallel-tool-calls`` and
+``x-fake-structured-output`` (the script is in ``_tools``). The value ``none``
 clears an optional knob and ``x-fake-status: 200`` turns a default error status off. A bad value
 or an unknown ``x-fake-*`` header answers 400.
 ``chunk_delay``, ``reset_after_chunks`` and ``truncate_after_chunks`` only affect streams.
@@ -135,6 +137,7 @@ from asgi_llmguard.testing._knobs import (
 )
 from asgi_llmguard.testing._observed import Observed
 from asgi_llmguard.testing._realtime import realtime_model, serve_realtime
+from asgi_llmguard.testing._tools import Script
 from asgi_llmguard.testing._websocket import (
     Session,
     SocketDropped,
@@ -199,6 +202,14 @@ class FakeProvider(Observed):
             top-level ``service_tier`` (default ``"default"``), Anthropic's
             ``usage.service_tier`` (default ``"standard"``). The request's ``service_tier``
             does not change it, as a provider may serve another tier than the one asked for.
+        tool_call: Call a tool when the request offers tools and its last turn is not a tool
+            result: ``"auto"`` (the first offered tool) or a tool's name; once tool results
+            arrive, answer ``Tool result: <result>``. See ``_tools`` for the whole script.
+        tool_arguments: The calls' arguments, a JSON object (default: built from the tool's
+            schema).
+        parallel_tool_calls: Make two calls in one turn.
+        structured_output: Answer a request's response schema (``response_format``,
+            ``text.format``, ``output_format``, ``responseSchema``) with JSON built from it.
         max_requests_kept: How many requests :attr:`requests` remembers (oldest dropped first).
 
     The knobs can be changed later with :meth:`configure`, or per request with ``x-fake-*``
@@ -229,6 +240,10 @@ class FakeProvider(Observed):
         cache_write_5m: int = 0,
         cache_write_1h: int = 0,
         service_tier: str | None = None,
+        tool_call: str | None = None,
+        tool_arguments: str | None = None,
+        parallel_tool_calls: bool = False,
+        structured_output: bool = False,
     ) -> None:
         self.api_key = api_key
         self._defaults = validate(
@@ -244,6 +259,10 @@ class FakeProvider(Observed):
                 cache_write_5m=cache_write_5m,
                 cache_write_1h=cache_write_1h,
                 service_tier=service_tier,
+                tool_call=tool_call,
+                tool_arguments=tool_arguments,
+                parallel_tool_calls=parallel_tool_calls,
+                structured_output=structured_output,
             )
         )
         self._requests: collections.deque[ReceivedRequest] = collections.deque(
@@ -260,7 +279,8 @@ class FakeProvider(Observed):
 
         Takes the constructor's knob names (``reply``, ``latency``, ``chunk_delay``, ``status``,
         ``retry_after``, ``reset_after_chunks``, ``truncate_after_chunks``, ``chunks``,
-        ``cache_write_5m``, ``cache_write_1h``, ``service_tier``);
+        ``cache_write_5m``, ``cache_write_1h``, ``service_tier``, ``tool_call``,
+        ``tool_arguments``, ``parallel_tool_calls``, ``structured_output``);
         requests already in progress keep the knobs they started with.
         """
         unknown = set(knobs) - {f.name for f in dataclasses.fields(Knobs)}
@@ -570,6 +590,12 @@ class FakeProvider(Observed):
             cache_write_5m=knobs.cache_write_5m,
             cache_write_1h=knobs.cache_write_1h,
             service_tier=knobs.service_tier,
+            script=Script(
+                knobs.tool_call,
+                knobs.tool_arguments,
+                knobs.parallel_tool_calls,
+                knobs.structured_output,
+            ),
         )
         if route.api == "gemini":
             return FakeProvider._gemini(route, body, generation)
