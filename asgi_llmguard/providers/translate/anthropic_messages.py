@@ -140,8 +140,8 @@ def _blocks_in(content: Any, role: str, unsupported: list[str]) -> tuple[Part, .
                 )
             )
         elif kind == "tool_result":
-            result = block.get("content", ())
-            inner = _blocks_in(result, role, unsupported) if result else ()
+            result = block.get("content")
+            inner = () if result is None else _blocks_in(result, role, unsupported)
             items = []
             for part in inner:
                 if isinstance(part, Text | Image):
@@ -157,7 +157,7 @@ def _blocks_in(content: Any, role: str, unsupported: list[str]) -> tuple[Part, .
             )
         elif kind == "thinking":
             parts.append(
-                Thinking(as_str(block.get("thinking"), "thinking"), block.get("signature"))
+                Thinking(as_str(block.get("thinking"), "thinking"), block.get("signature") or None)
             )
         elif kind == "redacted_thinking":
             parts.append(RedactedThinking(as_str(block.get("data"), "redacted_thinking.data")))
@@ -551,7 +551,7 @@ def read_answer(body: bytes | dict[str, Any], *, structured_tool: str | None = N
             else:
                 parts.append(ToolCall(block["id"], block["name"], arguments))
         elif kind == "thinking":
-            parts.append(Thinking(block.get("thinking") or "", block.get("signature")))
+            parts.append(Thinking(block.get("thinking") or "", block.get("signature") or None))
         elif kind == "redacted_thinking":
             parts.append(RedactedThinking(block.get("data") or ""))
         else:

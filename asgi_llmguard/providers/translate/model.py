@@ -245,3 +245,100 @@ class _Refusals:
             raise Untranslatable(field, reason)
         if field not in self.dropped:
             self.dropped.append(field)
+
+
+def answer_deltas(answer: Answer) -> list[Delta]:
+    """The stream events that carry ``answer``: for serving a whole answer as a stream."""
+    out: list[Delta] = [MessageStart(answer.id, answer.model)]
+    for index, part in enumerate(answer.parts):
+        if isinstance(part, Text | Refusal):
+            out.append(TextDelta(index, part.text))
+        elif isinstance(part, ToolCall):
+            out.append(ToolCallStart(index, part.id, part.name))
+            if part.arguments:
+                out.append(ToolArgumentsDelta(index, part.arguments))
+        elif isinstance(part, Thinking):
+            out.append(ThinkingDelta(index, part.text))
+            if part.signature:
+                out.append(SignatureDelta(index, part.signature))
+        elif isinstance(part, RedactedThinking):
+            out.append(RedactedThinkingPart(index, part.data))
+        else:
+            raise Untranslatable(f"content.{type(part).__name__}", "not an answer part")
+        out.append(PartStop(index))
+    if answer.finish_reason is not None:
+        out.append(Finish(answer.finish_reason, answer.stop_sequence))
+    if answer.usage is not None:
+        out.append(UsageDelta(answer.usage))
+    out.append(MessageStop())
+    return out
+
+
+class AnswerCollector:
+    """Stream events gathered into one :class:`Answer`: for serving a stream as a whole answer.
+
+    Holds the answer being built, so its memory grows with the answer (unlike the decoders).
+    """
+
+    __slots__ = ("_args", "_finish", "_id", "_kinds", "_model", "_parts", "_usage", "error")
+
+    def __init__(self) -> None:
+        self._id = ""
+        self._model = ""
+        self._parts: dict[int, list[str]] = {}
+        self._kinds: dict[int, tuple[str, str, str]] = {}
+        self._args: dict[int, list[str]] = {}
+        self._finish: Finish | None = None
+        self._usage: TokenUsage | None = None
+        #: The error event that ended the stream, if one did.
+        self.error: StreamError | None = None
+
+    def add(self, delta: Delta) -> None:
+        if isinstance(delta, TextDelta):
+            self._kinds.setdefault(delta.index, ("text", "", ""))
+            self._parts.setdefault(delta.index, []).append(delta.text)
+        elif isinstance(delta, ThinkingDelta):
+            self._kinds.setdefault(delta.index, ("thinking", "", ""))
+            self._parts.setdefault(delta.index, []).append(delta.text)
+        elif isinstance(delta, SignatureDelta):
+            self._kinds.setdefault(delta.index, ("thinking", "", ""))
+            self._parts.setdefault(delta.index, [])
+            self._args.setdefault(delta.index, []).append(delta.signature)
+        elif isinstance(delta, ToolCallStart):
+            self._kinds[delta.index] = ("tool", delta.id, delta.name)
+            self._args[delta.index] = []
+        elif isinstance(delta, ToolArgumentsDelta):
+            self._args.setdefault(delta.index, []).append(delta.json)
+        elif isinstance(delta, RedactedThinkingPart):
+            self._kinds[delta.index] = ("redacted", delta.data, "")
+        elif isinstance(delta, MessageStart):
+            self._id, self._model = delta.id, delta.model
+        elif isinstance(delta, Finish):
+            self._finish = delta
+        elif isinstance(delta, UsageDelta):
+            self._usage = delta.usage
+        elif isinstance(delta, StreamError):
+            self.error = delta
+
+    def answer(self) -> Answer:
+        parts: list[Part] = []
+        for index in sorted(self._kinds):
+            kind, a, b = self._kinds[index]
+            if kind == "text":
+                parts.append(Text("".join(self._parts.get(index, ()))))
+            elif kind == "thinking":
+                signature = "".join(self._args.get(index, ())) or None
+                parts.append(Thinking("".join(self._parts.get(index, ())), signature))
+            elif kind == "tool":
+                parts.append(ToolCall(a, b, "".join(self._args.get(index, ()))))
+            else:
+                parts.append(RedactedThinking(a))
+        finish = self._finish
+        return Answer(
+            id=self._id,
+            model=self._model,
+            parts=tuple(parts),
+            finish_reason=None if finish is None else finish.reason,
+            stop_sequence=None if finish is None else finish.stop_sequence,
+            usage=self._usage,
+        )
