@@ -15,7 +15,10 @@ from asgi_llmguard.providers.translate.effort import effort_for_budget
 from asgi_llmguard.providers.translate.model import (
     Answer,
     AnswerCollector,
+    MessageStart,
+    PartStop,
     StreamError,
+    TextDelta,
     Thinking,
     ToolChoice,
     Turn,
@@ -156,11 +159,9 @@ def test_a_messages_answer_written_as_chat_keeps_the_answer(answer):
 
 def _retained(decoder_type, encoder, events: int) -> tuple[int, int]:
     """Bytes the decoder holds after ``events`` text events, and the most it held unfinished."""
-    deltas = answer_deltas(Answer(id="m", model="x", parts=(), finish_reason="stop", usage=None))
-    text = [type(deltas[0])("m", "x")]
-    from asgi_llmguard.providers.translate.model import PartStop, TextDelta
-
-    body = encoder.encode_many(text + [TextDelta(0, "tok")] * events + [PartStop(0)])
+    body = encoder.encode_many(
+        [MessageStart("m", "x"), *[TextDelta(0, "tok")] * events, PartStop(0)]
+    )
     tracemalloc.start()
     decoder = decoder_type()
     before = tracemalloc.get_traced_memory()[0]
