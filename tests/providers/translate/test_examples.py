@@ -343,11 +343,50 @@ def test_errors_mid_stream_reach_the_client_in_its_dialect():
     ]
 
 
-def test_a_stream_cut_short_ends_with_an_error():
-    decoder = oa.StreamDecoder()
-    decoder.feed(b'data: {"id":"c","model":"m","choices":[{"delta":{"content":"hi"}}]}\n\n')
-    tail = decoder.close()
+@pytest.mark.parametrize(
+    ("decoder", "start"),
+    [
+        (
+            oa.StreamDecoder,
+            b'data: {"id":"c","model":"m","choices":[{"delta":{"content":"hi"}}]}\n\n',
+        ),
+        (
+            an.StreamDecoder,
+            ANTHROPIC_TOOL_STREAM[: ANTHROPIC_TOOL_STREAM.index(b"event: message_delta")],
+        ),
+    ],
+)
+def test_a_stream_cut_short_ends_with_an_error(decoder, start):
+    instance = decoder()
+    instance.feed(start)
+    tail = instance.close()
     assert isinstance(tail[-1], StreamError)
+
+
+def test_thinking_on_a_tool_loop_without_signed_thinking_is_refused():
+    # Messages rejects such a request (the last assistant turn must start with its thinking).
+    request = {
+        "model": "m",
+        "reasoning_effort": "medium",
+        "messages": [
+            {"role": "user", "content": "ls"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c", "content": "ok"},
+        ],
+    }
+    turn = oa.read_request(enc(request))
+    with pytest.raises(Untranslatable) as error:
+        an.write_request(turn)
+    assert error.value.field == "reasoning_effort"
+    body, dropped = an.write_request(turn, drop={"reasoning_effort"})
+    assert "thinking" not in body
+    assert dropped == ["reasoning_effort"]
 
 
 def test_usage_deltas_are_running_totals():
