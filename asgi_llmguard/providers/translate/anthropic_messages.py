@@ -11,13 +11,14 @@ from typing import Any
 
 import msgspec
 
-from asgi_llmguard.providers.sse import EventSplitter, event_fields
+from asgi_llmguard.providers.sse import EventSplitter
 from asgi_llmguard.providers.translate._common import (
     as_dict,
     as_int,
     as_list,
     as_str,
     data_uri,
+    sse_fields,
 )
 from asgi_llmguard.providers.translate._common import (
     number as _number,
@@ -716,7 +717,7 @@ class StreamDecoder:
         return out
 
     def _event(self, event: bytes, out: list[Delta]) -> None:
-        name, data = event_fields(event)
+        name, data = sse_fields(event)
         if not data:
             return
         try:

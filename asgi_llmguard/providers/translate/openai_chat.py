@@ -11,13 +11,14 @@ from typing import Any
 
 import msgspec
 
-from asgi_llmguard.providers.sse import EventSplitter, event_fields
+from asgi_llmguard.providers.sse import EventSplitter
 from asgi_llmguard.providers.translate._common import (
     as_dict,
     as_int,
     as_list,
     as_str,
     data_uri,
+    sse_fields,
 )
 from asgi_llmguard.providers.translate._common import (
     number as _number,
@@ -615,7 +616,7 @@ class StreamDecoder:
         return self._open
 
     def _event(self, event: bytes, out: list[Delta]) -> None:
-        _, data = event_fields(event)
+        _, data = sse_fields(event)
         if not data:
             return
         if data == b"[DONE]":

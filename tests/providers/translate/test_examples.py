@@ -411,3 +411,12 @@ def test_images_map_between_url_and_data_uri_and_source_blocks():
     back, _ = oa.write_request(an.read_request(enc(body)))
     assert back["messages"] == request["messages"]
     assert an.read_request(enc(body)).messages[0].parts[2] == Text("compare")
+
+
+def test_events_in_other_sse_spellings_decode_the_same():
+    # CRLF line ends, no space after the colon, data split over lines: all valid SSE.
+    plain = an.StreamDecoder().feed(ANTHROPIC_TOOL_STREAM)
+    crlf = ANTHROPIC_TOOL_STREAM.replace(b"\n", b"\r\n").replace(b"data: ", b"data:")
+    assert an.StreamDecoder().feed(crlf) == plain
+    split = b'data: {"id":"c","model":"m",\ndata: "choices":[{"delta":{"content":"hi"}}]}\n\n'
+    assert oa.StreamDecoder().feed(split)[-1] == TextDelta(0, "hi")
