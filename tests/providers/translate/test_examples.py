@@ -418,5 +418,6 @@ def test_events_in_other_sse_spellings_decode_the_same():
     plain = an.StreamDecoder().feed(ANTHROPIC_TOOL_STREAM)
     crlf = ANTHROPIC_TOOL_STREAM.replace(b"\n", b"\r\n").replace(b"data: ", b"data:")
     assert an.StreamDecoder().feed(crlf) == plain
+    assert an.StreamDecoder().feed(ANTHROPIC_TOOL_STREAM.replace(b"\n", b"\r\n")) == plain
     split = b'data: {"id":"c","model":"m",\ndata: "choices":[{"delta":{"content":"hi"}}]}\n\n'
     assert oa.StreamDecoder().feed(split)[-1] == TextDelta(0, "hi")
