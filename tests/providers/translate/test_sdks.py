@@ -157,3 +157,30 @@ def test_an_openai_client_reads_a_messages_upstream_answer():
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage.prompt_tokens == 15
     assert completion.usage.prompt_tokens_details.cached_tokens == 10
+
+
+def test_an_anthropic_client_sees_vllm_reasoning_as_thinking():
+    chunks = [
+        {"id": "c", "model": "qwen", "choices": [{"index": 0, "delta": {"role": "assistant", "reasoning_content": "Two and "}}]},
+        {"id": "c", "model": "qwen", "choices": [{"index": 0, "delta": {"reasoning_content": "two."}}]},
+        {"id": "c", "model": "qwen", "choices": [{"index": 0, "delta": {"content": "4"}}]},
+        {"id": "c", "model": "qwen", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {"id": "c", "model": "qwen", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 6, "completion_tokens_details": {"reasoning_tokens": 4}}},
+    ]  # fmt: skip
+    upstream_stream = b"".join(b"data: " + msgspec.json.encode(c) + b"\n\n" for c in chunks)
+    upstream_stream += b"data: [DONE]\n\n"
+
+    def upstream(request: httpx2.Request) -> httpx2.Response:
+        decoder, encoder = oa.StreamDecoder(), an.StreamEncoder()
+        body = encoder.encode_many(decoder.feed(upstream_stream) + decoder.close())
+        return httpx2.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    with _client("anthropic", upstream).messages.stream(
+        model="qwen", max_tokens=100, messages=[{"role": "user", "content": "2+2?"}]
+    ) as stream:
+        message = stream.get_final_message()
+    assert [b.type for b in message.content] == ["thinking", "text"]
+    assert message.content[0].thinking == "Two and two."
+    assert message.content[1].text == "4"
+    assert message.stop_reason == "end_turn"
+    assert message.usage.output_tokens == 6
