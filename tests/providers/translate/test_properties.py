@@ -6,6 +6,7 @@ from __future__ import annotations
 import tracemalloc
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,13 +16,16 @@ from asgi_llmguard.providers.translate.effort import effort_for_budget
 from asgi_llmguard.providers.translate.model import (
     Answer,
     AnswerCollector,
+    Message,
     MessageStart,
     PartStop,
     StreamError,
     TextDelta,
     Thinking,
     ToolChoice,
+    ToolResult,
     Turn,
+    Untranslatable,
     answer_deltas,
 )
 from tests.providers.translate.strategies import answers, turns
@@ -185,3 +189,50 @@ def test_decoders_hold_no_more_than_the_unfinished_event():
         assert most_large < 997
         # 50x the events, the same memory (allowing allocator noise)
         assert large < small + 4096, (decoder_type, small, large)
+
+
+@st.composite
+def _messages_only(draw: st.DrawFn) -> tuple[Turn, set[str]]:
+    """A Messages request with what Chat Completions cannot carry (signed thinking, tool results
+    marked as errors), and the fields that names."""
+    turn = draw(turns())
+    present: set[str] = set()
+    messages = []
+    for message in turn.messages:
+        parts = list(message.parts)
+        if message.role == "assistant" and draw(st.booleans()):
+            parts.insert(0, Thinking(draw(st.text(max_size=20)), draw(st.text("abc", min_size=1))))
+            present.add("messages.thinking")
+        for i, part in enumerate(parts):
+            if isinstance(part, ToolResult) and draw(st.booleans()):
+                parts[i] = msgspec.structs.replace(part, is_error=True)
+                present.add("messages.tool_result.is_error")
+        messages.append(Message(message.role, tuple(parts)))
+    return msgspec.structs.replace(turn, messages=tuple(messages)), present
+
+
+@SETTINGS
+@given(_messages_only())
+def test_what_chat_cannot_carry_is_refused_or_dropped_by_name(case):
+    turn, present = case
+    drop = {"messages.thinking", "messages.tool_result.is_error"}
+    if present:
+        with pytest.raises(Untranslatable) as error:
+            oa.write_request(turn)
+        assert error.value.field in present
+    body, dropped = oa.write_request(turn, drop=drop)
+    assert set(dropped) == present
+    plain = tuple(
+        Message(
+            m.role,
+            tuple(
+                msgspec.structs.replace(p, is_error=False) if isinstance(p, ToolResult) else p
+                for p in m.parts
+                if not isinstance(p, Thinking)
+            ),
+        )
+        for m in turn.messages
+    )
+    assert oa.read_request(msgspec.json.encode(body)) == msgspec.structs.replace(
+        turn, messages=plain
+    )
