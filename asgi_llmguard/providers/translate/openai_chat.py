@@ -72,6 +72,9 @@ _NEUTRAL: dict[str, Any] = {
     "store": False,
 }
 
+#: The service tiers Chat Completions reports in ``service_tier``.
+_TIERS = frozenset({"auto", "default", "flex", "scale", "priority"})
+
 FINISH_IN: dict[str, FinishReason] = {
     "stop": "stop",
     "length": "length",
@@ -139,6 +142,12 @@ def _tool_calls(calls: Any) -> list[Part]:
             )
         )
     return parts
+
+
+def _bool(value: Any, where: str) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise MalformedInput(f"{where} must be a boolean")
+    return value
 
 
 def _is_results(message: Message) -> bool:
@@ -272,7 +281,7 @@ def read_request(body: bytes | dict[str, Any]) -> Turn:
         system=tuple(system),
         tools=tuple(tools),
         tool_choice=tool_choice,
-        parallel_tool_calls=req.get("parallel_tool_calls"),
+        parallel_tool_calls=_bool(req.get("parallel_tool_calls"), "parallel_tool_calls"),
         structured_output=structured,
         stop=stops,
         max_output_tokens=None if max_tokens is None else as_int(max_tokens, "max_tokens"),
@@ -280,7 +289,7 @@ def read_request(body: bytes | dict[str, Any]) -> Turn:
         top_p=_number(req, "top_p"),
         reasoning_effort=None if effort is None else as_str(effort, "reasoning_effort"),
         stream=bool(req.get("stream")),
-        user=req.get("user"),
+        user=None if req.get("user") is None else as_str(req["user"], "user"),
         unsupported=tuple(dict.fromkeys(unsupported)),
     )
 
@@ -526,7 +535,7 @@ def write_answer(answer: Answer, *, created: int | None = None) -> bytes:
     }
     if answer.usage is not None:
         body["usage"] = usage_out(answer.usage)
-        if answer.usage.service_tier is not None:
+        if answer.usage.service_tier in _TIERS:  # another provider's tier names mean nothing
             body["service_tier"] = answer.usage.service_tier
     return _encode(body)
 

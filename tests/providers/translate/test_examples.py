@@ -12,6 +12,7 @@ from asgi_llmguard.providers.translate import effort
 from asgi_llmguard.providers.translate import openai_chat as oa
 from asgi_llmguard.providers.translate.model import (
     Finish,
+    MalformedInput,
     StreamError,
     Text,
     TextDelta,
@@ -421,3 +422,33 @@ def test_events_in_other_sse_spellings_decode_the_same():
     assert an.StreamDecoder().feed(ANTHROPIC_TOOL_STREAM.replace(b"\n", b"\r\n")) == plain
     split = b'data: {"id":"c","model":"m",\ndata: "choices":[{"delta":{"content":"hi"}}]}\n\n'
     assert oa.StreamDecoder().feed(split)[-1] == TextDelta(0, "hi")
+
+
+def test_a_service_tier_crosses_only_into_a_format_that_names_it():
+    answer = oa.read_answer(enc({**_CHAT_ANSWER, "service_tier": "flex"}))
+    assert answer.usage.service_tier == "flex"
+    assert "service_tier" not in msgspec.json.decode(an.write_answer(answer))["usage"]
+    assert msgspec.json.decode(oa.write_answer(answer))["service_tier"] == "flex"
+    anthropic = msgspec.json.decode(an.write_answer(an.read_answer(an.write_answer(answer))))
+    assert "service_tier" not in anthropic["usage"]
+
+
+_CHAT_ANSWER = {
+    "id": "c",
+    "object": "chat.completion",
+    "model": "gpt-4o",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+    ],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"parallel_tool_calls": "no"}, {"user": 5}, {"messages": "hi"}, {"tool_choice": "any"}],
+)
+def test_malformed_requests_are_refused_as_such(change):
+    request = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **change}
+    with pytest.raises(MalformedInput):
+        oa.read_request(enc(request))
