@@ -65,3 +65,22 @@ def sse_fields(event: bytes) -> tuple[bytes | None, bytes]:
             if event.startswith(b"data: ", end + 1) and event.find(b"\n", end + 1) == -1:
                 return event[7:end], event[end + 7 :]
     return event_fields(event)
+
+
+def opt_str(value: Any, where: str) -> str | None:
+    return None if value is None else as_str(value, where)
+
+
+def count(raw: dict[str, Any], key: str) -> int:
+    """A token count of a usage object: absent or null is 0."""
+    value = raw.get(key)
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise MalformedInput(f"usage.{key} must be a non-negative integer")
+    return value
+
+
+def opt_dict(value: Any, where: str) -> dict[str, Any]:
+    """An optional object: absent or null is empty."""
+    return {} if value is None else as_dict(value, where)

@@ -17,7 +17,10 @@ from asgi_llmguard.providers.translate._common import (
     as_int,
     as_list,
     as_str,
+    count,
     data_uri,
+    opt_dict,
+    opt_str,
     sse_fields,
 )
 from asgi_llmguard.providers.translate._common import (
@@ -499,16 +502,16 @@ def write_request(
 def usage_in(raw: dict[str, Any]) -> TokenUsage:
     """Anthropic's usage as a :class:`TokenUsage`: its ``input_tokens`` excludes cache reads and
     writes, the gateway's includes them."""
-    read = raw.get("cache_read_input_tokens") or 0
-    written = raw.get("cache_creation_input_tokens") or 0
-    detail = raw.get("cache_creation") or {}
+    read = count(raw, "cache_read_input_tokens")
+    written = count(raw, "cache_creation_input_tokens")
+    detail = opt_dict(raw.get("cache_creation"), "usage.cache_creation")
     tier = raw.get("service_tier")
     return TokenUsage(
-        input_tokens=(raw.get("input_tokens") or 0) + read + written,
-        output_tokens=raw.get("output_tokens") or 0,
+        input_tokens=count(raw, "input_tokens") + read + written,
+        output_tokens=count(raw, "output_tokens"),
         cached_input_tokens=read,
         cache_creation_tokens=written,
-        cache_creation_1h_tokens=detail.get("ephemeral_1h_input_tokens") or 0,
+        cache_creation_1h_tokens=min(count(detail, "ephemeral_1h_input_tokens"), written),
         service_tier=tier if isinstance(tier, str) else None,
     )
 
@@ -545,29 +548,31 @@ def read_answer(body: bytes | dict[str, Any], *, structured_tool: str | None = N
         if kind == "text":
             parts.append(Text(as_str(block.get("text"), "text")))
         elif kind == "tool_use":
-            arguments = _encode(block.get("input", {})).decode()
-            if structured_tool is not None and block.get("name") == structured_tool:
+            name = as_str(block.get("name"), "tool_use.name")
+            arguments = _encode(as_dict(block.get("input", {}), "tool_use.input")).decode()
+            if name == structured_tool:
                 structured = True
                 parts.append(Text(arguments))
             else:
-                parts.append(ToolCall(block["id"], block["name"], arguments))
+                parts.append(ToolCall(as_str(block.get("id"), "tool_use.id"), name, arguments))
         elif kind == "thinking":
-            parts.append(Thinking(block.get("thinking") or "", block.get("signature") or None))
+            text = as_str(block.get("thinking"), "thinking.thinking")
+            parts.append(Thinking(text, opt_str(block.get("signature"), "signature") or None))
         elif kind == "redacted_thinking":
-            parts.append(RedactedThinking(block.get("data") or ""))
+            parts.append(RedactedThinking(as_str(block.get("data"), "redacted_thinking.data")))
         else:
             raise Untranslatable(f"content.{kind}", "the translation layer has no such part")
-    stop = raw.get("stop_reason")
+    stop = opt_str(raw.get("stop_reason"), "stop_reason")
     finish: FinishReason | None = None if stop is None else STOP_IN.get(stop, "other")
     if structured and finish == "tool_calls":
         finish = "stop"
     usage = raw.get("usage")
     return Answer(
-        id=raw.get("id") or "",
-        model=raw.get("model") or "",
+        id=opt_str(raw.get("id"), "id") or "",
+        model=opt_str(raw.get("model"), "model") or "",
         parts=tuple(parts),
         finish_reason=finish,
-        stop_sequence=raw.get("stop_sequence"),
+        stop_sequence=opt_str(raw.get("stop_sequence"), "stop_sequence"),
         usage=None if usage is None else usage_in(as_dict(usage, "usage")),
     )
 

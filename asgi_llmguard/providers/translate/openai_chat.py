@@ -17,7 +17,10 @@ from asgi_llmguard.providers.translate._common import (
     as_int,
     as_list,
     as_str,
+    count,
     data_uri,
+    opt_dict,
+    opt_str,
     sse_fields,
 )
 from asgi_llmguard.providers.translate._common import (
@@ -448,13 +451,13 @@ def write_request(
 
 def usage_in(raw: dict[str, Any], service_tier: Any = None) -> TokenUsage:
     """OpenAI's usage object as a :class:`TokenUsage` (``prompt_tokens`` includes cached)."""
-    prompt = raw.get("prompt_tokens_details") or {}
-    completion = raw.get("completion_tokens_details") or {}
+    prompt = opt_dict(raw.get("prompt_tokens_details"), "usage.prompt_tokens_details")
+    completion = opt_dict(raw.get("completion_tokens_details"), "usage.completion_tokens_details")
     return TokenUsage(
-        input_tokens=raw.get("prompt_tokens") or 0,
-        output_tokens=raw.get("completion_tokens") or 0,
-        cached_input_tokens=prompt.get("cached_tokens") or 0,
-        reasoning_tokens=completion.get("reasoning_tokens") or 0,
+        input_tokens=count(raw, "prompt_tokens"),
+        output_tokens=count(raw, "completion_tokens"),
+        cached_input_tokens=count(prompt, "cached_tokens"),
+        reasoning_tokens=count(completion, "reasoning_tokens"),
         service_tier=service_tier if isinstance(service_tier, str) else None,
     )
 
@@ -482,17 +485,18 @@ def read_answer(body: bytes | dict[str, Any]) -> Answer:
         if isinstance(message.get(key), str) and message[key]:
             parts.append(Thinking(message[key]))
             break
-    if message.get("content"):
-        parts.append(Text(as_str(message["content"], "message.content")))
+    content = message.get("content")
+    if content:
+        parts.append(Text(as_str(content, "message.content")))
     if message.get("refusal"):
         parts.append(Refusal(as_str(message["refusal"], "message.refusal")))
     if message.get("tool_calls"):
         parts.extend(_tool_calls(message["tool_calls"]))
-    finish = choice.get("finish_reason")
+    finish = opt_str(choice.get("finish_reason"), "finish_reason")
     usage = raw.get("usage")
     return Answer(
-        id=raw.get("id") or "",
-        model=raw.get("model") or "",
+        id=opt_str(raw.get("id"), "id") or "",
+        model=opt_str(raw.get("model"), "model") or "",
         parts=tuple(parts),
         finish_reason=None if finish is None else FINISH_IN.get(finish, "other"),
         usage=None if usage is None else usage_in(as_dict(usage, "usage"), raw.get("service_tier")),
