@@ -85,6 +85,8 @@ STOP_OUT: dict[str, str] = {
     "pause": "pause_turn",
     "other": "end_turn",
 }
+#: The service tiers Messages reports in ``usage.service_tier``.
+_TIERS = frozenset({"standard", "priority", "batch"})
 _TOOL_CHOICE_OUT = {"auto": "auto", "none": "none", "required": "any", "named": "tool"}
 _TOOL_CHOICE_IN = {"auto": "auto", "none": "none", "any": "required", "tool": "named"}
 
@@ -531,7 +533,7 @@ def usage_out(usage: TokenUsage) -> dict[str, Any]:
             - usage.cache_creation_1h_tokens,
             "ephemeral_1h_input_tokens": usage.cache_creation_1h_tokens,
         }
-    if usage.service_tier is not None:
+    if usage.service_tier in _TIERS:  # another provider's tier names mean nothing here
         out["service_tier"] = usage.service_tier
     return out
 
