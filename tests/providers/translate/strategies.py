@@ -9,6 +9,7 @@ from asgi_llmguard.providers.translate.model import (
     Answer,
     Image,
     Message,
+    RedactedThinking,
     StructuredOutput,
     Text,
     Thinking,
@@ -160,6 +161,10 @@ def answers(draw: st.DrawFn, *, anthropic: bool) -> Answer:
             draw(st.text("abcdef0123456789", min_size=8, max_size=40)) if anthropic else None
         )
         parts.append(Thinking(draw(st.text(min_size=1, max_size=200)), signature))
+    if anthropic and draw(st.booleans()):
+        parts.append(
+            RedactedThinking(draw(st.text("ABCDEF0123456789+/=", min_size=1, max_size=40)))
+        )
     if draw(st.booleans()):
         parts.append(Text(draw(st.text(min_size=1, max_size=300))))
     calls = draw(

@@ -19,6 +19,7 @@ from asgi_llmguard.providers.translate.model import (
     Message,
     MessageStart,
     PartStop,
+    RedactedThinking,
     StreamError,
     TextDelta,
     Thinking,
@@ -109,9 +110,11 @@ def _as_chat_sees_it(answer: Answer) -> Answer:
     usage = answer.usage
     if usage is not None:
         usage = msgspec.structs.replace(usage, cache_creation_tokens=0, cache_creation_1h_tokens=0)
-    parts = tuple(
-        Thinking(p.text) if isinstance(p, Thinking) else p for p in answer.parts
-    )  # no signatures
+    parts = tuple(  # no signatures, no redacted thinking
+        Thinking(p.text) if isinstance(p, Thinking) else p
+        for p in answer.parts
+        if not isinstance(p, RedactedThinking)
+    )
     return msgspec.structs.replace(answer, parts=parts, usage=usage, stop_sequence=None)
 
 
