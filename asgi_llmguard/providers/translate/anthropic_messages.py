@@ -306,6 +306,10 @@ def _tool_input(arguments: str, field: str) -> Any:
 
 
 def _content_out(blocks: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    # Messages rejects empty text blocks; beside other blocks they say nothing, so they go.
+    if len(blocks) > 1:
+        kept = [b for b in blocks if b["type"] != "text" or b["text"]]
+        blocks = kept or blocks[:1]
     if len(blocks) == 1 and blocks[0]["type"] == "text":
         text: str = blocks[0]["text"]
         return text
@@ -419,11 +423,7 @@ def write_request(
 
     body: dict[str, Any] = {"model": turn.model, "max_tokens": max_tokens}
     if turn.system:
-        body["system"] = (
-            turn.system[0].text
-            if len(turn.system) == 1
-            else [{"type": "text", "text": t.text} for t in turn.system]
-        )
+        body["system"] = _content_out([{"type": "text", "text": t.text} for t in turn.system])
     body["messages"] = messages
 
     tools: list[dict[str, Any]] = []

@@ -21,6 +21,7 @@ from asgi_llmguard.providers.translate.model import (
     PartStop,
     RedactedThinking,
     StreamError,
+    Text,
     TextDelta,
     Thinking,
     ToolChoice,
@@ -34,9 +35,31 @@ from tests.providers.translate.strategies import answers, turns
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+def _without_empty_texts(parts: tuple) -> tuple:
+    kept = tuple(p for p in parts if not (isinstance(p, Text) and not p.text))
+    return kept if kept or not parts else parts[:1]
+
+
 def _normal(turn: Turn) -> Turn:
-    """The same request in one spelling: defaults made explicit, effort rather than budget."""
-    changes: dict = {}
+    """The same request in one spelling: defaults made explicit, effort rather than budget,
+    no empty texts beside other parts."""
+    changes: dict = {
+        "system": _without_empty_texts(turn.system),
+        "messages": tuple(
+            Message(
+                m.role,
+                _without_empty_texts(
+                    tuple(
+                        msgspec.structs.replace(p, content=_without_empty_texts(p.content))
+                        if isinstance(p, ToolResult)
+                        else p
+                        for p in m.parts
+                    )
+                ),
+            )
+            for m in turn.messages
+        ),
+    }
     if turn.tools:
         if turn.tool_choice is None:
             changes["tool_choice"] = ToolChoice("auto")
