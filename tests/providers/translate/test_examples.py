@@ -452,3 +452,26 @@ def test_malformed_requests_are_refused_as_such(change):
     request = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **change}
     with pytest.raises(MalformedInput):
         oa.read_request(enc(request))
+
+
+def test_empty_text_beside_tool_calls_is_not_sent_to_messages():
+    # Many Chat clients send content "" with tool calls; Messages rejects empty text blocks.
+    request = {
+        "model": "m",
+        "system": None,
+        "messages": [
+            {"role": "user", "content": "ls"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c", "content": "ok"},
+        ],
+    }
+    body, _ = an.write_request(oa.read_request(enc(request)))
+    assert body["messages"][1]["content"] == [
+        {"type": "tool_use", "id": "c", "name": "f", "input": {}}
+    ]
