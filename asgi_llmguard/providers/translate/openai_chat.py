@@ -553,7 +553,7 @@ class _Fn(msgspec.Struct):
 
 
 class _CallDelta(msgspec.Struct):
-    index: int = 0
+    index: int | None = None
     id: str | None = None
     function: _Fn | None = None
 
@@ -592,7 +592,7 @@ class StreamDecoder:
     started cannot be relayed in order and raise :class:`Untranslatable`.
     """
 
-    __slots__ = ("_done", "_kind", "_next", "_open", "_splitter", "_started", "_tool")
+    __slots__ = ("_done", "_kind", "_next", "_open", "_splitter", "_started", "_tool", "_tool_id")
 
     def __init__(self, max_event: int = 8 << 20) -> None:
         self._splitter = EventSplitter(max_event)
@@ -602,6 +602,7 @@ class StreamDecoder:
         self._open = -1  # the index of the open part
         self._kind = _NONE
         self._tool = -1  # OpenAI's index of the open tool call
+        self._tool_id: str | None = None
 
     def feed(self, chunk: bytes) -> list[Delta]:
         out: list[Delta] = []
@@ -670,14 +671,22 @@ class StreamDecoder:
                 if delta.tool_calls:
                     for call in delta.tool_calls:
                         fn = call.function
-                        if call.index != self._tool or self._kind != _TOOL:
-                            if call.index <= self._tool:
+                        # A new call has a new index or, from servers that leave the index
+                        # out or repeat it, a new id.
+                        new_index = call.index is not None and call.index != self._tool
+                        new_id = call.id is not None and call.id != self._tool_id
+                        if new_index or new_id or self._kind != _TOOL:
+                            position = call.index
+                            if position is None:
+                                position = self._tool + 1 if new_id else self._tool
+                            if position < self._tool or not (new_index or new_id):
                                 raise Untranslatable(
                                     "tool_calls", "argument deltas of parallel calls interleave"
                                 )
                             if call.id is None or fn is None or fn.name is None:
                                 raise MalformedInput("a new tool call has no id or name")
-                            self._tool = call.index
+                            self._tool = position
+                            self._tool_id = call.id
                             out.append(ToolCallStart(self._open_part(_TOOL, out), call.id, fn.name))
                         if fn is not None and fn.arguments:
                             out.append(ToolArgumentsDelta(self._open, fn.arguments))

@@ -475,3 +475,20 @@ def test_empty_text_beside_tool_calls_is_not_sent_to_messages():
     assert body["messages"][1]["content"] == [
         {"type": "tool_use", "id": "c", "name": "f", "input": {}}
     ]
+
+
+def test_tool_calls_from_servers_without_an_index_are_told_apart_by_id():
+    chunks = [
+        {"choices": [{"delta": {"tool_calls": [{"id": "a", "function": {"name": "f", "arguments": '{"x":'}}]}}]},
+        {"choices": [{"delta": {"tool_calls": [{"function": {"arguments": "1}"}}]}}]},
+        {"choices": [{"delta": {"tool_calls": [{"id": "b", "function": {"name": "g", "arguments": "{}"}}]}}]},
+        {"choices": [{"delta": {"tool_calls": [{"id": "b", "function": {"arguments": " "}}]}}], "usage": None},
+        {"choices": [{"delta": {}, "finish_reason": "tool_calls"}]},
+    ]  # fmt: skip
+    stream = b"".join(b"data: " + enc(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+    decoder = oa.StreamDecoder()
+    deltas = decoder.feed(stream) + decoder.close()
+    starts = [d for d in deltas if isinstance(d, ToolCallStart)]
+    assert [(s.index, s.id, s.name) for s in starts] == [(0, "a", "f"), (1, "b", "g")]
+    arguments = [(d.index, d.json) for d in deltas if isinstance(d, ToolArgumentsDelta)]
+    assert arguments == [(0, '{"x":'), (0, "1}"), (1, "{}"), (1, " ")]
