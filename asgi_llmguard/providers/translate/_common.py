@@ -1,4 +1,4 @@
-"""Small helpers the codecs share."""
+"""Small functions the codecs share."""
 
 from __future__ import annotations
 
