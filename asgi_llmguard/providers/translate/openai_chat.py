@@ -450,24 +450,29 @@ def write_request(
 
 
 def usage_in(raw: dict[str, Any], service_tier: Any = None) -> TokenUsage:
-    """OpenAI's usage object as a :class:`TokenUsage` (``prompt_tokens`` includes cached)."""
+    """OpenAI's usage object as a :class:`TokenUsage` (``prompt_tokens`` includes the cached
+    tokens and the ``cache_write_tokens`` written to the cache)."""
     prompt = opt_dict(raw.get("prompt_tokens_details"), "usage.prompt_tokens_details")
     completion = opt_dict(raw.get("completion_tokens_details"), "usage.completion_tokens_details")
     return TokenUsage(
         input_tokens=count(raw, "prompt_tokens"),
         output_tokens=count(raw, "completion_tokens"),
         cached_input_tokens=count(prompt, "cached_tokens"),
+        cache_creation_tokens=count(prompt, "cache_write_tokens"),
         reasoning_tokens=count(completion, "reasoning_tokens"),
         service_tier=service_tier if isinstance(service_tier, str) else None,
     )
 
 
 def usage_out(usage: TokenUsage) -> dict[str, Any]:
+    prompt: dict[str, int] = {"cached_tokens": usage.cached_input_tokens}
+    if usage.cache_creation_tokens:
+        prompt["cache_write_tokens"] = usage.cache_creation_tokens
     return {
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
         "total_tokens": usage.input_tokens + usage.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+        "prompt_tokens_details": prompt,
         "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
     }
 

@@ -179,9 +179,11 @@ def test_usage_is_converted_both_ways():
     chat = oa.usage_out(usage)
     assert chat["prompt_tokens"] == 1150
     assert chat["prompt_tokens_details"]["cached_tokens"] == 1000
+    assert chat["prompt_tokens_details"]["cache_write_tokens"] == 50
     back = an.usage_out(oa.usage_in({**chat, "completion_tokens_details": {"reasoning_tokens": 7}}))
-    assert back["input_tokens"] == 150  # the cache write is an ordinary input token to OpenAI
+    assert back["input_tokens"] == 100
     assert back["cache_read_input_tokens"] == 1000
+    assert back["cache_creation_input_tokens"] == 50
     assert back["output_tokens"] == 20  # reasoning tokens stay counted in the output
 
 

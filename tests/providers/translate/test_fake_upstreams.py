@@ -1,4 +1,3 @@
-
 """The translation layer between the real SDKs and the gateway's fake providers over real
 sockets: the fakes are written from the documented wire formats independently of this code.
 
@@ -138,8 +137,9 @@ def test_an_openai_client_on_a_messages_upstream(fake):
     for completion in (streamed, whole):
         assert completion.choices[0].message.content == REPLY
         assert completion.choices[0].finish_reason == "stop"
-        # The fake wrote 30 tokens to the cache: part of OpenAI's prompt_tokens, never cached.
+        # The fake wrote 30 tokens to the cache: part of OpenAI's prompt_tokens.
         assert completion.usage.prompt_tokens > 30
+        assert completion.usage.prompt_tokens_details.cache_write_tokens == 30
         assert completion.usage.prompt_tokens_details.cached_tokens == 0
         assert completion.usage.completion_tokens > 0
     sent = provider.requests[-2].json()

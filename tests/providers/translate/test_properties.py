@@ -132,7 +132,7 @@ def _as_chat_sees_it(answer: Answer) -> Answer:
     """What Chat Completions can carry of a Messages answer."""
     usage = answer.usage
     if usage is not None:
-        usage = msgspec.structs.replace(usage, cache_creation_tokens=0, cache_creation_1h_tokens=0)
+        usage = msgspec.structs.replace(usage, cache_creation_1h_tokens=0)
     parts = tuple(  # no signatures, no redacted thinking
         Thinking(p.text) if isinstance(p, Thinking) else p
         for p in answer.parts
