@@ -572,6 +572,7 @@ class _ChoiceDelta(msgspec.Struct):
 
 
 class _Choice(msgspec.Struct):
+    index: int = 0
     delta: _ChoiceDelta | None = None
     finish_reason: str | None = None
 
@@ -661,6 +662,8 @@ class StreamDecoder:
             self._started = True
             out.append(MessageStart(chunk.id, chunk.model))
         for choice in chunk.choices:
+            if choice.index:
+                raise Untranslatable("choices", "only streams of one choice translate")
             delta = choice.delta
             if delta is not None:
                 thinking = delta.reasoning_content or delta.reasoning

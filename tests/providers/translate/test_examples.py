@@ -494,3 +494,10 @@ def test_tool_calls_from_servers_without_an_index_are_told_apart_by_id():
     assert [(s.index, s.id, s.name) for s in starts] == [(0, "a", "f"), (1, "b", "g")]
     arguments = [(d.index, d.json) for d in deltas if isinstance(d, ToolArgumentsDelta)]
     assert arguments == [(0, '{"x":'), (0, "1}"), (1, "{}"), (1, " ")]
+
+
+def test_a_stream_of_several_choices_is_refused():
+    chunk = {"choices": [{"index": 1, "delta": {"content": "b"}}]}
+    with pytest.raises(Untranslatable) as error:
+        oa.StreamDecoder().feed(b"data: " + enc(chunk) + b"\n\n")
+    assert error.value.field == "choices"
