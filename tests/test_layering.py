@@ -165,6 +165,24 @@ def test_no_import_points_back_up_the_stack(package):
     assert not bad, bad
 
 
+def test_the_translation_layer_is_pure():
+    # Codecs run per request and per streamed event, and the forwarder will call them: they may
+    # use the token counts, the SSE splitter and each other, and nothing that does I/O or state.
+    allowed = (
+        "asgi_llmguard.tokens",
+        "asgi_llmguard.providers.sse",
+        "asgi_llmguard.providers.translate",
+    )
+    bad = [
+        f"{path.relative_to(PKG)} imports {module}"
+        for path in _modules("providers/translate")
+        for module in _imports(path)
+        if not module.startswith(allowed)
+    ]
+    assert _modules("providers/translate")
+    assert not bad, bad
+
+
 def test_only_the_standalone_server_tunes_the_process():
     # The collector settings are the process's: a layer or the stack must never apply them, or a
     # gateway mounted in someone's app would change that app's process.

@@ -1,0 +1,147 @@
+"""The translation layer between the real SDKs and the gateway's fake providers over real
+sockets: the fakes are written from the documented wire formats independently of this code.
+
+The client side is the official SDK; its transport translates each request, sends it to the fake
+upstream of the other format, and translates the upstream's answer or stream back chunk by chunk
+as it arrives.
+"""
+
+from __future__ import annotations
+
+import anthropic
+import httpx
+import httpx2
+import openai
+import pytest
+
+from asgi_llmguard.providers.translate import anthropic_messages as an
+from asgi_llmguard.providers.translate import openai_chat as oa
+from asgi_llmguard.testing import FakeProvider, serve
+
+REPLY = "Translated across formats, word by word."
+
+
+@pytest.fixture(scope="module")
+def fake():
+    provider = FakeProvider(api_key="sk-up", reply=REPLY, cache_write_5m=30)
+    with serve(provider) as upstream:
+        yield provider, upstream.url
+
+
+def _relay(url: str, headers: dict[str, str], body: dict, stream: bool, decoder, encoder) -> bytes:
+    """Send ``body`` upstream; the answer translated, a stream one upstream chunk at a time."""
+    with httpx.Client(timeout=10) as http:
+        if not stream:
+            answer = http.post(url, json=body, headers=headers)
+            assert answer.status_code == 200, answer.text
+            return decoder(answer.content)
+        out = []
+        with http.stream("POST", url, json=body, headers=headers) as answer:
+            assert answer.status_code == 200
+            for chunk in answer.iter_raw():
+                out.append(encoder.encode_many(decoder.feed(chunk)))
+        out.append(encoder.encode_many(decoder.close()))
+        return b"".join(out)
+
+
+def test_an_anthropic_client_on_a_chat_upstream(fake):
+    provider, base = fake
+
+    def transport(request: httpx2.Request) -> httpx2.Response:
+        turn = an.read_request(request.content)
+        body, dropped = oa.write_request(turn)
+        assert dropped == []
+        headers = {"authorization": "Bearer sk-up"}
+        if turn.stream:
+            data = _relay(
+                f"{base}/v1/chat/completions",
+                headers,
+                body,
+                True,
+                oa.StreamDecoder(),
+                an.StreamEncoder(),
+            )
+            return httpx2.Response(200, content=data, headers={"content-type": "text/event-stream"})
+        data = _relay(
+            f"{base}/v1/chat/completions",
+            headers,
+            body,
+            False,
+            lambda b: an.write_answer(oa.read_answer(b)),
+            None,
+        )
+        return httpx2.Response(200, content=data, headers={"content-type": "application/json"})
+
+    client = anthropic.Anthropic(
+        api_key="k", base_url="http://gateway", max_retries=0,
+        http_client=httpx2.Client(transport=httpx2.MockTransport(transport)),
+    )  # fmt: skip
+    question = {
+        "model": "gpt-4o",
+        "max_tokens": 200,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "Say it"}],
+    }
+    with client.messages.stream(**question) as stream:
+        streamed = stream.get_final_message()
+    whole = client.messages.create(**question)
+    for message in (streamed, whole):
+        assert "".join(b.text for b in message.content) == REPLY
+        assert message.stop_reason == "end_turn"
+        assert message.usage.output_tokens > 0
+        assert message.usage.input_tokens > 0
+    sent = provider.requests[-2].json()
+    assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert sent["max_completion_tokens"] == 200
+    assert sent["stream_options"] == {"include_usage": True}
+
+
+def test_an_openai_client_on_a_messages_upstream(fake):
+    provider, base = fake
+
+    def transport(request: httpx.Request) -> httpx.Response:
+        turn = oa.read_request(request.content)
+        body, dropped = an.write_request(turn)
+        assert dropped == []
+        headers = {"x-api-key": "sk-up", "anthropic-version": "2023-06-01"}
+        if turn.stream:
+            encoder = oa.StreamEncoder(include_usage=True)
+            data = _relay(f"{base}/v1/messages", headers, body, True, an.StreamDecoder(), encoder)
+            return httpx.Response(200, content=data, headers={"content-type": "text/event-stream"})
+        data = _relay(
+            f"{base}/v1/messages",
+            headers,
+            body,
+            False,
+            lambda b: oa.write_answer(an.read_answer(b)),
+            None,
+        )
+        return httpx.Response(200, content=data, headers={"content-type": "application/json"})
+
+    client = openai.OpenAI(
+        api_key="k", base_url="http://gateway/v1", max_retries=0,
+        http_client=httpx.Client(transport=httpx.MockTransport(transport)),
+    )  # fmt: skip
+    question = {
+        "model": "claude-x",
+        "messages": [
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": "Say it"},
+        ],
+    }
+    with client.chat.completions.stream(
+        **question, stream_options={"include_usage": True}
+    ) as stream:
+        streamed = stream.get_final_completion()
+    whole = client.chat.completions.create(**question)
+    for completion in (streamed, whole):
+        assert completion.choices[0].message.content == REPLY
+        assert completion.choices[0].finish_reason == "stop"
+        # The fake wrote 30 tokens to the cache: part of OpenAI's prompt_tokens.
+        assert completion.usage.prompt_tokens > 30
+        assert completion.usage.prompt_tokens_details.cache_write_tokens == 30
+        assert completion.usage.prompt_tokens_details.cached_tokens == 0
+        assert completion.usage.completion_tokens > 0
+    sent = provider.requests[-2].json()
+    assert sent["system"] == "Be brief."
+    assert sent["max_tokens"] == an.DEFAULT_MAX_TOKENS
