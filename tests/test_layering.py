@@ -171,6 +171,7 @@ def test_the_translation_layer_is_pure():
     allowed = (
         "asgi_llmguard.tokens",
         "asgi_llmguard.providers.sse",
+        "asgi_llmguard.providers.thinking",
         "asgi_llmguard.providers.translate",
     )
     bad = [

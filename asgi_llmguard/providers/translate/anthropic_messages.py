@@ -398,7 +398,7 @@ def write_request(
         if turn.reasoning_effort == "none":
             budget = None
         elif turn.reasoning_effort in EFFORT_BUDGETS:
-            budget = EFFORT_BUDGETS[turn.reasoning_effort]
+            budget = EFFORT_BUDGETS[turn.reasoning_effort]  # type: ignore[index]  # checked
         else:
             refusals.refuse("reasoning_effort", f"{turn.reasoning_effort!r} has no budget")
     if budget is not None and _unsigned_tool_loop(turn.messages):

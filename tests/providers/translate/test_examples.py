@@ -6,9 +6,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from asgi_llmguard.forward import thinking
 from asgi_llmguard.providers.translate import anthropic_messages as an
-from asgi_llmguard.providers.translate import effort
 from asgi_llmguard.providers.translate import openai_chat as oa
 from asgi_llmguard.providers.translate.model import (
     Finish,
@@ -320,9 +318,6 @@ def test_a_claude_code_turn_on_chat_names_what_it_loses():
 
 
 def test_effort_and_budget_use_the_gateways_table():
-    assert dict(effort.EFFORT_BUDGETS) == dict(thinking.EFFORT_BUDGETS)
-    assert effort.BUDGET_THRESHOLDS == thinking.BUDGET_THRESHOLDS
-    assert effort.ANTHROPIC_MIN_BUDGET == thinking.ANTHROPIC_MIN_BUDGET
     request = {
         "model": "m",
         "messages": [{"role": "user", "content": "x"}],
