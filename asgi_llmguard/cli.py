@@ -127,7 +127,7 @@ def _log_config(config: GatewayConfig) -> dict[str, Any]:
 
 def _banner(config: GatewayConfig, upstreams: Sequence[Upstream], fake: str | None) -> str:
     s = config.server
-    base = f"http://{s.host}:{s.port}"
+    base = f"{'https' if s.ssl_certfile else 'http'}://{s.host}:{s.port}"
     lines = [f"asgi-llmguard listening on {base}"]
     if fake:
         lines += [
@@ -202,6 +202,8 @@ def _serve(args: argparse.Namespace) -> int:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=_graceful_timeout(s),
+            ssl_certfile=s.ssl_certfile,
+            ssl_keyfile=s.ssl_keyfile,
         )
     return 0
 

@@ -8,11 +8,11 @@ with ``asgi-llmguard keys create`` (model allow-lists, a rate limit, a budget, c
 ledger is SQLite, metrics and the admin API are on.
 
 The callers are the providers' own SDKs: google-genai (the virtual key as its API key), the
-anthropic SDK's ``AnthropicVertex`` (the virtual key as its access token). Bedrock is driven with
-httpx, ``Authorization: Bearer <virtual key>`` over plain HTTP, its event stream read by
-botocore's own parser: boto3 sends a bearer token (``AWS_BEARER_TOKEN_BEDROCK``) over HTTPS only
-and ``asgi-llmguard serve`` has no TLS settings (tests/providers/test_bedrock.py runs boto3
-against a gateway served over TLS in-process). Token numbers are the fakes' (a token is a word).
+anthropic SDK's ``AnthropicVertex`` (the virtual key as its access token) and boto3's
+``bedrock-runtime`` (the virtual key in ``AWS_BEARER_TOKEN_BEDROCK``). boto3 sends a bearer token
+over HTTPS only, so it calls a second served process with ``[server] ssl_certfile``; the main
+process speaks plain HTTP, where Bedrock is driven with httpx (``Authorization: Bearer``), its
+event stream read by botocore's own parser. Token numbers are the fakes' (a token is a word).
 """
 
 from __future__ import annotations
@@ -400,6 +400,103 @@ def test_bedrock_converse_and_converse_stream(served):
     assert "claude-opus-4-1" in refused.json()["message"]
 
 
+def test_boto3_with_a_bearer_token_over_tls(served, tmp_path, monkeypatch):
+    """The real boto3 ``bedrock-runtime`` client, the virtual key in ``AWS_BEARER_TOKEN_BEDROCK``.
+    boto3 sends a bearer token over HTTPS only: a second served process, with ``[server]
+    ssl_certfile`` / ``ssl_keyfile``, the same key database and the same fake Bedrock."""
+    import boto3
+    from botocore.config import Config
+
+    from tests.test_redis_tls import make_certs
+
+    certs = make_certs(tmp_path)
+    port = _free_port()
+    ledger = tmp_path / "ledger.sqlite3"
+    config = tmp_path / "tls.toml"
+    bedrock_url = _config_value(served.config, "bedrock")
+    config.write_text(
+        f"""
+[server]
+port = {port}
+shutdown_grace = 1
+ssl_certfile = "{certs["server_cert"]}"
+ssl_keyfile = "{certs["server_key"]}"
+
+[auth]
+store = "sqlite:///{served.tmp}/keys.db"
+
+[usage]
+sinks = ["sqlite:///{ledger}"]
+spill_path = "{tmp_path}/usage.spill"
+flush_interval = 0.05
+
+[[upstreams]]
+provider = "bedrock"
+base_url = "{bedrock_url}"
+region = "us-east-1"
+name = "br-tls"
+"""
+    )
+    err = tmp_path / "stderr.log"
+    with err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [SCRIPT, "serve", "--config", str(config)],
+            cwd=tmp_path,
+            env=_env(tmp_path),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        _wait_for_port(port, proc)  # type: ignore[arg-type]
+        monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", served.keys["main"])
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+        client = boto3.client(
+            "bedrock-runtime",
+            region_name="us-east-1",
+            endpoint_url=f"https://127.0.0.1:{port}",
+            verify=str(certs["ca_cert"]),
+            config=Config(retries={"max_attempts": 1}),
+        )
+        messages = [{"role": "user", "content": [{"text": "one two three"}]}]
+        out = client.converse(modelId=BEDROCK, messages=messages)
+        assert out["output"]["message"]["content"][0]["text"] == REPLY
+        assert out["usage"]["inputTokens"] == 3
+        events = list(client.converse_stream(modelId=BEDROCK, messages=messages)["stream"])
+        text = "".join(
+            e["contentBlockDelta"]["delta"].get("text", "")
+            for e in events
+            if "contentBlockDelta" in e
+        )
+        assert text == REPLY
+        assert events[-1]["metadata"]["usage"]["inputTokens"] == 3
+        with pytest.raises(client.exceptions.AccessDeniedException):
+            client.converse(modelId="anthropic.claude-opus-4-1-20250805-v1:0", messages=messages)
+        client.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    logs = err.read_text(errors="replace")
+    assert f"listening on https://127.0.0.1:{port}" in logs
+    for secret in served.secrets:
+        assert secret not in logs
+    s2 = Served(**{**served.__dict__, "ledger": ledger})
+    plain, stream = ledger_rows(s2, "status = 200", 2)
+    assert (plain["endpoint"], plain["credential_id"], plain["key_id"]) == (
+        "converse",
+        "br-tls",
+        "main",
+    )
+    assert (stream["endpoint"], stream["input_tokens"]) == ("converse-stream", 3)
+    assert plain["cost_nanos"] > 0
+
+
+def _config_value(config: Path, provider: str) -> str:
+    """The base URL of the config file's upstream of ``provider``."""
+    section = config.read_text().split(f'provider = "{provider}"', 1)[1]
+    return section.split('base_url = "', 1)[1].split('"', 1)[0]
+
+
 # -- limits, budgets ---------------------------------------------------------------------------
 
 
@@ -559,3 +656,18 @@ def test_no_secret_reaches_the_served_process_output(served):
     for secret in served.secrets:
         assert secret not in logs
     assert "ya29." not in logs
+
+
+def test_a_tls_key_without_its_certificate_is_refused(tmp_path):
+    path = tmp_path / "llmguard.toml"
+    path.write_text('[server]\nssl_keyfile = "server.key"\n')
+    proc = subprocess.run(
+        [SCRIPT, "serve", "--config", str(path), "--port", str(_free_port())],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "ssl_keyfile needs ssl_certfile - at `$.server`" in proc.stderr
