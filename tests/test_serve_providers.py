@@ -366,6 +366,34 @@ def test_vertex_claude_messages_plain_and_streamed(served):
     assert body["error"]["type"] == "permission_error"
 
 
+def test_vertex_gemini_with_google_genai(served):
+    """google-genai in Vertex AI mode, the virtual key as its access token; the upstream's
+    ``project`` and ``location`` replace the caller's."""
+    from google.oauth2.credentials import Credentials
+
+    client = genai.Client(
+        vertexai=True,
+        project="callers-project",
+        location="europe-west1",
+        credentials=Credentials(token=served.keys["main"]),
+        http_options=types.HttpOptions(base_url=served.url, retry_options=NO_RETRY),
+    )
+    answer = client.models.generate_content(model=GEMINI, contents="one two three four")
+    assert answer.text == REPLY
+    call = served.vertex.calls("google")[-1]
+    assert call.path == (
+        f"/v1beta1/projects/{PROJECT}/locations/{LOCATION}/publishers/google/models/"
+        f"{GEMINI}:generateContent"
+    )
+    (row,) = ledger_rows(served, f"provider = 'vertex' AND model = '{GEMINI}'", 1)
+    assert (row["input_tokens"], row["output_tokens"], row["credential_id"]) == (4, WORDS, "vx")
+    assert row["cost_nanos"] == 4 * 300 + WORDS * 2500
+    with pytest.raises(errors.ClientError) as refused:
+        client.models.generate_content(model="gemini-2.5-pro", contents="x")
+    assert refused.value.code == 403
+    assert refused.value.details["error"]["status"] == "PERMISSION_DENIED"
+
+
 def test_bedrock_converse_and_converse_stream(served):
     key = served.keys["main"]
     resp = bedrock_post(served, key, BEDROCK)
@@ -586,10 +614,19 @@ def test_capture_holds_the_requests_without_the_keys(served):
     while time.monotonic() < deadline:
         if served.capture.exists():
             records = [json.loads(line) for line in served.capture.read_text().splitlines()]
-            if {"gemini", "vertex_anthropic", "bedrock"} <= {r.get("provider") for r in records}:
+            if len({r["api"] for r in records}) >= 4:
                 break
         time.sleep(0.1)
-    assert records
+    # Each provider's calls, plain and streamed, as the caller sent them.
+    assert {(r["api"], r["endpoint"], r["credential_id"]) for r in records} >= {
+        ("gemini", "generateContent", "gm"),
+        ("gemini", "streamGenerateContent", "gm"),
+        ("vertex_anthropic", "rawPredict", "vx"),
+        ("vertex_anthropic", "streamRawPredict", "vx"),
+        ("vertex", "generateContent", "vx"),
+        ("bedrock", "converse", "br"),
+        ("bedrock", "converse-stream", "br"),
+    }
     text = served.capture.read_text()
     assert "one two three" in text
     assert {r["key_id"] for r in records} == {"main"}
