@@ -720,6 +720,10 @@ def test_no_secret_reaches_the_served_process_output(served):
     logs = served.logs()
     assert "listening on" in logs
     assert "upstream vx: vertex" in logs
+    # The banner says how each provider's SDK reaches the gateway.
+    assert f"genai.Client(api_key=..., http_options={{'base_url': '{served.url}'}})" in logs
+    assert f"AnthropicVertex(base_url='{served.url}/v1', access_token=...)" in logs
+    assert f"boto3.client('bedrock-runtime', endpoint_url='{served.url}')" in logs
     for secret in served.secrets:
         assert secret not in logs
     assert "ya29." not in logs
