@@ -528,6 +528,24 @@ def _config_value(config: Path, provider: str) -> str:
 # -- limits, budgets ---------------------------------------------------------------------------
 
 
+def test_the_admin_usage_api_groups_the_ledger_by_provider_and_credential(served):
+    one_call_each(served, "group these seven words in the ledger")
+    ledger_rows(served, "input_tokens = 7 AND key_id = 'main' AND status = 200", 4)
+    usage = admin(served, "GET", "/usage?since=1h&key=main&by=provider,credential")
+    assert usage.status_code == 200, usage.text
+    rows = {(r["provider"], r["credential"]): r for r in usage.json()["rows"]}
+    assert set(rows) >= {
+        ("gemini", "gm"),
+        ("vertex", "vx"),
+        ("vertex_anthropic", "vx"),
+        ("bedrock", "br"),
+    }
+    for row in rows.values():
+        assert row["requests"] >= 1
+        assert row["input_tokens"] > 0
+        assert row["cost_nanos"] > 0
+
+
 def test_the_rate_limit_answers_429_in_each_providers_shape(served):
     key = served.keys["limited"]
     gemini = gemini_client(served, key)
