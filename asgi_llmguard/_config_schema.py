@@ -68,10 +68,16 @@ class ServerConfig(_Strict):
     #: everything alive at start-up is frozen out of collections (see `asgi_llmguard.runtime`).
     gc_threshold: int = 10_000
     gc_freeze: bool = True
+    #: Serve HTTPS: the certificate chain (PEM) and its private key (PEM; default: in the
+    #: certificate file). Off when unset.
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
 
     def __post_init__(self) -> None:
         if self.gc_threshold < 0:
             raise ValueError(f"gc_threshold must be >= 0, not {self.gc_threshold}")
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("ssl_keyfile needs ssl_certfile")
 
 
 class ForwardConfig(_Strict):

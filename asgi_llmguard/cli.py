@@ -127,7 +127,7 @@ def _log_config(config: GatewayConfig) -> dict[str, Any]:
 
 def _banner(config: GatewayConfig, upstreams: Sequence[Upstream], fake: str | None) -> str:
     s = config.server
-    base = f"http://{s.host}:{s.port}"
+    base = f"{'https' if s.ssl_certfile else 'http'}://{s.host}:{s.port}"
     lines = [f"asgi-llmguard listening on {base}"]
     if fake:
         lines += [
@@ -146,6 +146,21 @@ def _banner(config: GatewayConfig, upstreams: Sequence[Upstream], fake: str | No
         f"  OpenAI SDK:    OpenAI(base_url='{base}/v1', api_key=...)",
         f"  Anthropic SDK: Anthropic(base_url='{base}', api_key=...)",
     ]
+    providers = {upstream.provider for upstream in upstreams}
+    if "gemini" in providers:
+        lines.append(
+            f"  Gemini SDK:    genai.Client(api_key=..., http_options={{'base_url': '{base}'}})"
+        )
+    if "vertex" in providers:
+        lines.append(
+            f"  Vertex AI:     AnthropicVertex(base_url='{base}/v1', access_token=...), "
+            f"genai.Client(vertexai=True, http_options={{'base_url': '{base}'}}, ...)"
+        )
+    if "bedrock" in providers:
+        lines.append(
+            f"  Bedrock:       boto3.client('bedrock-runtime', endpoint_url='{base}'), "
+            "the key in AWS_BEARER_TOKEN_BEDROCK (boto3 sends it over HTTPS only)"
+        )
     return "\n".join(lines)
 
 
@@ -202,6 +217,8 @@ def _serve(args: argparse.Namespace) -> int:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=_graceful_timeout(s),
+            ssl_certfile=s.ssl_certfile,
+            ssl_keyfile=s.ssl_keyfile,
         )
     return 0
 
