@@ -47,9 +47,9 @@ from asgi_llmguard.testing import _bedrock_wire as wire
 from asgi_llmguard.testing import _eventstream
 from asgi_llmguard.testing._bedrock_checks import BedrockKnobs, authenticate, override, validated
 from asgi_llmguard.testing._common import ApiError, Generation, StreamPlan
-from asgi_llmguard.testing._http import ClientGone, Exchange, Receive, ReceivedRequest, Scope, Send
+from asgi_llmguard.testing._http import Exchange, Receive, ReceivedRequest, Scope, Send
 from asgi_llmguard.testing._knobs import DEFAULT_REPLY, Knobs, count
-from asgi_llmguard.testing._observed import Observed, read_http_request
+from asgi_llmguard.testing._observed import Observed, read_http_request, received_request
 from asgi_llmguard.testing.fake import _RESET_FILTER, FakeConnectionReset
 
 _OPERATIONS = ("converse", "converse-stream", "invoke", "invoke-with-response-stream")
@@ -173,34 +173,8 @@ class FakeBedrock(Observed):
         if body is None:
             return
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        request = ReceivedRequest(
-            method=scope["method"],
-            path=raw_path.decode("latin-1"),
-            query_string=scope.get("query_string", b"").decode("latin-1"),
-            headers=[
-                (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]
-            ],
-            body=body,
-        )
-        with self._lock:
-            self._requests.append(request)
-            self._active += 1
-        exchange = Exchange(receive, send)
-        outcome = ""
-        try:
-            await self._answer(request, scope, exchange)
-            outcome = "completed" if exchange.finished else ""
-        except ClientGone:
-            outcome = "disconnects"
-        except FakeConnectionReset:
-            outcome = "resets"
-            raise
-        finally:
-            exchange.close()
-            with self._lock:
-                self._active -= 1
-                if outcome:
-                    setattr(self, f"_{outcome}", getattr(self, f"_{outcome}") + 1)
+        request = received_request(scope, body, raw_path.decode("latin-1"))
+        await self._observe(request, receive, send, lambda ex: self._answer(request, scope, ex))
 
     async def _answer(self, request: ReceivedRequest, scope: Scope, exchange: Exchange) -> None:
         knobs = self._defaults

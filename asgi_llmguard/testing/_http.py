@@ -143,6 +143,15 @@ def route_of(request: ReceivedRequest, path: str) -> Route:
     return Route("azure" if path.startswith("/openai/") else "openai", None)
 
 
+class FakeConnectionReset(Exception):
+    """Raised inside the app to drop a connection mid-stream (``reset_after_chunks``).
+
+    Under a real server (uvicorn) the connection is closed without the end of the chunked body,
+    so the client sees a protocol or read error. In-process (httpx's ``ASGITransport``) the
+    exception reaches the caller. The fake silences uvicorn's traceback for it.
+    """
+
+
 class ClientGone(Exception):
     """The client disconnected before the response was finished."""
 

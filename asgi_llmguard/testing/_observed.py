@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+import threading
+from collections.abc import Awaitable, Callable
 
+from asgi_llmguard.testing._http import (
+    ClientGone,
+    Exchange,
+    FakeConnectionReset,
+    ReceivedRequest,
+)
 from asgi_llmguard.testing._wait import wait_for, wait_until
 from asgi_llmguard.types import Receive, Scope, Send
-
-if TYPE_CHECKING:
-    from asgi_llmguard.testing.fake import ReceivedRequest
 
 
 class Observed:
     """The recorded requests and the counters of a fake upstream, and waiting on them."""
 
+    _lock: threading.Lock
     _requests: collections.deque[ReceivedRequest]
     _active: int
     _completed: int
@@ -62,6 +66,51 @@ class Observed:
         TimeoutError after ``timeout`` seconds.
         """
         wait_until(predicate, timeout)
+
+    async def _observe(
+        self,
+        request: ReceivedRequest,
+        receive: Receive,
+        send: Send,
+        answer: Callable[[Exchange], Awaitable[None]],
+    ) -> None:
+        """Record ``request``, run ``answer`` on its exchange, and count how it ended: completed,
+        the client gone (``disconnects``) or the connection reset on purpose (``resets``)."""
+        with self._lock:
+            self._requests.append(request)
+            self._active += 1
+        exchange = Exchange(receive, send)
+        outcome = ""
+        try:
+            await answer(exchange)
+            outcome = "completed" if exchange.finished else ""
+        except ClientGone:
+            outcome = "disconnects"
+        except FakeConnectionReset:
+            outcome = "resets"
+            raise
+        finally:
+            exchange.close()
+            with self._lock:
+                self._active -= 1
+                if outcome == "completed":
+                    self._completed += 1
+                elif outcome == "disconnects":
+                    self._disconnects += 1
+                elif outcome == "resets":
+                    self._resets += 1
+
+
+def received_request(scope: Scope, body: bytes, path: str | None = None) -> ReceivedRequest:
+    """The request as a fake records it (header names lower-cased); ``path``: the one to record
+    when not the scope's (the raw path, percent-escapes kept)."""
+    return ReceivedRequest(
+        method=scope["method"],
+        path=scope["path"] if path is None else path,
+        query_string=scope.get("query_string", b"").decode("latin-1"),
+        headers=[(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]],
+        body=body,
+    )
 
 
 async def read_http_request(scope: Scope, receive: Receive, send: Send) -> bytes | None:

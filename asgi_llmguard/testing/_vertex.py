@@ -50,11 +50,12 @@ from asgi_llmguard.testing import _anthropic
 from asgi_llmguard.testing import _google_oauth as oauth
 from asgi_llmguard.testing import _vertex_gemini as gemini
 from asgi_llmguard.testing._common import ApiError, StreamPlan, new_id
-from asgi_llmguard.testing._http import ClientGone, Exchange, Receive, ReceivedRequest, Scope, Send
-from asgi_llmguard.testing._knobs import LINE_ENDINGS, Knobs, count, override, seconds, validate
-from asgi_llmguard.testing._observed import Observed, read_http_request
+from asgi_llmguard.testing._http import Exchange, Receive, ReceivedRequest, Scope, Send
+from asgi_llmguard.testing._knobs import Knobs, count, override, seconds, validate
+from asgi_llmguard.testing._observed import Observed, read_http_request, received_request
+from asgi_llmguard.testing._playback import play, with_line_ending
 from asgi_llmguard.testing._vertex_routes import Call, Family, dispatch, parse
-from asgi_llmguard.testing.fake import _RESET_FILTER, FakeConnectionReset
+from asgi_llmguard.testing.fake import _RESET_FILTER
 
 __all__ = ["FakeVertex"]
 
@@ -194,38 +195,8 @@ class FakeVertex(Observed):
         body = await read_http_request(scope, receive, send)
         if body is None:
             return
-        request = ReceivedRequest(
-            method=scope["method"],
-            path=scope["path"],
-            query_string=scope.get("query_string", b"").decode("latin-1"),
-            headers=[
-                (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]
-            ],
-            body=body,
-        )
-        with self._lock:
-            self._requests.append(request)
-            self._active += 1
-        exchange = Exchange(receive, send)
-        outcome = ""
-        try:
-            await self._answer(request, scope, exchange)
-            outcome = "completed" if exchange.finished else ""
-        except ClientGone:
-            outcome = "disconnects"
-        except FakeConnectionReset:
-            outcome = "resets"
-            raise
-        finally:
-            exchange.close()
-            with self._lock:
-                self._active -= 1
-                if outcome == "completed":
-                    self._completed += 1
-                elif outcome == "disconnects":
-                    self._disconnects += 1
-                elif outcome == "resets":
-                    self._resets += 1
+        request = received_request(scope, body)
+        await self._observe(request, receive, send, lambda ex: self._answer(request, scope, ex))
 
     async def _answer(self, request: ReceivedRequest, scope: Scope, exchange: Exchange) -> None:
         root = scope.get("root_path", "")
@@ -346,32 +317,9 @@ class FakeVertex(Observed):
     async def _stream(
         self, exchange: Exchange, call: Call, plan: StreamPlan, knobs: Knobs, sse: bool
     ) -> None:
-        if call.family == "anthropic" and knobs.line_ending != "lf":
-            eol = LINE_ENDINGS[knobs.line_ending]
-            head, content, tail = (
-                [e.replace(b"\n", eol) for e in part]
-                for part in (plan.head, plan.content, plan.tail)
-            )
-            plan = StreamPlan(head, content, tail, plan.content_type)
+        if call.family == "anthropic":
+            plan = with_line_ending(plan, knobs.line_ending)
         content_type = b"text/event-stream" if sse else b"application/json; charset=UTF-8"
         request_id = (b"x-request-id", new_id("req_vrtx_").encode())
-        await exchange.start(200, [(b"content-type", content_type), request_id])
-        if plan.head:
-            await exchange.body(b"".join(plan.head))
-        if await self._cut(exchange, knobs, 0):
-            return
-        for sent, event in enumerate(plan.content, start=1):
-            await exchange.pause(knobs.chunk_delay)
-            await exchange.body(event)
-            if await self._cut(exchange, knobs, sent):
-                return
-        await exchange.body(b"".join(plan.tail), more=False)
-
-    @staticmethod
-    async def _cut(exchange: Exchange, knobs: Knobs, sent: int) -> bool:
-        if knobs.reset_after_chunks == sent:
-            raise FakeConnectionReset(f"fake Vertex AI reset the connection after {sent} chunks")
-        if knobs.truncate_after_chunks == sent:
-            await exchange.body(b"", more=False)
-            return True
-        return False
+        headers = [(b"content-type", content_type), request_id]
+        await play(exchange, plan, knobs, headers, "fake Vertex AI")

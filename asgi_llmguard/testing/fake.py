@@ -118,8 +118,8 @@ from asgi_llmguard.testing._common import (
 )
 from asgi_llmguard.testing._http import (
     Api,
-    ClientGone,
     Exchange,
+    FakeConnectionReset,
     Receive,
     ReceivedRequest,
     Route,
@@ -129,13 +129,13 @@ from asgi_llmguard.testing._http import (
 )
 from asgi_llmguard.testing._knobs import (
     DEFAULT_REPLY,
-    LINE_ENDINGS,
     Knobs,
     count,
     override,
     validate,
 )
-from asgi_llmguard.testing._observed import Observed
+from asgi_llmguard.testing._observed import Observed, received_request
+from asgi_llmguard.testing._playback import play, with_line_ending
 from asgi_llmguard.testing._realtime import realtime_model, serve_realtime
 from asgi_llmguard.testing._tools import Script
 from asgi_llmguard.testing._websocket import (
@@ -148,15 +148,6 @@ from asgi_llmguard.testing._websocket import (
 )
 
 __all__ = ["FakeConnectionReset", "FakeProvider", "ReceivedRequest"]
-
-
-class FakeConnectionReset(Exception):
-    """Raised inside the app to drop a connection mid-stream (``reset_after_chunks``).
-
-    Under a real server (uvicorn) the connection is closed without the end of the chunked body,
-    so the client sees a protocol or read error. In-process (httpx's ``ASGITransport``) the
-    exception reaches the caller. The fake silences uvicorn's traceback for it.
-    """
 
 
 class _IgnoreIntentionalResets(logging.Filter):
@@ -310,38 +301,9 @@ class FakeProvider(Observed):
         body = await self._read_body(receive)
         if body is None:
             return
-        request = ReceivedRequest(
-            method=scope["method"],
-            path=scope["path"],
-            query_string=scope.get("query_string", b"").decode("latin-1"),
-            headers=[
-                (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]
-            ],
-            body=body,
-        )
-        with self._lock:
-            self._requests.append(request)
-            self._active += 1
-        exchange = Exchange(receive, send)
-        outcome = ""
-        try:
-            await self._answer(request, scope.get("root_path", ""), exchange)
-            outcome = "completed" if exchange.finished else ""
-        except ClientGone:
-            outcome = "disconnects"
-        except FakeConnectionReset:
-            outcome = "resets"
-            raise
-        finally:
-            exchange.close()
-            with self._lock:
-                self._active -= 1
-                if outcome == "completed":
-                    self._completed += 1
-                elif outcome == "disconnects":
-                    self._disconnects += 1
-                elif outcome == "resets":
-                    self._resets += 1
+        request = received_request(scope, body)
+        root = scope.get("root_path", "")
+        await self._observe(request, receive, send, lambda ex: self._answer(request, root, ex))
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The Responses API's WebSocket mode and the Realtime API (see ``_websocket``)."""
@@ -682,32 +644,6 @@ class FakeProvider(Observed):
         await self._send_json(exchange, api, error.status, body, error.headers)
 
     async def _stream(self, exchange: Exchange, api: Api, plan: StreamPlan, knobs: Knobs) -> None:
-        if knobs.line_ending != "lf":
-            eol = LINE_ENDINGS[knobs.line_ending]
-            head, content, tail = (
-                [e.replace(b"\n", eol) for e in part]
-                for part in (plan.head, plan.content, plan.tail)
-            )
-            plan = StreamPlan(head, content, tail, content_type=plan.content_type)
+        plan = with_line_ending(plan, knobs.line_ending)
         headers = _SSE_HEADERS if plan.content_type == b"text/event-stream" else [_JSON_TYPE]
-        await exchange.start(200, [*headers, self._id_header(api)])
-        if plan.head:
-            await exchange.body(b"".join(plan.head))
-        if await self._cut(exchange, knobs, 0):
-            return
-        for sent, event in enumerate(plan.content, start=1):
-            await exchange.pause(knobs.chunk_delay)
-            await exchange.body(event)
-            if await self._cut(exchange, knobs, sent):
-                return
-        await exchange.body(b"".join(plan.tail), more=False)
-
-    @staticmethod
-    async def _cut(exchange: Exchange, knobs: Knobs, sent: int) -> bool:
-        """Apply ``reset_after_chunks`` / ``truncate_after_chunks`` once ``sent`` chunks are out."""
-        if knobs.reset_after_chunks == sent:
-            raise FakeConnectionReset(f"fake provider reset the connection after {sent} chunks")
-        if knobs.truncate_after_chunks == sent:
-            await exchange.body(b"", more=False)
-            return True
-        return False
+        await play(exchange, plan, knobs, [*headers, self._id_header(api)], "fake provider")
