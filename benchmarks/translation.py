@@ -20,6 +20,7 @@ from collections.abc import Callable
 import msgspec
 
 from asgi_llmguard.providers.translate import anthropic_messages as an
+from asgi_llmguard.providers.translate import gemini_generate as gm
 from asgi_llmguard.providers.translate import openai_chat as oa
 from asgi_llmguard.providers.translate.model import (
     Finish,
@@ -106,11 +107,20 @@ def request_to_anthropic() -> bytes:
     return msgspec.json.encode(body)
 
 
+def request_to_gemini() -> bytes:
+    body, _ = gm.write_request(oa.read_request(REQUEST))
+    return msgspec.json.encode(body)
+
+
 def answer_to_chat() -> bytes:
     return oa.write_answer(an.read_answer(ANSWER), created=1)
 
 
-def _stream(encoder: an.StreamEncoder | oa.StreamEncoder) -> list[bytes]:
+Encoder = an.StreamEncoder | oa.StreamEncoder | gm.StreamEncoder
+Decoder = an.StreamDecoder | oa.StreamDecoder | gm.StreamDecoder
+
+
+def _stream(encoder: Encoder) -> list[bytes]:
     deltas = [MessageStart("msg_1", "model"), *[TextDelta(0, " token")] * EVENTS, PartStop(0)]
     deltas += [Finish("stop"), UsageDelta(TokenUsage(10, EVENTS)), MessageStop()]
     body = encoder.encode_many(deltas)
@@ -119,8 +129,8 @@ def _stream(encoder: an.StreamEncoder | oa.StreamEncoder) -> list[bytes]:
 
 def relay(
     chunks: list[bytes],
-    decoder: Callable[[], an.StreamDecoder | oa.StreamDecoder],
-    encoder: Callable[[], an.StreamEncoder | oa.StreamEncoder],
+    decoder: Callable[[], Decoder],
+    encoder: Callable[[], Encoder],
 ) -> Callable[[], int]:
     def run() -> int:
         dec, enc = decoder(), encoder()
@@ -174,6 +184,24 @@ def main() -> None:
             "stream event: chat -> messages (text delta)",
             _time(
                 relay(_stream(oa.StreamEncoder(created=1)), oa.StreamDecoder, an.StreamEncoder),
+                1,
+                args.rounds,
+            ),
+            EVENTS,
+        ),
+        (
+            "request: chat -> gemini (3 turns, 1 tool)",
+            _time(request_to_gemini, 5000, args.rounds),
+            1,
+        ),
+        (
+            "stream event: gemini -> chat (text delta)",
+            _time(
+                relay(
+                    _stream(gm.StreamEncoder()),
+                    gm.StreamDecoder,
+                    lambda: oa.StreamEncoder(created=1),
+                ),
                 1,
                 args.rounds,
             ),
