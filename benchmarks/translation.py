@@ -20,6 +20,7 @@ from collections.abc import Callable
 import msgspec
 
 from asgi_llmguard.providers.translate import anthropic_messages as an
+from asgi_llmguard.providers.translate import bedrock_converse as bc
 from asgi_llmguard.providers.translate import gemini_generate as gm
 from asgi_llmguard.providers.translate import openai_chat as oa
 from asgi_llmguard.providers.translate.model import (
@@ -112,9 +113,28 @@ def request_to_gemini() -> bytes:
     return msgspec.json.encode(body)
 
 
+def request_to_converse() -> bytes:
+    body, _ = bc.write_request(oa.read_request(REQUEST))
+    return msgspec.json.encode(body)
+
+
+def converse_to_chat() -> int:
+    """ConverseStream events (already unframed) relayed as Chat Completions chunks."""
+    dec, enc = bc.StreamDecoder(), oa.StreamEncoder(created=1)
+    size = 0
+    for kind, payload in CONVERSE_EVENTS:
+        size += len(enc.encode_many(dec.feed_event(kind, payload)))
+    return size
+
+
 def answer_to_chat() -> bytes:
     return oa.write_answer(an.read_answer(ANSWER), created=1)
 
+
+CONVERSE_EVENTS = bc.StreamEncoder().encode_many(
+    [MessageStart("msg_1", "model"), *[TextDelta(0, " token")] * EVENTS, PartStop(0)]
+    + [Finish("stop"), UsageDelta(TokenUsage(10, EVENTS)), MessageStop()]
+)
 
 Encoder = an.StreamEncoder | oa.StreamEncoder | gm.StreamEncoder
 Decoder = an.StreamDecoder | oa.StreamDecoder | gm.StreamDecoder
@@ -205,6 +225,16 @@ def main() -> None:
                 1,
                 args.rounds,
             ),
+            EVENTS,
+        ),
+        (
+            "request: chat -> converse (3 turns, 1 tool)",
+            _time(request_to_converse, 5000, args.rounds),
+            1,
+        ),
+        (
+            "stream event: converse -> chat (text delta)",
+            _time(converse_to_chat, 1, args.rounds),
             EVENTS,
         ),
     ]
