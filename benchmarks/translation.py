@@ -1,4 +1,4 @@
-"""What translating between Chat Completions and Messages costs, in process.
+"""What translating between wire formats costs, in process.
 
     .venv/bin/python -m benchmarks.translation [--rounds 7]
 
@@ -7,7 +7,9 @@ question, an assistant tool call, its result, a follow-up), from request bytes t
 bytes: decode, read into the model, write, encode. Answer: a Messages answer (text and a tool
 call) to Chat Completions bytes. Stream: a Messages stream of 20,000 text events, delivered in
 16 KiB chunks, decoded and re-encoded as Chat Completions chunks (and the reverse); reported
-per event. Median of rounds, microseconds per operation.
+per event. The same request written for Gemini and Converse, and Gemini and ConverseStream text
+events relayed as Chat Completions chunks (ConverseStream events already unframed). Median of
+rounds, microseconds per operation.
 """
 
 from __future__ import annotations
@@ -132,8 +134,14 @@ def answer_to_chat() -> bytes:
 
 
 CONVERSE_EVENTS = bc.StreamEncoder().encode_many(
-    [MessageStart("msg_1", "model"), *[TextDelta(0, " token")] * EVENTS, PartStop(0)]
-    + [Finish("stop"), UsageDelta(TokenUsage(10, EVENTS)), MessageStop()]
+    [
+        MessageStart("msg_1", "model"),
+        *[TextDelta(0, " token")] * EVENTS,
+        PartStop(0),
+        Finish("stop"),
+        UsageDelta(TokenUsage(10, EVENTS)),
+        MessageStop(),
+    ]
 )
 
 Encoder = an.StreamEncoder | oa.StreamEncoder | gm.StreamEncoder
