@@ -8,8 +8,9 @@ bytes: decode, read into the model, write, encode. Answer: a Messages answer (te
 call) to Chat Completions bytes. Stream: a Messages stream of 20,000 text events, delivered in
 16 KiB chunks, decoded and re-encoded as Chat Completions chunks (and the reverse); reported
 per event. The same request written for Gemini and Converse, and Gemini and ConverseStream text
-events relayed as Chat Completions chunks (ConverseStream events already unframed). Median of
-rounds, microseconds per operation.
+events relayed as Chat Completions chunks (ConverseStream events already unframed); the same
+request in Responses form translated to Messages, and Messages text events relayed as Responses
+events. Median of rounds, microseconds per operation.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from asgi_llmguard.providers.translate import anthropic_messages as an
 from asgi_llmguard.providers.translate import bedrock_converse as bc
 from asgi_llmguard.providers.translate import gemini_generate as gm
 from asgi_llmguard.providers.translate import openai_chat as oa
+from asgi_llmguard.providers.translate import openai_responses as rs
 from asgi_llmguard.providers.translate.model import (
     Finish,
     MessageStart,
@@ -129,6 +131,16 @@ def converse_to_chat() -> int:
     return size
 
 
+RESPONSES_REQUEST = msgspec.json.encode(
+    rs.write_request(oa.read_request(msgspec.json.decode(REQUEST)))[0]
+)
+
+
+def responses_to_anthropic() -> bytes:
+    body, _ = an.write_request(rs.read_request(RESPONSES_REQUEST))
+    return msgspec.json.encode(body)
+
+
 def answer_to_chat() -> bytes:
     return oa.write_answer(an.read_answer(ANSWER), created=1)
 
@@ -144,7 +156,7 @@ CONVERSE_EVENTS = bc.StreamEncoder().encode_many(
     ]
 )
 
-Encoder = an.StreamEncoder | oa.StreamEncoder | gm.StreamEncoder
+Encoder = an.StreamEncoder | oa.StreamEncoder | gm.StreamEncoder | rs.StreamEncoder
 Decoder = an.StreamDecoder | oa.StreamDecoder | gm.StreamDecoder
 
 
@@ -243,6 +255,24 @@ def main() -> None:
         (
             "stream event: converse -> chat (text delta)",
             _time(converse_to_chat, 1, args.rounds),
+            EVENTS,
+        ),
+        (
+            "request: responses -> messages (3 turns, 1 tool)",
+            _time(responses_to_anthropic, 5000, args.rounds),
+            1,
+        ),
+        (
+            "stream event: messages -> responses (text delta)",
+            _time(
+                relay(
+                    _stream(an.StreamEncoder()),
+                    an.StreamDecoder,
+                    lambda: rs.StreamEncoder(created=1),
+                ),
+                1,
+                args.rounds,
+            ),
             EVENTS,
         ),
     ]
