@@ -360,7 +360,7 @@ def read_request(body: bytes | dict[str, Any], *, model: str = "", stream: bool 
             as_dict(config, "toolConfig").get("functionCallingConfig") or {},
             "functionCallingConfig",
         )
-        mode = fcc.get("mode", "AUTO")
+        mode = as_str(fcc.get("mode", "AUTO"), "functionCallingConfig.mode")
         allowed = as_list(fcc.get("allowedFunctionNames") or [], "allowedFunctionNames")
         if mode not in _MODE_IN:
             unsupported.append(f"toolConfig.functionCallingConfig.mode.{mode}")

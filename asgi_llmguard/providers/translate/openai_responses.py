@@ -268,7 +268,7 @@ def read_request(body: bytes | dict[str, Any]) -> Turn:
     if reasoning.get("effort") is not None:
         effort = as_str(reasoning["effort"], "reasoning.effort")
     for value in as_list(req.get("include") or [], "include"):
-        if value not in _INCLUDES:
+        if as_str(value, "include[]") not in _INCLUDES:
             unsupported.append(f"include.{value}")
     handled = {
         "model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "text",
