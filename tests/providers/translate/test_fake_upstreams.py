@@ -15,7 +15,9 @@ import openai
 import pytest
 
 from asgi_llmguard.providers.translate import anthropic_messages as an
+from asgi_llmguard.providers.translate import gemini_generate as gm
 from asgi_llmguard.providers.translate import openai_chat as oa
+from asgi_llmguard.providers.translate import openai_responses as rs
 from asgi_llmguard.testing import FakeProvider, serve
 
 REPLY = "Translated across formats, word by word."
@@ -145,3 +147,51 @@ def test_an_openai_client_on_a_messages_upstream(fake):
     sent = provider.requests[-2].json()
     assert sent["system"] == "Be brief."
     assert sent["max_tokens"] == an.DEFAULT_MAX_TOKENS
+
+
+def test_a_responses_client_on_a_gemini_upstream(fake):
+    provider, base = fake
+
+    def transport(request: httpx.Request) -> httpx.Response:
+        turn = rs.read_request(request.content)
+        body, dropped = gm.write_request(turn)
+        assert dropped == []
+        headers = {"x-goog-api-key": "sk-up"}
+        url = f"{base}/v1beta/models/{turn.model}"
+        if turn.stream:
+            encoder = rs.StreamEncoder()
+            url += ":streamGenerateContent?alt=sse"
+            data = _relay(url, headers, body, True, gm.StreamDecoder(), encoder)
+            return httpx.Response(200, content=data, headers={"content-type": "text/event-stream"})
+        data = _relay(
+            url + ":generateContent",
+            headers,
+            body,
+            False,
+            lambda b: rs.write_answer(gm.read_answer(b)),
+            None,
+        )
+        return httpx.Response(200, content=data, headers={"content-type": "application/json"})
+
+    client = openai.OpenAI(
+        api_key="k", base_url="http://gateway/v1", max_retries=0,
+        http_client=httpx.Client(transport=httpx.MockTransport(transport)),
+    )  # fmt: skip
+    question = {
+        "model": "gemini-2.5-flash",
+        "instructions": "Be brief.",
+        "input": "Say it",
+        "max_output_tokens": 300,
+        "store": False,
+    }
+    with client.responses.stream(**question) as stream:
+        streamed = stream.get_final_response()
+    whole = client.responses.create(**question)
+    for response in (streamed, whole):
+        assert response.output_text == REPLY
+        assert response.status == "completed"
+        assert response.usage.input_tokens > 0
+        assert response.usage.output_tokens > 0
+    sent = provider.requests[-2].json()
+    assert sent["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
+    assert sent["generationConfig"] == {"maxOutputTokens": 300}
