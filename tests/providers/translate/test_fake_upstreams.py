@@ -195,3 +195,56 @@ def test_a_responses_client_on_a_gemini_upstream(fake):
     sent = provider.requests[-2].json()
     assert sent["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
     assert sent["generationConfig"] == {"maxOutputTokens": 300}
+
+
+def test_an_anthropic_client_tool_loop_on_a_gemini_3_upstream_keeps_signatures():
+    # Gemini 3 refuses a function call sent back without the thought signature it came with, and
+    # a function response without the function's name: the tool loop must carry both across.
+    provider = FakeProvider(api_key="sk-up", reply=REPLY, tool_call="auto")
+
+    def transport(request: httpx2.Request) -> httpx2.Response:
+        turn = an.read_request(request.content)
+        body, dropped = gm.write_request(turn)
+        assert dropped == []
+        url = f"{base}/v1beta/models/{turn.model}:streamGenerateContent?alt=sse"
+        headers = {"x-goog-api-key": "sk-up"}
+        data = _relay(url, headers, body, True, gm.StreamDecoder(), an.StreamEncoder())
+        return httpx2.Response(200, content=data, headers={"content-type": "text/event-stream"})
+
+    client = anthropic.Anthropic(
+        api_key="k", base_url="http://gateway", max_retries=0,
+        http_client=httpx2.Client(transport=httpx2.MockTransport(transport)),
+    )  # fmt: skip
+    tools = [
+        {
+            "name": "get_weather",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+        }
+    ]
+    messages: list = [{"role": "user", "content": "Weather in Paris?"}]
+    with serve(provider) as upstream:
+        base = upstream.url
+        with client.messages.stream(
+            model="gemini-3-pro-preview", max_tokens=500, messages=messages, tools=tools
+        ) as stream:
+            first = stream.get_final_message()
+        assert first.stop_reason == "tool_use"
+        kinds = [b.type for b in first.content]
+        assert kinds == ["thinking", "tool_use"]
+        assert first.content[0].signature
+        call = first.content[1]
+        said = [b.model_dump(exclude_none=True) for b in first.content]
+        result = {"type": "tool_result", "tool_use_id": call.id, "content": "18C, sunny"}
+        messages += [
+            {"role": "assistant", "content": said},
+            {"role": "user", "content": [result]},
+        ]
+        with client.messages.stream(
+            model="gemini-3-pro-preview", max_tokens=500, messages=messages, tools=tools
+        ) as stream:
+            second = stream.get_final_message()
+    assert second.stop_reason == "end_turn"
+    assert "18C, sunny" in "".join(b.text for b in second.content if b.type == "text")
+    sent = provider.requests[-1].json()["contents"]
+    assert sent[1]["parts"][0]["thoughtSignature"] == first.content[0].signature
+    assert sent[2]["parts"][0]["functionResponse"]["name"] == "get_weather"
