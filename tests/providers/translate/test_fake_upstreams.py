@@ -8,17 +8,21 @@ as it arrives.
 
 from __future__ import annotations
 
+import urllib.parse
+
 import anthropic
 import httpx
 import httpx2
 import openai
 import pytest
 
+from asgi_llmguard.providers.eventstream import FrameSplitter, decode_frame
 from asgi_llmguard.providers.translate import anthropic_messages as an
+from asgi_llmguard.providers.translate import bedrock_converse as bc
 from asgi_llmguard.providers.translate import gemini_generate as gm
 from asgi_llmguard.providers.translate import openai_chat as oa
 from asgi_llmguard.providers.translate import openai_responses as rs
-from asgi_llmguard.testing import FakeProvider, serve
+from asgi_llmguard.testing import FakeBedrock, FakeProvider, serve
 
 REPLY = "Translated across formats, word by word."
 
@@ -248,3 +252,62 @@ def test_an_anthropic_client_tool_loop_on_a_gemini_3_upstream_keeps_signatures()
     sent = provider.requests[-1].json()["contents"]
     assert sent[1]["parts"][0]["thoughtSignature"] == first.content[0].signature
     assert sent[2]["parts"][0]["functionResponse"]["name"] == "get_weather"
+
+
+def test_an_openai_client_on_a_converse_stream_upstream():
+    # The gateway's event-stream framing splits the fake Bedrock's binary frames; the codec
+    # takes each frame's event type and payload.
+    bedrock = FakeBedrock(api_key="bedrock-key", reply=REPLY, cached_tokens=4)
+    model = "anthropic.claude-3-5-haiku-20241022-v1:0"
+
+    def transport(request: httpx.Request) -> httpx.Response:
+        turn = oa.read_request(request.content)
+        body, dropped = bc.write_request(turn)
+        assert dropped == []
+        path = urllib.parse.quote(turn.model, safe="")
+        headers = {"authorization": "Bearer bedrock-key"}
+        splitter, decoder = FrameSplitter(), bc.StreamDecoder(id="req-1", model=turn.model)
+        encoder = oa.StreamEncoder(include_usage=True)
+        out = []
+        with (
+            httpx.Client(timeout=10) as http,
+            http.stream(
+                "POST", f"{base}/model/{path}/converse-stream", json=body, headers=headers
+            ) as answer,
+        ):
+            assert answer.status_code == 200
+            for chunk in answer.iter_raw():
+                for raw in splitter.feed(chunk):
+                    frame = decode_frame(raw)
+                    assert frame is not None
+                    kind = frame.error_type if frame.is_error else frame.event_type
+                    out.append(encoder.encode_many(decoder.feed_event(kind, frame.payload)))
+        out.append(encoder.encode_many(decoder.close()))
+        return httpx.Response(
+            200, content=b"".join(out), headers={"content-type": "text/event-stream"}
+        )
+
+    client = openai.OpenAI(
+        api_key="k", base_url="http://gateway/v1", max_retries=0,
+        http_client=httpx.Client(transport=httpx.MockTransport(transport)),
+    )  # fmt: skip
+    with serve(bedrock) as upstream:
+        base = upstream.url
+        with client.chat.completions.stream(
+            model=model,
+            messages=[
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Say it"},
+            ],
+            max_completion_tokens=100,
+            stream_options={"include_usage": True},
+        ) as stream:
+            completion = stream.get_final_completion()
+    assert completion.id == "req-1"
+    assert completion.choices[0].message.content == REPLY
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage.prompt_tokens_details.cached_tokens == 4
+    assert completion.usage.prompt_tokens > 4
+    sent = bedrock.requests[-1].json()
+    assert sent["system"] == [{"text": "Be brief."}]
+    assert sent["inferenceConfig"] == {"maxTokens": 100}
