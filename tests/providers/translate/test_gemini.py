@@ -403,3 +403,27 @@ def test_google_genai_parses_what_the_writers_send():
     assert config.tool_config.function_calling_config.mode == types.FunctionCallingConfigMode.ANY
     contents = [types.Content.model_validate(c) for c in request["contents"]]
     assert contents[0].parts[0].text == "hi"
+
+
+def test_a_signature_on_a_text_part_goes_back_on_that_part():
+    # Gemini 3 signs the text of an answer without function calls on its (last) text part.
+    answer = gm.read_answer(enc({
+        "candidates": [{"content": {"role": "model", "parts": [{"text": "1+1 equals 2.", "thoughtSignature": "EjQKMgEM"}]}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 15, "candidatesTokenCount": 6, "totalTokenCount": 21},
+        "modelVersion": "gemini-3-flash", "responseId": "Il0t",
+    }))  # fmt: skip
+    assert answer.parts == (Thinking("", "EjQKMgEM"), Text("1+1 equals 2."))
+    said = msgspec.json.decode(an.write_answer(answer))["content"]  # what a Messages client got
+    history = an.read_request(enc({
+        "model": "gemini-3-flash", "max_tokens": 100,
+        "messages": [
+            {"role": "user", "content": "What is 1+1?"},
+            {"role": "assistant", "content": said},
+            {"role": "user", "content": "And 2+2?"},
+        ],
+    }))  # fmt: skip
+    body, _ = gm.write_request(history)
+    assert body["contents"][1] == {
+        "role": "model",
+        "parts": [{"text": "1+1 equals 2.", "thoughtSignature": "EjQKMgEM"}],
+    }
