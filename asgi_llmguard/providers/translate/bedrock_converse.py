@@ -287,6 +287,12 @@ def read_request(body: bytes | dict[str, Any], *, model: str = "", stream: bool 
                 unsupported.append(f"toolConfig.tools.{next(iter(raw), 'empty')}")
                 continue
             spec = as_dict(raw["toolSpec"], "toolSpec")
+            for key, value in spec.items():
+                if (
+                    key not in ("name", "description", "inputSchema", "strict")
+                    and value is not None
+                ):
+                    unsupported.append(f"toolSpec.{key}")
             schema = as_dict(spec.get("inputSchema") or {}, "toolSpec.inputSchema").get("json")
             tools.append(
                 Tool(

@@ -94,6 +94,9 @@ FINISH_OUT: dict[str, str] = {
 STRUCTURED_NAME = "response"
 _MODE_OUT = {"auto": "AUTO", "none": "NONE", "required": "ANY", "named": "ANY"}
 _MODE_IN = {"AUTO": "auto", "NONE": "none", "ANY": "required"}
+#: The keys of a function declaration the model holds (``response``, ``behavior``, ... it does
+#: not).
+_DECLARATION_KEYS = frozenset({"name", "description", "parameters", "parametersJsonSchema"})
 #: Generation settings that mean "nothing asked" with these values.
 _NEUTRAL: dict[str, Any] = {"candidateCount": 1, "presencePenalty": 0, "frequencyPenalty": 0}
 
@@ -342,8 +345,9 @@ def read_request(body: bytes | dict[str, Any], *, model: str = "", stream: bool 
             for decl in as_list(value, "tools[].functionDeclarations"):
                 decl = as_dict(decl, "functionDeclarations[]")
                 schema = decl.get("parametersJsonSchema", decl.get("parameters"))
-                if decl.get("response") is not None or decl.get("responseJsonSchema") is not None:
-                    unsupported.append("functionDeclarations.response")
+                for key, value in decl.items():
+                    if key not in _DECLARATION_KEYS and value is not None:
+                        unsupported.append(f"functionDeclarations.{key}")
                 tools.append(
                     Tool(
                         as_str(decl.get("name"), "functionDeclarations[].name"),

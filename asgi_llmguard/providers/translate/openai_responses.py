@@ -84,6 +84,9 @@ _NEUTRAL: dict[str, Any] = {
     "truncation": "disabled",
     "metadata": {},
 }
+#: The keys of a function tool the model holds (``defer_loading``, ``output_schema``, ... it does
+#: not).
+_TOOL_KEYS = frozenset({"type", "name", "description", "parameters", "strict"})
 #: ``include`` values the model can honour (signatures travel as ``encrypted_content``).
 _INCLUDES = frozenset({"reasoning.encrypted_content"})
 #: Why an answer is incomplete, by finish reason, and back.
@@ -226,6 +229,9 @@ def read_request(body: bytes | dict[str, Any]) -> Turn:
         if raw.get("type") != "function":
             unsupported.append(f"tools.{raw.get('type')}")
             continue
+        for key, value in raw.items():
+            if key not in _TOOL_KEYS and value is not None and value is not False:
+                unsupported.append(f"tools.function.{key}")
         tools.append(
             Tool(
                 as_str(raw.get("name"), "tools[].name"),

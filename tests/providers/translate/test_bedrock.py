@@ -287,6 +287,7 @@ def test_thinking_and_signed_reasoning_cross_between_messages_and_converse():
         ({"messages": [{"role": "user", "content": [{"document": {"format": "pdf", "name": "d", "source": {"bytes": "AA=="}}}]}]}, "content.document"),
         ({"messages": [{"role": "user", "content": [{"image": {"format": "png", "source": {"s3Location": {"uri": "s3://b/k"}}}}]}]}, "image.source.s3Location"),
         ({"performanceConfig": {"latency": "optimized"}}, "performanceConfig"),
+        ({"toolConfig": {"tools": [{"toolSpec": {"name": "f", "inputSchema": {"json": {}}, "inputExamples": [{}]}}]}}, "toolSpec.inputExamples"),
     ],
 )  # fmt: skip
 def test_what_the_model_cannot_hold_is_named_when_read(change, field):

@@ -302,6 +302,7 @@ def test_usage_counts_tool_prompts_as_input_and_thoughts_as_output():
         ({"safetySettings": [{"category": "HARM_CATEGORY_HATE_SPEECH", "threshold": "BLOCK_NONE"}]}, "safetySettings"),
         ({"cachedContent": "cachedContents/abc"}, "cachedContent"),
         ({"tools": [{"googleSearch": {}}]}, "tools.googleSearch"),
+        ({"tools": [{"functionDeclarations": [{"name": "f", "behavior": "NON_BLOCKING"}]}]}, "functionDeclarations.behavior"),
         ({"generationConfig": {"topK": 3}}, "generationConfig.topK"),
         ({"generationConfig": {"candidateCount": 2}}, "generationConfig.candidateCount"),
         ({"generationConfig": {"responseMimeType": "application/json"}}, "generationConfig.responseMimeType"),

@@ -186,6 +186,7 @@ def test_a_codex_turn_reaches_chat_and_messages():
         ({"include": ["file_search_call.results"]}, "include.file_search_call.results"),
         ({"text": {"format": {"type": "json_object"}}}, "text.format.json_object"),
         ({"prompt_cache_key": "k"}, "prompt_cache_key"),
+        ({"tools": [{"type": "function", "name": "f", "parameters": {}, "strict": None, "defer_loading": True}]}, "tools.function.defer_loading"),
     ],
 )  # fmt: skip
 def test_what_a_chat_upstream_cannot_do_is_refused_by_name(change, field):
