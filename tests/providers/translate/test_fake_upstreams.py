@@ -15,6 +15,8 @@ import httpx
 import httpx2
 import openai
 import pytest
+from google import genai
+from google.genai import types
 
 from asgi_llmguard.providers.eventstream import FrameSplitter, decode_frame
 from asgi_llmguard.providers.translate import anthropic_messages as an
@@ -311,3 +313,61 @@ def test_an_openai_client_on_a_converse_stream_upstream():
     sent = bedrock.requests[-1].json()
     assert sent["system"] == [{"text": "Be brief."}]
     assert sent["inferenceConfig"] == {"maxTokens": 100}
+
+
+def test_a_google_genai_client_on_a_chat_upstream(fake):
+    # The Gemini codec in reverse: it reads what the google-genai SDK sends and writes the
+    # answers and streams the SDK reads.
+    provider, base = fake
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        model, _, method = scope["path"].rpartition("/")[2].partition(":")
+        turn = gm.read_request(body, model=model, stream=method == "streamGenerateContent")
+        chat, dropped = oa.write_request(turn)
+        assert dropped == []
+        headers = {"authorization": "Bearer sk-up"}
+        if turn.stream:
+            encoder = gm.StreamEncoder()
+            url = f"{base}/v1/chat/completions"
+            async with (
+                httpx.AsyncClient(timeout=10) as http,
+                http.stream("POST", url, json=chat, headers=headers) as answer,
+            ):
+                start = {"type": "http.response.start", "status": 200, "headers": []}
+                await send(start | {"headers": [(b"content-type", b"text/event-stream")]})
+                decoder = oa.StreamDecoder()
+                async for chunk in answer.aiter_raw():
+                    out = encoder.encode_many(decoder.feed(chunk))
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            out = encoder.encode_many(decoder.close())
+            await send({"type": "http.response.body", "body": out})
+            return
+        async with httpx.AsyncClient(timeout=10) as http:
+            answer = await http.post(f"{base}/v1/chat/completions", json=chat, headers=headers)
+        content = gm.write_answer(oa.read_answer(answer.content))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": content})
+
+    with serve(app) as gateway:
+        client = genai.Client(api_key="k", http_options=types.HttpOptions(base_url=gateway.url))
+        config = types.GenerateContentConfig(system_instruction="Be brief.", max_output_tokens=90)
+        pieces = list(
+            client.models.generate_content_stream(model="gpt-4o", contents="Say it", config=config)
+        )
+        whole = client.models.generate_content(model="gpt-4o", contents="Say it", config=config)
+    assert "".join(p.text or "" for p in pieces) == REPLY
+    assert pieces[-1].candidates[0].finish_reason == types.FinishReason.STOP
+    assert pieces[-1].usage_metadata.candidates_token_count > 0
+    assert whole.text == REPLY
+    assert whole.usage_metadata.prompt_token_count > 0
+    sent = provider.requests[-1].json()
+    assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert sent["max_completion_tokens"] == 90
