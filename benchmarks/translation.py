@@ -1,4 +1,4 @@
-"""What translating between Chat Completions and Messages costs, in process.
+"""What translating between wire formats costs, in process.
 
     .venv/bin/python -m benchmarks.translation [--rounds 7]
 
@@ -7,7 +7,10 @@ question, an assistant tool call, its result, a follow-up), from request bytes t
 bytes: decode, read into the model, write, encode. Answer: a Messages answer (text and a tool
 call) to Chat Completions bytes. Stream: a Messages stream of 20,000 text events, delivered in
 16 KiB chunks, decoded and re-encoded as Chat Completions chunks (and the reverse); reported
-per event. Median of rounds, microseconds per operation.
+per event. The same request written for Gemini and Converse, and Gemini and ConverseStream text
+events relayed as Chat Completions chunks (ConverseStream events already unframed); the same
+request in Responses form translated to Messages, and Messages text events relayed as Responses
+events. Median of rounds, microseconds per operation.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from collections.abc import Callable
 import msgspec
 
 from asgi_llmguard.providers.translate import anthropic_messages as an
+from asgi_llmguard.providers.translate import bedrock_converse as bc
+from asgi_llmguard.providers.translate import gemini_generate as gm
 from asgi_llmguard.providers.translate import openai_chat as oa
+from asgi_llmguard.providers.translate import openai_responses as rs
 from asgi_llmguard.providers.translate.model import (
     Finish,
     MessageStart,
@@ -106,11 +112,55 @@ def request_to_anthropic() -> bytes:
     return msgspec.json.encode(body)
 
 
+def request_to_gemini() -> bytes:
+    body, _ = gm.write_request(oa.read_request(REQUEST))
+    return msgspec.json.encode(body)
+
+
+def request_to_converse() -> bytes:
+    body, _ = bc.write_request(oa.read_request(REQUEST))
+    return msgspec.json.encode(body)
+
+
+def converse_to_chat() -> int:
+    """ConverseStream events (already unframed) relayed as Chat Completions chunks."""
+    dec, enc = bc.StreamDecoder(), oa.StreamEncoder(created=1)
+    size = 0
+    for kind, payload in CONVERSE_EVENTS:
+        size += len(enc.encode_many(dec.feed_event(kind, payload)))
+    return size
+
+
+RESPONSES_REQUEST = msgspec.json.encode(
+    rs.write_request(oa.read_request(msgspec.json.decode(REQUEST)))[0]
+)
+
+
+def responses_to_anthropic() -> bytes:
+    body, _ = an.write_request(rs.read_request(RESPONSES_REQUEST))
+    return msgspec.json.encode(body)
+
+
 def answer_to_chat() -> bytes:
     return oa.write_answer(an.read_answer(ANSWER), created=1)
 
 
-def _stream(encoder: an.StreamEncoder | oa.StreamEncoder) -> list[bytes]:
+CONVERSE_EVENTS = bc.StreamEncoder().encode_many(
+    [
+        MessageStart("msg_1", "model"),
+        *[TextDelta(0, " token")] * EVENTS,
+        PartStop(0),
+        Finish("stop"),
+        UsageDelta(TokenUsage(10, EVENTS)),
+        MessageStop(),
+    ]
+)
+
+Encoder = an.StreamEncoder | oa.StreamEncoder | gm.StreamEncoder | rs.StreamEncoder
+Decoder = an.StreamDecoder | oa.StreamDecoder | gm.StreamDecoder
+
+
+def _stream(encoder: Encoder) -> list[bytes]:
     deltas = [MessageStart("msg_1", "model"), *[TextDelta(0, " token")] * EVENTS, PartStop(0)]
     deltas += [Finish("stop"), UsageDelta(TokenUsage(10, EVENTS)), MessageStop()]
     body = encoder.encode_many(deltas)
@@ -119,8 +169,8 @@ def _stream(encoder: an.StreamEncoder | oa.StreamEncoder) -> list[bytes]:
 
 def relay(
     chunks: list[bytes],
-    decoder: Callable[[], an.StreamDecoder | oa.StreamDecoder],
-    encoder: Callable[[], an.StreamEncoder | oa.StreamEncoder],
+    decoder: Callable[[], Decoder],
+    encoder: Callable[[], Encoder],
 ) -> Callable[[], int]:
     def run() -> int:
         dec, enc = decoder(), encoder()
@@ -174,6 +224,52 @@ def main() -> None:
             "stream event: chat -> messages (text delta)",
             _time(
                 relay(_stream(oa.StreamEncoder(created=1)), oa.StreamDecoder, an.StreamEncoder),
+                1,
+                args.rounds,
+            ),
+            EVENTS,
+        ),
+        (
+            "request: chat -> gemini (3 turns, 1 tool)",
+            _time(request_to_gemini, 5000, args.rounds),
+            1,
+        ),
+        (
+            "stream event: gemini -> chat (text delta)",
+            _time(
+                relay(
+                    _stream(gm.StreamEncoder()),
+                    gm.StreamDecoder,
+                    lambda: oa.StreamEncoder(created=1),
+                ),
+                1,
+                args.rounds,
+            ),
+            EVENTS,
+        ),
+        (
+            "request: chat -> converse (3 turns, 1 tool)",
+            _time(request_to_converse, 5000, args.rounds),
+            1,
+        ),
+        (
+            "stream event: converse -> chat (text delta)",
+            _time(converse_to_chat, 1, args.rounds),
+            EVENTS,
+        ),
+        (
+            "request: responses -> messages (3 turns, 1 tool)",
+            _time(responses_to_anthropic, 5000, args.rounds),
+            1,
+        ),
+        (
+            "stream event: messages -> responses (text delta)",
+            _time(
+                relay(
+                    _stream(an.StreamEncoder()),
+                    an.StreamDecoder,
+                    lambda: rs.StreamEncoder(created=1),
+                ),
                 1,
                 args.rounds,
             ),
