@@ -1,0 +1,275 @@
+"""Routes served by an upstream of another wire format, through the gateway over real sockets:
+the openai SDK on an Anthropic Messages upstream and the anthropic SDK on a Chat Completions
+upstream (the fake provider), with the ledger's rows."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from asgi_llmguard import (
+    KeyPolicy,
+    SQLiteSink,
+    StaticKey,
+    StaticKeyStore,
+    Upstream,
+    UsagePipeline,
+    build_stack,
+    hash_key,
+)
+from asgi_llmguard.forward.router import Routing
+from asgi_llmguard.testing import FakeProvider, serve
+
+KEY = "sk-llmg-translate-0123456789abcdefghijklmnopqrstuvwxyz"
+UPSTREAM_KEY = "sk-upstream-translate"
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "description": "Time in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    },
+]
+
+
+class Gateway:
+    def __init__(self, url: str, fake: FakeProvider, ledger: Path) -> None:
+        self.url = url
+        self.fake = fake
+        self.ledger = ledger
+
+    def rows(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        rows: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            if self.ledger.exists():
+                with sqlite3.connect(self.ledger) as db:
+                    db.row_factory = sqlite3.Row
+                    if db.execute(
+                        "SELECT 1 FROM sqlite_master WHERE name='usage_events'"
+                    ).fetchone():
+                        rows = [
+                            dict(r)
+                            for r in db.execute("SELECT * FROM usage_events ORDER BY started_at")
+                        ]
+            if len(rows) >= count:
+                break
+            time.sleep(0.05)
+        assert len(rows) == count, rows
+        return rows
+
+    def openai(self) -> openai.OpenAI:
+        return openai.OpenAI(api_key=KEY, base_url=f"{self.url}/v1", max_retries=0)
+
+    def anthropic(self) -> anthropic.Anthropic:
+        return anthropic.Anthropic(api_key=KEY, base_url=self.url, max_retries=0)
+
+
+def _gateway(tmp_path: Path, upstreams, routing: Routing | None = None, **fake_knobs):
+    fake = FakeProvider(api_key=UPSTREAM_KEY, **fake_knobs)
+    keys = StaticKeyStore([StaticKey(KeyPolicy(key_id="k"), key_hash=hash_key(KEY))])
+    ledger = tmp_path / "ledger.sqlite3"
+    pipeline = UsagePipeline(
+        [SQLiteSink(str(ledger))], spill_path=str(tmp_path / "spill"), flush_interval=0.05
+    )
+    return fake, keys, pipeline, ledger
+
+
+@pytest.fixture
+def on_anthropic(tmp_path):
+    """An OpenAI-style gateway whose only upstream for ``claude-*`` is an Anthropic one."""
+    fake, keys, pipeline, ledger = _gateway(tmp_path, None)
+    with serve(fake) as upstream:
+        app = build_stack(
+            upstreams=[
+                Upstream("openai", f"{upstream.url}/v1", api_key=UPSTREAM_KEY, name="oa"),
+                Upstream(
+                    "anthropic",
+                    upstream.url,
+                    api_key=UPSTREAM_KEY,
+                    name="an",
+                    models=("claude-*",),
+                ),
+            ],
+            keys=keys,
+            pipeline=pipeline,
+        )
+        with serve(app) as server:
+            yield Gateway(server.url, fake, ledger)
+
+
+def test_an_openai_client_is_answered_by_an_anthropic_upstream(on_anthropic):
+    client = on_anthropic.openai()
+    answer = client.chat.completions.create(
+        model="claude-haiku-4-5", messages=[{"role": "user", "content": "hello there"}]
+    )
+    assert answer.object == "chat.completion"
+    assert answer.choices[0].message.content
+    assert answer.choices[0].finish_reason == "stop"
+    (request,) = on_anthropic.fake.requests
+    assert request.path == "/v1/messages"
+    sent = request.json()
+    assert sent["model"] == "claude-haiku-4-5"
+    assert sent["messages"] == [{"role": "user", "content": "hello there"}]
+    (row,) = on_anthropic.rows(1)
+    assert row["provider"] == "openai"
+    assert row["served_api"] == "anthropic"
+    assert row["model"] == "claude-haiku-4-5"
+    assert row["served_model"] == "claude-haiku-4-5"
+    assert row["credential_id"] == "an"
+    assert row["outcome"] == "ok"
+    assert row["input_tokens"] == answer.usage.prompt_tokens
+    assert row["output_tokens"] == answer.usage.completion_tokens > 0
+    assert not row["estimated"]
+
+
+def test_an_openai_stream_from_an_anthropic_upstream_is_translated_and_metered(on_anthropic):
+    client = on_anthropic.openai()
+    stream = client.chat.completions.create(
+        model="claude-haiku-4-5",
+        messages=[{"role": "user", "content": "hello"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text = ""
+    usage = None
+    for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert text
+    assert usage is not None
+    assert usage.completion_tokens > 0
+    (row,) = on_anthropic.rows(1)
+    assert row["served_api"] == "anthropic"
+    assert row["stream"]
+    assert row["input_tokens"] == usage.prompt_tokens
+    assert row["output_tokens"] == usage.completion_tokens
+    assert row["outcome"] == "ok"
+    assert not row["estimated"]
+
+
+def test_a_stream_without_usage_asked_still_meters_and_shows_none(on_anthropic):
+    client = on_anthropic.openai()
+    chunks = list(
+        client.chat.completions.create(
+            model="claude-haiku-4-5", messages=[{"role": "user", "content": "hello"}], stream=True
+        )
+    )
+    assert all(c.usage is None for c in chunks)
+    (row,) = on_anthropic.rows(1)
+    assert row["output_tokens"] > 0
+    assert not row["estimated"]
+
+
+def test_an_upstream_error_reaches_the_openai_client_in_its_shape(on_anthropic):
+    client = on_anthropic.openai()
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(
+            model="claude-haiku-4-5",
+            messages=[{"role": "user", "content": "hello"}],
+            extra_headers={"x-fake-status": "429", "x-fake-retry-after": "7"},
+        )
+    assert caught.value.status_code == 429
+    assert caught.value.response.headers["retry-after"] == "7"
+    body = caught.value.response.json()
+    assert set(body) == {"error"}
+    assert body["error"]["message"]
+    (row,) = on_anthropic.rows(1)
+    assert row["status"] == 429
+    assert row["outcome"] == "upstream_error"
+
+
+def test_an_untranslatable_field_is_a_400_naming_it(on_anthropic):
+    client = on_anthropic.openai()
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="claude-haiku-4-5", messages=[{"role": "user", "content": "hi"}], logprobs=True
+        )
+    assert "'logprobs'" in caught.value.response.json()["error"]["message"]
+    assert not on_anthropic.fake.requests
+
+
+def test_a_model_its_own_format_serves_is_not_translated(on_anthropic):
+    client = on_anthropic.openai()
+    client.chat.completions.create(model="gpt-5-mini", messages=[{"role": "user", "content": "hi"}])
+    (request,) = on_anthropic.fake.requests
+    assert request.path == "/v1/chat/completions"
+    (row,) = on_anthropic.rows(1)
+    assert row["served_api"] is None
+
+
+def test_a_two_turn_parallel_tool_loop_through_the_openai_sdk(tmp_path):
+    fake, keys, pipeline, ledger = _gateway(tmp_path, None)
+    fake = FakeProvider(api_key=UPSTREAM_KEY, tool_call="auto", parallel_tool_calls=True)
+    with serve(fake) as upstream:
+        app = build_stack(
+            upstreams=[
+                Upstream("anthropic", upstream.url, api_key=UPSTREAM_KEY, models=("claude-*",))
+            ],
+            keys=keys,
+            pipeline=pipeline,
+        )
+        with serve(app) as server:
+            gw = Gateway(server.url, fake, ledger)
+            client = gw.openai()
+            messages: list[Any] = [{"role": "user", "content": "weather and time in Paris"}]
+            stream = client.chat.completions.create(
+                model="claude-haiku-4-5", messages=messages, tools=TOOLS, stream=True
+            )
+            calls: dict[int, dict[str, Any]] = {}
+            finish = None
+            for chunk in stream:
+                for choice in chunk.choices:
+                    finish = choice.finish_reason or finish
+                    for call in choice.delta.tool_calls or ():
+                        entry = calls.setdefault(call.index, {"id": "", "name": "", "args": ""})
+                        entry["id"] += call.id or ""
+                        entry["name"] += (call.function.name or "") if call.function else ""
+                        entry["args"] += (call.function.arguments or "") if call.function else ""
+            assert finish == "tool_calls"
+            assert [c["name"] for c in calls.values()] == ["get_weather", "get_time"]
+            for c in calls.values():
+                json.loads(c["args"])  # reassembled from the streamed pieces
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": c["id"],
+                            "type": "function",
+                            "function": {"name": c["name"], "arguments": c["args"]},
+                        }
+                        for c in calls.values()
+                    ],
+                }
+            )
+            for c in calls.values():
+                messages.append({"role": "tool", "tool_call_id": c["id"], "content": "sunny 20C"})
+            final = client.chat.completions.create(
+                model="claude-haiku-4-5", messages=messages, tools=TOOLS
+            )
+            assert final.choices[0].message.content.startswith("Tool result:")
+            assert "sunny 20C" in final.choices[0].message.content
+            rows = gw.rows(2)
+            assert [r["served_api"] for r in rows] == ["anthropic", "anthropic"]
+            assert all(r["outcome"] == "ok" and not r["estimated"] for r in rows)
