@@ -273,3 +273,99 @@ def test_a_two_turn_parallel_tool_loop_through_the_openai_sdk(tmp_path):
             rows = gw.rows(2)
             assert [r["served_api"] for r in rows] == ["anthropic", "anthropic"]
             assert all(r["outcome"] == "ok" and not r["estimated"] for r in rows)
+
+
+@pytest.fixture
+def two_fakes(request):
+    failing = FakeProvider(api_key=UPSTREAM_KEY, status=request.param)
+    healthy = FakeProvider(api_key=UPSTREAM_KEY)
+    with serve(failing) as bad, serve(healthy) as good:
+        yield failing, bad.url, healthy, good.url
+
+
+def _serve_gateway(tmp_path, upstreams, routing):
+    keys = StaticKeyStore([StaticKey(KeyPolicy(key_id="k"), key_hash=hash_key(KEY))])
+    ledger = tmp_path / "ledger.sqlite3"
+    pipeline = UsagePipeline(
+        [SQLiteSink(str(ledger))], spill_path=str(tmp_path / "spill"), flush_interval=0.05
+    )
+    app = build_stack(upstreams=upstreams, keys=keys, pipeline=pipeline, routing=routing)
+    return serve(app), ledger
+
+
+@pytest.mark.parametrize("two_fakes", [429], indirect=True)
+def test_an_openai_client_fails_over_from_a_rate_limited_member_to_an_anthropic_one(
+    tmp_path, two_fakes
+):
+    failing, bad_url, healthy, good_url = two_fakes
+    running, ledger = _serve_gateway(
+        tmp_path,
+        [
+            Upstream("openai", f"{bad_url}/v1", api_key=UPSTREAM_KEY, name="oa"),
+            Upstream("anthropic", good_url, api_key=UPSTREAM_KEY, name="an", models=("claude-*",)),
+        ],
+        Routing(aliases={"fast": ["gpt-5-mini", "claude-haiku-4-5"]}),
+    )
+    with running as server:
+        gw = Gateway(server.url, healthy, ledger)
+        answer = gw.openai().chat.completions.create(
+            model="fast", messages=[{"role": "user", "content": "hello"}]
+        )
+        assert answer.choices[0].message.content
+        assert answer.model == "fast"
+        assert [r.path for r in failing.requests] == ["/v1/chat/completions"]
+        assert [r.path for r in healthy.requests] == ["/v1/messages"]
+        first, second = sorted(gw.rows(2), key=lambda r: r["attempt"])
+        assert (first["credential_id"], first["status"], first["outcome"]) == (
+            "oa",
+            429,
+            "upstream_error",
+        )
+        assert first["served_api"] is None
+        assert (second["credential_id"], second["outcome"], second["served_api"]) == (
+            "an",
+            "ok",
+            "anthropic",
+        )
+        assert second["served_model"] == "claude-haiku-4-5"
+        assert second["model"] == "fast"
+        assert second["output_tokens"] > 0
+
+
+@pytest.mark.parametrize("two_fakes", [529], indirect=True)
+def test_an_anthropic_client_fails_over_from_an_overloaded_member_to_a_chat_one(
+    tmp_path, two_fakes
+):
+    failing, bad_url, healthy, good_url = two_fakes
+    running, ledger = _serve_gateway(
+        tmp_path,
+        [
+            Upstream("anthropic", bad_url, api_key=UPSTREAM_KEY, name="an"),
+            Upstream(
+                "openai", f"{good_url}/v1", api_key=UPSTREAM_KEY, name="vllm", models=("qwen3-*",)
+            ),
+        ],
+        Routing(aliases={"fast": ["claude-haiku-4-5", "qwen3-coder"]}),
+    )
+    with running as server:
+        gw = Gateway(server.url, healthy, ledger)
+        with gw.anthropic().messages.stream(
+            model="fast", max_tokens=100, messages=[{"role": "user", "content": "hello"}]
+        ) as stream:
+            text = "".join(stream.text_stream)
+            final = stream.get_final_message()
+        assert text
+        assert final.model == "fast"
+        assert final.usage.output_tokens > 0
+        assert [r.path for r in failing.requests] == ["/v1/messages"]
+        assert [r.path for r in healthy.requests] == ["/v1/chat/completions"]
+        first, second = sorted(gw.rows(2), key=lambda r: r["attempt"])
+        assert (first["credential_id"], first["status"]) == ("an", 529)
+        assert (second["credential_id"], second["outcome"], second["served_api"]) == (
+            "vllm",
+            "ok",
+            "openai",
+        )
+        assert second["served_model"] == "qwen3-coder"
+        assert second["output_tokens"] == final.usage.output_tokens
+        assert second["input_tokens"] == final.usage.input_tokens
