@@ -329,6 +329,7 @@ def test_an_openai_client_fails_over_from_a_rate_limited_member_to_an_anthropic_
         )
         assert second["served_model"] == "claude-haiku-4-5"
         assert second["model"] == "fast"
+        assert second["cost_nanos"] > 0  # the served model's price (the alias has none)
         assert second["output_tokens"] > 0
 
 
@@ -369,3 +370,96 @@ def test_an_anthropic_client_fails_over_from_an_overloaded_member_to_a_chat_one(
         assert second["served_model"] == "qwen3-coder"
         assert second["output_tokens"] == final.usage.output_tokens
         assert second["input_tokens"] == final.usage.input_tokens
+
+
+@pytest.fixture
+def on_chat(tmp_path):
+    """An Anthropic-style gateway whose only upstream for ``gpt-*`` speaks Chat Completions."""
+    fake = FakeProvider(api_key=UPSTREAM_KEY)
+    running, ledger = None, None
+    with serve(fake) as upstream:
+        running, ledger = _serve_gateway(
+            tmp_path,
+            [
+                Upstream("anthropic", upstream.url, api_key=UPSTREAM_KEY, name="an"),
+                Upstream(
+                    "openai",
+                    f"{upstream.url}/v1",
+                    api_key=UPSTREAM_KEY,
+                    name="vllm",
+                    models=("gpt-*",),
+                ),
+            ],
+            Routing(),
+        )
+        with running as server:
+            yield Gateway(server.url, fake, ledger)
+
+
+def test_an_anthropic_client_is_answered_by_a_chat_upstream(on_chat):
+    message = on_chat.anthropic().messages.create(
+        model="gpt-5-mini",
+        max_tokens=50,
+        system="be brief",
+        messages=[{"role": "user", "content": "hello"}],
+    )
+    assert message.type == "message"
+    assert message.content[0].text
+    assert message.stop_reason == "end_turn"
+    (request,) = on_chat.fake.requests
+    assert request.path == "/v1/chat/completions"
+    sent = request.json()
+    assert sent["messages"][0] == {"role": "system", "content": "be brief"}
+    assert sent["max_completion_tokens"] == 50
+    (row,) = on_chat.rows(1)
+    assert row["provider"] == "anthropic"
+    assert row["served_api"] == "openai"
+    assert row["credential_id"] == "vllm"
+    assert row["input_tokens"] == message.usage.input_tokens
+    assert row["output_tokens"] == message.usage.output_tokens
+
+
+def test_a_chat_upstream_error_reaches_the_anthropic_client_in_its_shape(on_chat):
+    with pytest.raises(anthropic.InternalServerError) as caught:
+        on_chat.anthropic().messages.create(
+            model="gpt-5-mini",
+            max_tokens=50,
+            messages=[{"role": "user", "content": "hello"}],
+            extra_headers={"x-fake-status": "503"},
+        )
+    assert caught.value.status_code == 503
+    body = caught.value.response.json()
+    assert body["type"] == "error"
+    assert body["error"]["message"]
+
+
+def test_an_untranslatable_field_is_a_400_in_the_anthropic_shape(on_chat):
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        on_chat.anthropic().messages.create(
+            model="gpt-5-mini",
+            max_tokens=50,
+            extra_body={"top_k": 5},
+            messages=[{"role": "user", "content": "hello"}],
+        )
+    body = caught.value.response.json()
+    assert body["type"] == "error"
+    assert "'top_k'" in body["error"]["message"]
+    assert not on_chat.fake.requests
+
+
+def test_a_broken_chat_stream_ends_with_an_anthropic_error_event(on_chat):
+    client = on_chat.anthropic()
+    with (
+        pytest.raises(anthropic.APIStatusError) as caught,
+        client.messages.stream(
+            model="gpt-5-mini",
+            max_tokens=50,
+            messages=[{"role": "user", "content": "hello"}],
+            extra_headers={"x-fake-reset-after-chunks": "2", "x-fake-chunks": "5"},
+        ) as stream,
+    ):
+        for _ in stream.text_stream:
+            pass
+    assert "upstream" in str(caught.value).lower()
+    (row,) = on_chat.rows(1)
+    assert row["outcome"] == "upstream_error"
