@@ -58,7 +58,7 @@ from asgi_llmguard.forward.resilience import (
 )
 from asgi_llmguard.forward.router import Cooldowns, Plan, Router, Routing, Step
 from asgi_llmguard.forward.target import Target
-from asgi_llmguard.forward.translation import PAIRS, Exchange, Translation
+from asgi_llmguard.forward.translation import PAIRS, Translation
 from asgi_llmguard.forward.warmup import Warmer, warm_request
 from asgi_llmguard.forward.websocket import WebSocketRelay
 from asgi_llmguard.lifecycle import Closable, Resource, close_all, serve_lifespan, start_all
@@ -428,7 +428,6 @@ class ForwardingApp(Resource):
         credential = candidate.credential_id
         model = step.model.base if step.model is not None else ""
         target: Target = candidate.target  # type: ignore[assignment]
-        exchange: Exchange | None = None
         try:
             if candidate.translation is None:
                 attempt_body = self._body_for(ctx, step, body)
@@ -510,7 +509,7 @@ class ForwardingApp(Resource):
                     return _Failure(credential, status, None, started_at, began)
                 if plan.session is not None and status < 400:
                     router.remember(plan.session, credential)
-                if exchange is not None:
+                if candidate.translation is not None:
                     aliases = router.aliases
                     rewrite = aliases is not None and aliases.rewrite_response_model
                     await exchange.relay(

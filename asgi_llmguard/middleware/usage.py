@@ -374,12 +374,10 @@ class UsageMiddleware:
             outcome = "ok"
 
         reached_upstream = ctx.credential_id is not None
-        served_as = ctx.upstream_model
-        translated: Served | None = None
-        if served_as is None:
-            served_as = model
-        else:
-            translated = getattr(ctx, "translated", None)  # served in another format
+        upstream_model = ctx.upstream_model
+        served_as = upstream_model or model
+        if upstream_model is not None:
+            translated: Served | None = getattr(ctx, "translated", None)  # another format's
             if translated is not None:
                 # Metered from the upstream's own format, not from the translation sent on.
                 result = translated.result()
@@ -472,8 +470,8 @@ class UsageMiddleware:
                         stream,
                     )
                 )
-        if ctx.upstream_model is not None and (served is None or served == model):
-            served = ctx.upstream_model
+        if upstream_model is not None and (served is None or served == model):
+            served = upstream_model
         event = attempt_event(
             ctx,
             endpoint.api,
@@ -495,7 +493,7 @@ class UsageMiddleware:
             units,
             unit if units else None,
         )
-        if translated is not None:
+        if upstream_model is not None and translated is not None:
             event.served_api = translated.api
             if translated.dropped:
                 event.metadata[DROPPED_KEY] = ",".join(translated.dropped)

@@ -463,3 +463,29 @@ def test_a_broken_chat_stream_ends_with_an_anthropic_error_event(on_chat):
     assert "upstream" in str(caught.value).lower()
     (row,) = on_chat.rows(1)
     assert row["outcome"] == "upstream_error"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_usage_is_metered_from_the_upstreams_own_format(on_anthropic, stream):
+    # Chat Completions has no field for the 1-hour cache split: only the Anthropic answer says it.
+    client = on_anthropic.openai()
+    headers = {"x-fake-cache-write-5m": "2", "x-fake-cache-write-1h": "3"}
+    if stream:
+        list(
+            client.chat.completions.create(
+                model="claude-haiku-4-5",
+                messages=[{"role": "user", "content": "hello there friend"}],
+                stream=True,
+                extra_headers=headers,
+            )
+        )
+    else:
+        client.chat.completions.create(
+            model="claude-haiku-4-5",
+            messages=[{"role": "user", "content": "hello there friend"}],
+            extra_headers=headers,
+        )
+    (row,) = on_anthropic.rows(1)
+    assert row["cache_creation_tokens"] == 5
+    assert row["cache_creation_1h_tokens"] == 3
+    assert row["service_tier"] == "standard"
