@@ -106,7 +106,11 @@ class Translation:
         options = document.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         turn = self.client.read_request(document)
-        written, dropped = self.served.write_request(turn, drop=self.drop)
+        drop = self.drop
+        key = ctx.key
+        if key is not None and key.translate_drop:
+            drop = drop | key.translate_drop
+        written, dropped = self.served.write_request(turn, drop=drop)
         model = parsed.base if parsed is not None else turn.model
         written["model"] = model
         if parsed is not None and parsed.thinking is not None:

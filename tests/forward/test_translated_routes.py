@@ -489,3 +489,45 @@ def test_usage_is_metered_from_the_upstreams_own_format(on_anthropic, stream):
     assert row["cache_creation_tokens"] == 5
     assert row["cache_creation_1h_tokens"] == 3
     assert row["service_tier"] == "standard"
+
+
+def test_a_keys_policy_may_let_a_translation_drop_a_field(tmp_path):
+    fake = FakeProvider(api_key=UPSTREAM_KEY)
+    lenient = "sk-llmg-lenient-0123456789abcdefghijklmnopqrstuvwxyz"
+    keys = StaticKeyStore(
+        [
+            StaticKey(KeyPolicy(key_id="k"), key_hash=hash_key(KEY)),
+            StaticKey(
+                KeyPolicy(key_id="lenient", translate_drop=frozenset({"logprobs"})),
+                key_hash=hash_key(lenient),
+            ),
+        ]
+    )
+    ledger = tmp_path / "ledger.sqlite3"
+    pipeline = UsagePipeline(
+        [SQLiteSink(str(ledger))], spill_path=str(tmp_path / "spill"), flush_interval=0.05
+    )
+    with serve(fake) as upstream:
+        app = build_stack(
+            upstreams=[
+                Upstream("anthropic", upstream.url, api_key=UPSTREAM_KEY, models=("claude-*",))
+            ],
+            keys=keys,
+            pipeline=pipeline,
+        )
+        with serve(app) as server:
+            gw = Gateway(server.url, fake, ledger)
+            request = {
+                "model": "claude-haiku-4-5",
+                "messages": [{"role": "user", "content": "hi"}],
+                "logprobs": True,
+            }
+            with pytest.raises(openai.BadRequestError):
+                gw.openai().chat.completions.create(**request)
+            client = openai.OpenAI(api_key=lenient, base_url=f"{server.url}/v1", max_retries=0)
+            assert client.chat.completions.create(**request).choices[0].message.content
+            (sent,) = fake.requests
+            assert "logprobs" not in sent.json()
+            (row,) = gw.rows(1)
+            assert row["key_id"] == "lenient"
+            assert json.loads(row["metadata"]) == {"llmguard.translation_dropped": "logprobs"}
