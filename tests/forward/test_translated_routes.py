@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -531,3 +532,82 @@ def test_a_keys_policy_may_let_a_translation_drop_a_field(tmp_path):
             (row,) = gw.rows(1)
             assert row["key_id"] == "lenient"
             assert json.loads(row["metadata"]) == {"llmguard.translation_dropped": "logprobs"}
+
+
+def test_a_translated_stream_is_relayed_as_it_arrives(on_anthropic):
+    # Five content chunks 0.3 s apart: the first must reach the client long before the last.
+    body = {
+        "model": "claude-haiku-4-5",
+        "messages": [{"role": "user", "content": "hello"}],
+        "stream": True,
+    }
+    headers = {
+        "authorization": f"Bearer {KEY}",
+        "x-fake-chunks": "5",
+        "x-fake-chunk-delay": "0.3",
+    }
+    started = time.monotonic()
+    first_content = None
+    with httpx.stream(
+        "POST", f"{on_anthropic.url}/v1/chat/completions", json=body, headers=headers, timeout=10
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if first_content is None and '"content":' in line:
+                first_content = time.monotonic() - started
+        total = time.monotonic() - started
+    assert first_content is not None
+    assert total >= 1.4
+    assert first_content < total - 0.9
+
+
+def test_an_anthropic_client_runs_a_parallel_tool_loop_on_a_chat_upstream(tmp_path):
+    fake = FakeProvider(api_key=UPSTREAM_KEY, tool_call="auto", parallel_tool_calls=True)
+    tools = [
+        {
+            "name": t["function"]["name"],
+            "description": t["function"]["description"],
+            "input_schema": t["function"]["parameters"],
+        }
+        for t in TOOLS
+    ]
+    with serve(fake) as upstream:
+        running, ledger = _serve_gateway(
+            tmp_path,
+            [Upstream("openai", f"{upstream.url}/v1", api_key=UPSTREAM_KEY, models=("gpt-*",))],
+            Routing(),
+        )
+        with running as server:
+            gw = Gateway(server.url, fake, ledger)
+            client = gw.anthropic()
+            messages: list[Any] = [{"role": "user", "content": "weather and time in Paris"}]
+            with client.messages.stream(
+                model="gpt-5-mini", max_tokens=200, messages=messages, tools=tools
+            ) as stream:
+                first = stream.get_final_message()
+            assert first.stop_reason == "tool_use"
+            uses = [b for b in first.content if b.type == "tool_use"]
+            assert [u.name for u in uses] == ["get_weather", "get_time"]
+            assert all(isinstance(u.input, dict) for u in uses)
+            messages.append({"role": "assistant", "content": [u.model_dump() for u in uses]})
+            messages.append(
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": u.id, "content": "sunny 20C"}
+                        for u in uses
+                    ],
+                }
+            )
+            final = client.messages.create(
+                model="gpt-5-mini", max_tokens=200, messages=messages, tools=tools
+            )
+            assert final.content[0].text.startswith("Tool result:")
+            assert "sunny 20C" in final.content[0].text
+            sent = fake.requests[-1].json()
+            assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "tool", "tool"]
+            rows = gw.rows(2)
+            assert [r["served_api"] for r in rows] == ["openai", "openai"]
+            assert all(r["outcome"] == "ok" for r in rows)
+            assert all(not r["estimated"] for r in rows)
