@@ -611,3 +611,44 @@ def test_an_anthropic_client_runs_a_parallel_tool_loop_on_a_chat_upstream(tmp_pa
             assert [r["served_api"] for r in rows] == ["openai", "openai"]
             assert all(r["outcome"] == "ok" for r in rows)
             assert all(not r["estimated"] for r in rows)
+
+
+def test_structured_output_crosses_as_a_forced_tool_and_comes_back_as_text(tmp_path):
+    fake = FakeProvider(
+        api_key=UPSTREAM_KEY, tool_call="auto", tool_arguments='{"city": "Paris", "temp": 20}'
+    )
+    with serve(fake) as upstream:
+        running, ledger = _serve_gateway(
+            tmp_path,
+            [Upstream("anthropic", upstream.url, api_key=UPSTREAM_KEY, models=("claude-*",))],
+            Routing(),
+        )
+        with running as server:
+            gw = Gateway(server.url, fake, ledger)
+            schema = {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "temp": {"type": "number"}},
+                "required": ["city", "temp"],
+            }
+            for stream in (False, True):
+                request: dict[str, Any] = {
+                    "model": "claude-haiku-4-5",
+                    "messages": [{"role": "user", "content": "weather?"}],
+                    "response_format": {
+                        "type": "json_schema",
+                        "json_schema": {"name": "weather", "schema": schema},
+                    },
+                }
+                if stream:
+                    text = "".join(
+                        c.choices[0].delta.content or ""
+                        for c in gw.openai().chat.completions.create(**request, stream=True)
+                        if c.choices
+                    )
+                else:
+                    answer = gw.openai().chat.completions.create(**request)
+                    assert answer.choices[0].finish_reason == "stop"
+                    text = answer.choices[0].message.content or ""
+                assert json.loads(text) == {"city": "Paris", "temp": 20}
+                sent = fake.requests[-1].json()
+                assert sent["tool_choice"] == {"type": "tool", "name": "weather"}
