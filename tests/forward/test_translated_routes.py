@@ -652,3 +652,17 @@ def test_structured_output_crosses_as_a_forced_tool_and_comes_back_as_text(tmp_p
                 assert json.loads(text) == {"city": "Paris", "temp": 20}
                 sent = fake.requests[-1].json()
                 assert sent["tool_choice"] == {"type": "tool", "name": "weather"}
+
+
+def test_a_thinking_suffix_is_applied_by_the_served_formats_adapter(on_anthropic):
+    answer = on_anthropic.openai().chat.completions.create(
+        model="claude-sonnet-4-5(4096)", messages=[{"role": "user", "content": "think"}]
+    )
+    assert answer.choices[0].message.content
+    sent = on_anthropic.fake.requests[-1].json()
+    assert sent["model"] == "claude-sonnet-4-5"
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 4096}
+    assert sent["max_tokens"] > 4096
+    (row,) = on_anthropic.rows(1)
+    assert row["model"] == "claude-sonnet-4-5(4096)"
+    assert row["served_model"] == "claude-sonnet-4-5"
