@@ -666,3 +666,19 @@ def test_a_thinking_suffix_is_applied_by_the_served_formats_adapter(on_anthropic
     (row,) = on_anthropic.rows(1)
     assert row["model"] == "claude-sonnet-4-5(4096)"
     assert row["served_model"] == "claude-sonnet-4-5"
+
+
+def test_a_websocket_session_is_never_translated(on_anthropic):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    url = on_anthropic.url.replace("http://", "ws://")
+    with pytest.raises(InvalidStatus) as refused:
+        connect(
+            f"{url}/v1/realtime?model=claude-haiku-4-5",
+            additional_headers={"Authorization": f"Bearer {KEY}"},
+            open_timeout=5,
+        )
+    assert refused.value.response.status_code == 400
+    assert b"WebSocket" in refused.value.response.body
+    assert not on_anthropic.fake.requests
