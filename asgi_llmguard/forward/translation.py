@@ -26,6 +26,7 @@ import orjson
 from asgi_llmguard.context import RequestContext
 from asgi_llmguard.errors import send_error
 from asgi_llmguard.forward.engines import UpstreamError, UpstreamResponse
+from asgi_llmguard.forward.relay import Watch
 from asgi_llmguard.forward.thinking import ParsedModel, apply_thinking
 from asgi_llmguard.providers.base import Provider, Upstream
 from asgi_llmguard.providers.metering import Served, stream_meter
@@ -149,7 +150,7 @@ class Exchange:
         ctx: RequestContext,
         resp: UpstreamResponse,
         send: Send,
-        watch: Any,
+        watch: Watch,
         dialect: Dialect,
         alias: str | None,
         held: bytes,
@@ -169,7 +170,7 @@ class Exchange:
         ctx: RequestContext,
         resp: UpstreamResponse,
         send: Send,
-        watch: Any,
+        watch: Watch,
         dialect: Dialect,
         held: bytes,
     ) -> None:
@@ -196,7 +197,7 @@ class Exchange:
         ctx: RequestContext,
         resp: UpstreamResponse,
         send: Send,
-        watch: Any,
+        watch: Watch,
         dialect: Dialect,
         alias: str | None,
         held: bytes,
@@ -250,7 +251,7 @@ class Exchange:
         ctx: RequestContext,
         resp: UpstreamResponse,
         send: Send,
-        watch: Any,
+        watch: Watch,
         dialect: Dialect,
         alias: str | None,
         held: bytes,
