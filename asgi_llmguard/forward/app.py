@@ -315,6 +315,9 @@ class ForwardingApp(Resource):
                 )
                 if failure is None:
                     return
+                if failure is _SKIPPED:
+                    made -= 1  # nothing was sent: not an attempt
+                    continue
                 error = failure.error
                 if error is not None and (final or not sent_nothing(error)):
                     ctx.upstream_error = error.kind
@@ -439,6 +442,9 @@ class ForwardingApp(Resource):
         except (InvalidBody, ValueError) as exc:
             if breaker is not None:
                 breaker.release(credential)
+            if not final and candidate.translation is not None:
+                # This member cannot carry the request in its format; the next one may.
+                return _SKIPPED
             await send_error(
                 send,
                 400,
@@ -586,6 +592,11 @@ class ForwardingApp(Resource):
         return await warm_request(
             self.engine, target, candidate.credential_id, api, model, policy, self._on_warmup
         )
+
+
+#: `_attempt`'s answer for a member of another format that cannot take the request, when
+#: another member follows: skipped, nothing sent, nothing recorded.
+_SKIPPED = _Failure("", 0, None, 0.0, 0.0)
 
 
 def _refusal(exc: Exception) -> str:

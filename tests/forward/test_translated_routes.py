@@ -682,3 +682,36 @@ def test_a_websocket_session_is_never_translated(on_anthropic):
     assert refused.value.response.status_code == 400
     assert b"WebSocket" in refused.value.response.body
     assert not on_anthropic.fake.requests
+
+
+def test_a_member_that_cannot_take_the_request_hands_it_to_the_next(tmp_path):
+    fake = FakeProvider(api_key=UPSTREAM_KEY)
+    with serve(fake) as upstream:
+        running, ledger = _serve_gateway(
+            tmp_path,
+            [
+                Upstream("openai", f"{upstream.url}/v1", api_key=UPSTREAM_KEY, name="oa"),
+                Upstream(
+                    "anthropic", upstream.url, api_key=UPSTREAM_KEY, name="an", models=("claude-*",)
+                ),
+            ],
+            Routing(aliases={"fast": ["claude-haiku-4-5", "gpt-5-mini"]}),
+        )
+        with running as server:
+            gw = Gateway(server.url, fake, ledger)
+            answer = gw.openai().chat.completions.create(
+                model="fast", messages=[{"role": "user", "content": "hi"}], logprobs=True
+            )
+            assert answer.choices[0].message.content
+            assert [r.path for r in fake.requests] == ["/v1/chat/completions"]
+            (row,) = gw.rows(1)
+            assert (row["attempt"], row["credential_id"], row["served_api"]) == (0, "oa", None)
+            assert row["served_model"] == "gpt-5-mini"
+            # The last member refuses in the client's dialect, naming the field.
+            with pytest.raises(openai.BadRequestError) as caught:
+                gw.openai().chat.completions.create(
+                    model="claude-haiku-4-5",
+                    messages=[{"role": "user", "content": "hi"}],
+                    logprobs=True,
+                )
+            assert "'logprobs'" in caught.value.response.json()["error"]["message"]
