@@ -715,3 +715,68 @@ def test_a_member_that_cannot_take_the_request_hands_it_to_the_next(tmp_path):
                     logprobs=True,
                 )
             assert "'logprobs'" in caught.value.response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("two_fakes", [529], indirect=True)
+def test_a_translated_member_that_is_overloaded_fails_over_to_a_native_one(tmp_path, two_fakes):
+    failing, bad_url, healthy, good_url = two_fakes
+    running, ledger = _serve_gateway(
+        tmp_path,
+        [
+            Upstream("anthropic", bad_url, api_key=UPSTREAM_KEY, name="an", models=("claude-*",)),
+            Upstream("openai", f"{good_url}/v1", api_key=UPSTREAM_KEY, name="oa"),
+        ],
+        Routing(aliases={"fast": ["claude-haiku-4-5", "gpt-5-mini"]}),
+    )
+    with running as server:
+        gw = Gateway(server.url, healthy, ledger)
+        chunks = list(
+            gw.openai().chat.completions.create(
+                model="fast", messages=[{"role": "user", "content": "hello"}], stream=True
+            )
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert [r.path for r in failing.requests] == ["/v1/messages"]
+        assert [r.path for r in healthy.requests] == ["/v1/chat/completions"]
+        first, second = sorted(gw.rows(2), key=lambda r: r["attempt"])
+        assert (first["credential_id"], first["status"], first["outcome"]) == (
+            "an",
+            529,
+            "upstream_error",
+        )
+        assert first["served_model"] == "claude-haiku-4-5"  # the member it tried
+        assert (second["credential_id"], second["outcome"]) == ("oa", "ok")
+        assert second["served_api"] is None
+        assert second["served_model"] == "gpt-5-mini"
+
+
+@pytest.mark.parametrize("two_fakes", [429], indirect=True)
+def test_a_translated_member_that_is_rate_limited_fails_over_for_an_anthropic_client(
+    tmp_path, two_fakes
+):
+    failing, bad_url, healthy, good_url = two_fakes
+    running, ledger = _serve_gateway(
+        tmp_path,
+        [
+            Upstream(
+                "openai", f"{bad_url}/v1", api_key=UPSTREAM_KEY, name="vllm", models=("qwen3-*",)
+            ),
+            Upstream("anthropic", good_url, api_key=UPSTREAM_KEY, name="an"),
+        ],
+        Routing(aliases={"fast": ["qwen3-coder", "claude-haiku-4-5"]}),
+    )
+    with running as server:
+        gw = Gateway(server.url, healthy, ledger)
+        message = gw.anthropic().messages.create(
+            model="fast", max_tokens=50, messages=[{"role": "user", "content": "hello"}]
+        )
+        assert message.content[0].text
+        assert [r.path for r in failing.requests] == ["/v1/chat/completions"]
+        assert [r.path for r in healthy.requests] == ["/v1/messages"]
+        first, second = sorted(gw.rows(2), key=lambda r: r["attempt"])
+        assert (first["credential_id"], first["status"]) == ("vllm", 429)
+        assert (second["credential_id"], second["outcome"], second["served_api"]) == (
+            "an",
+            "ok",
+            None,
+        )
