@@ -780,3 +780,35 @@ def test_a_translated_member_that_is_rate_limited_fails_over_for_an_anthropic_cl
             "ok",
             None,
         )
+
+
+def test_a_held_first_event_is_translated_with_the_rest(tmp_path):
+    fake = FakeProvider(api_key=UPSTREAM_KEY)
+    with serve(fake) as upstream:
+        running, ledger = _serve_gateway(
+            tmp_path,
+            [
+                Upstream("openai", f"{upstream.url}/v1", api_key=UPSTREAM_KEY, name="oa"),
+                Upstream(
+                    "anthropic", upstream.url, api_key=UPSTREAM_KEY, name="an", models=("claude-*",)
+                ),
+            ],
+            Routing(aliases={"fast": ["claude-haiku-4-5", "gpt-5-mini"]}, hold_first_event=True),
+        )
+        with running as server:
+            gw = Gateway(server.url, fake, ledger)
+            chunks = list(
+                gw.openai().chat.completions.create(
+                    model="fast",
+                    messages=[{"role": "user", "content": "hello"}],
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+            )
+            assert chunks[0].choices[0].delta.role == "assistant"  # from the held message_start
+            assert chunks[0].model == "fast"
+            usage = chunks[-1].usage
+            assert usage is not None
+            (row,) = gw.rows(1)
+            assert row["served_api"] == "anthropic"
+            assert row["output_tokens"] == usage.completion_tokens
