@@ -58,7 +58,7 @@ from asgi_llmguard.forward.resilience import (
 )
 from asgi_llmguard.forward.router import Cooldowns, Plan, Router, Routing, Step
 from asgi_llmguard.forward.target import Target
-from asgi_llmguard.forward.translation import PAIRS, Translation
+from asgi_llmguard.forward.translation import PAIRS, Translation, identity_target
 from asgi_llmguard.forward.warmup import Warmer, warm_request
 from asgi_llmguard.forward.websocket import WebSocketRelay
 from asgi_llmguard.lifecycle import Closable, Resource, close_all, serve_lifespan, start_all
@@ -189,7 +189,7 @@ class ForwardingApp(Resource):
                 if provider_name == upstream.provider and upstream.models:
                     translation = Translation(api, upstream, provider, routing.translate_drop)
                     candidates.setdefault(api, []).append(
-                        Candidate(upstream, index, target, None, translation)
+                        Candidate(upstream, index, identity_target(target), None, translation)
                     )
         self.routing = routing if routing is not None else Routing()
         #: Each route API's thinking rewrite, by the provider that owns its wire.

@@ -15,6 +15,7 @@ so what is recorded is what the provider reported, in the provider's terms.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Collection
 from types import ModuleType
@@ -26,7 +27,9 @@ import orjson
 from asgi_llmguard.context import RequestContext
 from asgi_llmguard.errors import send_error
 from asgi_llmguard.forward.engines import UpstreamError, UpstreamResponse
+from asgi_llmguard.forward.headers import request_drop_set
 from asgi_llmguard.forward.relay import Watch
+from asgi_llmguard.forward.target import Target
 from asgi_llmguard.forward.thinking import ParsedModel, apply_thinking
 from asgi_llmguard.providers.base import Provider, Upstream
 from asgi_llmguard.providers.metering import Served, stream_meter
@@ -54,6 +57,15 @@ PAIRS: dict[tuple[Api, str], tuple[str, str]] = {
 _CODECS: dict[Api, ModuleType] = {"openai": openai_chat, "anthropic": anthropic_messages}
 #: An error answer read whole to find its message (providers' error bodies are small).
 _ERROR_BODY = 64 << 10
+
+
+def identity_target(target: Target) -> Target:
+    """``target`` asking for uncompressed answers: the forwarder relays bytes as the upstream
+    encoded them, but a translation has to read them."""
+    plain = copy.copy(target)
+    plain.static = [*target.static, ("accept-encoding", "identity")]
+    plain.drop = request_drop_set(plain.static)
+    return plain
 
 
 class Translation:

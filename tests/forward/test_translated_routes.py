@@ -812,3 +812,22 @@ def test_a_held_first_event_is_translated_with_the_rest(tmp_path):
             (row,) = gw.rows(1)
             assert row["served_api"] == "anthropic"
             assert row["output_tokens"] == usage.completion_tokens
+
+
+def test_a_translated_request_asks_for_an_uncompressed_answer(on_anthropic):
+    # The SDK accepts gzip; the gateway relays native answers as encoded, but must read these.
+    client = on_anthropic.openai()
+    client.chat.completions.create(
+        model="claude-haiku-4-5",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"accept-encoding": "gzip, deflate"},
+    )
+    client.chat.completions.create(
+        model="gpt-5-mini",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"accept-encoding": "gzip, deflate"},
+    )
+    translated, native = on_anthropic.fake.requests
+    assert translated.path == "/v1/messages"
+    assert translated.header("accept-encoding") == "identity"
+    assert native.header("accept-encoding") == "gzip, deflate"
