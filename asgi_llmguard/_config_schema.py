@@ -206,6 +206,7 @@ class KeyConfig(_Strict):
     budget: Budget | None = None
     capture: bool | None = None
     metadata: dict[str, str] | None = None
+    translate_drop: list[str] | None = None
 
     def __repr__(self) -> str:  # never show the digest
         return f"KeyConfig(name={self.name!r}, key_env={self.key_env!r})"

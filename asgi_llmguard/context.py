@@ -284,6 +284,7 @@ class RequestContext:
         "route_error",
         "start",
         "started_at",
+        "translated",
         "upstream_error",
         "upstream_model",
         "usage_tokens",
@@ -317,6 +318,9 @@ class RequestContext:
         #: The model sent upstream when routing changed it (an alias resolved, a thinking
         #: suffix removed); ``None``: the request's own ``model``.
         self.upstream_model: str | None = None
+        #: ``translated`` is set (by the forwarder) only on a request an upstream of another wire
+        #: format served (`asgi_llmguard.forward.translation.Served`); unset otherwise, so a
+        #: request served in its own format pays nothing for it: read it with ``getattr``.
         #: Attempts that failed before the one that served the request (retries/failover).
         self.attempts: list[Attempt] | None = None
         self.disconnected = False

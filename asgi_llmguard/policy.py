@@ -88,6 +88,9 @@ class KeyPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_de
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
     #: Revoked keys are refused like unknown ones (kept for the record).
     revoked: bool = False
+    #: Request fields a translation to another wire format may leave out for this key, besides
+    #: the gateway's ``[routing] translate_drop`` (``logprobs``, ``cache_control``, ...).
+    translate_drop: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         for url in self.mcp_servers or ():

@@ -61,6 +61,12 @@ async def connect_upstream(
     assert route is not None
     api = route.endpoint.api
     plan = router.plan(api, session.model, scope["headers"])
+    steps = [s for s in plan.steps if s.candidate.translation is None]
+    if plan.steps and not steps:  # WebSocket sessions are never translated
+        await send_error(
+            send, 400, f"No upstream serves {session.model!r} over this API's WebSocket."
+        )
+        return None
     if not plan.steps:
         await send_error(
             send, plan.status if plan.error else 503, plan.error or "No upstream available."
@@ -76,7 +82,7 @@ async def connect_upstream(
     breaker = router.breaker
     cooldowns = None if plan.solo else router.cooldowns
     status, message = 502, "Could not connect to the upstream."
-    for index, step in enumerate(plan.steps):
+    for index, step in enumerate(steps):
         candidate = step.candidate
         credential = candidate.credential_id
         model = step.model.base if step.model is not None else ""

@@ -58,6 +58,7 @@ from asgi_llmguard.forward.resilience import (
 )
 from asgi_llmguard.forward.router import Cooldowns, Plan, Router, Routing, Step
 from asgi_llmguard.forward.target import Target
+from asgi_llmguard.forward.translation import PAIRS, Translation, identity_target
 from asgi_llmguard.forward.warmup import Warmer, warm_request
 from asgi_llmguard.forward.websocket import WebSocketRelay
 from asgi_llmguard.lifecycle import Closable, Resource, close_all, serve_lifespan, start_all
@@ -65,6 +66,7 @@ from asgi_llmguard.providers import OWNERS, provider_for
 from asgi_llmguard.providers.aws_auth import AwsCredentialsError
 from asgi_llmguard.providers.base import StrHeaders, Upstream
 from asgi_llmguard.providers.google_auth import GoogleCredentialsError
+from asgi_llmguard.providers.translate.model import Untranslatable
 from asgi_llmguard.routes import Api, Dialect
 from asgi_llmguard.types import Receive, Scope, Send
 
@@ -150,6 +152,7 @@ class ForwardingApp(Resource):
         if not upstreams:
             raise ConfigurationError("ForwardingApp needs at least one Upstream")
         candidates: dict[Api, list[Candidate]] = {}
+        routing = routing if routing is not None else Routing()
         #: What the credentials need started with the gateway (Google token sources).
         self.credential_resources: list[Closable] = []
         seen: set[str] = set()
@@ -178,6 +181,16 @@ class ForwardingApp(Resource):
                 if models is not None and not models:
                     continue
                 candidates.setdefault(api, []).append(Candidate(upstream, index, target, models))
+            if not routing.translate:
+                continue
+            for (api, provider_name), _ in PAIRS.items():
+                # A credential that lists its models may serve the other format's route for
+                # them, translated (see `Router.pool`).
+                if provider_name == upstream.provider and upstream.models:
+                    translation = Translation(api, upstream, provider, routing.translate_drop)
+                    candidates.setdefault(api, []).append(
+                        Candidate(upstream, index, identity_target(target), None, translation)
+                    )
         self.routing = routing if routing is not None else Routing()
         #: Each route API's thinking rewrite, by the provider that owns its wire.
         self._thinking = {api: owner.apply_thinking for api, owner in OWNERS.items()}
@@ -302,6 +315,9 @@ class ForwardingApp(Resource):
                 )
                 if failure is None:
                     return
+                if failure is _SKIPPED:
+                    made -= 1  # nothing was sent: not an attempt
+                    continue
                 error = failure.error
                 if error is not None and (final or not sent_nothing(error)):
                     ctx.upstream_error = error.kind
@@ -416,12 +432,25 @@ class ForwardingApp(Resource):
         model = step.model.base if step.model is not None else ""
         target: Target = candidate.target  # type: ignore[assignment]
         try:
-            attempt_body = self._body_for(ctx, step, body)
-            url = target.provider.target(target.upstream, ctx, scope["query_string"])
-        except InvalidBody as exc:
+            if candidate.translation is None:
+                attempt_body = self._body_for(ctx, step, body)
+                url = target.provider.target(target.upstream, ctx, scope["query_string"])
+            else:
+                translation: Translation = candidate.translation  # type: ignore[assignment]
+                attempt_body, exchange = translation.prepare(ctx, step.model, body)
+                url = translation.url
+        except (InvalidBody, ValueError) as exc:
             if breaker is not None:
                 breaker.release(credential)
-            await send_error(send, 400, str(exc), dialect=dialect)
+            if not final and candidate.translation is not None:
+                # This member cannot carry the request in its format; the next one may.
+                return _SKIPPED
+            await send_error(
+                send,
+                400,
+                _refusal(exc),
+                dialect=dialect,
+            )
             return None
         headers = request_headers(scope["headers"], target.drop, target.defaults, target.static)
         # The caller's id (else ours) travels upstream so provider-side logs can be matched.
@@ -486,6 +515,13 @@ class ForwardingApp(Resource):
                     return _Failure(credential, status, None, started_at, began)
                 if plan.session is not None and status < 400:
                     router.remember(plan.session, credential)
+                if candidate.translation is not None:
+                    aliases = router.aliases
+                    rewrite = aliases is not None and aliases.rewrite_response_model
+                    await exchange.relay(
+                        ctx, resp, send, watch, dialect, plan.alias if rewrite else None, held
+                    )
+                    return None
                 await relay(
                     ctx,
                     resp,
@@ -550,9 +586,27 @@ class ForwardingApp(Resource):
         policy = self.routing.warmup
         assert policy is not None
         target: Target = candidate.target  # type: ignore[assignment]
+        translation = candidate.translation
+        if isinstance(translation, Translation):
+            api = translation.served_api  # warmed in its own format
         return await warm_request(
             self.engine, target, candidate.credential_id, api, model, policy, self._on_warmup
         )
+
+
+#: `_attempt`'s answer for a member of another format that cannot take the request, when
+#: another member follows: skipped, nothing sent, nothing recorded.
+_SKIPPED = _Failure("", 0, None, 0.0, 0.0)
+
+
+def _refusal(exc: Exception) -> str:
+    """The message of a 400 for a body this attempt's upstream cannot take."""
+    if isinstance(exc, Untranslatable):
+        return (
+            f"The request cannot be served: {exc.field!r} cannot be translated for this "
+            f"model's upstream ({exc.reason})."
+        )
+    return str(exc)
 
 
 class _NoCredential(UpstreamConnectError):

@@ -25,7 +25,17 @@ class Candidate:
     """One credential able to serve a route: the forwarder's per-upstream target plus the
     routing facts about it. ``target`` is opaque here (the forwarder's prepared headers)."""
 
-    __slots__ = ("credential_id", "index", "matches", "priority", "target", "upstream", "weight")
+    __slots__ = (
+        "credential_id",
+        "index",
+        "lists",
+        "matches",
+        "priority",
+        "target",
+        "translation",
+        "upstream",
+        "weight",
+    )
 
     def __init__(
         self,
@@ -33,14 +43,21 @@ class Candidate:
         index: int,
         target: object,
         models: Sequence[str] | None = None,
+        translation: object | None = None,
     ) -> None:
         self.upstream = upstream
+        #: ``None``: the credential speaks the route's format. Else the forwarder's translation
+        #: to the credential's format (opaque here): it serves only models it lists, and only
+        #: when no credential of the route's format lists them.
+        self.translation = translation
         self.index = index
         self.target = target
         self.credential_id = upstream.credential_id
         self.weight = upstream.weight
         self.priority = upstream.priority
         models = upstream.models if models is None else models
+        #: The credential names the models it serves (else it serves every model).
+        self.lists = bool(models)
         if not models:
             self.matches: Callable[[str], bool] = _any
         else:

@@ -120,8 +120,17 @@ class Routing(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: Hold a stream's first event until it arrives, so an error sent inside an HTTP 200 stream
     #: can still fail over to another credential (costs that event's latency; off by default).
     hold_first_event: bool = False
+    #: Serve a Chat Completions or Messages route from an upstream of the other format when
+    #: only that upstream lists the model asked for (directly or as an alias member), through
+    #: the translation layer; ``False``: never.
+    translate: bool = True
+    #: Request fields a translation may leave out rather than refuse the request with a 400,
+    #: as the client's format names them (``cache_control``, ``logprobs``, ...); what was left
+    #: out is recorded on the usage record.
+    translate_drop: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
+        msgspec.structs.force_setattr(self, "translate_drop", frozenset(self.translate_drop))
         if self.pin_header == "":
             msgspec.structs.force_setattr(self, "pin_header", None)
         if self.selector not in SELECTORS:
@@ -203,7 +212,8 @@ class Router:
         by_name: dict[str, Candidate] = {}
         for pool in self._by_api.values():
             for c in pool:
-                by_name.setdefault(c.credential_id, c)
+                if c.translation is None:  # a pin names a credential in its own format
+                    by_name.setdefault(c.credential_id, c)
         self._by_name = by_name
         self._pin_b = routing.pin_header.encode() if routing.pin_header else None
         self._session_b = routing.session_header.encode() if routing.session_header else None
@@ -215,7 +225,14 @@ class Router:
         pool = self._lookup.get(key)
         if pool is not None:
             return pool
-        members = tuple(c for c in self._by_api.get(api, ()) if c.matches(model))
+        matching = [c for c in self._by_api.get(api, ()) if c.matches(model)]
+        members = tuple(c for c in matching if c.translation is None)
+        if not any(c.lists for c in members):
+            # No credential of the route's format lists the model: one of another format that
+            # lists it serves it, translated (a catch-all credential never takes it from one).
+            foreign = tuple(c for c in matching if c.translation is not None)
+            if foreign:
+                members = foreign
         if not members:
             return None
         pool_key = (api, tuple(c.index for c in members))

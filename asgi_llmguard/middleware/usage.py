@@ -37,7 +37,7 @@ from asgi_llmguard.middleware import _websocket
 from asgi_llmguard.middleware._usage_meter import Meter
 from asgi_llmguard.policy import Budget
 from asgi_llmguard.providers import OWNERS
-from asgi_llmguard.providers.metering import stream_meter
+from asgi_llmguard.providers.metering import Served, stream_meter
 from asgi_llmguard.routes import Endpoint
 from asgi_llmguard.tokens import TokenUsage
 from asgi_llmguard.types import ASGIApp, Receive, Scope, Send
@@ -49,7 +49,13 @@ from asgi_llmguard.usage.budgets import (
     Reservation,
 )
 from asgi_llmguard.usage.estimate import estimate_prompt_tokens, heuristic_prompt_tokens
-from asgi_llmguard.usage.events import Outcome, Reason, UsageEvent, attempt_event
+from asgi_llmguard.usage.events import (
+    DROPPED_KEY,
+    Outcome,
+    Reason,
+    UsageEvent,
+    attempt_event,
+)
 from asgi_llmguard.usage.pricing import (
     MissingPrice,
     ModelPrice,
@@ -368,7 +374,16 @@ class UsageMiddleware:
             outcome = "ok"
 
         reached_upstream = ctx.credential_id is not None
-        served_as = ctx.upstream_model or model
+        upstream_model = ctx.upstream_model
+        served_as = upstream_model or model
+        if upstream_model is not None:
+            translated: Served | None = getattr(ctx, "translated", None)  # another format's
+            if translated is not None:
+                # Metered from the upstream's own format, not from the translation sent on.
+                result = translated.result()
+                if result is not None:
+                    usage, served, tool_calls = result
+                    estimated = translated.estimated
         final_price = (
             (self._price(served_as, ctx.credential_id) or price) if endpoint.billable else None
         )
@@ -455,31 +470,34 @@ class UsageMiddleware:
                         stream,
                     )
                 )
-        if ctx.upstream_model is not None and (served is None or served == model):
-            served = ctx.upstream_model
-        self._emit(
-            attempt_event(
-                ctx,
-                endpoint.api,
-                endpoint.operation,
-                model,
-                len(attempts),
-                ctx.started_at,
-                served,
-                ctx.credential_id,
-                meter.status,
-                outcome,
-                time.perf_counter() - ctx.start,
-                usage,
-                cost,
-                meter.ttfb,
-                meter.sse,
-                estimated,
-                reason,
-                units,
-                unit if units else None,
-            )
+        if upstream_model is not None and (served is None or served == model):
+            served = upstream_model
+        event = attempt_event(
+            ctx,
+            endpoint.api,
+            endpoint.operation,
+            model,
+            len(attempts),
+            ctx.started_at,
+            served,
+            ctx.credential_id,
+            meter.status,
+            outcome,
+            time.perf_counter() - ctx.start,
+            usage,
+            cost,
+            meter.ttfb,
+            meter.sse,
+            estimated,
+            reason,
+            units,
+            unit if units else None,
         )
+        if upstream_model is not None and translated is not None:
+            event.served_api = translated.api
+            if translated.dropped:
+                event.metadata[DROPPED_KEY] = ",".join(translated.dropped)
+        self._emit(event)
 
     async def aclose(self) -> None:
         """Wait for settlements still running for cancelled requests."""

@@ -7,7 +7,7 @@ from asgi_llmguard.providers.base import StreamMeter
 from asgi_llmguard.routes import COUNTED_TOKEN, Endpoint
 from asgi_llmguard.tokens import TokenUsage
 
-__all__ = ["StreamMeter", "stream_meter", "units_from_json", "usage_from_json"]
+__all__ = ["Served", "StreamMeter", "stream_meter", "units_from_json", "usage_from_json"]
 
 
 # Each API's readers, looked up once per answer (bound once, here).
@@ -32,3 +32,31 @@ def units_from_json(unit: str, body: bytes) -> float | None:
     if unit == COUNTED_TOKEN:
         return gemini_usage.counted_tokens(body)
     return openai_usage.units_from_json(unit, body)
+
+
+class Served:
+    """What the upstream said about a translated answer, in its own format, for the usage
+    layer: the served API, its usage and model, server-side tool calls, and the request fields
+    the translation left out."""
+
+    __slots__ = ("api", "dropped", "endpoint", "json", "meter")
+
+    def __init__(self, api: str, endpoint: Endpoint, dropped: list[str]) -> None:
+        self.api = api
+        self.endpoint = endpoint
+        self.dropped = dropped
+        self.meter: StreamMeter | None = None
+        self.json = b""
+
+    def result(self) -> tuple[TokenUsage | None, str | None, dict[str, int]] | None:
+        """The upstream's usage, model and tool calls; ``None``: nothing was metered."""
+        meter = self.meter
+        if meter is not None:
+            return meter.usage, meter.model, meter.tool_calls
+        if self.json:
+            return usage_from_json(self.endpoint, self.json)
+        return None
+
+    @property
+    def estimated(self) -> bool:
+        return self.meter is not None and self.meter.estimated

@@ -68,6 +68,10 @@ class UsageEvent(msgspec.Struct, kw_only=True, omit_defaults=False):
     #: possibly fractional; ``"image"``). ``unit`` is ``None`` when there were none.
     units: float = 0.0
     unit: str | None = None
+    #: The API whose wire format the upstream spoke when it was not the route's (``provider``):
+    #: the request was translated (``anthropic`` for a Chat Completions request served by an
+    #: Anthropic upstream). ``None``: served in the route's own format.
+    served_api: str | None = None
 
     @property
     def cost_usd(self) -> float:
@@ -79,6 +83,9 @@ class UsageEvent(msgspec.Struct, kw_only=True, omit_defaults=False):
 
 
 _NO_USAGE = TokenUsage()  # read only
+#: The ``metadata`` key listing, comma-separated, the request fields a translation left out
+#: (``routing.translate_drop``).
+DROPPED_KEY = "llmguard.translation_dropped"
 
 
 def attempt_event(

@@ -1,198 +1,139 @@
-"""The real Claude Code CLI (``claude -p``) answered by Gemini and Bedrock Converse upstreams
-through the translation layer: a small ASGI app reads Claude Code's Messages request, writes it
-as ``generateContent`` (or Converse) for the fake upstream, and relays the answer (streamed or
-whole) back as Messages."""
+"""The real Claude Code CLI through the gateway on an OpenAI-compatible Chat Completions upstream
+(a ``provider = "openai"`` upstream, as vLLM is configured): its Messages requests are translated,
+the fake's answers translated back. The fake asks for ``Bash``, Claude Code runs the command and
+sends the result back, the fake answers quoting it."""
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import subprocess
-import urllib.parse
-from typing import Any
+import time
 
-import httpx
+from asgi_llmguard import (
+    KeyPolicy,
+    SQLiteSink,
+    StaticKey,
+    StaticKeyStore,
+    Upstream,
+    UsagePipeline,
+    build_stack,
+    hash_key,
+)
+from asgi_llmguard.forward.router import Routing
+from asgi_llmguard.testing import FakeProvider, serve
+from tests.clients.conftest import CALLER_KEY, NODE_DIR, UPSTREAM_KEY, require_node_package
 
-from asgi_llmguard.providers.eventstream import FrameSplitter, decode_frame
-from asgi_llmguard.providers.translate import anthropic_messages as an
-from asgi_llmguard.providers.translate import bedrock_converse as bc
-from asgi_llmguard.providers.translate import gemini_generate as gm
-from asgi_llmguard.testing import FakeBedrock, FakeProvider, serve
-from tests.clients.conftest import NODE_DIR, UPSTREAM_KEY, require_node_package
-
-REPLY = "Hello from the fake provider."
 CLAUDE = NODE_DIR / "node_modules" / ".bin" / "claude"
-#: What Gemini cannot carry of a Claude Code request, which the relay lets drop.
-DROPPABLE = {"user", "parallel_tool_calls", "tools.strict", "messages.system"}
+#: What Claude Code sends that Chat Completions has no field for.
+DROP = frozenset(
+    {"cache_control", "context_management", "messages.thinking", "messages.tool_result.is_error"}
+)
 
 
-async def _body(receive: Any) -> bytes:
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            return body
+def _rows(ledger, count, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    rows = []
+    while time.monotonic() < deadline:
+        if ledger.exists():
+            with sqlite3.connect(ledger) as db:
+                db.row_factory = sqlite3.Row
+                if db.execute("SELECT 1 FROM sqlite_master WHERE name='usage_events'").fetchone():
+                    rows = [dict(r) for r in db.execute("SELECT * FROM usage_events")]
+        if len(rows) >= count:
+            break
+        time.sleep(0.05)
+    return rows
 
 
-def _translating_app(upstream: str, dropped: list[list[str]]) -> Any:
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        body = await _body(receive)
-        if scope["path"] != "/v1/messages" or scope["method"] != "POST":
-            await send({"type": "http.response.start", "status": 404, "headers": []})
-            await send({"type": "http.response.body", "body": b"{}"})
-            return
-        turn = an.read_request(body)
-        request, lost = gm.write_request(turn, drop={*turn.unsupported, *DROPPABLE})
-        dropped.append(lost)
-        url = f"{upstream}/v1beta/models/gemini-2.5-flash"
-        headers = {"x-goog-api-key": UPSTREAM_KEY}
-        async with httpx.AsyncClient(timeout=30) as http:
-            if not turn.stream:
-                answer = await http.post(url + ":generateContent", json=request, headers=headers)
-                content = an.write_answer(gm.read_answer(answer.content))
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": answer.status_code,
-                        "headers": [(b"content-type", b"application/json")],
-                    }
-                )
-                await send({"type": "http.response.body", "body": content})
-                return
-            decoder, encoder = gm.StreamDecoder(), an.StreamEncoder()
-            async with http.stream(
-                "POST", url + ":streamGenerateContent?alt=sse", json=request, headers=headers
-            ) as answer:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": answer.status_code,
-                        "headers": [(b"content-type", b"text/event-stream")],
-                    }
-                )
-                async for chunk in answer.aiter_raw():
-                    out = encoder.encode_many(decoder.feed(chunk))
-                    if out:
-                        await send({"type": "http.response.body", "body": out, "more_body": True})
-            await send({"type": "http.response.body", "body": encoder.encode_many(decoder.close())})
-
-    return app
-
-
-def _claude(url: str, home: Any) -> subprocess.CompletedProcess[str]:
+def test_claude_code_runs_a_tool_loop_on_a_chat_completions_upstream(tmp_path):
+    require_node_package("@anthropic-ai/claude-code")
+    command = "echo fake-tool-$((6*7))"
+    fake = FakeProvider(
+        api_key=UPSTREAM_KEY,
+        tool_call="Bash",
+        tool_arguments=json.dumps({"command": command, "description": "Print a marker"}),
+    )
+    keys = StaticKeyStore([StaticKey(KeyPolicy(key_id="clients"), key_hash=hash_key(CALLER_KEY))])
+    ledger = tmp_path / "ledger.sqlite3"
+    pipeline = UsagePipeline(
+        [SQLiteSink(str(ledger))], spill_path=str(tmp_path / "spill"), flush_interval=0.05
+    )
+    home = tmp_path / "home"
+    home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE_"))}
-    env.update(
-        HOME=str(home),
-        ANTHROPIC_BASE_URL=url,
-        ANTHROPIC_API_KEY="k",
-        DISABLE_AUTOUPDATER="1",
-        DISABLE_TELEMETRY="1",
-        DISABLE_ERROR_REPORTING="1",
-        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
-    )
-    return subprocess.run(
-        [str(CLAUDE), "-p", "say hello", "--model", "claude-haiku-4-5"],
-        cwd=home,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-
-
-def test_claude_code_answers_from_a_gemini_upstream(tmp_path):
-    require_node_package("@anthropic-ai/claude-code")
-    provider = FakeProvider(api_key=UPSTREAM_KEY, reply=REPLY)
-    dropped: list[list[str]] = []
-    with serve(provider) as upstream, serve(_translating_app(upstream.url, dropped)) as gateway:
-        done = _claude(gateway.url, tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert REPLY in done.stdout
-    sent = [r.json() for r in provider.requests if r.path.lower().endswith("generatecontent")]
-    assert sent
-    names = [d["name"] for s in sent for t in s.get("tools", []) for d in t["functionDeclarations"]]
-    assert "Bash" in names
-    assert all(s["systemInstruction"]["parts"] for s in sent)
-    # Claude Code's Anthropic-only fields, named when refused and dropped here:
-    assert set(dropped[0]) <= {"cache_control", "context_management", "user"}, dropped
-
-
-def _converse_app(upstream: str, dropped: list[list[str]]) -> Any:
-    """Messages in, ConverseStream upstream (frames split by the gateway's splitter), Messages
-    out."""
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        body = await _body(receive)
-        if scope["path"] != "/v1/messages" or scope["method"] != "POST":
-            await send({"type": "http.response.start", "status": 404, "headers": []})
-            await send({"type": "http.response.body", "body": b"{}"})
-            return
-        turn = an.read_request(body)
-        request, lost = bc.write_request(turn, drop={*turn.unsupported, *DROPPABLE})
-        dropped.append(lost)
-        model = urllib.parse.quote(BEDROCK_MODEL, safe="")
-        url = f"{upstream}/model/{model}/converse"
-        headers = {"authorization": "Bearer bedrock-key"}
-        async with httpx.AsyncClient(timeout=30) as http:
-            if not turn.stream:
-                answer = await http.post(url, json=request, headers=headers)
-                content = an.write_answer(bc.read_answer(answer.content, model=BEDROCK_MODEL))
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": answer.status_code,
-                        "headers": [(b"content-type", b"application/json")],
-                    }
+    with serve(fake) as upstream:
+        app = build_stack(
+            upstreams=[
+                Upstream(
+                    "openai",
+                    f"{upstream.url}/v1",
+                    api_key=UPSTREAM_KEY,
+                    name="vllm",
+                    models=("qwen3-*",),
                 )
-                await send({"type": "http.response.body", "body": content})
-                return
-            splitter = FrameSplitter()
-            decoder = bc.StreamDecoder(id="msg_translated", model=BEDROCK_MODEL)
-            encoder = an.StreamEncoder()
-            async with http.stream(
-                "POST", url + "-stream", json=request, headers=headers
-            ) as answer:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": answer.status_code,
-                        "headers": [(b"content-type", b"text/event-stream")],
-                    }
-                )
-                async for chunk in answer.aiter_raw():
-                    deltas = []
-                    for raw in splitter.feed(chunk):
-                        frame = decode_frame(raw)
-                        assert frame is not None
-                        kind = frame.error_type if frame.is_error else frame.event_type
-                        deltas += decoder.feed_event(kind, frame.payload)
-                    out = encoder.encode_many(deltas)
-                    if out:
-                        await send({"type": "http.response.body", "body": out, "more_body": True})
-            await send({"type": "http.response.body", "body": encoder.encode_many(decoder.close())})
+            ],
+            keys=keys,
+            pipeline=pipeline,
+            routing=Routing(aliases={"claude-haiku-4-5": ["qwen3-coder"]}, translate_drop=DROP),
+        )
+        with serve(app) as server:
+            env.update(
+                HOME=str(home),
+                ANTHROPIC_BASE_URL=server.url,
+                ANTHROPIC_API_KEY=CALLER_KEY,
+                DISABLE_AUTOUPDATER="1",
+                DISABLE_TELEMETRY="1",
+                DISABLE_ERROR_REPORTING="1",
+                CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
+            )
+            done = subprocess.run(
+                [
+                    str(CLAUDE),
+                    "-p",
+                    "print the marker",
+                    "--model",
+                    "claude-haiku-4-5",
+                    "--permission-mode",
+                    "default",
+                    "--allowedTools",
+                    "Bash(echo:*)",
+                    "--output-format",
+                    "json",
+                ],
+                cwd=home,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=90,
+                check=False,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            result = json.loads(done.stdout)
+            assert result["is_error"] is False, result
+            assert result["num_turns"] == 2
+            assert result["result"].startswith("Tool result: fake-tool-42")
 
-    return app
+            chats = [r for r in fake.requests if r.path == "/v1/chat/completions"]
+            assert chats
+            assert not [r for r in fake.requests if r.path == "/v1/messages"]
+            asked, answered = chats[-2].json(), chats[-1].json()
+            assert asked["model"] == "qwen3-coder"
+            assert "Bash" in [tool["function"]["name"] for tool in asked["tools"]]
+            (call,) = answered["messages"][-2]["tool_calls"]
+            assert json.loads(call["function"]["arguments"])["command"] == command
+            assert answered["messages"][-1]["role"] == "tool"
+            assert "fake-tool-42" in answered["messages"][-1]["content"]
 
-
-BEDROCK_MODEL = "anthropic.claude-haiku-4-5-20251001-v1:0"
-
-
-def test_claude_code_answers_from_a_converse_upstream(tmp_path):
-    require_node_package("@anthropic-ai/claude-code")
-    bedrock = FakeBedrock(api_key="bedrock-key", reply=REPLY)
-    dropped: list[list[str]] = []
-    with serve(bedrock) as upstream, serve(_converse_app(upstream.url, dropped)) as gateway:
-        done = _claude(gateway.url, tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert REPLY in done.stdout
-    sent = [r.json() for r in bedrock.requests if "/converse" in r.path]
-    assert sent
-    names = [t["toolSpec"]["name"] for s in sent for t in s.get("toolConfig", {}).get("tools", [])]
-    assert "Bash" in names
-    assert all(s["system"] for s in sent)
-    assert set(dropped[0]) <= {"cache_control", "context_management", "user"}, dropped
+            rows = [r for r in _rows(ledger, len(chats)) if r["endpoint"] == "messages"]
+            assert len(rows) == len(chats)
+            for row in rows:
+                assert row["served_api"] == "openai"
+                assert row["model"] == "claude-haiku-4-5"
+                assert row["served_model"] == "qwen3-coder"
+                assert row["outcome"] == "ok"
+                assert row["output_tokens"] > 0
+                assert not row["estimated"]
+                dropped = json.loads(row["metadata"])["llmguard.translation_dropped"]
+                assert set(dropped.split(",")) <= DROP

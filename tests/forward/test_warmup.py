@@ -285,3 +285,17 @@ def test_upstream_keys_never_logged_by_warm_up(caplog: pytest.LogCaptureFixture)
             assert warmer is not None
             f.fakes["a"].wait_until(lambda: warmer.failed == 1, timeout=5)
         assert "sk-upstream" not in caplog.text
+
+
+def test_a_credential_serving_by_translation_is_warmed_in_its_own_format() -> None:
+    with fleet("a", "b") as f:
+        routing = Routing(selector="fill-first", warmup=WarmupPolicy(ttl=60))
+        recorder = Recorder()
+        ups = [upstream(f, n, "anthropic", models=("claude-*",)) for n in ("a", "b")]
+        with gateway(ups, routing, recorder) as (url, _):
+            chat(oai(url), "claude-haiku-4-5")  # an OpenAI route, Anthropic credentials
+            f.fakes["b"].wait_until(lambda: _warm_requests(f.fakes["b"], "/v1/messages"), timeout=5)
+            (sent,) = _warm_requests(f.fakes["b"], "/v1/messages")
+            assert sent["model"] == "claude-haiku-4-5"
+            assert sent["max_tokens"] == 1
+            assert [r.path for r in f.fakes["a"].requests] == ["/v1/messages"]

@@ -52,6 +52,7 @@ COLUMNS = (
     "service_tier",
     "units",
     "unit",
+    "served_api",
     "recorded_at",
 )
 
@@ -115,6 +116,7 @@ def event_row(event: UsageEvent, recorded_at: float) -> tuple[Any, ...]:
         e.service_tier,
         e.units,
         e.unit,
+        e.served_api,
         recorded_at,
     )
 

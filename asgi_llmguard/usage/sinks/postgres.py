@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS {s}.usage_events (
     service_tier text,
     units double precision NOT NULL DEFAULT 0,
     unit text,
+    served_api text,
     recorded_at timestamptz NOT NULL DEFAULT now(),
     client_request_id text,
     PRIMARY KEY (request_id, attempt)
@@ -91,6 +92,7 @@ _ARRAY_TYPES = (
     "int8",
     "text",
     "float8",
+    "text",
     "text",
 )
 _CONVERT = {"started_at": "to_timestamp(started_at)", "metadata": "metadata::jsonb"}

@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS usage_events (
     service_tier TEXT,
     units REAL NOT NULL DEFAULT 0,
     unit TEXT,
+    served_api TEXT,
     recorded_at REAL NOT NULL,
     client_request_id TEXT,
     PRIMARY KEY (request_id, attempt)
